@@ -1,0 +1,109 @@
+"""cpt-harness: a thin command line over harness.sweep / report / config.
+
+    cpt-harness sweep [CONFIG] [--n-trials N] [--set key=value ...]
+    cpt-harness validate [CONFIG] [--set key=value ...]
+    cpt-harness report [CONFIG] [--set key=value ...]
+
+CONFIG defaults to sweeps/demo.yaml. Exit codes: 0 ok, 1 the run failed, 2 bad input, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from harness.config import ConfigError, load_config, summary
+
+DEFAULT_CONFIG = "sweeps/demo.yaml"
+
+
+def _config_path(arg: str | None) -> Path:
+    """A path as given; else sweeps/demo.yaml here or in the source checkout the package runs from."""
+    if arg:
+        path = Path(arg)
+        if not path.exists() and not path.suffix and (Path("sweeps") / f"{arg}.yaml").exists():
+            return Path("sweeps") / f"{arg}.yaml"  # `cpt-harness sweep demo`
+        return path
+    here = Path(DEFAULT_CONFIG)
+    return here if here.exists() else Path(__file__).resolve().parent.parent / DEFAULT_CONFIG
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cpt-harness", description="Sweeps for continued pretraining with LoRA.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help, description=help)
+        c.add_argument("config", nargs="?", help=f"sweep file (default: {DEFAULT_CONFIG})")
+        c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value (YAML), e.g. --set search.rank.choices=[64,128]; repeatable")
+        return c
+
+    s = command("sweep", "Run trials until the study holds N complete ones (resumes an existing study).")
+    s.add_argument("--n-trials", type=int, help="complete trials wanted (default: study.n_trials)")
+    command("validate", "Check a sweep file (prepares nothing): exit 0 with a summary, or 2 listing every problem.")
+    command("report", "Print the study's trials and Pareto front from its database.")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    path = _config_path(args.config)
+    try:
+        cfg = load_config(path, args.overrides)
+        if getattr(args, "n_trials", None) is not None and args.n_trials < 1:
+            raise ConfigError([f"--n-trials: must be >= 1, got {args.n_trials}"], str(path))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.command == "validate":
+        print(f"ok: {path}: {summary(cfg)}")
+        return 0
+    return _run(args, cfg)
+
+
+def _run(args, cfg) -> int:
+    from harness.backends import BackendUnavailable
+    from harness.data import DataError
+    from harness.models import ModelNotFound
+    from harness.storage import StudyMismatch
+    from harness.sweep import SweepAborted
+
+    try:
+        if args.command == "sweep":
+            from harness import sweep
+
+            sweep.run(cfg, n_trials=args.n_trials)
+        elif args.command == "report":
+            return _report(cfg)
+    except (BackendUnavailable, DataError, ModelNotFound, StudyMismatch, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except SweepAborted as e:
+        print(f"error: sweep stopped: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: the study is intact and the running trial is marked FAIL (interrupted); "
+              "run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _report(cfg) -> int:
+    import optuna
+
+    from harness import report, storage
+
+    try:
+        study = optuna.load_study(study_name=cfg.study.name, storage=storage.make_storage(cfg.study.storage))
+    except KeyError:
+        print(f"error: no study {cfg.study.name!r} in {cfg.study.storage}; run `cpt-harness sweep` first",
+              file=sys.stderr)
+        return 2
+    print(report.table(study, study.user_attrs.get("base")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,457 @@
+"""Sweep configuration: YAML is data, these dataclasses are the schema.
+
+Loading goes YAML file -> ``--set`` overrides -> typed dataclasses -> checks. Every problem is collected and
+reported at once, each naming the key as the user writes it (``search.rank.choices``). Nothing here imports
+torch or touches the disk beyond the config file itself, so ``cpt-harness validate`` works on a fresh install.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+# The Unsloth CPT guidance, as numbers. See README "The rules".
+RSLORA_RANK_THRESHOLD = 64  # rsLoRA for ranks above this
+EMBEDDING_LR_RATIO_RANGE = (0.1, 0.5)  # embedding LR 2-10x smaller than the base LR
+DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+EMBEDDING_MODULES = ("embed_tokens", "lm_head")
+
+
+def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING) -> Any:
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class StudyConfig:
+    name: str = _help("Optuna study name; also the W&B group.", "cpt")
+    storage: str = _help("SQLAlchemy URL or path of a SQLite file holding the study.", "sqlite:///runs/studies.db")
+    n_trials: int = _help("Number of COMPLETE trials the study should hold when the sweep ends.", 12)
+    objective: Literal["pareto"] = _help("pareto: minimize domain_loss and forgetting together.", "pareto")
+    sampler: Literal["tpe", "random", "nsga2"] = _help("Optuna sampler, by name.", "tpe")
+    seed: int = _help("Sampler seed.", 0)
+    max_failures: int = _help("Stop the sweep after this many failed trials in one run.", 3)
+    keep_adapters: Literal["pareto", "all", "none"] = _help("Which trials keep their saved adapter.", "pareto")
+    output_dir: str = _help("Where adapters and per-trial files go (one folder per study).", "runs")
+
+
+@dataclass
+class ModelConfig:
+    name: str = _help(
+        "builtin:smollm2-135m-instruct, a local HF folder, a local .gguf file, or a Hugging Face model id.",
+        "builtin:smollm2-135m-instruct",
+    )
+    max_seq_length: int = _help("Tokens per packed training/eval block.", 512)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = _help(
+        "auto: bfloat16 on a GPU, float32 on a CPU.", "auto"
+    )
+    load_in_4bit: bool = _help("unsloth backend only: QLoRA on a 4-bit base.", False)
+
+
+@dataclass
+class DataSource:
+    path: str = _help("builtin:NAME, a .txt/.jsonl/.parquet file, a datasets.save_to_disk folder, or a hub id.")
+    text_field: str = _help("Column holding the text (jsonl, parquet, datasets).", "text")
+    split: str = _help("Split to read from a hub dataset or a DatasetDict folder.", "train")
+
+
+@dataclass
+class DataConfig:
+    domain: DataSource = _help("The new domain's text (train + held-out).", factory=lambda: DataSource("builtin:legal"))
+    general: DataSource = _help(
+        "General text; only its held-out part is used, to measure forgetting.",
+        factory=lambda: DataSource("builtin:brown"),
+    )
+    eval_fraction: float = _help("Fraction of documents held out for evaluation.", 0.1)
+    seed: int = _help("Seed of the document split.", 0)
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = _help("Optimizer steps per trial.", 200)
+    batch_size: int = _help("Blocks per micro-batch.", 8)
+    grad_accum: int = _help("Micro-batches per optimizer step.", 1)
+    warmup_ratio: float = _help("Fraction of the steps spent warming the LR up; then cosine decay to 0.", 0.05)
+    eval_every: int = _help("Evaluate domain and general loss every N steps (and at the end).", 50)
+    weight_decay: float = _help("AdamW weight decay (LoRA group; embeddings get none).", 0.0)
+    max_grad_norm: float = _help("Gradient clipping norm; 0 turns it off.", 1.0)
+    gradient_checkpointing: bool = _help("Trade compute for memory.", False)
+    seed: int = _help("Seed of the data order and LoRA init (the same for every trial).", 0)
+    time_limit_s: float | None = _help("Fail a trial that trains longer than this.", None)
+    divergence_factor: float = _help("Fail a trial whose loss exceeds this multiple of its first loss.", 3.0)
+
+
+@dataclass
+class EvalConfig:
+    max_tokens: int = _help("Tokens of held-out text per corpus (the same blocks for every trial).", 16384)
+    batch_size: int = _help("Blocks per evaluation batch.", 8)
+
+
+@dataclass
+class LoraConfig:
+    target_modules: list[str] = _help("Modules that get LoRA adapters.", factory=lambda: list(DEFAULT_TARGETS))
+    train_embeddings: bool = _help("Train embed_tokens and lm_head in the embedding LR group.", True)
+    use_rslora: Union[bool, Literal["auto"]] = _help("auto: rsLoRA exactly when the rank is above 64.", "auto")
+    alpha: float = _help("LoRA alpha; the scale is alpha/r, or alpha/sqrt(r) under rsLoRA.", 32.0)
+    dropout: float = _help("LoRA dropout.", 0.0)
+    init_adapter: str | None = _help(
+        "Continue training from this saved adapter folder (its rank and targets win over the search space).", None
+    )
+
+
+@dataclass
+class RankSearch:
+    choices: list[int] = _help("LoRA ranks to try.", factory=lambda: [16, 64, 128, 256])
+
+
+@dataclass
+class FloatSearch:
+    low: float = _help("Lower bound.")
+    high: float = _help("Upper bound.")
+    log: bool = _help("Sample on a log scale.", True)
+
+
+@dataclass
+class SearchConfig:
+    rank: RankSearch = _help("LoRA rank.", factory=RankSearch)
+    learning_rate: FloatSearch = _help("Base learning rate.", factory=lambda: FloatSearch(5e-5, 5e-4))
+    embedding_lr_ratio: FloatSearch = _help(
+        "Embedding LR = ratio x learning_rate.", factory=lambda: FloatSearch(0.1, 0.5)
+    )
+
+
+@dataclass
+class RulesConfig:
+    rslora_above_64: bool = _help("Require rsLoRA for ranks above 64 (false: an ablation breaking it on purpose).", True)
+    embedding_lr_ratio_range: bool = _help("Require the embedding-LR ratio within [0.1, 0.5].", True)
+
+
+@dataclass
+class WandbConfig:
+    project: str = _help("W&B project.", "cpt-harness")
+    entity: str | None = _help("W&B entity (team or user).", None)
+    mode: Literal["auto", "online", "offline", "disabled"] = _help(
+        "auto: online with an API key, else offline run files under WANDB_DIR.", "auto"
+    )
+    tags: list[str] = _help("Extra tags on every run.", factory=list)
+
+
+@dataclass
+class TrackingConfig:
+    wandb: WandbConfig = _help("Weights & Biases.", factory=WandbConfig)
+
+
+@dataclass
+class Config:
+    study: StudyConfig = _help("Study and storage.", factory=StudyConfig)
+    model: ModelConfig = _help("Base model.", factory=ModelConfig)
+    backend: Literal["auto", "peft", "unsloth"] = _help("auto: unsloth on a CUDA GPU when installed, else peft.", "auto")
+    data: DataConfig = _help("Corpora.", factory=DataConfig)
+    train: TrainConfig = _help("Training loop.", factory=TrainConfig)
+    eval: EvalConfig = _help("Evaluation.", factory=EvalConfig)
+    lora: LoraConfig = _help("LoRA layout.", factory=LoraConfig)
+    search: SearchConfig = _help("Search space Optuna samples from.", factory=SearchConfig)
+    rules: RulesConfig = _help("The Unsloth CPT rules, enforced unless opted out.", factory=RulesConfig)
+    tracking: TrackingConfig = _help("Experiment tracking.", factory=TrackingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class ConfigError(Exception):
+    """Every problem found in a config, one per line, each naming its key."""
+
+    def __init__(self, problems: list[str], source: str = "config"):
+        self.problems = problems
+        self.source = source
+        super().__init__(f"{source}: {len(problems)} problem(s)\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Read a sweep file, apply ``--set key=value`` overrides, build and check the typed config."""
+    source = str(path) if path else "defaults"
+    raw = _read_yaml(path) if path else {}
+    problems: list[str] = []
+    for item in overrides:
+        _apply_override(raw, item, problems)
+    cfg = _build(Config, raw, "", problems)
+    if cfg is not None:
+        problems.extend(p for p in check(cfg) if p not in problems)
+    if problems:
+        raise ConfigError(problems, source)
+    return cfg
+
+
+def _read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([f"config file not found: {path} (see sweeps/ for examples)"], str(path))
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError([f"not valid YAML: {e}"], str(path)) from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError([f"top level must be a mapping of sections, got {type(raw).__name__}"], str(path))
+    return raw
+
+
+def _apply_override(raw: dict[str, Any], item: str, problems: list[str]) -> None:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        problems.append(f"--set {item!r}: expected dotted.key=value, e.g. --set train.max_steps=100")
+        return
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as e:
+        problems.append(f"--set {key}: value is not valid YAML ({e})")
+        return
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        if isinstance(node.get(part), str) and part in ("domain", "general"):
+            node[part] = {"path": node[part]}  # `data.domain: FILE` is shorthand for {path: FILE}
+        if not isinstance(node.get(part), dict):
+            node[part] = {} if node.get(part) is None else node[part]
+        if not isinstance(node[part], dict):
+            problems.append(f"--set {key}: {part} is not a section")
+            return
+        node = node[part]
+    node[parts[-1]] = parsed
+
+
+def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
+    """Turn a mapping into dataclass ``cls``; unknown keys and wrong types go to ``problems``."""
+    if cls is DataSource and isinstance(raw, str):
+        raw = {"path": raw}
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        problems.append(f"{prefix or 'config'}: expected a mapping, got {raw!r}")
+        return cls() if _all_defaults(cls) else None
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {_join(prefix, close[0])}?)" if close else f" (valid: {', '.join(names)})"
+            problems.append(f"{_join(prefix, key)}: unknown key{hint}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        key = _join(prefix, f.name)
+        if f.name in raw:
+            kwargs[f.name] = _coerce(hints[f.name], raw[f.name], key, problems)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            problems.append(f"{key}: required")
+            kwargs[f.name] = None
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # pragma: no cover - only when a required field was reported above
+        problems.append(f"{prefix}: {e}")
+        return None
+
+
+def _all_defaults(cls: type) -> bool:
+    return all(
+        f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        for f in dataclasses.fields(cls)
+    )
+
+
+def _coerce(tp: Any, value: Any, key: str, problems: list[str]) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key, problems)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(tp)
+        for option in options:
+            scratch: list[str] = []
+            result = _coerce(option, value, key, scratch)
+            if not scratch:
+                return result
+        problems.append(f"{key}: expected {_describe(tp)}, got {value!r}")
+        return value
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            problems.append(f"{key}: must be one of {', '.join(map(str, typing.get_args(tp)))}; got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            problems.append(f"{key}: expected a list, e.g. [a, b]; got {value!r}")
+            return value
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(item_tp, v, f"{key}[{i}]", problems) for i, v in enumerate(value)]
+    if tp is type(None):
+        if value is not None:
+            problems.append(f"{key}: expected null")
+        return None
+    if tp is bool:
+        if not isinstance(value, bool):
+            problems.append(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML reads 5e-5 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append(f"{key}: expected a number, got {value!r}")
+            return value
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            problems.append(f"{key}: expected a string, got {value!r}")
+        return value
+    return value  # pragma: no cover
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(t) for t in typing.get_args(tp))
+    if origin is Literal:
+        return " | ".join(map(str, typing.get_args(tp)))
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string", type(None): "null"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _join(prefix: str, key: Any) -> str:
+    return f"{prefix}.{key}" if prefix else str(key)
+
+
+# ---------------------------------------------------------------------------------------------- checks
+
+
+def check(cfg: Config) -> list[str]:
+    """Semantic checks, including the Unsloth CPT rules. Touches no network and loads nothing."""
+    from harness import data as data_mod  # light: no torch at import
+    from harness import models
+
+    checks = [_check_numbers, _check_search, _check_rules, _check_targets,
+              lambda c: models.check_model_name(c.model.name, "model.name"),
+              lambda c: data_mod.check_source(c.data.domain, "data.domain"),
+              lambda c: data_mod.check_source(c.data.general, "data.general"),
+              lambda c: data_mod.check_init_adapter(c.lora.init_adapter, "lora.init_adapter")]
+    problems: list[str] = []
+    for fn in checks:
+        try:
+            problems += fn(cfg)
+        except (TypeError, AttributeError, ValueError):
+            pass  # a value of the wrong type, already reported by the schema
+    return problems
+
+
+def _check_numbers(cfg: Config) -> list[str]:
+    positive = {
+        "study.n_trials": cfg.study.n_trials,
+        "model.max_seq_length": cfg.model.max_seq_length,
+        "train.max_steps": cfg.train.max_steps,
+        "train.batch_size": cfg.train.batch_size,
+        "train.grad_accum": cfg.train.grad_accum,
+        "train.eval_every": cfg.train.eval_every,
+        "eval.max_tokens": cfg.eval.max_tokens,
+        "eval.batch_size": cfg.eval.batch_size,
+        "lora.alpha": cfg.lora.alpha,
+    }
+    problems = []
+    for k, v in positive.items():
+        try:
+            if v <= 0:
+                problems.append(f"{k}: must be > 0, got {v}")
+        except TypeError:
+            pass
+    if cfg.study.max_failures < 1:
+        problems.append(f"study.max_failures: must be >= 1, got {cfg.study.max_failures}")
+    if not cfg.study.name.strip():
+        problems.append("study.name: must not be empty")
+    if not 0 <= cfg.train.warmup_ratio < 1:
+        problems.append(f"train.warmup_ratio: must be in [0, 1), got {cfg.train.warmup_ratio}")
+    if not 0 < cfg.data.eval_fraction < 1:
+        problems.append(f"data.eval_fraction: must be in (0, 1), got {cfg.data.eval_fraction}")
+    if cfg.train.time_limit_s is not None and cfg.train.time_limit_s <= 0:
+        problems.append(f"train.time_limit_s: must be > 0 or null, got {cfg.train.time_limit_s}")
+    if cfg.train.divergence_factor <= 1:
+        problems.append(f"train.divergence_factor: must be > 1, got {cfg.train.divergence_factor}")
+    if not 0 <= cfg.lora.dropout < 1:
+        problems.append(f"lora.dropout: must be in [0, 1), got {cfg.lora.dropout}")
+    return problems
+
+
+def _check_search(cfg: Config) -> list[str]:
+    problems = []
+    choices = cfg.search.rank.choices
+    if not choices:
+        problems.append("search.rank.choices: must not be empty, e.g. [16, 64, 128]")
+    problems += [f"search.rank.choices: ranks must be > 0, got {r}" for r in choices if r <= 0]
+    if len(set(choices)) != len(choices):
+        problems.append(f"search.rank.choices: duplicate ranks in {choices}")
+    for name in ("learning_rate", "embedding_lr_ratio"):
+        rng: FloatSearch = getattr(cfg.search, name)
+        if rng.low > rng.high:
+            problems.append(f"search.{name}: low <= high must hold, but got (low={rng.low}, high={rng.high})")
+        if rng.low <= 0:
+            problems.append(f"search.{name}.low: must be > 0, got {rng.low}")
+    return problems
+
+
+def _check_rules(cfg: Config) -> list[str]:
+    problems = []
+    high_ranks = [r for r in cfg.search.rank.choices if r > RSLORA_RANK_THRESHOLD]
+    if cfg.lora.use_rslora is False and high_ranks and cfg.rules.rslora_above_64:
+        problems.append(
+            f"lora.use_rslora: false with rank choices above {RSLORA_RANK_THRESHOLD} ({high_ranks}) breaks the "
+            "rsLoRA rule; use `auto` (rsLoRA exactly when r > 64), drop those ranks, or set "
+            "rules.rslora_above_64: false for an ablation that breaks it on purpose"
+        )
+    lo, hi = EMBEDDING_LR_RATIO_RANGE
+    rng = cfg.search.embedding_lr_ratio
+    if cfg.lora.train_embeddings and cfg.rules.embedding_lr_ratio_range and (rng.low < lo or rng.high > hi):
+        problems.append(
+            f"search.embedding_lr_ratio: [{rng.low}, {rng.high}] leaves [{lo}, {hi}] (an embedding LR 2-10x "
+            "smaller than the base LR); narrow it, or set rules.embedding_lr_ratio_range: false for an ablation"
+        )
+    return problems
+
+
+def _check_targets(cfg: Config) -> list[str]:
+    problems = []
+    targets = cfg.lora.target_modules
+    if not targets:
+        problems.append("lora.target_modules: must not be empty, e.g. " + str(DEFAULT_TARGETS))
+    embedded = [t for t in targets if t in EMBEDDING_MODULES]
+    if embedded:
+        problems.append(
+            f"lora.target_modules: {embedded} are trained in full through lora.train_embeddings, not as LoRA "
+            "targets; remove them from target_modules"
+        )
+    return problems
+
+
+def summary(cfg: Config) -> str:
+    """The one line ``validate`` prints for a good file."""
+    s = cfg.search
+    return (
+        f"study {cfg.study.name!r}: {cfg.study.n_trials} trials ({cfg.study.objective}, {cfg.study.sampler}), "
+        f"model {cfg.model.name}, backend {cfg.backend}, domain {cfg.data.domain.path}, general "
+        f"{cfg.data.general.path}, ranks {s.rank.choices}, lr [{s.learning_rate.low:g}, {s.learning_rate.high:g}], "
+        f"embedding ratio [{s.embedding_lr_ratio.low:g}, {s.embedding_lr_ratio.high:g}], "
+        f"{cfg.train.max_steps} steps x {cfg.train.batch_size * cfg.train.grad_accum} x {cfg.model.max_seq_length} tokens"
+    )

@@ -1,0 +1,126 @@
+"""The objective: one Optuna trial in, (domain_loss, forgetting) out. It never builds a study, so tests can
+call it with ``optuna.trial.FixedTrial``.
+
+Every per-trial metric is stored on the trial as a user attribute as well as in W&B, so the study database
+alone holds the results. A failure of any kind records its reason on the trial before Optuna marks it FAIL.
+"""
+
+from __future__ import annotations
+
+import gc
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from harness import search_space
+from harness.config import Config
+from harness.data import Corpora
+
+
+@dataclass
+class TrialContext:
+    """Everything a trial needs that is the same for the whole study (built once by the sweep)."""
+
+    cfg: Config
+    backend: Any
+    model_path: str
+    corpora: Corpora
+    base: dict[str, float]
+    tracker: Any
+    study_dir: Path
+    progress: Callable[[int, int], Any] | None = None  # (trial number, max_steps) -> callback(step, loss)
+
+
+class Objective:
+    def __init__(self, ctx: TrialContext):
+        self.ctx = ctx
+
+    def __call__(self, trial) -> tuple[float, float]:
+        from harness import train
+
+        ctx, cfg = self.ctx, self.ctx.cfg
+        params = search_space.suggest(trial, cfg)
+        for key, value in params.as_dict().items():
+            trial.set_user_attr(key, value)
+        ctx.tracker.start(name=f"{cfg.study.name}-t{trial.number:03d}", config=trial_config(ctx, trial, params),
+                          tags=_tags(params))
+        trial_dir = ctx.study_dir / f"trial-{trial.number:04d}"
+        adapter_dir = trial_dir / "adapter" if cfg.study.keep_adapters != "none" else None
+        progress = ctx.progress(trial.number, cfg.train.max_steps) if ctx.progress else None
+        try:
+            result = train.run_trial(ctx.backend, ctx.model_path, cfg, params, ctx.corpora, ctx.tracker, adapter_dir,
+                                     progress)
+        except BaseException as e:
+            reason = "interrupted (Ctrl-C)" if isinstance(e, KeyboardInterrupt) else _reason(e)
+            trial.set_user_attr("fail_reason", reason)
+            _write_error(trial_dir, e)
+            ctx.tracker.summary({"fail_reason": reason})
+            ctx.tracker.finish(failed=True)
+            raise
+        finally:
+            if progress is not None:
+                progress.close()
+            _free_memory()
+        metrics = with_forgetting(result.metrics, ctx.base)
+        for key, value in metrics.items():
+            trial.set_user_attr(key, value)
+        trial.set_user_attr("curve", result.curve)
+        trial.set_user_attr("audit", result.audit)
+        trial.set_user_attr("timings", result.timings)
+        trial.set_user_attr("adapter_dir", result.adapter_dir)
+        ctx.tracker.summary({**metrics, **params.as_dict(), "rule_violations": ", ".join(params.rule_violations)})
+        ctx.tracker.finish()
+        return metrics["domain_loss"], metrics["forgetting"]
+
+
+def with_forgetting(metrics: dict[str, float], base: dict[str, float]) -> dict[str, float]:
+    """forgetting = general_loss - base general loss (positive: the model got worse at general text);
+    domain_gain = base domain loss - domain_loss (positive: the model learned the domain)."""
+    out = dict(metrics)
+    out["forgetting"] = metrics["general_loss"] - base["general_loss"]
+    out["domain_gain"] = base["domain_loss"] - metrics["domain_loss"]
+    return out
+
+
+def trial_config(ctx: TrialContext, trial, params) -> dict[str, Any]:
+    return {
+        **ctx.cfg.to_dict(),
+        "trial": {"number": trial.number, **params.as_dict()},
+        "optuna_params": dict(trial.params),
+        "base": ctx.base,
+        "runtime": ctx.backend.describe(),
+        "data_stats": ctx.corpora.stats,
+    }
+
+
+def _tags(params) -> list[str]:
+    tags = [f"r{params.rank}", "rslora" if params.use_rslora else "lora",
+            "embeddings" if params.embedding_lr_ratio is not None else "no-embeddings"]
+    if params.rule_violations:
+        tags.append("breaks-rule")
+    return tags
+
+
+def _reason(e: BaseException) -> str:
+    from harness.train import TrialFailed
+
+    if isinstance(e, TrialFailed):
+        return str(e)
+    name = type(e).__name__
+    if "OutOfMemory" in name:
+        return f"out of memory: {e}".split("\n")[0][:300] + " (lower train.batch_size or model.max_seq_length)"
+    return f"{name}: {e}".split("\n")[0][:500]
+
+
+def _write_error(trial_dir: Path, e: BaseException) -> None:
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    (trial_dir / "error.log").write_text("".join(traceback.format_exception(e)))
+
+
+def _free_memory() -> None:
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,58 @@
+"""Reading results back from the study database alone: one line per finished trial, and the results table
+with the Pareto front (lowest domain loss vs. least forgetting) marked."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from harness import storage
+
+
+def _fmt(v: Any, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def trial_line(trial) -> str:
+    """One line per finished trial, for the terminal."""
+    p, a = trial.params, trial.user_attrs
+    head = f"trial {trial.number:>3} {trial.state.name:<8} r={p.get('rank', '-')}"
+    head += f" lr={_fmt(p.get('learning_rate'), '.2e')}"
+    if "embedding_lr_ratio" in p:
+        head += f" emb×{p['embedding_lr_ratio']:.2f}"
+    if trial.state.name != "COMPLETE":
+        return f"{head}  ✗ {a.get('fail_reason', 'no reason recorded')}"
+    return (f"{head}  domain {a['domain_loss']:.4f} (gain {a['domain_gain']:+.4f})  "
+            f"forgetting {a['forgetting']:+.4f}  scale {a.get('lora_scale', float('nan')):.3g}"
+            f"{' rsLoRA' if a.get('use_rslora') else ''}  {a.get('tokens_per_s', 0):,.0f} tok/s")
+
+
+COLUMNS = [
+    ("#", "number", "d"), ("state", "state", "s"), ("rank", "rank", "d"), ("lr", "learning_rate", ".2e"),
+    ("emb ratio", "embedding_lr_ratio", ".3f"), ("rsLoRA", "use_rslora", "s"), ("scale", "lora_scale", ".3g"),
+    ("domain", "domain_loss", ".4f"), ("gain", "domain_gain", "+.4f"), ("general", "general_loss", ".4f"),
+    ("forgetting", "forgetting", "+.4f"), ("tok/s", "tokens_per_s", ",.0f"), ("time s", "duration_s", ".0f"),
+]
+
+
+def table(study, base: dict | None = None) -> str:
+    """The trials as a text table; '*' marks the Pareto front."""
+    rows = storage.trial_rows(study)
+    header = ["front"] + [c[0] for c in COLUMNS] + ["note"]
+    body = []
+    for r in rows:
+        cells = ["*" if r["pareto"] else ""]
+        for _, key, spec in COLUMNS:
+            v = r.get(key)
+            cells.append("-" if v is None else (("yes" if v else "no") if isinstance(v, bool) else format(v, spec)))
+        note = r.get("fail_reason") or ("; ".join(r.get("rule_violations") or []) if r.get("rule_violations") else "")
+        cells.append(str(note)[:70])
+        body.append(cells)
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(header)]
+    lines = [f"study {study.study_name}: {len(rows)} trials, "
+             f"{sum(r['state'] == 'COMPLETE' for r in rows)} complete, {sum(r['pareto'] for r in rows)} on the Pareto front"]
+    if base:
+        lines.append(f"base model: domain loss {base['domain_loss']:.4f}, general loss {base['general_loss']:.4f} "
+                     "(forgetting = general loss - base general loss)")
+    lines.append("  ".join(h.rjust(w) for h, w in zip(header, widths)))
+    lines += ["  ".join(c.rjust(w) for c, w in zip(cells, widths)) for cells in body]
+    return "\n".join(lines)

@@ -1,0 +1,114 @@
+"""Config loading, the Unsloth CPT rules, and `cpt-harness validate`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.cli import main
+from harness.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "sweeps" / "demo.yaml"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_sweep_file_validates(path, capsys):
+    assert main(["validate", str(path)]) == 0, capsys.readouterr().err
+    assert capsys.readouterr().out.startswith("ok: ")
+    assert path.read_text().startswith("#"), "every sweep file opens with a comment saying what it is for"
+
+
+def problems(*overrides: str, path: Path = DEMO) -> list[str]:
+    with pytest.raises(ConfigError) as e:
+        load_config(path, list(overrides))
+    return e.value.problems
+
+
+def test_unknown_key_suggests_the_right_one():
+    (p,) = problems("train.max_step=3")
+    assert p == "train.max_step: unknown key (did you mean train.max_steps?)"
+
+
+def test_all_problems_are_reported_at_once():
+    ps = problems("train.batch_size=0", "search.learning_rate.low=1", "search.rank.choices=[]",
+                  "data.domain=/no/such/file.txt", "model.name=builtin:nope", "backend=gpu")
+    joined = "\n".join(ps)
+    assert "train.batch_size: must be > 0, got 0" in joined
+    assert "search.learning_rate: low <= high must hold, but got (low=1.0, high=0.001)" in joined
+    assert "search.rank.choices: must not be empty" in joined
+    assert "data.domain: /no/such/file.txt does not exist" in joined
+    assert "model.name: unknown built-in model 'nope'" in joined
+    assert "backend: must be one of auto, peft, unsloth; got 'gpu'" in joined
+    assert len(ps) == 6
+
+
+def test_wrong_types_name_the_key():
+    ps = problems("train.max_steps=ten", "lora.train_embeddings=maybe", "search.rank.choices=8")
+    assert "train.max_steps: expected an integer, got 'ten'" in ps
+    assert "lora.train_embeddings: expected true or false, got 'maybe'" in ps
+    assert "search.rank.choices: expected a list, e.g. [a, b]; got 8" in ps
+
+
+def test_rslora_rule_enforced_and_opt_out():
+    (p,) = problems("lora.use_rslora=false", "search.rank.choices=[32,128]")
+    assert p.startswith("lora.use_rslora: false with rank choices above 64 ([128]) breaks the rsLoRA rule")
+    cfg = load_config(DEMO, ["lora.use_rslora=false", "search.rank.choices=[32,128]", "rules.rslora_above_64=false"])
+    assert cfg.lora.use_rslora is False
+
+
+def test_embedding_ratio_rule_enforced_and_opt_out():
+    (p,) = problems("search.embedding_lr_ratio.high=1.0")
+    assert p.startswith("search.embedding_lr_ratio: [0.1, 1.0] leaves [0.1, 0.5]")
+    assert load_config(DEMO, ["search.embedding_lr_ratio.high=1.0", "rules.embedding_lr_ratio_range=false"])
+    # Without trained embeddings the ratio is unused, so the rule does not apply.
+    assert load_config(DEMO, ["search.embedding_lr_ratio.high=1.0", "lora.train_embeddings=false"])
+
+
+def test_embeddings_are_not_lora_targets():
+    (p,) = problems("lora.target_modules=[q_proj,lm_head]")
+    assert "['lm_head'] are trained in full through lora.train_embeddings" in p
+
+
+def test_set_overrides_parse_yaml_and_reach_nested_keys(tiny_corpora):
+    cfg = load_config(DEMO, ["search.rank.choices=[64, 128]", "search.learning_rate.low=5e-5",
+                             f"data.general={tiny_corpora['general']}", "data.general.text_field=body"])
+    assert cfg.search.rank.choices == [64, 128]
+    assert cfg.search.learning_rate.low == 5e-5
+    assert cfg.data.general.path == str(tiny_corpora["general"]) and cfg.data.general.text_field == "body"
+
+
+def test_missing_and_malformed_files(tmp_path):
+    assert problems(path=tmp_path / "none.yaml")[0].startswith("config file not found")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("study: [unclosed\n")
+    assert problems(path=bad)[0].startswith("not valid YAML")
+
+
+def test_validate_exit_codes_and_messages(capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("study:\n  n_trial: 3\ntrain:\n  max_steps: -1\n")
+    assert main(["validate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "study.n_trial: unknown key (did you mean study.n_trials?)" in err
+    assert "train.max_steps: must be > 0, got -1" in err
+
+
+def test_validate_imports_no_torch_and_needs_no_model():
+    """validate must work on a fresh install: it prepares nothing and loads no ML stack."""
+    code = ("import sys; from harness.cli import main; rc = main(['validate', %r]); "
+            "assert 'torch' not in sys.modules, 'validate imported torch'; sys.exit(rc)" % str(DEMO))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("ok: ")
+
+
+def test_console_script_runs(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "harness", "validate", str(DEMO), "--set", "train.max_steps=0"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "train.max_steps: must be > 0, got 0" in proc.stderr
+    assert "Traceback" not in proc.stderr

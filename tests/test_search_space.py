@@ -1,0 +1,48 @@
+"""What Optuna samples and what follows from it under the CPT rules (no training)."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+
+from harness.search_space import space_fingerprint, suggest
+
+
+@pytest.mark.parametrize("rank, rslora", [(16, False), (64, False), (128, True), (256, True)])
+def test_rslora_switches_on_exactly_above_64(tiny_cfg, rank, rslora):
+    tiny_cfg.search.rank.choices = [16, 64, 128, 256]
+    p = suggest(optuna.trial.FixedTrial({"rank": rank, "learning_rate": 2e-3, "embedding_lr_ratio": 0.2}), tiny_cfg)
+    assert p.use_rslora is rslora
+    expected = tiny_cfg.lora.alpha / (math.sqrt(rank) if rslora else rank)
+    assert p.lora_scale == pytest.approx(expected)
+    assert p.rule_violations == ()
+
+
+def test_embedding_lr_is_ratio_times_lr(tiny_cfg):
+    p = suggest(optuna.trial.FixedTrial({"rank": 16, "learning_rate": 2e-3, "embedding_lr_ratio": 0.25}), tiny_cfg)
+    assert p.embedding_lr == pytest.approx(5e-4)
+
+
+def test_rule_breaking_trials_are_marked(tiny_cfg):
+    tiny_cfg.lora.use_rslora = False
+    tiny_cfg.search.rank.choices = [16, 128]
+    tiny_cfg.search.embedding_lr_ratio.high = 1.0
+    p = suggest(optuna.trial.FixedTrial({"rank": 128, "learning_rate": 2e-3, "embedding_lr_ratio": 1.0}), tiny_cfg)
+    assert p.rule_violations == ("rank 128 > 64 without rsLoRA", "embedding_lr_ratio 1 outside [0.1, 0.5]")
+    assert p.lora_scale == pytest.approx(tiny_cfg.lora.alpha / 128)
+
+
+def test_no_ratio_is_sampled_without_trained_embeddings(tiny_cfg):
+    tiny_cfg.lora.train_embeddings = False
+    p = suggest(optuna.trial.FixedTrial({"rank": 16, "learning_rate": 2e-3}), tiny_cfg)
+    assert p.embedding_lr_ratio is None and p.embedding_lr is None
+
+
+def test_fingerprint_tracks_what_a_trial_measures(tiny_cfg):
+    before = space_fingerprint(tiny_cfg)
+    tiny_cfg.study.n_trials += 5  # how many trials: not what they measure
+    assert space_fingerprint(tiny_cfg) == before
+    tiny_cfg.search.rank.choices = [8]
+    assert space_fingerprint(tiny_cfg) != before

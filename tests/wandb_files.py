@@ -1,0 +1,84 @@
+"""Read W&B's offline run files (``run-*.wandb``) back, to check what a sweep really logged.
+
+The file is a LevelDB-style log (32 KiB blocks of CRC-framed chunks) after a 7-byte ``:W&B`` header; each
+record is a ``wandb_internal_pb2.Record`` protobuf.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BLOCK = 32768
+HEADER = 7
+
+
+def _records(path: Path):
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a W&B run file"
+    pos, pending = HEADER, b""
+    while pos + 7 <= len(data):
+        if BLOCK - pos % BLOCK < 7:  # block trailer too small for a chunk header: skip to the next block
+            pos += BLOCK - pos % BLOCK
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        pos += 7
+        if kind == 0 and length == 0:
+            pos += BLOCK - pos % BLOCK
+            continue
+        chunk, pos = data[pos : pos + length], pos + length
+        if kind == 1:  # FULL
+            yield chunk
+        elif kind == 2:  # FIRST
+            pending = chunk
+        elif kind == 3:  # MIDDLE
+            pending += chunk
+        elif kind == 4:  # LAST
+            yield pending + chunk
+            pending = b""
+
+
+@dataclass
+class OfflineRun:
+    path: Path
+    name: str = ""
+    group: str = ""
+    job_type: str = ""
+    tags: list[str] = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+    exit_code: int | None = None
+
+
+def _key(item) -> str:
+    return item.key or "/".join(item.nested_key)
+
+
+def read_run(path: Path) -> OfflineRun:
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    run = OfflineRun(path)
+    for raw in _records(path):
+        rec = pb.Record()
+        rec.ParseFromString(raw)
+        kind = rec.WhichOneof("record_type")
+        if kind == "run":
+            run.name, run.group, run.job_type = rec.run.display_name, rec.run.run_group, rec.run.job_type
+            run.tags = list(rec.run.tags)
+            run.config.update({_key(i): json.loads(i.value_json) for i in rec.run.config.update})
+        elif kind == "config":
+            run.config.update({_key(i): json.loads(i.value_json) for i in rec.config.update})
+        elif kind == "history":
+            run.history.append({_key(i): json.loads(i.value_json) for i in rec.history.item})
+        elif kind == "summary":
+            run.summary.update({_key(i): json.loads(i.value_json) for i in rec.summary.update if _key(i)})
+        elif kind == "exit":
+            run.exit_code = rec.exit.exit_code
+    return run
+
+
+def read_runs(wandb_dir: Path) -> list[OfflineRun]:
+    return [read_run(p) for p in sorted(Path(wandb_dir).rglob("offline-run-*/run-*.wandb"))]
