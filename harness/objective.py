@@ -8,6 +8,7 @@ alone holds the results. A failure of any kind records its reason on the trial b
 from __future__ import annotations
 
 import gc
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +44,10 @@ class Objective:
         params = search_space.suggest(trial, cfg)
         for key, value in params.as_dict().items():
             trial.set_user_attr(key, value)
+        started = time.perf_counter()
         ctx.tracker.start(name=f"{cfg.study.name}-t{trial.number:03d}", config=trial_config(ctx, trial, params),
                           tags=_tags(params))
+        tracker_s = time.perf_counter() - started
         trial_dir = ctx.study_dir / f"trial-{trial.number:04d}"
         adapter_dir = trial_dir / "adapter" if cfg.study.keep_adapters != "none" else None
         progress = ctx.progress(trial.number, cfg.train.max_steps) if ctx.progress else None
@@ -63,14 +66,16 @@ class Objective:
                 progress.close()
             _free_memory()
         metrics = with_forgetting(result.metrics, ctx.base)
+        started = time.perf_counter()
+        ctx.tracker.summary({**metrics, **params.as_dict(), "rule_violations": ", ".join(params.rule_violations)})
+        ctx.tracker.finish()
+        result.timings["log"] = result.timings.get("log", 0.0) + tracker_s + time.perf_counter() - started
         for key, value in metrics.items():
             trial.set_user_attr(key, value)
         trial.set_user_attr("curve", result.curve)
         trial.set_user_attr("audit", result.audit)
         trial.set_user_attr("timings", result.timings)
         trial.set_user_attr("adapter_dir", result.adapter_dir)
-        ctx.tracker.summary({**metrics, **params.as_dict(), "rule_violations": ", ".join(params.rule_violations)})
-        ctx.tracker.finish()
         return metrics["domain_loss"], metrics["forgetting"]
 
 

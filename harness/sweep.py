@@ -30,13 +30,18 @@ class Session:
     base: dict
 
 
-def setup(cfg: Config, backend=None, log=print) -> Session:
-    backend = backend or backends.load(cfg.backend)  # first: unsloth must be imported before transformers
+def setup_inputs(cfg: Config, backend) -> tuple[str, data.Corpora]:
+    """The base model folder and the tokenized corpora, prepared (and cached) on first use."""
     _quiet_libraries()
-    t = time.perf_counter()
     model_path = models.resolve(cfg.model.name)
     tokenizer = backend.load_tokenizer(model_path)
-    corpora = data.prepare(cfg.data, tokenizer, cfg.model.max_seq_length, cfg.eval.max_tokens)
+    return model_path, data.prepare(cfg.data, tokenizer, cfg.model.max_seq_length, cfg.eval.max_tokens)
+
+
+def setup(cfg: Config, backend=None, log=print) -> Session:
+    backend = backend or backends.load(cfg.backend)  # first: unsloth must be imported before transformers
+    t = time.perf_counter()
+    model_path, corpora = setup_inputs(cfg, backend)
     log(f"[setup] {backend.name} on {backend.device}; model {model_path}; {corpora.describe()} "
         f"({time.perf_counter() - t:.0f} s)")
     fingerprints = {"model": models.fingerprint(model_path), "data": corpora.fingerprint,

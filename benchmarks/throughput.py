@@ -1,0 +1,268 @@
+"""Training throughput: the harness's peft and unsloth backends and a raw Unsloth loop (no harness), on the same
+model shape, batch and sequence length, on one GPU. Results: benchmarks/RESULTS.md.
+
+    python benchmarks/throughput.py --out results.json            # both shapes, all three modes
+    python benchmarks/throughput.py --shapes smollm2-135m --steps 20
+
+Each measurement runs in its own process (Unsloth must be imported before transformers, and must not patch the
+PEFT baseline). Models are random-init Llama shapes in bf16, so no weights are needed.
+
+What is measured, per mode and shape:
+- tokens/s over the steps after ``--warmup`` (compilation and allocator warm-up excluded), host-synced per step;
+- MFU = tokens/s x model FLOPs per token / peak bf16 FLOP/s of the card, with model FLOPs per token
+  = 6 * N_matmul + 12 * n_layers * d_model * seq_len (PaLM, appendix B; N_matmul counts every linear layer
+  including lm_head; LoRA's own matmuls and the recompute of gradient checkpointing are not counted, as is the
+  convention for *model* FLOPs utilisation);
+- peak GPU memory (torch.cuda.max_memory_allocated);
+- for harness modes, the trial's wall time split into model load, data, training, eval, logging and save.
+The PEFT baseline is a fair one: bf16 weights, bf16 autocast, SDPA attention and the same gradient checkpointing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SHAPES = {
+    # name: (LlamaConfig kwargs, batch, seq)
+    "smollm2-135m": (dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                          num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True, rope_theta=100000.0),
+                     16, 2048),
+    "llama-3.2-1b": (dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                          num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True, rope_theta=500000.0),
+                     8, 2048),
+    # a smoke-test shape for CPUs
+    "tiny": (dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=512, tie_word_embeddings=True), 4, 64),
+}
+RANK, ALPHA, LR, RATIO = 64, 64.0, 1e-4, 0.2
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}  # dense bf16, SXM parts
+
+
+def flops_per_token(shape: dict, seq: int) -> float:
+    d, i, L, V = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"], shape["vocab_size"]
+    kv = d // shape["num_attention_heads"] * shape["num_key_value_heads"]
+    n_matmul = L * (2 * d * d + 2 * d * kv + 3 * d * i) + d * V
+    return 6 * n_matmul + 12 * L * d * seq
+
+
+def peak_flops(gpu_name: str) -> float | None:
+    if "PCIe" in gpu_name and "H100" in gpu_name:
+        return 756e12
+    return next((v for k, v in PEAK_BF16.items() if k in gpu_name), None)
+
+
+# ------------------------------------------------------------------------------------------ model folders
+
+
+def make_model(name: str, folder: Path) -> None:
+    """A random-init Llama of the given shape, bf16, plus a word-level tokenizer of exactly its vocabulary."""
+    import torch
+    from tokenizers import Tokenizer, models
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    shape, _, _ = SHAPES[name]
+    cfg = LlamaConfig(**shape, max_position_embeddings=4096, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    torch.manual_seed(0)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    model.save_pretrained(folder)
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{f"t{i}": i for i in range(3, shape["vocab_size"])}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                            unk_token="<pad>").save_pretrained(folder)
+
+
+# ------------------------------------------------------------------------------------------ workers
+
+
+def synthetic_blocks(vocab: int, n: int, seq: int, seed: int):
+    import numpy as np
+
+    return np.random.default_rng(seed).integers(3, vocab, size=(n, seq), dtype=np.int32)
+
+
+def run_harness(mode: str, name: str, folder: str, steps: int, warmup: int) -> dict:
+    from harness import backends
+
+    backend = backends.load(mode)  # first: unsloth before transformers
+    from harness.config import Config
+    from harness.data import Corpora
+    from harness.search_space import derive
+    from harness.tracking import make_tracker
+    from harness.train import run_trial
+
+    shape, batch, seq = SHAPES[name]
+    cfg = Config()
+    cfg.model.name, cfg.model.max_seq_length = folder, seq
+    cfg.train.max_steps, cfg.train.batch_size, cfg.train.eval_every = steps, batch, steps
+    cfg.train.gradient_checkpointing, cfg.train.warmup_ratio = True, 0.0
+    cfg.eval.max_tokens, cfg.eval.batch_size = batch * seq, batch
+    cfg.lora.alpha = ALPHA
+    cfg.tracking.wandb.mode = "offline"
+    V = shape["vocab_size"]
+    corpora = Corpora(domain_train=synthetic_blocks(V, batch * steps, seq, 0), domain_eval=synthetic_blocks(V, batch, seq, 1),
+                      general_eval=synthetic_blocks(V, batch, seq, 2), fingerprint="synthetic", stats={})
+    params = derive(RANK, LR, RATIO, cfg)
+    stamps: list[float] = []
+
+    class Progress:
+        def __call__(self, step, loss):
+            stamps.append(time.perf_counter())
+
+        def close(self):
+            pass
+
+    t0 = time.perf_counter()
+    tracker = make_tracker(cfg.tracking.wandb, f"bench-{name}", Path(tempfile.mkdtemp()))
+    tracker.start(name=f"{mode}-{name}", config=cfg.to_dict(), tags=["benchmark"])
+    tracker_s = time.perf_counter() - t0
+    result = run_trial(backend, folder, cfg, params, corpora, tracker, Path(tempfile.mkdtemp()) / "adapter", Progress())
+    t1 = time.perf_counter()
+    tracker.finish()
+    result.timings["log"] += tracker_s + time.perf_counter() - t1
+    wall = time.perf_counter() - t0
+    tokens = batch * seq
+    return {
+        "mode": f"harness-{mode}", "shape": name, "batch": batch, "seq": seq, "steps": steps, "warmup": warmup,
+        "tokens_per_s": tokens * (steps - warmup) / (stamps[-1] - stamps[warmup - 1]),
+        "peak_memory_gb": result.metrics["peak_memory_gb"], "trial_wall_s": wall,
+        "timings": result.timings, "audit": result.audit,
+    }
+
+
+def run_raw_unsloth(name: str, folder: str, steps: int, warmup: int) -> dict:
+    """The plain Unsloth recipe with a hand loop: no harness code on the path."""
+    os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
+    import unsloth  # noqa: F401
+    import torch
+    from unsloth import FastLanguageModel
+
+    shape, batch, seq = SHAPES[name]
+    model, _ = FastLanguageModel.from_pretrained(model_name=folder, max_seq_length=seq, dtype=None,
+                                                 load_in_4bit=False, load_in_16bit=True,
+                                                 use_gradient_checkpointing="unsloth")
+    model = FastLanguageModel.get_peft_model(model, r=RANK, lora_alpha=ALPHA, target_modules=TARGETS,
+                                             modules_to_save=["embed_tokens", "lm_head"], use_rslora=False,
+                                             use_gradient_checkpointing="unsloth", random_state=0)
+    emb = [p for n, p in model.named_parameters() if p.requires_grad and "modules_to_save" in n]
+    lora = [p for n, p in model.named_parameters() if p.requires_grad and "modules_to_save" not in n]
+    opt = torch.optim.AdamW([{"params": lora, "lr": LR}, {"params": emb, "lr": LR * RATIO}], fused=True)
+    data = torch.from_numpy(synthetic_blocks(shape["vocab_size"], batch * steps, seq, 0)).long()
+    torch.cuda.reset_peak_memory_stats()
+    stamps = []
+    model.train()
+    for step in range(steps):
+        x = data[step * batch : (step + 1) * batch].cuda(non_blocking=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(input_ids=x, labels=x).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(lora + emb, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss.item()
+        stamps.append(time.perf_counter())
+    dtypes = sorted({str(p.dtype) for p in lora + emb})
+    return {"mode": "raw-unsloth", "shape": name, "batch": batch, "seq": seq, "steps": steps, "warmup": warmup,
+            "tokens_per_s": batch * seq * (steps - warmup) / (stamps[-1] - stamps[warmup - 1]),
+            "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30, "trainable_dtypes": dtypes,
+            "trainable": {"lora": sum(p.numel() for p in lora), "embedding": sum(p.numel() for p in emb)}}
+
+
+# ------------------------------------------------------------------------------------------ orchestration
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shapes", default="smollm2-135m,llama-3.2-1b")
+    ap.add_argument("--modes", default="harness-peft,harness-unsloth,raw-unsloth")
+    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--out", default="benchmark.json")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--shape", help=argparse.SUPPRESS)
+    ap.add_argument("--folder", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        fn = run_raw_unsloth if args.worker == "raw-unsloth" else (
+            lambda *a: run_harness(args.worker.removeprefix("harness-"), *a))
+        print("RESULT " + json.dumps(fn(args.shape, args.folder, args.steps, args.warmup)), flush=True)
+        return
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    results = {"card": gpu, "date": datetime.date.today().isoformat(), "torch": torch.__version__, "runs": []}
+    for name in args.shapes.split(","):
+        with tempfile.TemporaryDirectory() as folder:
+            make_model(name, Path(folder))
+            for mode in args.modes.split(","):
+                results["runs"].append(_spawn(mode, name, folder, args))
+                Path(args.out).write_text(json.dumps(results, indent=2))
+    _summarise(results)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print(markdown(results))
+
+
+def _spawn(mode: str, name: str, folder: str, args) -> dict:
+    cmd = [sys.executable, __file__, "--worker", mode, "--shape", name, "--folder", folder,
+           "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if line is None:
+        print(proc.stdout[-3000:], proc.stderr[-5000:], file=sys.stderr)
+        return {"mode": mode, "shape": name, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "no result"}
+    out = json.loads(line.removeprefix("RESULT "))
+    out["process_wall_s"] = time.perf_counter() - t
+    print(f"{mode:>16} {name:>14}: {out['tokens_per_s']:>9,.0f} tok/s, {out['peak_memory_gb']:.1f} GiB", flush=True)
+    return out
+
+
+def _summarise(results: dict) -> None:
+    peak = peak_flops(results["card"])
+    for r in results["runs"]:
+        if "error" in r:
+            continue
+        shape, _, seq = SHAPES[r["shape"]]
+        r["model_flops_per_token"] = flops_per_token(shape, seq)
+        r["mfu"] = r["tokens_per_s"] * r["model_flops_per_token"] / peak if peak else None
+
+
+def markdown(results: dict) -> str:
+    rows = [f"Card: {results['card']}; date: {results['date']}; torch {results['torch']}", "",
+            "| shape | mode | batch x seq | tokens/s | MFU | peak memory | vs peft | vs raw unsloth |",
+            "|---|---|---|---|---|---|---|---|"]
+    by = {(r["shape"], r["mode"]): r for r in results["runs"] if "error" not in r}
+    for r in results["runs"]:
+        if "error" in r:
+            rows.append(f"| {r['shape']} | {r['mode']} | failed: {r['error'][:80]} | | | | | |")
+            continue
+        peft = by.get((r["shape"], "harness-peft"))
+        raw = by.get((r["shape"], "raw-unsloth"))
+        rel = lambda base: f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base else "-"  # noqa: E731
+        mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
+        rows.append(f"| {r['shape']} | {r['mode']} | {r['batch']} x {r['seq']} | {r['tokens_per_s']:,.0f} | {mfu} | "
+                    f"{r['peak_memory_gb']:.1f} GiB | {rel(peft)} | {rel(raw)} |")
+    rows += ["", "Harness trial wall time split (s):", "", "| shape | mode | load | data | train | eval | log | save | total |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results["runs"]:
+        if "timings" in r:
+            t = r["timings"]
+            rows.append(f"| {r['shape']} | {r['mode']} | " + " | ".join(f"{t.get(k, 0):.1f}" for k in
+                        ("load", "data", "train", "eval", "log", "save")) + f" | {r['trial_wall_s']:.1f} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    main()
