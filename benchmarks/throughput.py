@@ -108,6 +108,7 @@ def run_harness(mode: str, name: str, folder: str, steps: int, warmup: int) -> d
     cfg.model.name, cfg.model.max_seq_length = folder, seq
     cfg.train.max_steps, cfg.train.batch_size, cfg.train.eval_every = steps, batch, steps
     cfg.train.gradient_checkpointing, cfg.train.warmup_ratio = True, 0.0
+    cfg.train.compile = os.environ.get("UNSLOTH_BLOCK_COMPILE", "1") != "0"  # Unsloth's own default: on
     cfg.eval.max_tokens, cfg.eval.batch_size = batch * seq, batch
     cfg.lora.alpha = ALPHA
     cfg.tracking.wandb.mode = "offline"

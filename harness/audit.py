@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
+
 LORA_MARKERS = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector")
 
 
@@ -75,7 +77,13 @@ def audit(model, optimizer, params, lora_cfg, embedding_names: tuple[str, ...], 
             "lr": g["lr"],
             "tensors": len(g["params"]),
             "parameters": sum(p.numel() for p in g["params"]),
+            "dtypes": sorted({str(p.dtype).removeprefix("torch.") for p in g["params"]}),
+            "devices": sorted({str(p.device) for p in g["params"]}),
         }
+    low_precision = sorted({str(p.dtype) for p in named.values() if p.requires_grad and p.dtype != torch.float32})
+    if low_precision:
+        problems.append(f"trainable weights in {low_precision}: an update smaller than the weight's precision is lost; "
+                        "keep fp32 master weights")
     missing = [by_id[i] for i in trainable - set(group_of)]
     if missing:
         problems.append(f"trainable but in no optimizer group: {missing[:5]}")

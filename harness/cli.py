@@ -102,6 +102,8 @@ def _report(cfg) -> int:
               file=sys.stderr)
         return 2
     print(report.table(study, study.user_attrs.get("base")))
+    print()
+    print(report.timing_table(study))
     return 0
 
 

@@ -56,3 +56,17 @@ def table(study, base: dict | None = None) -> str:
     lines.append("  ".join(h.rjust(w) for h, w in zip(header, widths)))
     lines += ["  ".join(c.rjust(w) for c, w in zip(cells, widths)) for cells in body]
     return "\n".join(lines)
+
+
+def timing_table(study) -> str:
+    """Where each complete trial's wall time went (seconds), and the share that was not training."""
+    lines = ["trial  load  data  train  eval   log  save  not training"]
+    for t in study.get_trials(deepcopy=False):
+        tm = t.user_attrs.get("timings")
+        if t.state.name != "COMPLETE" or not tm:
+            continue
+        parts = [tm.get(k, 0.0) for k in ("load", "data", "train", "eval", "log", "save")]
+        total = sum(parts)
+        lines.append(f"{t.number:>5}" + "".join(f"{v:>6.1f}" for v in parts[:2]) + f"{parts[2]:>7.1f}"
+                     + "".join(f"{v:>6.1f}" for v in parts[3:]) + f"  {100 * (total - parts[2]) / total:>11.0f}%")
+    return "\n".join(lines)

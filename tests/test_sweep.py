@@ -18,7 +18,7 @@ from harness import train
 from harness.cache import build_once
 from harness.cli import main
 from tests.conftest import ROOT
-from tests.wandb_files import read_runs
+from harness.wandb_files import read_runs
 
 DEMO = str(ROOT / "sweeps" / "demo.yaml")
 

@@ -205,3 +205,13 @@ def test_evaluate_is_token_mean_cross_entropy(tiny_cfg, backend):
     ref = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
     assert loss == pytest.approx(ref.item(), rel=1e-5)
     assert 0 < loss < math.log(model.config.vocab_size) + 1
+
+
+def test_audit_catches_bf16_trainable_weights(tiny_cfg, backend):
+    params = derive(16, 1e-3, 0.2, tiny_cfg)
+    model = backend.load_for_training(tiny_cfg.model.name, tiny_cfg, params)
+    lora_a = next(p for n, p in model.named_parameters() if "lora_A" in n)
+    lora_a.data = lora_a.data.bfloat16()
+    opt = torch.optim.AdamW(audit.build_param_groups(model, 1e-3, 2e-4, 0.0, ("embed_tokens", "lm_head")))
+    with pytest.raises(audit.AuditError, match=r"trainable weights in \['torch.bfloat16'\]"):
+        audit.audit(model, opt, params, tiny_cfg.lora, ("embed_tokens", "lm_head"), 1e-3)

@@ -49,8 +49,11 @@ class UnslothBackend(Backend):
 
         return torch.autocast("cuda", dtype=torch.bfloat16)
 
-    def _from_pretrained(self, model_path, model_cfg, gradient_checkpointing):
+    def _from_pretrained(self, model_path, model_cfg, gradient_checkpointing, compile_blocks=False):
         import torch
+
+        # Read by Unsloth when it patches the model; per load, so one process can run both settings.
+        os.environ["UNSLOTH_BLOCK_COMPILE"] = "1" if compile_blocks else "0"
 
         dtype = None if model_cfg.dtype == "auto" else getattr(torch, model_cfg.dtype)
         model, _ = FastLanguageModel.from_pretrained(
@@ -69,7 +72,7 @@ class UnslothBackend(Backend):
         import torch
 
         checkpointing = "unsloth" if cfg.train.gradient_checkpointing else False
-        model = self._from_pretrained(model_path, cfg.model, checkpointing)
+        model = self._from_pretrained(model_path, cfg.model, checkpointing, cfg.train.compile)
         if cfg.lora.init_adapter:
             from peft import PeftModel
 

@@ -1,4 +1,4 @@
-"""Read W&B's offline run files (``run-*.wandb``) back, to check what a sweep really logged.
+"""Read W&B's offline run files (``run-*.wandb``) back without syncing them: what a sweep really logged.
 
 The file is a LevelDB-style log (32 KiB blocks of CRC-framed chunks) after a 7-byte ``:W&B`` header; each
 record is a ``wandb_internal_pb2.Record`` protobuf.

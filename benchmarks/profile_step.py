@@ -1,0 +1,87 @@
+"""Where a training step's time goes: one harness trial on a random-init model shape, with per-step wall times
+and a torch.profiler table over a few steady-state steps. A diagnostic, not a benchmark of record.
+
+    python benchmarks/profile_step.py --backend unsloth --shape smollm2-135m --batch 16 --seq 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--backend", default="unsloth")
+    ap.add_argument("--shape", default="smollm2-135m")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--seq", type=int, default=512)
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--folder", help="existing model folder (else a random-init one is made)")
+    ap.add_argument("--no-profile", action="store_true")
+    a = ap.parse_args()
+    from harness import backends
+
+    backend = backends.load(a.backend)  # first: unsloth before transformers
+    import torch
+
+    from harness.config import Config
+    from harness.data import Corpora
+    from harness.search_space import derive
+    from harness.tracking import Tracker
+    from harness.train import run_trial
+    from throughput import SHAPES, make_model, synthetic_blocks
+
+    folder = a.folder or tempfile.mkdtemp()
+    if not a.folder:
+        make_model(a.shape, Path(folder))
+    V = SHAPES[a.shape][0]["vocab_size"]
+    cfg = Config()
+    cfg.model.name, cfg.model.max_seq_length = folder, a.seq
+    cfg.train.max_steps, cfg.train.batch_size, cfg.train.eval_every = a.steps, a.batch, a.steps
+    cfg.train.gradient_checkpointing, cfg.train.warmup_ratio = True, 0.0
+    cfg.train.compile = os.environ.get("UNSLOTH_BLOCK_COMPILE", "1") != "0"  # as run: Unsloth's default unless set
+    cfg.eval.max_tokens = a.batch * a.seq
+    corpora = Corpora(synthetic_blocks(V, a.batch * a.steps, a.seq, 0), synthetic_blocks(V, a.batch, a.seq, 1),
+                      synthetic_blocks(V, a.batch, a.seq, 2), "synthetic", {})
+    stamps: list[float] = []
+    prof = None if a.no_profile else torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA],
+        schedule=torch.profiler.schedule(wait=a.steps - 8, warmup=2, active=5, repeat=1))
+
+    class Progress:
+        def __call__(self, step, loss):
+            stamps.append(time.perf_counter())
+            if prof is not None:
+                prof.step()
+
+        def close(self):
+            pass
+
+    if prof is not None:
+        prof.start()
+    t0 = time.perf_counter()
+    result = run_trial(backend, folder, cfg, derive(64, 1e-4, 0.2, cfg), corpora, Tracker(), None, Progress())
+    if prof is not None:
+        prof.stop()
+    gaps = [b - c for b, c in zip(stamps[1:], stamps[:-1])]
+    print(f"backend {a.backend} shape {a.shape} batch {a.batch} x {a.seq}: first step {stamps[0] - t0:.1f} s after start "
+          f"(load {result.timings['load']:.1f} s); steady step median {statistics.median(gaps[5:]) * 1e3:.1f} ms "
+          f"-> {a.batch * a.seq / statistics.median(gaps[5:]):,.0f} tok/s; peak {result.metrics['peak_memory_gb']:.2f} GiB")
+    for name, g in result.audit["groups"].items():
+        print(f"  group {name}: lr {g['lr']:g}, {g['parameters']:,} params, dtypes {g['dtypes']}, devices {g['devices']}")
+    if prof is not None:
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18, max_name_column_width=60))
+        print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=12, max_name_column_width=60))
+
+
+if __name__ == "__main__":
+    main()
