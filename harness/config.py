@@ -353,7 +353,7 @@ def check(cfg: Config) -> list[str]:
               lambda c: models.check_model_name(c.model.name, "model.name"),
               lambda c: data_mod.check_source(c.data.domain, "data.domain"),
               lambda c: data_mod.check_source(c.data.general, "data.general"),
-              lambda c: data_mod.check_init_adapter(c.lora.init_adapter, "lora.init_adapter")]
+              _check_init_adapter]
     problems: list[str] = []
     for fn in checks:
         try:
@@ -446,6 +446,37 @@ def _check_targets(cfg: Config) -> list[str]:
             f"lora.target_modules: {embedded} are trained in full through lora.train_embeddings, not as LoRA "
             "targets; remove them from target_modules"
         )
+    return problems
+
+
+def _check_init_adapter(cfg: Config) -> list[str]:
+    """Continuing from a saved adapter: its rank, alpha, targets and embeddings are fixed; the file must agree."""
+    path = cfg.lora.init_adapter
+    if path is None:
+        return []
+    config_file = Path(path).expanduser() / "adapter_config.json"
+    if not config_file.is_file():
+        return [f"lora.init_adapter: {path} is not a saved adapter folder (no adapter_config.json); "
+                "give a trial's adapter/ folder, e.g. runs/<study>/trial-0003/adapter"]
+    import json
+
+    saved = json.loads(config_file.read_text())
+    r, alpha = saved.get("r"), saved.get("lora_alpha")
+    problems = []
+    if cfg.search.rank.choices != [r]:
+        problems.append(f"search.rank.choices: the adapter in lora.init_adapter has rank {r}; set [{r}]")
+    if alpha is not None and float(alpha) != cfg.lora.alpha:
+        problems.append(f"lora.alpha: the adapter in lora.init_adapter has alpha {alpha}; set {alpha}")
+    targets = saved.get("target_modules") or []
+    if set(targets) != set(cfg.lora.target_modules):
+        problems.append(f"lora.target_modules: the adapter in lora.init_adapter targets {sorted(targets)}")
+    rslora = r is not None and r > RSLORA_RANK_THRESHOLD if cfg.lora.use_rslora == "auto" else cfg.lora.use_rslora
+    if bool(saved.get("use_rslora")) != bool(rslora):
+        problems.append(f"lora.use_rslora: the adapter in lora.init_adapter has use_rslora={saved.get('use_rslora')}")
+    trained = bool(set(saved.get("modules_to_save") or []) & set(EMBEDDING_MODULES))
+    if trained != cfg.lora.train_embeddings:
+        problems.append(f"lora.train_embeddings: the adapter in lora.init_adapter {'trains' if trained else 'does not train'} "
+                        f"the embeddings; set {str(trained).lower()}")
     return problems
 
 

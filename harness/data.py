@@ -63,14 +63,6 @@ def check_source(src: DataSource, key: str) -> list[str]:
     return []
 
 
-def check_init_adapter(path: str | None, key: str) -> list[str]:
-    if path is None:
-        return []
-    if not (Path(path).expanduser() / "adapter_config.json").is_file():
-        return [f"{key}: {path} is not a saved adapter folder (no adapter_config.json); give a trial's adapter/ folder"]
-    return []
-
-
 def source_label(src: DataSource) -> str:
     return src.path if src.text_field == "text" else f"{src.path}[{src.text_field}]"
 

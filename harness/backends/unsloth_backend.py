@@ -77,6 +77,7 @@ class UnslothBackend(Backend):
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, cfg.lora.init_adapter, is_trainable=True)
+            model = FastLanguageModel.patch_peft_model(model, use_gradient_checkpointing=checkpointing)
         else:
             from harness.backends.peft_backend import embedding_module_names
 

@@ -1,0 +1,77 @@
+"""Continued training from a saved adapter (lora.init_adapter): one of the guidance's three CPT workflows."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+from safetensors.torch import load_file
+
+from harness import audit, train
+from harness.backends.peft_backend import PeftBackend
+from harness.cli import main
+from harness.config import ConfigError, load_config
+from harness.search_space import derive
+from tests.conftest import ROOT
+from tests.test_train import Recorder, corpora_for
+
+DEMO = ROOT / "sweeps" / "demo.yaml"
+
+
+@pytest.fixture
+def first_adapter(tiny_overrides, tmp_path):
+    """A finished trial's adapter (rank 16), saved by a real sweep."""
+    sets = ["--set", "study.keep_adapters=all", "--set", "search.rank.choices=[16]"]
+    assert main(["sweep", str(DEMO), "--n-trials", "1"] + sets + [x for o in tiny_overrides for x in ("--set", o)]) == 0
+    (t,) = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/study.db").trials
+    return t.user_attrs["adapter_dir"], t
+
+
+def test_the_adapter_fixes_rank_targets_and_embeddings(first_adapter, tiny_overrides):
+    adapter, _ = first_adapter
+    with pytest.raises(ConfigError) as e:
+        load_config(DEMO, tiny_overrides + [f"lora.init_adapter={adapter}", "search.rank.choices=[16,64]",
+                                            "lora.train_embeddings=false", "lora.target_modules=[q_proj]"])
+    joined = "\n".join(e.value.problems)
+    assert "search.rank.choices: the adapter in lora.init_adapter has rank 16; set [16]" in joined
+    assert "lora.target_modules: the adapter in lora.init_adapter targets" in joined
+    assert "lora.train_embeddings: the adapter in lora.init_adapter trains the embeddings; set true" in joined
+    with pytest.raises(ConfigError, match="not a saved adapter folder"):
+        load_config(DEMO, tiny_overrides + ["lora.init_adapter=/tmp", "search.rank.choices=[16]"])
+
+
+def test_continued_training_starts_from_the_adapter_and_trains_on(first_adapter, tiny_overrides, tiny_corpora, tmp_path):
+    adapter, first = first_adapter
+    # New domain data for the continuation: Brown as the "domain" this time.
+    cfg = load_config(DEMO, tiny_overrides + [f"lora.init_adapter={adapter}", "search.rank.choices=[16]",
+                                              f"data.domain={tiny_corpora['general']}"])
+    backend = PeftBackend()
+    params = derive(16, 2e-3, 0.2, cfg)
+    saved = load_file(f"{adapter}/adapter_model.safetensors")
+    model = backend.load_for_training(cfg.model.name, cfg, params)
+    named = dict(model.named_parameters())
+    lora_b = [k for k in saved if "lora_B" in k]
+    assert lora_b
+    for key in lora_b:  # loaded exactly: the saved key plus PEFT's adapter name
+        live = named[key.replace(".weight", ".default.weight")]
+        assert live.requires_grad and torch.equal(live.detach().float(), saved[key].float())
+    embed = audit._active_weight(model.get_input_embeddings())
+    saved_embed = next(v for k, v in saved.items() if "embed_tokens" in k)
+    assert torch.equal(embed.detach().float(), saved_embed.float())
+    assert embed.data_ptr() == audit._active_weight(model.get_output_embeddings()).data_ptr(), "still one matrix"
+
+    result = train.run_trial(backend, cfg.model.name, cfg, params, corpora_for(cfg, backend), Recorder(),
+                             tmp_path / "continued")
+    assert result.audit["groups"]["embedding"]["lr"] == pytest.approx(params.embedding_lr)
+    after = load_file(str(tmp_path / "continued" / "adapter_model.safetensors"))
+    assert any(not torch.equal(after[k], saved[k]) for k in lora_b), "training went on from the adapter"
+
+
+def test_continuation_runs_as_a_sweep(first_adapter, tiny_overrides, tiny_corpora, tmp_path):
+    adapter, _ = first_adapter
+    sets = [f"lora.init_adapter={adapter}", "search.rank.choices=[16]", "study.name=continued",
+            f"data.domain={tiny_corpora['general']}"]
+    assert main(["sweep", str(DEMO), "--n-trials", "1"] + [x for o in tiny_overrides + sets for x in ("--set", o)]) == 0
+    (t,) = optuna.load_study(study_name="continued", storage=f"sqlite:///{tmp_path}/study.db").trials
+    assert t.state == TrialState.COMPLETE and t.user_attrs["rank"] == 16
