@@ -1,6 +1,7 @@
 """cpt-harness: a thin command line over harness.sweep / report / config.
 
-    cpt-harness sweep [CONFIG] [--n-trials N] [--set key=value ...]
+    cpt-harness sweep [CONFIG] [--n-trials N] [--workers N | --gpus 0,1 --trials-per-gpu K|auto] [--set k=v ...]
+    cpt-harness worker [CONFIG] [--n-trials N] [--label NAME] [--set key=value ...]
     cpt-harness validate [CONFIG] [--set key=value ...]
     cpt-harness report [CONFIG] [--set key=value ...]
 
@@ -42,6 +43,13 @@ def _parser() -> argparse.ArgumentParser:
 
     s = command("sweep", "Run trials until the study holds N complete ones (resumes an existing study).")
     s.add_argument("--n-trials", type=int, help="complete trials wanted (default: study.n_trials)")
+    s.add_argument("--workers", type=int, help="worker processes on a CPU machine (parallel.workers)")
+    s.add_argument("--gpus", help="GPUs to run workers on, e.g. 0,1 (parallel.gpus)")
+    s.add_argument("--trials-per-gpu", help="concurrent trials per GPU, or auto (parallel.trials_per_gpu)")
+    w = command("worker", "Join (or create) the study in CONFIG and run trials until it holds N complete ones.")
+    w.add_argument("--n-trials", type=int, help="complete trials wanted (default: study.n_trials)")
+    w.add_argument("--label", help="this worker's name in progress and reports (default: the host name)")
+    w.add_argument("--index", type=int, default=0, help="distinct per worker: seeds its sampler differently")
     command("validate", "Check a sweep file (prepares nothing): exit 0 with a summary, or 2 listing every problem.")
     command("report", "Print the study's trials and Pareto front from its database.")
     return p
@@ -50,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     path = _config_path(args.config)
+    args.overrides += _parallel_overrides(args)
     try:
         cfg = load_config(path, args.overrides)
         if getattr(args, "n_trials", None) is not None and args.n_trials < 1:
@@ -63,6 +72,18 @@ def main(argv: list[str] | None = None) -> int:
     return _run(args, cfg)
 
 
+def _parallel_overrides(args) -> list[str]:
+    """--workers / --gpus / --trials-per-gpu are shorthands for the parallel.* keys."""
+    out = []
+    if getattr(args, "workers", None) is not None:
+        out.append(f"parallel.workers={args.workers}")
+    if getattr(args, "gpus", None):
+        out.append(f"parallel.gpus=[{args.gpus}]")
+    if getattr(args, "trials_per_gpu", None):
+        out.append(f"parallel.trials_per_gpu={args.trials_per_gpu}")
+    return out
+
+
 def _run(args, cfg) -> int:
     from harness.backends import BackendUnavailable
     from harness.data import DataError
@@ -71,10 +92,19 @@ def _run(args, cfg) -> int:
     from harness.sweep import SweepAborted
 
     try:
+        if args.command == "sweep" and (cfg.parallel.gpus or cfg.parallel.workers > 1):
+            from harness import parallel
+
+            return parallel.run(cfg, str(_config_path(args.config)), _without_parallel(args.overrides), args.n_trials)
         if args.command == "sweep":
             from harness import sweep
 
             sweep.run(cfg, n_trials=args.n_trials)
+        elif args.command == "worker":
+            from harness import sweep
+
+            session = sweep.setup(cfg, worker=args.index)
+            sweep.work(session, args.n_trials or cfg.study.n_trials, label=args.label)
         elif args.command == "report":
             return _report(cfg)
     except (BackendUnavailable, DataError, ModelNotFound, StudyMismatch, ImportError) as e:
@@ -88,6 +118,11 @@ def _run(args, cfg) -> int:
               "run the same command again to resume", file=sys.stderr)
         return 130
     return 0
+
+
+def _without_parallel(overrides: list[str]) -> list[str]:
+    """Workers get the same overrides, minus the parallel ones (a worker is one process)."""
+    return [o for o in overrides if not o.startswith("parallel.")]
 
 
 def _report(cfg) -> int:

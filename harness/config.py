@@ -41,6 +41,12 @@ class StudyConfig:
     max_failures: int = _help("Stop the sweep after this many failed trials in one run.", 3)
     keep_adapters: Literal["pareto", "all", "none"] = _help("Which trials keep their saved adapter.", "pareto")
     output_dir: str = _help("Where adapters and per-trial files go (one folder per study).", "runs")
+    heartbeat_interval: int = _help("Seconds between a running trial's heartbeats in the study database.", 30)
+    grace_period: int | None = _help(
+        "A running trial with no heartbeat for this long belongs to a dead worker: it is marked FAIL and retried "
+        "(default: 4 x heartbeat_interval).", None
+    )
+    max_retries: int = _help("How often a dead worker's trial is retried.", 2)
 
 
 @dataclass
@@ -154,6 +160,15 @@ class TrackingConfig:
 
 
 @dataclass
+class ParallelConfig:
+    workers: int = _help("Worker processes on a CPU machine (cpt-harness sweep --workers).", 1)
+    gpus: list[int] | None = _help("GPUs to use, one or more workers each (--gpus 0,1); null: no GPU workers.", None)
+    trials_per_gpu: Union[int, Literal["auto"]] = _help(
+        "Concurrent trials per GPU; auto: from a measured trial's peak memory and the card's free memory.", 1
+    )
+
+
+@dataclass
 class Config:
     study: StudyConfig = _help("Study and storage.", factory=StudyConfig)
     model: ModelConfig = _help("Base model.", factory=ModelConfig)
@@ -165,6 +180,7 @@ class Config:
     search: SearchConfig = _help("Search space Optuna samples from.", factory=SearchConfig)
     rules: RulesConfig = _help("The Unsloth CPT rules, enforced unless opted out.", factory=RulesConfig)
     tracking: TrackingConfig = _help("Experiment tracking.", factory=TrackingConfig)
+    parallel: ParallelConfig = _help("Several trials at once: worker processes, GPUs.", factory=ParallelConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -382,6 +398,17 @@ def _check_numbers(cfg: Config) -> list[str]:
                 problems.append(f"{k}: must be > 0, got {v}")
         except TypeError:
             pass
+    if cfg.study.heartbeat_interval < 1:
+        problems.append(f"study.heartbeat_interval: must be >= 1 second, got {cfg.study.heartbeat_interval}")
+    if cfg.study.grace_period is not None and cfg.study.grace_period <= cfg.study.heartbeat_interval:
+        problems.append(f"study.grace_period: must exceed study.heartbeat_interval ({cfg.study.heartbeat_interval}), "
+                        f"got {cfg.study.grace_period}")
+    if cfg.parallel.workers < 1:
+        problems.append(f"parallel.workers: must be >= 1, got {cfg.parallel.workers}")
+    if cfg.parallel.gpus is not None and (not cfg.parallel.gpus or any(g < 0 for g in cfg.parallel.gpus)):
+        problems.append(f"parallel.gpus: a non-empty list of GPU indices, e.g. [0, 1]; got {cfg.parallel.gpus}")
+    if cfg.parallel.trials_per_gpu != "auto" and cfg.parallel.trials_per_gpu < 1:
+        problems.append(f"parallel.trials_per_gpu: must be >= 1 or auto, got {cfg.parallel.trials_per_gpu}")
     if cfg.study.max_failures < 1:
         problems.append(f"study.max_failures: must be >= 1, got {cfg.study.max_failures}")
     if not cfg.study.name.strip():

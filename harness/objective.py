@@ -31,6 +31,7 @@ class TrialContext:
     tracker: Any
     study_dir: Path
     progress: Callable[[int, int], Any] | None = None  # (trial number, max_steps) -> callback(step, loss)
+    worker: str = ""  # which worker ran the trial (host, GPU, slot), for progress and reports
 
 
 class Objective:
@@ -38,23 +39,15 @@ class Objective:
         self.ctx = ctx
 
     def __call__(self, trial) -> tuple[float, float]:
-        from harness import train
-
         ctx, cfg = self.ctx, self.ctx.cfg
         params = search_space.suggest(trial, cfg)
         for key, value in params.as_dict().items():
             trial.set_user_attr(key, value)
-        started = time.perf_counter()
-        ctx.tracker.start(name=f"{cfg.study.name}-t{trial.number:03d}", config=trial_config(ctx, trial, params),
-                          tags=_tags(params))
-        tracker_s = time.perf_counter() - started
+        trial.set_user_attr("worker", ctx.worker)
         trial_dir = ctx.study_dir / f"trial-{trial.number:04d}"
-        adapter_dir = trial_dir / "adapter" if cfg.study.keep_adapters != "none" else None
-        progress = ctx.progress(trial.number, cfg.train.max_steps) if ctx.progress else None
         try:
-            result = train.run_trial(ctx.backend, ctx.model_path, cfg, params, ctx.corpora, ctx.tracker, adapter_dir,
-                                     progress)
-        except BaseException as e:
+            return self._train(trial, params, trial_dir)
+        except BaseException as e:  # whatever failed, the trial says why, and so does its W&B run
             reason = "interrupted (Ctrl-C)" if isinstance(e, KeyboardInterrupt) else _reason(e)
             trial.set_user_attr("fail_reason", reason)
             _write_error(trial_dir, e)
@@ -62,9 +55,30 @@ class Objective:
             ctx.tracker.finish(failed=True)
             raise
         finally:
+            _free_memory()
+
+    def _train(self, trial, params, trial_dir: Path) -> tuple[float, float]:
+        from harness import train
+
+        ctx, cfg = self.ctx, self.ctx.cfg
+        resume_id = None
+        if (retry_of := _retried_trial(trial)) is not None:
+            trial.set_user_attr("retry_of", retry_of)
+            trial.set_user_attr("fail_reason", None)  # copied from the failed original
+            resume_id = trial.user_attrs.get("wandb_run_id")  # the dead worker's run: resume it, not a new one
+        started = time.perf_counter()
+        ctx.tracker.start(name=f"{cfg.study.name}-t{trial.number:03d}", config=trial_config(ctx, trial, params),
+                          tags=_tags(params), resume_id=resume_id)
+        trial.set_user_attr("wandb_run_id", ctx.tracker.run_id)
+        tracker_s = time.perf_counter() - started
+        adapter_dir = trial_dir / "adapter" if cfg.study.keep_adapters != "none" else None
+        progress = ctx.progress(trial.number, cfg.train.max_steps) if ctx.progress else None
+        try:
+            result = train.run_trial(ctx.backend, ctx.model_path, cfg, params, ctx.corpora, ctx.tracker, adapter_dir,
+                                     progress)
+        finally:
             if progress is not None:
                 progress.close()
-            _free_memory()
         metrics = with_forgetting(result.metrics, ctx.base)
         started = time.perf_counter()
         ctx.tracker.summary({**metrics, **params.as_dict(), "rule_violations": ", ".join(params.rule_violations)})
@@ -77,6 +91,14 @@ class Objective:
         trial.set_user_attr("timings", result.timings)
         trial.set_user_attr("adapter_dir", result.adapter_dir)
         return metrics["domain_loss"], metrics["forgetting"]
+
+
+def _retried_trial(trial) -> int | None:
+    """The number of the dead worker's trial this one re-runs (Optuna's retry callback marks it), if any."""
+    storage = getattr(trial, "storage", None)  # FixedTrial has none
+    if storage is None:
+        return None
+    return storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
 
 
 def with_forgetting(metrics: dict[str, float], base: dict[str, float]) -> dict[str, float]:

@@ -7,13 +7,18 @@ measured once per study and stored with it, so forgetting is always measured aga
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
 import optuna
 from optuna.trial import TrialState
 
+from harness.cache import locked
 from harness.config import Config
 
 DIRECTIONS = {"pareto": ["minimize", "minimize"]}  # domain_loss, forgetting
@@ -29,14 +34,69 @@ def storage_url(storage: str) -> str:
     return storage if "://" in storage else f"sqlite:///{storage}"
 
 
-def make_storage(url: str) -> optuna.storages.BaseStorage:
+def make_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None,
+                 max_retries: int = 2) -> optuna.storages.RDBStorage:
+    """The study's database. With a heartbeat, a running trial whose worker died (kill -9, OOM, node loss) is
+    failed once its heartbeat is ``grace_period`` old and re-queued with the same parameters."""
+    url = storage_url(url)
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite:///"):
+        _prepare_sqlite(Path(url.removeprefix("sqlite:///")))
+        # Several processes on one host: wait for SQLite's write lock instead of failing at once.
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if heartbeat_interval:
+            kwargs.update(heartbeat_interval=heartbeat_interval, grace_period=grace_period or 4 * heartbeat_interval,
+                          heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retries))
+        with claim_lock(url):  # workers starting at once on an empty database would race to create its tables
+            return optuna.storages.RDBStorage(url, **kwargs)
+
+
+def storage_for(cfg: Config) -> optuna.storages.RDBStorage:
+    s = cfg.study
+    return make_storage(s.storage, s.heartbeat_interval, s.grace_period, s.max_retries)
+
+
+def _prepare_sqlite(path: Path) -> None:
+    """WAL journal: readers never block the writer, so several workers on one host share the file."""
+    import sqlite3
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.closing(sqlite3.connect(path, timeout=120)) as con:
+        if con.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            con.execute("PRAGMA journal_mode=WAL")
+
+
+@contextlib.contextmanager
+def claim_lock(url: str) -> Iterator[None]:
+    """A lock shared by every worker of a study: a file lock beside a SQLite file (one host), a PostgreSQL
+    advisory lock (any number of hosts). Held only to decide whether to start a trial, and while the base
+    losses are measured, so that exactly n_trials complete and the base is measured once."""
     url = storage_url(url)
     if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Several processes on one host: wait for SQLite's write lock instead of failing at once.
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
-    return optuna.storages.RDBStorage(url)
+        with locked(Path(url.removeprefix("sqlite:///") + ".lock")):
+            yield
+    elif url.startswith("postgresql"):
+        import sqlalchemy
+
+        engine = _engine(url)
+        with engine.connect() as con:
+            key = int(hashlib.sha256(url.encode()).hexdigest()[:15], 16)
+            con.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                con.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+    else:  # no cross-process lock for this database: at worst one trial more than asked for
+        yield
+
+
+@functools.lru_cache(maxsize=None)
+def _engine(url: str):
+    import sqlalchemy
+
+    return sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -48,18 +108,20 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     return samplers[name]()
 
 
-def open_study(cfg: Config, fingerprints: dict[str, str]) -> optuna.Study:
-    """Create the study, or load it and check that it measures the same thing."""
-    storage = make_storage(cfg.study.storage)
+def open_study(cfg: Config, fingerprints: dict[str, str], worker: int = 0) -> optuna.Study:
+    """Create the study, or load it and check that it measures the same thing. Safe when several workers
+    start at once: creation is load-if-exists, and the fingerprints they write are identical."""
+    storage = storage_for(cfg)
     existing = _load(storage, cfg.study.name)
     if existing is not None:
         _check_fingerprints(existing, fingerprints, cfg)
-        # A resumed sampler is seeded past the trials it already proposed, so it does not repeat them.
-        seed = cfg.study.seed + len(existing.trials)
+        # A resumed sampler is seeded past the trials it already proposed, and each worker differently,
+        # so that none repeats another's proposals.
+        seed = derived_seed(cfg.study.seed, len(existing.trials), worker)
         return optuna.load_study(study_name=cfg.study.name, storage=storage, sampler=make_sampler(cfg.study.sampler, seed))
     study = optuna.create_study(
         study_name=cfg.study.name, storage=storage, directions=DIRECTIONS[cfg.study.objective],
-        sampler=make_sampler(cfg.study.sampler, cfg.study.seed), load_if_exists=True,
+        sampler=make_sampler(cfg.study.sampler, derived_seed(cfg.study.seed, 0, worker)), load_if_exists=True,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -69,6 +131,14 @@ def open_study(cfg: Config, fingerprints: dict[str, str]) -> optuna.Study:
     else:  # another process created it between our check and create_study
         _check_fingerprints(study, fingerprints, cfg)
     return study
+
+
+def derived_seed(seed: int, n_existing: int, worker: int) -> int:
+    """The study's seed for a fresh single-process study; otherwise a hash of (seed, trials so far, worker):
+    nearby integer seeds give visibly correlated first draws in Optuna's samplers."""
+    if n_existing == 0 and worker == 0:
+        return seed
+    return int(hashlib.sha256(f"{seed}/{n_existing}/{worker}".encode()).hexdigest()[:8], 16)
 
 
 def _load(storage, name: str) -> optuna.Study | None:
@@ -90,12 +160,16 @@ def _check_fingerprints(study: optuna.Study, current: dict[str, str], cfg: Confi
         )
 
 
-def ensure_base_losses(study: optuna.Study, measure: Callable[[], dict[str, float]]) -> dict[str, float]:
-    """The base model's held-out losses, measured once per study and stored on it."""
+def ensure_base_losses(study: optuna.Study, url: str, measure: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """The base model's held-out losses, measured once per study and stored on it. Under the claim lock: when
+    several workers start cold, one measures and the others wait for its numbers."""
     base = study.user_attrs.get("base")
     if base is None:
-        base = measure()
-        study.set_user_attr("base", base)
+        with claim_lock(url):
+            base = study.user_attrs.get("base")
+            if base is None:
+                base = measure()
+                study.set_user_attr("base", base)
     return base
 
 

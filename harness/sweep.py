@@ -1,10 +1,16 @@
-"""The sweep: prepare model and data once, open (or resume) the study, run trials until it holds n_trials
-complete ones. Failed trials are recorded with their reason and the sweep goes on, up to study.max_failures.
+"""The sweep engine: prepare model and data once per process, open (or join) the study, and run trials until
+it holds n_trials complete ones. One process or many (harness.parallel starts workers that each run ``work``
+against the same study database); the loop and its failure handling are the same.
+
+Failed trials are recorded with their reason and the sweep goes on, up to study.max_failures per process. A
+running trial beats a heartbeat into the database; a trial whose worker died is failed and re-queued by
+whichever worker looks next.
 """
 
 from __future__ import annotations
 
 import shutil
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -38,7 +44,7 @@ def setup_inputs(cfg: Config, backend) -> tuple[str, data.Corpora]:
     return model_path, data.prepare(cfg.data, tokenizer, cfg.model.max_seq_length, cfg.eval.max_tokens)
 
 
-def setup(cfg: Config, backend=None, log=print) -> Session:
+def setup(cfg: Config, backend=None, log=print, worker: int = 0) -> Session:
     backend = backend or backends.load(cfg.backend)  # first: unsloth must be imported before transformers
     t = time.perf_counter()
     model_path, corpora = setup_inputs(cfg, backend)
@@ -46,9 +52,11 @@ def setup(cfg: Config, backend=None, log=print) -> Session:
         f"({time.perf_counter() - t:.0f} s)")
     fingerprints = {"model": models.fingerprint(model_path), "data": corpora.fingerprint,
                     "search_space": search_space.space_fingerprint(cfg)}
-    study = storage.open_study(cfg, fingerprints)
-    study.set_user_attr("model_provenance", models.provenance(model_path))
-    base = storage.ensure_base_losses(study, lambda: measure_base(backend, model_path, cfg, corpora, log))
+    study = storage.open_study(cfg, fingerprints, worker=worker)
+    if "model_provenance" not in study.user_attrs:
+        study.set_user_attr("model_provenance", models.provenance(model_path))
+    base = storage.ensure_base_losses(study, cfg.study.storage,
+                                      lambda: measure_base(backend, model_path, cfg, corpora, log))
     log(f"[setup] base model: domain loss {base['domain_loss']:.4f}, general loss {base['general_loss']:.4f}")
     return Session(cfg, backend, model_path, corpora, study, base)
 
@@ -65,48 +73,115 @@ def measure_base(backend, model_path: str, cfg: Config, corpora: data.Corpora, l
 
 
 def run(cfg: Config, n_trials: int | None = None, log=print) -> Session:
-    """Run until the study holds ``n_trials`` complete trials (resuming adds only what is missing)."""
+    """One process: run until the study holds ``n_trials`` complete trials, then print the table."""
+    session = setup(cfg, log=log)
+    work(session, n_trials or cfg.study.n_trials, log=log)
+    log(report.table(session.study, session.base))
+    return session
+
+
+def work(session: Session, target: int, log=print, label: str | None = None, poll_s: float = 2.0) -> None:
+    """Claim and run trials until the study holds ``target`` complete ones.
+
+    The claim (count, then ask) happens under the study's lock, so several workers never start more trials
+    than are missing. A worker with nothing to claim waits while others' trials run: one of them may fail.
+    """
     import optuna
+    from optuna.trial import TrialState
 
     from harness.objective import Objective, TrialContext
     from harness.tracking import make_tracker
 
-    target = n_trials or cfg.study.n_trials
-    session = setup(cfg, log=log)
-    study = session.study
+    cfg, study = session.cfg, session.study
+    label = label or f"{socket.gethostname()}"
     study_dir = Path(cfg.study.output_dir) / cfg.study.name
     tracker = make_tracker(cfg.tracking.wandb, cfg.study.name, study_dir)
     ctx = TrialContext(cfg, session.backend, session.model_path, session.corpora, session.base, tracker, study_dir,
-                       progress=_progress_bar)
+                       progress=_progress_bar, worker=label)
     objective = Objective(ctx)
-    done = storage.count(study, optuna.trial.TrialState.COMPLETE)
-    log(f"[sweep] study {cfg.study.name!r}: {done} of {target} trials complete")
-    failures = 0
-    while storage.count(study, optuna.trial.TrialState.COMPLETE) < target:
-        if failures >= cfg.study.max_failures:
-            raise SweepAborted(f"{failures} trials failed in this run (study.max_failures={cfg.study.max_failures}); "
-                               f"see `cpt-harness report` for their reasons")
-        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[_after_trial(cfg, study_dir, log)])
-        last = study.get_trials(deepcopy=False)[-1]
-        failures += last.state == optuna.trial.TrialState.FAIL
-    log(report.table(study, session.base))
-    return session
-
-
-def _after_trial(cfg: Config, study_dir: Path, log):
-    def callback(study, trial) -> None:
-        log(report.trial_line(trial))
+    log(f"[sweep] study {cfg.study.name!r}: {storage.count(study, TrialState.COMPLETE)} of {target} trials complete")
+    failures, waiting_said = 0, False
+    while True:
+        _fail_stale(study)
+        with storage.claim_lock(cfg.study.storage):
+            # One snapshot: counted in two reads, a trial finishing in between (tell is outside the lock) would
+            # be missed by both counts, and one trial too many would start.
+            states = [t.state for t in study.get_trials(deepcopy=False)]
+            counts = {s: states.count(s) for s in (TrialState.COMPLETE, TrialState.RUNNING)}
+            if counts[TrialState.COMPLETE] >= target:
+                return
+            missing = target - counts[TrialState.COMPLETE] - counts[TrialState.RUNNING]
+            trial = _ask(study) if missing > 0 else None
+        if trial is None:
+            if not waiting_said:
+                log(f"[sweep] {label}: waiting for {counts[TrialState.RUNNING]} running trial(s) of other workers")
+                waiting_said = True
+            time.sleep(poll_s)
+            continue
+        waiting_said = False
+        state = _run(study, objective, trial)
+        frozen = study._storage.get_trial(trial._trial_id)
+        log(report.trial_line(frozen))
         if cfg.study.keep_adapters == "pareto":
             prune_adapters(study, study_dir)
+        if state == TrialState.FAIL:
+            failures += 1
+            if failures >= cfg.study.max_failures:
+                raise SweepAborted(f"{failures} trials failed in this run (study.max_failures="
+                                   f"{cfg.study.max_failures}); see `cpt-harness report` for their reasons")
 
-    return callback
+
+def _run(study, objective, trial):
+    """One trial with its heartbeat; the state it ended in. Ctrl-C marks it FAIL and goes on up."""
+    from optuna.storages._heartbeat import get_heartbeat_thread
+    from optuna.trial import TrialState
+
+    with get_heartbeat_thread(trial._trial_id, study._storage):
+        try:
+            values = objective(trial)
+        except KeyboardInterrupt:
+            _tell(study, trial, state=TrialState.FAIL)
+            raise
+        except Exception:
+            return _tell(study, trial, state=TrialState.FAIL)  # the objective recorded the reason on the trial
+    return _tell(study, trial, values)
+
+
+def _tell(study, trial, values=None, state=None):
+    """Record the outcome; a trial another worker already failed (its heartbeat was late) stays failed, and its
+    retry carries on."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    try:
+        return study.tell(trial, values, state=state).state
+    except UpdateFinishedTrialError:
+        return TrialState.FAIL
+
+
+def _ask(study):
+    import warnings
+
+    with warnings.catch_warnings():  # Optuna assumes heartbeats come with optimize(); `_run` beats them itself
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        return study.ask()
+
+
+def _fail_stale(study) -> None:
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
 
 
 def prune_adapters(study, study_dir: Path) -> None:
     """Keep the adapters of Pareto-front trials only; the rest are deleted to bound disk use."""
     front = {t.number for t in storage.pareto_front(study)}
     for t in study.get_trials(deepcopy=False):
-        if t.number not in front:
+        if t.number not in front and t.state.name != "RUNNING":
             shutil.rmtree(study_dir / f"trial-{t.number:04d}" / "adapter", ignore_errors=True)
 
 

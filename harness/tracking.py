@@ -19,7 +19,10 @@ class Tracker:
 
     run_dir: str | None = None
 
-    def start(self, name: str, config: dict[str, Any], tags: list[str], job_type: str = "trial") -> None: ...
+    run_id: str | None = None
+
+    def start(self, name: str, config: dict[str, Any], tags: list[str], job_type: str = "trial",
+              resume_id: str | None = None) -> None: ...
 
     def log(self, metrics: dict[str, Any]) -> None: ...
 
@@ -43,13 +46,22 @@ class WandbTracker(Tracker):
         self.dir = Path(os.environ.get("WANDB_DIR") or default_dir)
         self.run = None
 
-    def start(self, name, config, tags, job_type="trial"):
+    def start(self, name, config, tags, job_type="trial", resume_id=None):
+        """``resume_id``: the run of a trial whose worker died; the retry resumes it instead of leaving it open
+        (offline, the retry writes a second folder with the same run id, and ``wandb sync`` joins them)."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.run = self._wandb.init(
-            project=self.cfg.project, entity=self.cfg.entity, group=self.group, job_type=job_type, name=name,
-            config=config, tags=list(self.cfg.tags) + list(tags), dir=str(self.dir), mode=self.mode,
-            settings=self._wandb.Settings(console="off", quiet=True, silent=True, x_disable_stats=True),
-        )
+        kwargs = dict(project=self.cfg.project, entity=self.cfg.entity, group=self.group, job_type=job_type, name=name,
+                      config=config, tags=list(self.cfg.tags) + list(tags), dir=str(self.dir), mode=self.mode,
+                      settings=self._wandb.Settings(console="off", quiet=True, silent=True, x_disable_stats=True))
+        try:
+            self.run = self._wandb.init(**kwargs, id=resume_id, resume="allow" if resume_id else None)
+        except Exception as e:
+            if resume_id is None:
+                raise
+            # A W&B service still holding the dead worker's run ("run ID is in use"): a new run, linked by config.
+            self.run = self._wandb.init(**{**kwargs, "config": {**config, "resume_failed_for": resume_id,
+                                                                 "resume_error": str(e)[:200]}})
+        self.run_id = self.run.id
         # Curves are plotted against tokens seen, the x-axis that compares runs of different batch shapes.
         self.run.define_metric("tokens_seen")
         for prefix in ("train/*", "eval/*"):
@@ -77,7 +89,7 @@ class WandbTracker(Tracker):
     def finish(self, failed=False):
         if self.run is not None:
             self.run.finish(exit_code=1 if failed else 0)
-            self.run = None
+            self.run, self.run_id = None, None
 
 
 def resolve_mode(mode: str) -> str:

@@ -148,8 +148,11 @@ def test_sweep_stops_after_max_failures(tiny_overrides, tmp_path, capsys):
 
 def test_ctrl_c_leaves_the_study_intact(tiny_overrides, tmp_path):
     sets = [x for o in tiny_overrides + ["train.max_steps=100000", "train.eval_every=100000"] for x in ("--set", o)]
+    # SIG_DFL in the child: a shell that started the test suite in the background left SIGINT ignored, and an
+    # ignored signal stays ignored across exec; a terminal's Ctrl-C is what this test stands for.
     proc = subprocess.Popen([sys.executable, "-m", "harness", "sweep", DEMO] + sets, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline:
         time.sleep(0.5)

@@ -1,0 +1,165 @@
+"""Several trials at once: worker processes, K per GPU or N on a CPU, all pulling trials from one Optuna study.
+
+There is no scheduler here: the study database is the queue (harness.sweep.work claims trials under the study's
+lock), so workers on other hosts join by pointing ``cpt-harness worker`` at the same PostgreSQL URL. This module
+prepares what workers share once (model, data, study, base losses), starts them, shows progress for the whole
+sweep, and waits for them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness import report, storage
+from harness.config import Config
+
+
+@dataclass
+class Worker:
+    label: str
+    gpu: int | None
+    proc: subprocess.Popen
+    log: Path
+
+
+def run(cfg: Config, config_path: str, overrides: list[str], n_trials: int | None = None, log=print) -> int:
+    """Start the workers and wait for them; 0 when the study holds ``n_trials`` complete trials."""
+    from harness import sweep
+    from optuna.trial import TrialState
+
+    target = n_trials or cfg.study.n_trials
+    session = sweep.setup(cfg, log=log)  # model, data, study and base losses ready before any worker starts
+    study = session.study
+    log_dir = Path(cfg.study.output_dir) / cfg.study.name / "workers"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    host = socket.gethostname()
+    per_gpu = _initial_per_gpu(cfg, study)
+    slots = _slots(cfg, per_gpu, host)
+    workers = [_start(cfg, config_path, overrides, target, label, gpu, i, log_dir, len(slots))
+               for i, (label, gpu) in enumerate(slots)]
+    log(f"[parallel] {len(workers)} workers: {', '.join(w.label for w in workers)} (logs in {log_dir})")
+    seen: set[int] = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+    pending_auto = cfg.parallel.trials_per_gpu == "auto" and bool(cfg.parallel.gpus) and _measured_peak(study) is None
+    try:
+        while any(w.proc.poll() is None for w in workers):
+            time.sleep(2)
+            seen = _report_finished(study, seen, log)
+            _status(study, target, workers)
+            if pending_auto and _measured_peak(study) is not None:
+                workers += _top_up(cfg, config_path, overrides, target, study, host, log_dir, workers, log)
+                pending_auto = False
+    except KeyboardInterrupt:
+        for w in workers:
+            if w.proc.poll() is None:
+                w.proc.send_signal(signal.SIGINT)
+        for w in workers:
+            w.proc.wait()
+        raise
+    _report_finished(study, seen, log)
+    print(file=sys.stderr)
+    log(report.table(study, session.base))
+    complete = storage.count(study, TrialState.COMPLETE)
+    bad = [w for w in workers if w.proc.returncode not in (0, None)]
+    if complete < target:
+        log(f"[parallel] only {complete} of {target} trials complete; worker logs: "
+            + ", ".join(str(w.log) for w in bad or workers))
+        return 1
+    return 0
+
+
+def _slots(cfg: Config, per_gpu: int, host: str) -> list[tuple[str, int | None]]:
+    if cfg.parallel.gpus:
+        return [(f"{host}/gpu{g}/{k}", g) for g in cfg.parallel.gpus for k in range(per_gpu)]
+    return [(f"{host}/cpu/{i}", None) for i in range(cfg.parallel.workers)]
+
+
+def _start(cfg, config_path, overrides, target, label, gpu, index, log_dir, n_workers) -> Worker:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("WANDB_SERVICE", None)  # each worker its own W&B service: a killed worker's runs must not stay "in use"
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    else:  # share the cores instead of every worker spinning on all of them
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n_workers)))
+    cmd = [sys.executable, "-m", "harness", "worker", config_path, "--n-trials", str(target), "--label", label,
+           "--index", str(index)] + [x for o in overrides for x in ("--set", o)]
+    log_path = log_dir / (label.replace("/", "_") + ".log")
+    fh = open(log_path, "a")
+    # SIG_DFL: workers must take the Ctrl-C the parent forwards even if this process was started with SIGINT
+    # ignored (nohup, a background job), which exec would otherwise pass on.
+    proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return Worker(label, gpu, proc, log_path)
+
+
+def _report_finished(study, seen: set[int], log) -> set[int]:
+    for t in study.get_trials(deepcopy=False):
+        if t.state.is_finished() and t.number not in seen:
+            seen.add(t.number)
+            print("\r\033[K" if sys.stderr.isatty() else "", end="", file=sys.stderr)
+            log(report.trial_line(t) + (f"  [{t.user_attrs['worker']}]" if t.user_attrs.get("worker") else ""))
+    return seen
+
+
+def _status(study, target: int, workers: list[Worker]) -> None:
+    """One line for the whole sweep: done / running / failed, and what runs on each GPU."""
+    trials = study.get_trials(deepcopy=False)
+    done = sum(t.state.name == "COMPLETE" for t in trials)
+    failed = sum(t.state.name == "FAIL" for t in trials)
+    running = [t for t in trials if t.state.name == "RUNNING"]
+    by_device: dict[str, int] = {}
+    for t in running:
+        device = str(t.user_attrs.get("worker", "?")).rsplit("/", 1)[0].split("/")[-1]
+        by_device[device] = by_device.get(device, 0) + 1
+    alive = sum(w.proc.poll() is None for w in workers)
+    line = (f"[parallel] {done}/{target} complete, {len(running)} running, {failed} failed; "
+            + " ".join(f"{d}: {n} running" for d, n in sorted(by_device.items())) + f"; {alive} workers alive")
+    if sys.stderr.isatty():
+        print("\r\033[K" + line, end="", file=sys.stderr, flush=True)
+    elif int(time.time()) % 30 < 2:
+        print(line, file=sys.stderr, flush=True)
+
+
+def _initial_per_gpu(cfg: Config, study) -> int:
+    if cfg.parallel.trials_per_gpu != "auto":
+        return cfg.parallel.trials_per_gpu
+    peak = _measured_peak(study)
+    return 1 if peak is None or not cfg.parallel.gpus else auto_trials_per_gpu(peak, _free_gb(cfg.parallel.gpus))
+
+
+def _measured_peak(study) -> float | None:
+    peaks = [t.user_attrs["peak_memory_gb"] for t in study.get_trials(deepcopy=False)
+             if t.state.name == "COMPLETE" and "peak_memory_gb" in t.user_attrs]
+    return max(peaks) if peaks else None
+
+
+def auto_trials_per_gpu(peak_gb: float, free_gb: float, cap: int = 8) -> int:
+    """How many trials of a measured peak fit a card's free memory: 15% headroom, and per trial 20% on top of
+    the allocator's peak (caching, fragmentation) plus ~0.8 GiB of CUDA context."""
+    return max(1, min(cap, math.floor(0.85 * free_gb / (1.2 * peak_gb + 0.8))))
+
+
+def _free_gb(gpus: list[int]) -> float:
+    import torch
+
+    return min(torch.cuda.mem_get_info(g)[0] for g in gpus) / 2**30
+
+
+def _top_up(cfg, config_path, overrides, target, study, host, log_dir, workers, log) -> list[Worker]:
+    """trials_per_gpu: auto. Once the first trial has measured its peak memory, start the workers that fit."""
+    peak = _measured_peak(study)
+    if peak is None:
+        return []
+    k = auto_trials_per_gpu(peak, _free_gb(cfg.parallel.gpus) + peak)  # the running trial's share is free again soon
+    log(f"\n[parallel] measured peak {peak:.1f} GiB per trial: {k} trials per GPU")
+    extra = [(f"{host}/gpu{g}/{i}", g) for g in cfg.parallel.gpus for i in range(1, k)]
+    n = len(workers) + len(extra)
+    return [_start(cfg, config_path, overrides, target, label, gpu, len(workers) + j, log_dir, n)
+            for j, (label, gpu) in enumerate(extra)]

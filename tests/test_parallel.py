@@ -1,0 +1,123 @@
+"""Several workers on one study: SQLite on one host, PostgreSQL across "hosts", and a worker killed mid-trial.
+
+The PostgreSQL test needs a server: `.ci/run` installs Debian's and exports CPT_TEST_POSTGRES_URL. Without
+it the test is skipped locally and fails in CI (CI=1), so it can never pass by being skipped there.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from harness.cli import main
+from harness.parallel import auto_trials_per_gpu
+from harness.wandb_files import read_runs
+from tests.conftest import ROOT
+
+DEMO = str(ROOT / "sweeps" / "demo.yaml")
+
+
+def _sets(overrides):
+    return [x for o in overrides for x in ("--set", o)]
+
+
+def _worker(overrides, label, index, n_trials, log: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "harness", "worker", DEMO, "--n-trials", str(n_trials), "--label", label,
+           "--index", str(index)] + _sets(overrides)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("WANDB_SERVICE", None)  # as harness.parallel does: not this pytest process's W&B service
+    return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
+
+
+def _assert_each_trial_completed_once(study, n: int):
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * n, [
+        (t.number, t.state.name, t.user_attrs.get("worker"), str(t.datetime_start.time()), str(t.datetime_complete.time()))
+        for t in trials]
+    assert sorted(t.number for t in trials) == list(range(n)), "no trial lost, none duplicated"
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == n, "every trial proposed its own parameters"
+
+
+def test_sqlite_workers_on_one_host(tiny_overrides, tmp_path, capsys):
+    assert main(["sweep", DEMO, "--n-trials", "6", "--workers", "4"] + _sets(tiny_overrides)) == 0
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/study.db")
+    _assert_each_trial_completed_once(study, 6)
+    assert len({t.user_attrs["worker"] for t in study.trials}) >= 2, "the trials were shared out"
+    logs = list((tmp_path / "runs" / "tiny" / "workers").glob("*.log"))
+    assert len(logs) == 4
+    text = "".join(p.read_text() for p in logs)
+    assert "database is locked" not in text and "Traceback" not in text
+    assert "measuring the base model" not in text, "the parent measured the base once; workers reused it"
+    out = capsys.readouterr().out
+    assert out.count("COMPLETE r=") == 6 and "6 complete" in out
+
+
+def test_postgresql_workers_start_cold_and_share_one_study(tiny_overrides, tmp_path):
+    url = os.environ.get("CPT_TEST_POSTGRES_URL")
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail("CI must provide a PostgreSQL server (CPT_TEST_POSTGRES_URL); see .ci/run")
+        pytest.skip("no PostgreSQL server (set CPT_TEST_POSTGRES_URL)")
+    name = f"pg-{uuid.uuid4().hex[:8]}"
+    overrides = tiny_overrides + [f"study.storage={url}", f"study.name={name}"]
+    # Four "hosts" start at once against a study that does not exist yet.
+    procs = [_worker(overrides, f"host{i}", i, 6, tmp_path / f"w{i}.log") for i in range(4)]
+    for p in procs:
+        assert p.wait(timeout=600) == 0, (tmp_path / f"w{procs.index(p)}.log").read_text()[-3000:]
+    study = optuna.load_study(study_name=name, storage=url)
+    _assert_each_trial_completed_once(study, 6)
+    logs = [(tmp_path / f"w{i}.log").read_text() for i in range(4)]
+    assert sum("measuring the base model" in log for log in logs) == 1, "one worker measured the base; others waited"
+    assert all("Traceback" not in log for log in logs)
+    assert len(set(study.user_attrs["base"].values())) == 2
+
+
+def test_a_killed_worker_trial_is_failed_retried_and_its_run_resumed(tiny_overrides, tmp_path):
+    overrides = tiny_overrides + ["study.heartbeat_interval=1", "study.grace_period=10",
+                                  "train.max_steps=150", "train.eval_every=150"]
+    victim = _worker(overrides, "victim", 0, 3, tmp_path / "victim.log")
+    study_url = f"sqlite:///{tmp_path}/study.db"
+    deadline, running = time.time() + 180, None
+    while time.time() < deadline and running is None:
+        time.sleep(0.5)
+        try:
+            study = optuna.load_study(study_name="tiny", storage=study_url)
+        except KeyError:
+            continue
+        running = next((t for t in study.get_trials(states=[TrialState.RUNNING])
+                        if t.user_attrs.get("worker") == "victim" and "wandb_run_id" in t.user_attrs), None)
+    assert running is not None, (tmp_path / "victim.log").read_text()[-3000:]
+    time.sleep(1)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    survivor = _worker(overrides, "survivor", 1, 3, tmp_path / "survivor.log")
+    assert survivor.wait(timeout=600) == 0, (tmp_path / "survivor.log").read_text()[-3000:]
+
+    study = optuna.load_study(study_name="tiny", storage=study_url)
+    killed = study.trials[running.number]
+    assert killed.state == TrialState.FAIL
+    complete = study.get_trials(states=[TrialState.COMPLETE])
+    states = [(t.number, t.state.name, t.user_attrs.get("worker"), t.user_attrs.get("retry_of")) for t in study.trials]
+    assert len(complete) == 3 and len(study.trials) == 4, states
+    (retry,) = [t for t in complete if t.user_attrs.get("retry_of") == running.number]
+    assert retry.params == killed.params and retry.user_attrs["worker"] == "survivor"
+    assert retry.user_attrs.get("fail_reason") is None
+    # The dead worker's W&B run is resumed by the retry (same run id), which closes it.
+    runs = [r for r in read_runs(Path(os.environ["WANDB_DIR"])) if r.path.parent.name.endswith(running.user_attrs["wandb_run_id"])
+            or running.user_attrs["wandb_run_id"] in r.path.parent.name]
+    assert len(runs) == 2 and sorted(r.exit_code is not None for r in runs) == [False, True]
+
+
+def test_auto_trials_per_gpu_fits_the_card():
+    assert auto_trials_per_gpu(peak_gb=1.2, free_gb=139.0) == 8  # capped
+    assert auto_trials_per_gpu(peak_gb=20.0, free_gb=78.0) == 2
+    assert auto_trials_per_gpu(peak_gb=70.0, free_gb=78.0) == 1  # never zero
