@@ -12,5 +12,8 @@ VENV=${VENV:-.venv}
 pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
 # On a CPU-only machine elsewhere, PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu gives the CPU wheel.
 "$VENV/bin/python" -c 'import torch' 2>/dev/null || pip install "torch==${TORCH_VERSION:-2.13.0}"
+# Pin the torch now installed, so that no dependency (unsloth's torchvision, say) swaps it for another build.
+pin=$(mktemp); trap 'rm -f "$pin"' EXIT
+"$VENV/bin/python" -c 'import torch; print("torch==" + torch.__version__)' > "$pin"
 extras=$(IFS=,; echo "$*")
-pip install -e ".${extras:+[$extras]}"
+pip install -c "$pin" -e ".${extras:+[$extras]}"
