@@ -3,7 +3,8 @@
     cpt-harness sweep [CONFIG] [--n-trials N] [--workers N | --gpus 0,1 --trials-per-gpu K|auto] [--set k=v ...]
     cpt-harness worker [CONFIG] [--n-trials N] [--label NAME] [--set key=value ...]
     cpt-harness validate [CONFIG] [--set key=value ...]
-    cpt-harness report [CONFIG] [--set key=value ...]
+    cpt-harness ablate [CONFIG] [--from-study CONFIG [--trial N]] [--workers N | --gpus ...] [--set key=value ...]
+    cpt-harness report [CONFIG] [--out DIR] [--ablation] [--set key=value ...]
 
 CONFIG defaults to sweeps/demo.yaml. Exit codes: 0 ok, 1 the run failed, 2 bad input, 130 interrupted.
 """
@@ -41,17 +42,27 @@ def _parser() -> argparse.ArgumentParser:
                        help="override a config value (YAML), e.g. --set search.rank.choices=[64,128]; repeatable")
         return c
 
+    def parallel_flags(c: argparse.ArgumentParser) -> None:
+        c.add_argument("--workers", type=int, help="worker processes on a CPU machine (parallel.workers)")
+        c.add_argument("--gpus", help="GPUs to run workers on, e.g. 0,1 (parallel.gpus)")
+        c.add_argument("--trials-per-gpu", help="concurrent trials per GPU, or auto (parallel.trials_per_gpu)")
+
     s = command("sweep", "Run trials until the study holds N complete ones (resumes an existing study).")
     s.add_argument("--n-trials", type=int, help="complete trials wanted (default: study.n_trials)")
-    s.add_argument("--workers", type=int, help="worker processes on a CPU machine (parallel.workers)")
-    s.add_argument("--gpus", help="GPUs to run workers on, e.g. 0,1 (parallel.gpus)")
-    s.add_argument("--trials-per-gpu", help="concurrent trials per GPU, or auto (parallel.trials_per_gpu)")
+    parallel_flags(s)
+    a = command("ablate", "Run the factorial ablation in CONFIG (ablation.*), every arm with every seed.")
+    a.add_argument("--from-study", metavar="CONFIG", help="take rank, LR and ratio from this sweep's chosen trial")
+    a.add_argument("--trial", type=int, help="with --from-study: this trial instead of the chosen one")
+    parallel_flags(a)
     w = command("worker", "Join (or create) the study in CONFIG and run trials until it holds N complete ones.")
     w.add_argument("--n-trials", type=int, help="complete trials wanted (default: study.n_trials)")
     w.add_argument("--label", help="this worker's name in progress and reports (default: the host name)")
     w.add_argument("--index", type=int, default=0, help="distinct per worker: seeds its sampler differently")
+    w.add_argument("--ablation", action="store_true", help="work on CONFIG's ablation study instead of its sweep")
     command("validate", "Check a sweep file (prepares nothing): exit 0 with a summary, or 2 listing every problem.")
-    command("report", "Print the study's trials and Pareto front from its database.")
+    r = command("report", "Write the study's report (report.md, report.html, figures) and print its table.")
+    r.add_argument("--out", help="folder for the report (default: reports/<study>)")
+    r.add_argument("--ablation", action="store_true", help="report CONFIG's ablation study instead of its sweep")
     return p
 
 
@@ -60,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     path = _config_path(args.config)
     args.overrides += _parallel_overrides(args)
     try:
+        if getattr(args, "from_study", None):
+            args.overrides += _from_study(args.from_study, args.trial)
         cfg = load_config(path, args.overrides)
         if getattr(args, "n_trials", None) is not None and args.n_trials < 1:
             raise ConfigError([f"--n-trials: must be >= 1, got {args.n_trials}"], str(path))
@@ -92,21 +105,25 @@ def _run(args, cfg) -> int:
     from harness.sweep import SweepAborted
 
     try:
-        if args.command == "sweep" and (cfg.parallel.gpus or cfg.parallel.workers > 1):
+        if args.command in ("sweep", "ablate") and (cfg.parallel.gpus or cfg.parallel.workers > 1):
             from harness import parallel
 
-            return parallel.run(cfg, str(_config_path(args.config)), _without_parallel(args.overrides), args.n_trials)
+            return parallel.run(cfg, str(_config_path(args.config)), _without_parallel(args.overrides),
+                                getattr(args, "n_trials", None), ablation=args.command == "ablate")
         if args.command == "sweep":
             from harness import sweep
 
             sweep.run(cfg, n_trials=args.n_trials)
+        elif args.command == "ablate":
+            from harness import sweep
+
+            sweep.run_ablation(cfg)
         elif args.command == "worker":
             from harness import sweep
 
-            session = sweep.setup(cfg, worker=args.index)
-            sweep.work(session, args.n_trials or cfg.study.n_trials, label=args.label)
+            sweep.run_worker(cfg, args.n_trials, args.label, args.index, ablation=args.ablation)
         elif args.command == "report":
-            return _report(cfg)
+            return _report(cfg, args.out, args.ablation)
     except (BackendUnavailable, DataError, ModelNotFound, StudyMismatch, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -125,20 +142,56 @@ def _without_parallel(overrides: list[str]) -> list[str]:
     return [o for o in overrides if not o.startswith("parallel.")]
 
 
-def _report(cfg) -> int:
+def _from_study(config: str, number: int | None) -> list[str]:
+    """--from-study: the sweep's chosen trial (or trial ``number``) as ablation.* overrides."""
+    from harness import report_files
+
+    sweep_cfg = load_config(config)
+    study = _load_study(sweep_cfg, sweep_cfg.study.name)
+    if number is not None:
+        trials = [t for t in study.get_trials(deepcopy=False) if t.number == number and t.state.name == "COMPLETE"]
+        if not trials:
+            raise ConfigError([f"--trial {number}: no complete trial {number} in study {study.study_name!r}"], config)
+        trial = trials[0]
+    else:
+        trial = report_files.choose_trial(study, sweep_cfg.study.max_forgetting)
+        if trial is None:
+            raise ConfigError([f"--from-study: study {study.study_name!r} has no complete trial yet"], config)
+    print(f"[ablate] hyperparameters from trial {trial.number} of study {study.study_name!r}: {trial.params}")
+    out = [f"ablation.rank={trial.params['rank']}", f"ablation.learning_rate={trial.params['learning_rate']}"]
+    if "embedding_lr_ratio" in trial.params:
+        out.append(f"ablation.embedding_lr_ratio={trial.params['embedding_lr_ratio']}")
+    return out
+
+
+def _load_study(cfg, name: str):
     import optuna
 
-    from harness import report, storage
+    from harness import storage
 
     try:
-        study = optuna.load_study(study_name=cfg.study.name, storage=storage.make_storage(cfg.study.storage))
+        return optuna.load_study(study_name=name, storage=storage.make_storage(cfg.study.storage))
     except KeyError:
-        print(f"error: no study {cfg.study.name!r} in {cfg.study.storage}; run `cpt-harness sweep` first",
-              file=sys.stderr)
+        raise ConfigError([f"no study {name!r} in {cfg.study.storage}; run `cpt-harness sweep` "
+                           "(or `ablate`) first"], "study") from None
+
+
+def _report(cfg, out: str | None, ablation: bool) -> int:
+    from harness import ablation as ablation_mod
+    from harness import report, report_files
+
+    name = ablation_mod.study_name(cfg) if ablation else cfg.study.name
+    try:
+        study = _load_study(cfg, name)
+    except ConfigError as e:
+        print(f"error: {e.problems[0]}", file=sys.stderr)
         return 2
     print(report.table(study, study.user_attrs.get("base")))
     print()
-    print(report.timing_table(study))
+    print(report.effects_text(study) if ablation else report.timing_table(study))
+    path = report_files.write(study, cfg, Path(out) if out else Path("reports") / name)
+    print(f"\nreport: {path} (and report.html, figures)")
+    report_files.log_summary_run(study, cfg, path.parent)
     return 0
 
 

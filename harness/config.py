@@ -47,6 +47,26 @@ class StudyConfig:
         "(default: 4 x heartbeat_interval).", None
     )
     max_retries: int = _help("How often a dead worker's trial is retried.", 2)
+    max_forgetting: float | None = _help(
+        "Pareto study: the chosen trial is the front's lowest domain loss with forgetting at most this "
+        "(null: the knee of the front).", None
+    )
+
+
+@dataclass
+class DataSource:
+    path: str = _help("builtin:NAME, a .txt/.jsonl/.parquet file, a datasets.save_to_disk folder, or a hub id.")
+    text_field: str = _help("Column holding the text (jsonl, parquet, datasets).", "text")
+    split: str = _help("Split to read from a hub dataset or a DatasetDict folder.", "train")
+
+
+@dataclass
+class HealConfig:
+    steps: int = _help("Steps of a LoRA pass on general text merged into the base before anything else; 0: off.", 0)
+    data: DataSource = _help("Healing text: never the held-out general text.", factory=lambda: DataSource("builtin:austen"))
+    rank: int = _help("LoRA rank of the healing pass.", 64)
+    learning_rate: float = _help("Learning rate of the healing pass.", 2e-4)
+    batch_size: int = _help("Blocks per healing step.", 8)
 
 
 @dataclass
@@ -60,13 +80,10 @@ class ModelConfig:
         "auto: bfloat16 on a GPU, float32 on a CPU.", "auto"
     )
     load_in_4bit: bool = _help("unsloth backend only: QLoRA on a 4-bit base.", False)
-
-
-@dataclass
-class DataSource:
-    path: str = _help("builtin:NAME, a .txt/.jsonl/.parquet file, a datasets.save_to_disk folder, or a hub id.")
-    text_field: str = _help("Column holding the text (jsonl, parquet, datasets).", "text")
-    split: str = _help("Split to read from a hub dataset or a DatasetDict folder.", "train")
+    heal: HealConfig = _help(
+        "Heal a dequantized base first: without it, any English training repairs quantization loss and masks "
+        "forgetting.", factory=lambda: HealConfig()
+    )
 
 
 @dataclass
@@ -160,6 +177,20 @@ class TrackingConfig:
 
 
 @dataclass
+class AblationConfig:
+    factors: list[str] = _help(
+        "Factors of the factorial design: gate_proj, embeddings (default), rslora, embedding_lr_ratio.",
+        factory=lambda: ["gate_proj", "embeddings"],
+    )
+    seeds: int = _help("Seeds per arm; seed k gives every arm the same data order and LoRA init.", 5)
+    rank: int = _help("LoRA rank of every arm (unless --from-study).", 64)
+    learning_rate: float = _help("Base learning rate of every arm (unless --from-study).", 2e-4)
+    embedding_lr_ratio: float = _help("Embedding-LR ratio where embeddings train (unless --from-study).", 0.2)
+    high_rank: int = _help("The rank of every arm when the rslora factor is in the design.", 256)
+    study_name: str | None = _help("The ablation's own study (default: <study.name>-ablation).", None)
+
+
+@dataclass
 class ParallelConfig:
     workers: int = _help("Worker processes on a CPU machine (cpt-harness sweep --workers).", 1)
     gpus: list[int] | None = _help("GPUs to use, one or more workers each (--gpus 0,1); null: no GPU workers.", None)
@@ -181,6 +212,7 @@ class Config:
     rules: RulesConfig = _help("The Unsloth CPT rules, enforced unless opted out.", factory=RulesConfig)
     tracking: TrackingConfig = _help("Experiment tracking.", factory=TrackingConfig)
     parallel: ParallelConfig = _help("Several trials at once: worker processes, GPUs.", factory=ParallelConfig)
+    ablation: AblationConfig = _help("`cpt-harness ablate`: the factorial design.", factory=AblationConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -362,14 +394,14 @@ def _join(prefix: str, key: Any) -> str:
 
 def check(cfg: Config) -> list[str]:
     """Semantic checks, including the Unsloth CPT rules. Touches no network and loads nothing."""
-    from harness import data as data_mod  # light: no torch at import
-    from harness import models
+    from harness import ablation, models  # light: no torch at import
+    from harness import data as data_mod
 
     checks = [_check_numbers, _check_search, _check_rules, _check_targets,
               lambda c: models.check_model_name(c.model.name, "model.name"),
               lambda c: data_mod.check_source(c.data.domain, "data.domain"),
               lambda c: data_mod.check_source(c.data.general, "data.general"),
-              _check_init_adapter]
+              _check_init_adapter, _check_heal, ablation.check]
     problems: list[str] = []
     for fn in checks:
         try:
@@ -504,6 +536,21 @@ def _check_init_adapter(cfg: Config) -> list[str]:
     if trained != cfg.lora.train_embeddings:
         problems.append(f"lora.train_embeddings: the adapter in lora.init_adapter {'trains' if trained else 'does not train'} "
                         f"the embeddings; set {str(trained).lower()}")
+    return problems
+
+
+def _check_heal(cfg: Config) -> list[str]:
+    from harness import data as data_mod
+
+    h = cfg.model.heal
+    problems = []
+    if h.steps < 0 or h.rank < 1 or h.batch_size < 1 or h.learning_rate <= 0:
+        problems.append("model.heal: steps >= 0, and rank, batch_size and learning_rate > 0")
+    if h.steps > 0:
+        problems += data_mod.check_source(h.data, "model.heal.data")
+        if h.data.path == cfg.data.general.path:
+            problems.append("model.heal.data: the same corpus as data.general; heal on other general text (e.g. "
+                            "builtin:austen), or its held-out documents would be trained on")
     return problems
 
 

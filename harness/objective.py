@@ -32,6 +32,8 @@ class TrialContext:
     study_dir: Path
     progress: Callable[[int, int], Any] | None = None  # (trial number, max_steps) -> callback(step, loss)
     worker: str = ""  # which worker ran the trial (host, GPU, slot), for progress and reports
+    job_type: str = "trial"  # W&B job_type: trial (sweeps) or ablation
+    config_for: Callable[[Any], Config] | None = None  # a trial's own config (an ablation arm's); default: cfg
 
 
 class Objective:
@@ -39,14 +41,15 @@ class Objective:
         self.ctx = ctx
 
     def __call__(self, trial) -> tuple[float, float]:
-        ctx, cfg = self.ctx, self.ctx.cfg
+        ctx = self.ctx
+        cfg = ctx.config_for(trial) if ctx.config_for else ctx.cfg
         params = search_space.suggest(trial, cfg)
         for key, value in params.as_dict().items():
             trial.set_user_attr(key, value)
         trial.set_user_attr("worker", ctx.worker)
         trial_dir = ctx.study_dir / f"trial-{trial.number:04d}"
         try:
-            return self._train(trial, params, trial_dir)
+            return self._train(trial, cfg, params, trial_dir)
         except BaseException as e:  # whatever failed, the trial says why, and so does its W&B run
             reason = "interrupted (Ctrl-C)" if isinstance(e, KeyboardInterrupt) else _reason(e)
             trial.set_user_attr("fail_reason", reason)
@@ -57,18 +60,20 @@ class Objective:
         finally:
             _free_memory()
 
-    def _train(self, trial, params, trial_dir: Path) -> tuple[float, float]:
+    def _train(self, trial, cfg: Config, params, trial_dir: Path) -> tuple[float, float]:
         from harness import train
 
-        ctx, cfg = self.ctx, self.ctx.cfg
+        ctx = self.ctx
         resume_id = None
         if (retry_of := _retried_trial(trial)) is not None:
             trial.set_user_attr("retry_of", retry_of)
             trial.set_user_attr("fail_reason", None)  # copied from the failed original
             resume_id = trial.user_attrs.get("wandb_run_id")  # the dead worker's run: resume it, not a new one
         started = time.perf_counter()
-        ctx.tracker.start(name=f"{cfg.study.name}-t{trial.number:03d}", config=trial_config(ctx, trial, params),
-                          tags=_tags(params), resume_id=resume_id)
+        arm = trial.user_attrs.get("arm")
+        ctx.tracker.start(name=f"{cfg.study.name}-t{trial.number:03d}" + (f" {arm}" if arm else ""),
+                          config=trial_config(ctx, cfg, trial, params), tags=_tags(params, trial.user_attrs),
+                          resume_id=resume_id, job_type=ctx.job_type)
         trial.set_user_attr("wandb_run_id", ctx.tracker.run_id)
         tracker_s = time.perf_counter() - started
         adapter_dir = trial_dir / "adapter" if cfg.study.keep_adapters != "none" else None
@@ -110,10 +115,14 @@ def with_forgetting(metrics: dict[str, float], base: dict[str, float]) -> dict[s
     return out
 
 
-def trial_config(ctx: TrialContext, trial, params) -> dict[str, Any]:
+def trial_config(ctx: TrialContext, cfg: Config, trial, params) -> dict[str, Any]:
+    attrs = trial.user_attrs
     return {
-        **ctx.cfg.to_dict(),
+        **cfg.to_dict(),
         "trial": {"number": trial.number, **params.as_dict()},
+        **({"arm": attrs["arm"], "seed": attrs.get("seed"),
+            "levels": {k.removeprefix("level:"): v for k, v in attrs.items() if k.startswith("level:")}}
+           if "arm" in attrs else {}),
         "optuna_params": dict(trial.params),
         "base": ctx.base,
         "runtime": ctx.backend.describe(),
@@ -121,9 +130,10 @@ def trial_config(ctx: TrialContext, trial, params) -> dict[str, Any]:
     }
 
 
-def _tags(params) -> list[str]:
+def _tags(params, attrs: dict) -> list[str]:
     tags = [f"r{params.rank}", "rslora" if params.use_rslora else "lora",
             "embeddings" if params.embedding_lr_ratio is not None else "no-embeddings"]
+    tags += [f"{k.removeprefix('level:')}={v}" for k, v in attrs.items() if k.startswith("level:")]
     if params.rule_violations:
         tags.append("breaks-rule")
     return tags

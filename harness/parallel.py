@@ -30,20 +30,29 @@ class Worker:
     log: Path
 
 
-def run(cfg: Config, config_path: str, overrides: list[str], n_trials: int | None = None, log=print) -> int:
-    """Start the workers and wait for them; 0 when the study holds ``n_trials`` complete trials."""
-    from harness import sweep
+def run(cfg: Config, config_path: str, overrides: list[str], n_trials: int | None = None, log=print,
+        ablation: bool = False) -> int:
+    """Start the workers and wait for them; 0 when the study (or the ablation) is complete."""
     from optuna.trial import TrialState
 
-    target = n_trials or cfg.study.n_trials
-    session = sweep.setup(cfg, log=log)  # model, data, study and base losses ready before any worker starts
+    from harness import ablation as abl
+    from harness import sweep
+
+    if ablation:  # model, data, study and base losses ready before any worker starts
+        session = sweep.setup(abl.study_config(cfg), log=log, study_attrs=abl.design(cfg))
+        target = abl.AblationPlan(cfg).target
+        cfg = session.cfg
+    else:
+        session = sweep.setup(cfg, log=log)
+        target = n_trials or cfg.study.n_trials
     study = session.study
     log_dir = Path(cfg.study.output_dir) / cfg.study.name / "workers"
     log_dir.mkdir(parents=True, exist_ok=True)
     host = socket.gethostname()
     per_gpu = _initial_per_gpu(cfg, study)
     slots = _slots(cfg, per_gpu, host)
-    workers = [_start(cfg, config_path, overrides, target, label, gpu, i, log_dir, len(slots))
+    extra = ["--ablation"] if ablation else []
+    workers = [_start(cfg, config_path, overrides, target, label, gpu, i, log_dir, len(slots), extra)
                for i, (label, gpu) in enumerate(slots)]
     log(f"[parallel] {len(workers)} workers: {', '.join(w.label for w in workers)} (logs in {log_dir})")
     seen: set[int] = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
@@ -54,7 +63,7 @@ def run(cfg: Config, config_path: str, overrides: list[str], n_trials: int | Non
             seen = _report_finished(study, seen, log)
             _status(study, target, workers)
             if pending_auto and _measured_peak(study) is not None:
-                workers += _top_up(cfg, config_path, overrides, target, study, host, log_dir, workers, log)
+                workers += _top_up(cfg, config_path, overrides, target, study, host, log_dir, workers, log, extra)
                 pending_auto = False
     except KeyboardInterrupt:
         for w in workers:
@@ -81,7 +90,7 @@ def _slots(cfg: Config, per_gpu: int, host: str) -> list[tuple[str, int | None]]
     return [(f"{host}/cpu/{i}", None) for i in range(cfg.parallel.workers)]
 
 
-def _start(cfg, config_path, overrides, target, label, gpu, index, log_dir, n_workers) -> Worker:
+def _start(cfg, config_path, overrides, target, label, gpu, index, log_dir, n_workers, extra=()) -> Worker:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("WANDB_SERVICE", None)  # each worker its own W&B service: a killed worker's runs must not stay "in use"
     if gpu is not None:
@@ -89,7 +98,7 @@ def _start(cfg, config_path, overrides, target, label, gpu, index, log_dir, n_wo
     else:  # share the cores instead of every worker spinning on all of them
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n_workers)))
     cmd = [sys.executable, "-m", "harness", "worker", config_path, "--n-trials", str(target), "--label", label,
-           "--index", str(index)] + [x for o in overrides for x in ("--set", o)]
+           "--index", str(index), *extra] + [x for o in overrides for x in ("--set", o)]
     log_path = log_dir / (label.replace("/", "_") + ".log")
     fh = open(log_path, "a")
     # SIG_DFL: workers must take the Ctrl-C the parent forwards even if this process was started with SIGINT
@@ -152,14 +161,14 @@ def _free_gb(gpus: list[int]) -> float:
     return min(torch.cuda.mem_get_info(g)[0] for g in gpus) / 2**30
 
 
-def _top_up(cfg, config_path, overrides, target, study, host, log_dir, workers, log) -> list[Worker]:
+def _top_up(cfg, config_path, overrides, target, study, host, log_dir, workers, log, flags=()) -> list[Worker]:
     """trials_per_gpu: auto. Once the first trial has measured its peak memory, start the workers that fit."""
     peak = _measured_peak(study)
     if peak is None:
         return []
     k = auto_trials_per_gpu(peak, _free_gb(cfg.parallel.gpus) + peak)  # the running trial's share is free again soon
     log(f"\n[parallel] measured peak {peak:.1f} GiB per trial: {k} trials per GPU")
-    extra = [(f"{host}/gpu{g}/{i}", g) for g in cfg.parallel.gpus for i in range(1, k)]
-    n = len(workers) + len(extra)
-    return [_start(cfg, config_path, overrides, target, label, gpu, len(workers) + j, log_dir, n)
-            for j, (label, gpu) in enumerate(extra)]
+    slots = [(f"{host}/gpu{g}/{i}", g) for g in cfg.parallel.gpus for i in range(1, k)]
+    n = len(workers) + len(slots)
+    return [_start(cfg, config_path, overrides, target, label, gpu, len(workers) + j, log_dir, n, flags)
+            for j, (label, gpu) in enumerate(slots)]

@@ -70,3 +70,19 @@ def timing_table(study) -> str:
         lines.append(f"{t.number:>5}" + "".join(f"{v:>6.1f}" for v in parts[:2]) + f"{parts[2]:>7.1f}"
                      + "".join(f"{v:>6.1f}" for v in parts[3:]) + f"  {100 * (total - parts[2]) / total:>11.0f}%")
     return "\n".join(lines)
+
+
+def effects_text(study) -> str:
+    """The ablation's verdicts and paired effects, for the terminal."""
+    from harness import ablation
+    from harness.report_files import ablation_rows
+
+    design = study.user_attrs.get("design")
+    if not design:
+        return ""
+    lines = ["effect (alternative - advice), mean over seeds with 95% t-interval:"]
+    for e in ablation.effects(ablation_rows(study), list(design["factors"])):
+        iv = e.interval
+        lines.append(f"  {e.factor.name:<19} {e.metric:<12} {iv.mean:+.4f} [{iv.low:+.4f}, {iv.high:+.4f}] n={iv.n}"
+                     + (f"  -> {e.verdict}: {e.factor.claim}" if e.verdict else ""))
+    return "\n".join(lines)

@@ -62,13 +62,16 @@ def derive(rank: int, lr: float, ratio: float | None, cfg: Config) -> TrialParam
     return TrialParams(rank, lr, ratio, use_rslora, cfg.lora.alpha, tuple(violations))
 
 
-def space_fingerprint(cfg: Config) -> str:
+SPEED_ONLY = ("time_limit_s", "compile")
+
+
+def space_fingerprint(cfg: Config, extra: dict | None = None) -> str:
     """Identifies what a trial's numbers mean: search space, rules, LoRA layout, training and eval protocol.
 
     A study resumed with a different fingerprint would mix incomparable trials. The sampler, trial count,
-    failure budget and time limit are left out: changing them does not change what a trial measures.
+    failure budget, time limit and speed-only switches are left out: they do not change what a trial measures.
     """
-    train = {k: v for k, v in asdict(cfg.train).items() if k not in ("time_limit_s",)}
+    train = {k: v for k, v in asdict(cfg.train).items() if k not in SPEED_ONLY}
     payload = {
         "search": asdict(cfg.search),
         "rules": asdict(cfg.rules),
@@ -77,6 +80,8 @@ def space_fingerprint(cfg: Config) -> str:
         "eval": asdict(cfg.eval),
         "objective": cfg.study.objective,
     }
+    if extra:
+        payload["extra"] = extra
     return _digest(payload)
 
 

@@ -40,19 +40,28 @@ def setup_inputs(cfg: Config, backend) -> tuple[str, data.Corpora]:
     """The base model folder and the tokenized corpora, prepared (and cached) on first use."""
     _quiet_libraries()
     model_path = models.resolve(cfg.model.name)
+    if cfg.model.heal.steps > 0:
+        from harness import heal
+
+        model_path = heal.healed_base(model_path, cfg, backend)
     tokenizer = backend.load_tokenizer(model_path)
     return model_path, data.prepare(cfg.data, tokenizer, cfg.model.max_seq_length, cfg.eval.max_tokens)
 
 
-def setup(cfg: Config, backend=None, log=print, worker: int = 0) -> Session:
+def setup(cfg: Config, backend=None, log=print, worker: int = 0, study_attrs: dict | None = None) -> Session:
+    """Prepare model, data, study and base losses. ``study_attrs``: extra study attributes that must match on
+    resume too (an ablation's design)."""
     backend = backend or backends.load(cfg.backend)  # first: unsloth must be imported before transformers
     t = time.perf_counter()
     model_path, corpora = setup_inputs(cfg, backend)
     log(f"[setup] {backend.name} on {backend.device}; model {model_path}; {corpora.describe()} "
         f"({time.perf_counter() - t:.0f} s)")
     fingerprints = {"model": models.fingerprint(model_path), "data": corpora.fingerprint,
-                    "search_space": search_space.space_fingerprint(cfg)}
+                    "search_space": search_space.space_fingerprint(cfg, extra=study_attrs)}
     study = storage.open_study(cfg, fingerprints, worker=worker)
+    for key, value in (study_attrs or {}).items():
+        if key not in study.user_attrs:
+            study.set_user_attr(key, value)
     if "model_provenance" not in study.user_attrs:
         study.set_user_attr("model_provenance", models.provenance(model_path))
     base = storage.ensure_base_losses(study, cfg.study.storage,
@@ -80,49 +89,96 @@ def run(cfg: Config, n_trials: int | None = None, log=print) -> Session:
     return session
 
 
-def work(session: Session, target: int, log=print, label: str | None = None, poll_s: float = 2.0) -> None:
-    """Claim and run trials until the study holds ``target`` complete ones.
+def run_worker(cfg: Config, n_trials: int | None, label: str | None, index: int, ablation: bool = False) -> None:
+    """`cpt-harness worker`: join (or create) the study, or the ablation's, and work until it is done."""
+    if ablation:
+        from harness import ablation as abl
 
-    The claim (count, then ask) happens under the study's lock, so several workers never start more trials
-    than are missing. A worker with nothing to claim waits while others' trials run: one of them may fail.
+        acfg = abl.study_config(cfg)
+        session = setup(acfg, worker=index, study_attrs=abl.design(cfg))
+        work(session, label=label, plan=abl.AblationPlan(acfg))
+    else:
+        work(setup(cfg, worker=index), n_trials or cfg.study.n_trials, label=label)
+
+
+def run_ablation(cfg: Config, log=print) -> Session:
+    """One process: run every arm x seed of the ablation in ``cfg`` (in its own study), then print the effects."""
+    from harness import ablation
+
+    acfg = ablation.study_config(cfg)
+    session = setup(acfg, log=log, study_attrs=ablation.design(cfg))
+    work(session, log=log, plan=ablation.AblationPlan(acfg))
+    log(report.table(session.study, session.base))
+    log(report.effects_text(session.study))
+    return session
+
+
+DONE = object()
+
+
+class SweepPlan:
+    """A sweep: Optuna samples each trial; done when the study holds ``target`` complete trials."""
+
+    job_type = "trial"
+
+    def __init__(self, cfg: Config, target: int):
+        self.cfg, self.target = cfg, target
+
+    def claim(self, study):
+        """Under the study's lock: the next trial to run, None to wait for others' running trials, or DONE."""
+        from optuna.trial import TrialState
+
+        # One snapshot: counted in two reads, a trial finishing in between (tell is outside the lock) would be
+        # missed by both counts, and one trial too many would start.
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        complete, running = states.count(TrialState.COMPLETE), states.count(TrialState.RUNNING)
+        if complete >= self.target:
+            return DONE
+        return _ask(study) if self.target - complete - running > 0 else None
+
+    def config_for(self, trial) -> Config:
+        return self.cfg
+
+
+def work(session: Session, target: int | None = None, log=print, label: str | None = None, poll_s: float = 2.0,
+         plan=None) -> None:
+    """Claim and run trials until the plan is done (by default: the study holds ``target`` complete trials).
+
+    The claim happens under the study's lock, so several workers never start more trials than are missing. A
+    worker with nothing to claim waits while others' trials run: one of them may fail and need a rerun.
     """
-    import optuna
     from optuna.trial import TrialState
 
     from harness.objective import Objective, TrialContext
     from harness.tracking import make_tracker
 
     cfg, study = session.cfg, session.study
+    plan = plan or SweepPlan(cfg, target or cfg.study.n_trials)
     label = label or f"{socket.gethostname()}"
     study_dir = Path(cfg.study.output_dir) / cfg.study.name
     tracker = make_tracker(cfg.tracking.wandb, cfg.study.name, study_dir)
     ctx = TrialContext(cfg, session.backend, session.model_path, session.corpora, session.base, tracker, study_dir,
-                       progress=_progress_bar, worker=label)
+                       progress=_progress_bar, worker=label, job_type=plan.job_type, config_for=plan.config_for)
     objective = Objective(ctx)
-    log(f"[sweep] study {cfg.study.name!r}: {storage.count(study, TrialState.COMPLETE)} of {target} trials complete")
+    log(f"[sweep] study {cfg.study.name!r}: {storage.count(study, TrialState.COMPLETE)} of {plan.target} "
+        "trials complete")
     failures, waiting_said = 0, False
     while True:
         _fail_stale(study)
         with storage.claim_lock(cfg.study.storage):
-            # One snapshot: counted in two reads, a trial finishing in between (tell is outside the lock) would
-            # be missed by both counts, and one trial too many would start.
-            states = [t.state for t in study.get_trials(deepcopy=False)]
-            counts = {s: states.count(s) for s in (TrialState.COMPLETE, TrialState.RUNNING)}
-            if counts[TrialState.COMPLETE] >= target:
-                return
-            missing = target - counts[TrialState.COMPLETE] - counts[TrialState.RUNNING]
-            trial = _ask(study) if missing > 0 else None
+            trial = plan.claim(study)
+        if trial is DONE:
+            return
         if trial is None:
             if not waiting_said:
-                log(f"[sweep] {label}: waiting for {counts[TrialState.RUNNING]} running trial(s) of other workers")
+                log(f"[sweep] {label}: waiting for the running trials of other workers")
                 waiting_said = True
             time.sleep(poll_s)
             continue
         waiting_said = False
         state = _run(study, objective, trial)
-        frozen = study._storage.get_trial(trial._trial_id)
-        log(report.trial_line(frozen))
-        if cfg.study.keep_adapters == "pareto":
+        log(report.trial_line(study._storage.get_trial(trial._trial_id)))
+        if cfg.study.keep_adapters == "pareto" and plan.job_type == "trial":
             prune_adapters(study, study_dir)
         if state == TrialState.FAIL:
             failures += 1

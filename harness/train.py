@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+import zlib
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -107,6 +108,8 @@ def run_trial(backend, model_path: str, cfg: Config, params: TrialParams, corpor
         torch.cuda.reset_peak_memory_stats(device)
     with timer("load"):
         model = backend.load_for_training(model_path, cfg, params)
+        if not cfg.lora.init_adapter:
+            reseed_lora(model, cfg.train.seed)
         optimizer = _optimizer(model, params, cfg)
         record = audit_mod.audit(model, optimizer, params, cfg.lora, _embedding_names(model), params.learning_rate)
     with timer("log"):
@@ -123,6 +126,19 @@ def run_trial(backend, model_path: str, cfg: Config, params: TrialParams, corpor
     result.metrics["trainable_lora"] = record["trainable_parameters"].get("lora", 0)
     result.metrics["trainable_embedding"] = record["trainable_parameters"].get("embedding", 0)
     return result
+
+
+def reseed_lora(model, seed: int) -> None:
+    """LoRA A matrices initialised from (seed, module name) alone: trials with the same seed start from the same
+    init on every module they share, whatever else they target and whichever backend built them. B stays zero,
+    as PEFT initialises it, so the model still starts as the base model."""
+    for name, module in model.named_modules():
+        for adapter, linear in getattr(module, "lora_A", {}).items():
+            g = torch.Generator().manual_seed(zlib.crc32(f"{seed}/{name}/{adapter}".encode()))
+            w = torch.empty(linear.weight.shape, dtype=torch.float32)
+            torch.nn.init.kaiming_uniform_(w, a=math.sqrt(5), generator=g)  # PEFT's default for lora_A
+            with torch.no_grad():
+                linear.weight.copy_(w)
 
 
 def _optimizer(model, params: TrialParams, cfg: Config):

@@ -46,3 +46,15 @@ def test_fingerprint_tracks_what_a_trial_measures(tiny_cfg):
     assert space_fingerprint(tiny_cfg) == before
     tiny_cfg.search.rank.choices = [8]
     assert space_fingerprint(tiny_cfg) != before
+
+
+def test_the_committed_gpu_study_can_still_be_resumed():
+    """New config fields must not change what an existing study's fingerprint means (reports/gpu-legal/)."""
+    import optuna
+
+    from harness.config import load_config
+    from tests.conftest import ROOT
+
+    study = optuna.load_study(study_name="gpu-legal", storage=f"sqlite:///{ROOT}/reports/gpu-legal/study.db")
+    cfg = load_config(ROOT / "sweeps" / "gpu-legal.yaml")
+    assert study.user_attrs["fingerprints"]["search_space"] == space_fingerprint(cfg)

@@ -1,0 +1,215 @@
+"""Ablations and reports: the statistics by hand, the factorial design, and the tiny-model runs end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import yaml
+from optuna.trial import TrialState
+
+from harness import ablation, stats
+from harness.cli import main
+from harness.config import load_config
+from harness.wandb_files import read_runs
+from tests.conftest import ROOT
+
+DEMO = str(ROOT / "sweeps" / "demo.yaml")
+
+
+def _sets(overrides):
+    return [x for o in overrides for x in ("--set", o)]
+
+
+def test_t_interval_matches_a_hand_computation():
+    iv = stats.t_interval([1.0, 2.0, 3.0, 4.0, 5.0])
+    half = 2.776 * statistics.stdev([1, 2, 3, 4, 5]) / math.sqrt(5)  # t(0.975, 4) = 2.776
+    assert (iv.n, iv.mean) == (5, 3.0)
+    assert iv.low == pytest.approx(3.0 - half) and iv.high == pytest.approx(3.0 + half)
+    assert iv.low == pytest.approx(1.0371, abs=1e-4) and iv.verdict_sign == 1
+    assert stats.t_interval([-1.0, 1.0, 0.5]).verdict_sign == 0
+    assert stats.t_interval([-3.0, -2.0, -2.5]).verdict_sign == -1
+
+
+def test_effects_pair_by_seed_and_average_over_the_other_factor():
+    # forgetting = 0.10 base + 0.05 if gate_proj is out; domain loss = 2.0 - 0.2 if embeddings are trained; noise by seed
+    rows = []
+    for seed, noise in enumerate([0.01, -0.02, 0.03]):
+        for gate in ("in", "out"):
+            for emb in ("trained", "frozen"):
+                rows.append({"seed": seed, "level:gate_proj": gate, "level:embeddings": emb,
+                             "forgetting": 0.10 + (0.05 if gate == "out" else 0) + noise + (0.001 * seed if gate == "out" else 0),
+                             "domain_loss": 2.0 - (0.2 if emb == "trained" else 0) + noise})
+    eff = {(e.factor.name, e.metric): e for e in ablation.effects(rows, ["gate_proj", "embeddings"])}
+    gate = eff[("gate_proj", "forgetting")]
+    assert gate.per_seed == pytest.approx({0: 0.05, 1: 0.051, 2: 0.052})
+    assert gate.interval.mean == pytest.approx(0.051)
+    assert gate.verdict == "supported"  # leaving gate_proj out raised forgetting, as the guidance says
+    emb = eff[("embeddings", "domain_loss")]
+    assert emb.per_seed == pytest.approx({0: 0.2, 1: 0.2, 2: 0.2}) and emb.verdict == "supported"
+    assert eff[("gate_proj", "domain_loss")].verdict == ""  # not the claim's metric: reported, no verdict
+    # A seed missing one of its pairs is left out, not half-counted.
+    partial = [r for r in rows if not (r["seed"] == 2 and r["level:gate_proj"] == "out" and r["level:embeddings"] == "frozen")]
+    assert set(ablation.effects(partial, ["gate_proj", "embeddings"])[0].per_seed) == {0, 1}
+
+
+def test_arm_configs_apply_the_levels(tiny_cfg):
+    tiny_cfg.ablation.factors = ["gate_proj", "embeddings", "rslora"]
+    arms = ablation.arms(tiny_cfg)
+    assert len(arms) == 8 and arms[0].name == "gate_proj=in,embeddings=trained,rslora=on"
+    worst = ablation.arm_config(tiny_cfg, arms[-1], seed=3)  # gate out, embeddings frozen, rsLoRA off
+    assert "gate_proj" not in worst.lora.target_modules and not worst.lora.train_embeddings
+    assert worst.lora.use_rslora is False and worst.rules.rslora_above_64 is False
+    assert worst.search.rank.choices == [tiny_cfg.ablation.high_rank] and worst.train.seed == 3
+    tiny_cfg.ablation.factors = ["embedding_lr_ratio"]
+    high = ablation.arm_config(tiny_cfg, ablation.arms(tiny_cfg)[1], seed=0)
+    assert high.search.embedding_lr_ratio.low == 1.0 and high.rules.embedding_lr_ratio_range is False
+
+
+def test_same_seed_same_init_on_shared_modules(tiny_cfg):
+    from harness.backends.peft_backend import PeftBackend
+    from harness.search_space import derive
+    from harness.train import reseed_lora
+
+    backend = PeftBackend()
+    arms = ablation.arms(tiny_cfg)  # gate in/out x embeddings trained/frozen
+
+    def q_init(arm, seed):
+        cfg = ablation.arm_config(tiny_cfg, arm, seed)
+        model = backend.load_for_training(cfg.model.name, cfg, derive(cfg.search.rank.choices[0], 1e-3, 0.2, cfg))
+        reseed_lora(model, seed)
+        return model.base_model.model.model.layers[1].self_attn.q_proj.lora_A["default"].weight.detach().clone()
+
+    assert torch.equal(q_init(arms[0], 0), q_init(arms[3], 0)), "gate_proj in vs out: same q_proj init"
+    assert not torch.equal(q_init(arms[0], 0), q_init(arms[0], 1))
+
+
+def test_ablation_checks():
+    for bad, msg in ((["gate_proj", "nope"], "unknown factor 'nope'"), (["embeddings", "embedding_lr_ratio"], "cannot be")):
+        with pytest.raises(Exception, match=msg):
+            load_config(DEMO, [f"ablation.factors={bad}"])
+    with pytest.raises(Exception, match="at least 2 seeds"):
+        load_config(DEMO, ["ablation.seeds=1"])
+
+
+def test_ablate_end_to_end_and_its_report(tiny_overrides, tmp_path, capsys):
+    sets = _sets(tiny_overrides + ["ablation.seeds=2", "ablation.rank=8", "ablation.learning_rate=2e-3",
+                                   f"tracking.wandb.mode=offline"])
+    assert main(["ablate", DEMO] + sets) == 0
+    study = optuna.load_study(study_name="tiny-ablation", storage=f"sqlite:///{tmp_path}/study.db")
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 8
+    assert sorted((t.user_attrs["arm"], t.user_attrs["seed"]) for t in trials) == sorted(
+        (arm, s) for arm in study.user_attrs["design"]["arms"] for s in (0, 1)), "each arm x seed exactly once"
+    frozen = [t for t in trials if t.user_attrs["level:embeddings"] == "frozen"]
+    assert all("embedding_lr_ratio" not in t.params and t.user_attrs["trainable_embedding"] == 0 for t in frozen)
+    no_gate = [t for t in trials if t.user_attrs["level:gate_proj"] == "out"]
+    assert all(t.user_attrs["audit"]["groups"]["lora"]["tensors"] < trials[0].user_attrs["audit"]["groups"]["lora"]["tensors"]
+               for t in no_gate)
+    # Resuming a finished ablation runs nothing.
+    assert main(["ablate", DEMO] + sets) == 0
+    assert len(optuna.load_study(study_name="tiny-ablation", storage=f"sqlite:///{tmp_path}/study.db").trials) == 8
+
+    runs = [r for r in read_runs(Path(os.environ["WANDB_DIR"])) if r.job_type == "ablation"]
+    assert len(runs) == 8 and all(r.group == "tiny-ablation" and "arm" in r.config for r in runs)
+    assert all(f"gate_proj={r.config['levels']['gate_proj']}" in r.tags for r in runs)
+
+    # The report, from the database alone: figures, verdict lines, and effects equal to a hand computation.
+    out = tmp_path / "report"
+    assert main(["report", DEMO, "--ablation", "--out", str(out)] + sets) == 0
+    md = (out / "report.md").read_text()
+    assert (out / "report.html").is_file() and (out / "curves.png").stat().st_size > 1000
+    first_screen = md.split("## Effects")[0]
+    for claim in ("leaving gate_proj out of the LoRA targets speeds up forgetting",
+                  "training lm_head and embed_tokens helps learn the domain"):
+        assert claim in first_screen
+    assert first_screen.count("[95% CI") == 2
+    effects = {(e["factor"], e["metric"]): e for e in json.loads((out / "effects.json").read_text())}
+    by = {(t.user_attrs["seed"], t.user_attrs["level:gate_proj"], t.user_attrs["level:embeddings"]): t.user_attrs
+          for t in trials}
+    hand = [statistics.fmean([by[(s, "out", e)]["forgetting"] - by[(s, "in", e)]["forgetting"]
+                              for e in ("trained", "frozen")]) for s in (0, 1)]
+    g = effects[("gate_proj", "forgetting")]
+    assert [g["per_seed"][k] for k in ("0", "1")] == pytest.approx(hand)
+    half = 12.706 * statistics.stdev(hand) / math.sqrt(2)
+    assert (g["low"], g["high"]) == pytest.approx((statistics.fmean(hand) - half, statistics.fmean(hand) + half))
+    verdict = {1: "supported", -1: "contradicted", 0: "inconclusive"}[stats.t_interval(hand).verdict_sign]
+    assert g["verdict"] == verdict and f"**{verdict.upper()}**: *leaving gate_proj" in md
+    summary = [r for r in read_runs(Path(os.environ["WANDB_DIR"])) if r.job_type == "summary"]
+    assert len(summary) == 1 and any(k.startswith("trials") for h in summary[0].history for k in h)
+
+
+def test_sweep_report_and_the_chosen_config_reruns(tiny_overrides, tmp_path):
+    sets = _sets(tiny_overrides)
+    assert main(["sweep", DEMO, "--n-trials", "4"] + sets) == 0
+    out = tmp_path / "report"
+    assert main(["report", DEMO, "--out", str(out)] + sets) == 0
+    for name in ("report.md", "report.html", "pareto.png", "curves.png", "chosen.yaml"):
+        assert (out / name).is_file(), name
+    md = (out / "report.md").read_text()
+    assert "![Pareto front](pareto.png)" in md and "not healed" in md
+    chosen_cfg = yaml.safe_load((out / "chosen.yaml").read_text())
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/study.db")
+    front = {t.number: t for t in study.best_trials}
+    number = int(chosen_cfg["study"]["name"].rsplit("-t", 1)[1])
+    assert number in front, "the chosen trial is on the Pareto front"
+    # The chosen config is a sweep file that trains the chosen trial again, to the same numbers.
+    assert main(["sweep", str(out / "chosen.yaml")]) == 0
+    rerun = optuna.load_study(study_name=chosen_cfg["study"]["name"], storage=f"sqlite:///{tmp_path}/study.db")
+    (t,) = rerun.trials
+    assert t.params == front[number].params
+    assert t.user_attrs["domain_loss"] == pytest.approx(front[number].user_attrs["domain_loss"], rel=1e-5)
+
+
+def test_choose_trial_respects_max_forgetting(tiny_overrides, tmp_path):
+    from harness.report_files import choose_trial
+
+    assert main(["sweep", DEMO, "--n-trials", "3"] + _sets(tiny_overrides)) == 0
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/study.db")
+    front = study.best_trials
+    lowest_forgetting = min(t.user_attrs["forgetting"] for t in front)
+    chosen = choose_trial(study, max_forgetting=lowest_forgetting)
+    assert chosen.user_attrs["forgetting"] <= lowest_forgetting
+    assert chosen.user_attrs["domain_loss"] == min(t.user_attrs["domain_loss"] for t in front
+                                                   if t.user_attrs["forgetting"] <= lowest_forgetting)
+
+
+def test_ablate_from_study_takes_the_chosen_hyperparameters(tiny_overrides, tmp_path):
+    sets = _sets(tiny_overrides)
+    assert main(["sweep", DEMO, "--n-trials", "2"] + sets) == 0
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/study.db")
+    config = tmp_path / "sweep.yaml"
+    cfg = load_config(DEMO, tiny_overrides)
+    config.write_text(yaml.safe_dump(cfg.to_dict()))
+    pick = study.trials[1]
+    assert main(["ablate", DEMO, "--from-study", str(config), "--trial", "1", "--set", "ablation.seeds=2",
+                 "--set", "ablation.factors=[gate_proj]"] + sets) == 0
+    abl = optuna.load_study(study_name="tiny-ablation", storage=f"sqlite:///{tmp_path}/study.db")
+    assert abl.user_attrs["design"]["fixed"]["rank"] == pick.params["rank"]
+    assert abl.user_attrs["design"]["fixed"]["learning_rate"] == pytest.approx(pick.params["learning_rate"])
+    assert all(t.params["rank"] == pick.params["rank"] for t in abl.trials) and len(abl.trials) == 4
+
+
+def test_healed_base_is_cached_recorded_and_reported(tiny_overrides, tmp_path, tiny_model):
+    from safetensors.torch import load_file
+
+    sets = _sets(tiny_overrides + ["model.heal.steps=4", "model.heal.rank=4", "model.heal.learning_rate=1e-2",
+                                   "model.heal.batch_size=2", "study.name=healed"])
+    assert main(["sweep", DEMO, "--n-trials", "1"] + sets) == 0
+    study = optuna.load_study(study_name="healed", storage=f"sqlite:///{tmp_path}/study.db")
+    prov = study.user_attrs["model_provenance"]
+    assert prov["healed_from"] == str(tiny_model) and prov["heal"]["steps"] == 4
+    healed = Path(os.environ["CPT_HARNESS_CACHE"]) / "models"
+    folder = next(healed.glob("healed-*"))
+    before, after = load_file(f"{tiny_model}/model.safetensors"), load_file(f"{folder}/model.safetensors")
+    assert not torch.equal(before["model.layers.0.self_attn.q_proj.weight"], after["model.layers.0.self_attn.q_proj.weight"])
+    assert torch.equal(before["model.embed_tokens.weight"], after["model.embed_tokens.weight"]), "healing is LoRA only"
+    out = tmp_path / "rep"
+    assert main(["report", DEMO, "--out", str(out)] + sets) == 0
+    assert "a *healed* base (4 LoRA steps on builtin:austen, merged)" in (out / "report.md").read_text()
