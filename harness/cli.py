@@ -169,6 +169,10 @@ def _load_study(cfg, name: str):
 
     from harness import storage
 
+    url = storage.storage_url(cfg.study.storage)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        raise ConfigError([f"no study database at {url.removeprefix('sqlite:///')} (study.storage); run "
+                           "`cpt-harness sweep` (or `ablate`) first"], "study")
     try:
         return optuna.load_study(study_name=name, storage=storage.make_storage(cfg.study.storage))
     except KeyError:

@@ -87,9 +87,11 @@ def resolve(name: str) -> str:
         return str(build_once(cache_dir() / "models" / short, lambda tmp: _convert_builtin(spec, tmp)))
     path = Path(name).expanduser()
     if path.is_file() and path.suffix == ".gguf":
-        digest = _sha256(path)[:16]
-        final = cache_dir() / "models" / f"{path.stem}-{digest}"
-        return str(build_once(final, lambda tmp: convert_gguf(path, tmp, {"source": str(path.resolve())})))
+        sha = _sha256(path)
+        final = cache_dir() / "models" / f"{path.stem}-{sha[:16]}"
+        known = next((b for b in BUILTIN_MODELS.values() if b.sha256 == sha), None)  # a copy of a built-in GGUF
+        prov = {"source": str(path.resolve()), "sha256": sha, **({"description": known.description} if known else {})}
+        return str(build_once(final, lambda tmp: convert_gguf(path, tmp, prov)))
     if path.is_dir():
         return str(path.resolve())
     return name  # a hub id; transformers resolves it

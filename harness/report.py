@@ -19,6 +19,8 @@ def trial_line(trial) -> str:
     head += f" lr={_fmt(p.get('learning_rate'), '.2e')}"
     if "embedding_lr_ratio" in p:
         head += f" emb×{p['embedding_lr_ratio']:.2f}"
+    if "arm" in a:
+        head += f" [{a['arm']} seed {a.get('seed')}]"
     if trial.state.name != "COMPLETE":
         return f"{head}  ✗ {a.get('fail_reason', 'no reason recorded')}"
     return (f"{head}  domain {a['domain_loss']:.4f} (gain {a['domain_gain']:+.4f})  "
@@ -45,6 +47,8 @@ def table(study, base: dict | None = None) -> str:
             v = r.get(key)
             cells.append("-" if v is None else (("yes" if v else "no") if isinstance(v, bool) else format(v, spec)))
         note = r.get("fail_reason") or ("; ".join(r.get("rule_violations") or []) if r.get("rule_violations") else "")
+        if r.get("arm"):
+            note = f"{r['arm']} seed {r.get('seed')}" + (f"; {note}" if note else "")
         cells.append(str(note)[:70])
         body.append(cells)
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(header)]

@@ -75,8 +75,11 @@ def _sweep_sections(study, cfg, out: Path) -> list[str]:
     _curves_figure(study, out / "curves.png", group_by=None)
     lines += ["## Pareto front", "", "![Pareto front](pareto.png)", "", "## Eval curves", "", "![curves](curves.png)", ""]
     importances = _importances(study, out / "importances.png")
+    n_done = len(study.get_trials(deepcopy=False, states=[_complete()]))
     lines += ["## Hyperparameter importances", ""] + (
-        ["![importances](importances.png)", "", importances, ""] if importances else
+        ["![importances](importances.png)", "", importances, "",
+         f"Estimated from {n_done} complete trials" + (": with so few, treat them as rough." if n_done < 20 else "."),
+         ""] if importances else
         ["Not enough complete trials with varying parameters to estimate importances.", ""])
     lines += ["## Trials", "", "```", report.table(study, study.user_attrs.get("base")), "```", ""]
     return lines
@@ -144,15 +147,16 @@ def _curves_figure(study, path: Path, group_by: str | None) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     colors: dict[str, str] = {}
+    base = study.user_attrs.get("base") or {}
+    start = [{"tokens_seen": 0, **base}] if base else []  # every curve starts at the base model
     for t in study.get_trials(deepcopy=False, states=[_complete()]):
-        curve = t.user_attrs.get("curve") or []
+        curve = start + (t.user_attrs.get("curve") or [])
         label = str(t.user_attrs.get(group_by)) if group_by else f"trial {t.number}"
         first = label not in colors  # one legend entry per group (an arm's seeds share a colour)
         color = colors.setdefault(label, f"C{len(colors) % 10}")
         for ax, key in zip(axes, ("domain_loss", "general_loss")):
             ax.plot([p["tokens_seen"] for p in curve], [p[key] for p in curve], c=color, lw=1, alpha=0.8,
                     label=label if ax is axes[0] and first else None)
-    base = study.user_attrs.get("base") or {}
     for ax, key, title in zip(axes, ("domain_loss", "general_loss"), ("held-out domain", "held-out general")):
         if key in base:
             ax.axhline(base[key], c="k", lw=0.8, ls="--", label="base" if ax is axes[0] else None)
@@ -324,7 +328,7 @@ def log_summary_run(study, cfg, out_dir: Path) -> None:
     table = wandb.Table(columns=columns, data=[[_cell(r.get(c)) for c in columns] for r in rows])
     run = wandb.init(project=cfg.tracking.wandb.project, entity=cfg.tracking.wandb.entity, group=study.study_name,
                      job_type="summary", name=f"{study.study_name}-summary", mode=mode,
-                     dir=os.environ.get("WANDB_DIR") or str(out_dir),
+                     dir=os.environ.get("WANDB_DIR") or str(Path(cfg.study.output_dir) / study.study_name),
                      config={"study": study.study_name, "base": study.user_attrs.get("base"),
                              "design": study.user_attrs.get("design")},
                      settings=wandb.Settings(console="off", quiet=True, silent=True, x_disable_stats=True))

@@ -41,7 +41,8 @@ def make_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
     url = storage_url(url)
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite:///"):
-        _prepare_sqlite(Path(url.removeprefix("sqlite:///")))
+        if heartbeat_interval:  # a study that workers run (reading one for a report changes nothing)
+            _prepare_sqlite(Path(url.removeprefix("sqlite:///")))
         # Several processes on one host: wait for SQLite's write lock instead of failing at once.
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
     with warnings.catch_warnings():
@@ -49,6 +50,8 @@ def make_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
         if heartbeat_interval:
             kwargs.update(heartbeat_interval=heartbeat_interval, grace_period=grace_period or 4 * heartbeat_interval,
                           heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retries))
+        if not heartbeat_interval:
+            return optuna.storages.RDBStorage(url, **kwargs)
         with claim_lock(url):  # workers starting at once on an empty database would race to create its tables
             return optuna.storages.RDBStorage(url, **kwargs)
 
