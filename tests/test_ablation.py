@@ -100,7 +100,7 @@ def test_ablation_checks():
 
 def test_ablate_end_to_end_and_its_report(tiny_overrides, tmp_path, capsys):
     sets = _sets(tiny_overrides + ["ablation.seeds=2", "ablation.rank=8", "ablation.learning_rate=2e-3",
-                                   f"tracking.wandb.mode=offline"])
+                                   "tracking.wandb.mode=offline"])
     assert main(["ablate", DEMO] + sets) == 0
     study = optuna.load_study(study_name="tiny-ablation", storage=f"sqlite:///{tmp_path}/study.db")
     trials = study.get_trials()

@@ -9,10 +9,8 @@ import torch
 
 from harness import audit, data, train
 from harness.backends.peft_backend import PeftBackend
-from harness.config import load_config
 from harness.search_space import derive
 from harness.tracking import Tracker
-from tests.conftest import ROOT
 
 
 class Recorder(Tracker):
