@@ -14,6 +14,6 @@ pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
 "$VENV/bin/python" -c 'import torch' 2>/dev/null || pip install "torch==${TORCH_VERSION:-2.13.0}"
 # Pin the torch now installed, so that no dependency (unsloth's torchvision, say) swaps it for another build.
 pin=$(mktemp); trap 'rm -f "$pin"' EXIT
-"$VENV/bin/python" -c 'import torch; print("torch==" + torch.__version__)' > "$pin"
+"$VENV/bin/python" -W ignore -c 'import torch; print("torch==" + torch.__version__)' > "$pin" 2>/dev/null
 extras=$(IFS=,; echo "$*")
 pip install -c "$pin" -e ".${extras:+[$extras]}"
