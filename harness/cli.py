@@ -124,7 +124,7 @@ def _run(args, cfg) -> int:
             sweep.run_worker(cfg, args.n_trials, args.label, args.index, ablation=args.ablation)
         elif args.command == "report":
             return _report(cfg, args.out, args.ablation)
-    except (BackendUnavailable, DataError, ModelNotFound, StudyMismatch, ImportError) as e:
+    except (BackendUnavailable, ConfigError, DataError, ModelNotFound, StudyMismatch, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except SweepAborted as e:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness import report, storage
-from harness.config import Config
+from harness.config import Config, ConfigError
 
 
 @dataclass
@@ -38,6 +38,8 @@ def run(cfg: Config, config_path: str, overrides: list[str], n_trials: int | Non
     from harness import ablation as abl
     from harness import sweep
 
+    for gpu in cfg.parallel.gpus or []:  # before any setup: a GPU that is not there fails now, not in a worker
+        physical_gpu(gpu)
     if ablation:  # model, data, study and base losses ready before any worker starts
         session = sweep.setup(abl.study_config(cfg), log=log, study_attrs=abl.design(cfg))
         target = abl.AblationPlan(cfg).target
@@ -94,7 +96,7 @@ def _start(cfg, config_path, overrides, target, label, gpu, index, log_dir, n_wo
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("WANDB_SERVICE", None)  # each worker its own W&B service: a killed worker's runs must not stay "in use"
     if gpu is not None:
-        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+        env["CUDA_VISIBLE_DEVICES"] = physical_gpu(gpu)
     else:  # share the cores instead of every worker spinning on all of them
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n_workers)))
     cmd = [sys.executable, "-m", "harness", "worker", config_path, "--n-trials", str(target), "--label", label,
@@ -106,6 +108,20 @@ def _start(cfg, config_path, overrides, target, label, gpu, index, log_dir, n_wo
     proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     return Worker(label, gpu, proc, log_path)
+
+
+def physical_gpu(gpu: int, visible: str | None = None) -> str:
+    """The device a worker for GPU ``gpu`` must see. GPU numbers are as this process sees them, as in torch's
+    ``cuda:N``: under ``CUDA_VISIBLE_DEVICES=2,3``, GPU 0 is device 2. A worker's own CUDA_VISIBLE_DEVICES
+    replaces the parent's, so it names the device itself."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES") if visible is None else visible
+    ids = [v.strip() for v in (visible or "").split(",") if v.strip()]
+    if not ids:
+        return str(gpu)
+    if gpu >= len(ids):
+        raise ConfigError([f"parallel.gpus: GPU {gpu} is not visible to this process (CUDA_VISIBLE_DEVICES={visible} "
+                         f"shows {len(ids)}: use 0..{len(ids) - 1})"])
+    return ids[gpu]
 
 
 def _report_finished(study, seen: set[int], log) -> set[int]:

@@ -19,7 +19,8 @@ import pytest
 from optuna.trial import TrialState
 
 from harness.cli import main
-from harness.parallel import auto_trials_per_gpu
+from harness.config import ConfigError
+from harness.parallel import auto_trials_per_gpu, physical_gpu
 from harness.wandb_files import read_runs
 from tests.conftest import ROOT
 
@@ -121,3 +122,12 @@ def test_auto_trials_per_gpu_fits_the_card():
     assert auto_trials_per_gpu(peak_gb=1.2, free_gb=139.0) == 8  # capped
     assert auto_trials_per_gpu(peak_gb=20.0, free_gb=78.0) == 2
     assert auto_trials_per_gpu(peak_gb=70.0, free_gb=78.0) == 1  # never zero
+
+
+def test_gpu_numbers_are_as_this_process_sees_them():
+    # A worker's CUDA_VISIBLE_DEVICES replaces the parent's, so it must name the device the parent calls GPU n.
+    assert physical_gpu(0, visible="") == "0" and physical_gpu(3, visible="") == "3"
+    assert physical_gpu(0, visible="2,3") == "2" and physical_gpu(1, visible="2, 3") == "3"
+    assert physical_gpu(0, visible="GPU-5f1c") == "GPU-5f1c"
+    with pytest.raises(ConfigError, match=r"GPU 2 is not visible.*use 0\.\.1"):
+        physical_gpu(2, visible="2,3")
