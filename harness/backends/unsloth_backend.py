@@ -12,6 +12,7 @@ import os
 import sys
 
 from harness.backends.base import Backend, BackendUnavailable
+from harness.backends.offload import private_offload_folder
 
 if "unsloth" not in sys.modules and any(m in sys.modules for m in ("transformers", "peft", "trl")):
     raise BackendUnavailable(
@@ -81,14 +82,17 @@ class UnslothBackend(Backend):
         else:
             from harness.backends.peft_backend import embedding_module_names
 
-            model = FastLanguageModel.get_peft_model(
-                model, r=params.rank, lora_alpha=params.alpha, use_rslora=params.use_rslora,
-                target_modules=list(cfg.lora.target_modules), lora_dropout=cfg.lora.dropout, bias="none",
-                modules_to_save=embedding_module_names(model) if cfg.lora.train_embeddings else None,
-                use_gradient_checkpointing=checkpointing, random_state=cfg.train.seed,
-            )
+            with private_offload_folder(model) as folder:
+                model = FastLanguageModel.get_peft_model(
+                    model, r=params.rank, lora_alpha=params.alpha, use_rslora=params.use_rslora,
+                    target_modules=list(cfg.lora.target_modules), lora_dropout=cfg.lora.dropout, bias="none",
+                    modules_to_save=embedding_module_names(model) if cfg.lora.train_embeddings else None,
+                    use_gradient_checkpointing=checkpointing, random_state=cfg.train.seed,
+                    temporary_location=folder,
+                )
         for p in model.parameters():
             if p.requires_grad and p.dtype != torch.float32:
                 p.data = p.data.float()  # fp32 masters: a 1e-5 step vanishes in bf16 weights
         FastLanguageModel.for_training(model)
         return model
+
