@@ -97,8 +97,11 @@ def _start(cfg, config_path, overrides, target, label, gpu, index, log_dir, n_wo
     env.pop("WANDB_SERVICE", None)  # each worker its own W&B service: a killed worker's runs must not stay "in use"
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = physical_gpu(gpu)
-    else:  # share the cores instead of every worker spinning on all of them
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n_workers)))
+    # Share the cores instead of every worker spinning on all of them (torchrun does the same). GPU workers too:
+    # on a 32-core host, per-trial model load grew from 11 s with one worker to 60 s with 16 (2x H200,
+    # 2026-11-27, before this setting); oversubscribed threads are one suspect, not yet measured.
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n_workers)))
+    env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", str(max(1, (os.cpu_count() or 1) // n_workers)))
     cmd = [sys.executable, "-m", "harness", "worker", config_path, "--n-trials", str(target), "--label", label,
            "--index", str(index), *extra] + [x for o in overrides for x in ("--set", o)]
     log_path = log_dir / (label.replace("/", "_") + ".log")

@@ -47,7 +47,8 @@ def _header(study, kind: str) -> list[str]:
         + (f"; sha256 {prov['sha256'][:12]}…" if prov.get("sha256") else ""),
         "- **Forgetting is measured against**: " + (
             f"a *healed* base ({prov.get('heal', {}).get('steps')} LoRA steps on "
-            f"{prov.get('heal', {}).get('data')}, merged), so repairing quantization loss does not mask it"
+            f"{prov.get('heal', {}).get('data')}, merged), meant to keep the repair of quantization loss from "
+            "masking forgetting"
             if healed else "the base as loaded, not healed: on a dequantized (GGUF) base, training on any English "
             "text repairs some quantization loss and lowers general loss, which masks forgetting"),
         f"- **Base losses**: domain {base.get('domain_loss', float('nan')):.4f}, "
@@ -55,11 +56,29 @@ def _header(study, kind: str) -> list[str]:
     ]
 
 
+def forgetting_note(study) -> str | None:
+    """Said when general loss fell (forgetting < 0) in some complete trials: then those trials forgot nothing
+    measurable, and effects on forgetting compare how far general loss fell."""
+    values = [t.user_attrs["forgetting"] for t in study.get_trials(deepcopy=False, states=[_complete()])
+              if "forgetting" in t.user_attrs]
+    negative = [v for v in values if v < 0]
+    if not negative:
+        return None
+    every = len(negative) == len(values)
+    return (f"**Caveat: general loss fell in {'every one' if every else f'{len(negative)}'} of the {len(values)} "
+            f"complete trials** (forgetting {min(values):+.4f} to {max(values):+.4f}): "
+            + ("no trial forgot anything measurable against this base, so effects on forgetting compare how far "
+               "general loss fell, not how much was forgotten." if every else
+               "those trials forgot nothing measurable against this base."))
+
+
 # ------------------------------------------------------------------------------------------ sweeps
 
 
 def _sweep_sections(study, cfg, out: Path) -> list[str]:
     lines = _header(study, "Sweep")
+    note = forgetting_note(study)
+    lines += [note, ""] if note else []
     chosen = choose_trial(study, cfg.study.max_forgetting)
     if chosen is not None:
         how = (f"lowest domain loss with forgetting ≤ {cfg.study.max_forgetting}" if cfg.study.max_forgetting is not None
@@ -225,6 +244,11 @@ def _ablation_sections(study, cfg, out: Path) -> list[str]:
             iv = e.interval
             lines.append(f"- **{e.verdict.upper()}**: *{e.factor.claim}* — {e.factor.effect_text()} = "
                          f"{iv.mean:+.4f} [95% CI {iv.low:+.4f}, {iv.high:+.4f}], n = {iv.n} seeds")
+    untested = [f for name, f in ablation.FACTORS.items() if name not in factors]
+    if untested:
+        lines.append("- **NOT TESTED** here: " + "; ".join(f"*{f.claim}* (factor `{f.name}`)" for f in untested))
+    note = forgetting_note(study)
+    lines += ["", note] if note else []
     lines += ["", "A claim is *supported* when the whole 95% t-interval of the paired effect lies on its side of "
               "zero, *contradicted* when it lies on the other side, *inconclusive* otherwise.", ""]
     lines += _header(study, "Ablation")[2:]

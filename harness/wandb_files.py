@@ -82,3 +82,24 @@ def read_run(path: Path) -> OfflineRun:
 
 def read_runs(wandb_dir: Path) -> list[OfflineRun]:
     return [read_run(p) for p in sorted(Path(wandb_dir).rglob("offline-run-*/run-*.wandb"))]
+
+
+def summaries(wandb_dir: Path) -> list[dict]:
+    """Per run: name, group, job type, exit code, Optuna params, summary and eval curve (for reports/)."""
+    out = []
+    for run in read_runs(wandb_dir):
+        curve = [{k: v for k, v in row.items() if k == "tokens_seen" or k.startswith("eval/")}
+                 for row in run.history if any(k.startswith("eval/") for k in row)]
+        out.append({"run": run.name, "group": run.group, "job_type": run.job_type, "tags": run.tags,
+                    "exit_code": run.exit_code, "optuna_params": run.config.get("optuna_params"),
+                    "arm": run.config.get("arm"), "seed": run.config.get("seed"),
+                    "summary": {k: v for k, v in run.summary.items() if not k.startswith("_")}, "eval_curve": curve})
+    return out
+
+
+if __name__ == "__main__":  # python -m harness.wandb_files WANDB_DIR > summaries.json
+    import sys
+
+    if len(sys.argv) != 2 or not Path(sys.argv[1]).is_dir():
+        sys.exit("usage: python -m harness.wandb_files WANDB_DIR  (a study's W&B folder, e.g. runs/<study>/wandb)")
+    print(json.dumps(summaries(Path(sys.argv[1])), indent=1, default=str))

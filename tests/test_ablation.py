@@ -130,6 +130,11 @@ def test_ablate_end_to_end_and_its_report(tiny_overrides, tmp_path, capsys):
                   "training lm_head and embed_tokens helps learn the domain"):
         assert claim in first_screen
     assert first_screen.count("[95% CI") == 2
+    assert "**NOT TESTED** here: *rsLoRA helps at high rank* (factor `rslora`)" in first_screen
+    negative = sum(t.user_attrs["forgetting"] < 0 for t in trials)
+    assert ("**Caveat: general loss fell in" in first_screen) == (negative > 0)
+    if 0 < negative < len(trials):
+        assert f"fell in {negative} of the 8 complete trials" in first_screen
     effects = {(e["factor"], e["metric"]): e for e in json.loads((out / "effects.json").read_text())}
     by = {(t.user_attrs["seed"], t.user_attrs["level:gate_proj"], t.user_attrs["level:embeddings"]): t.user_attrs
           for t in trials}
@@ -213,3 +218,18 @@ def test_healed_base_is_cached_recorded_and_reported(tiny_overrides, tmp_path, t
     out = tmp_path / "rep"
     assert main(["report", DEMO, "--out", str(out)] + sets) == 0
     assert "a *healed* base (4 LoRA steps on builtin:austen, merged)" in (out / "report.md").read_text()
+
+
+def test_forgetting_note_says_when_general_loss_fell(tiny_overrides, tmp_path):
+    from harness.report_files import forgetting_note
+
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    for f in (-0.05, -0.01):
+        study.add_trial(optuna.trial.create_trial(values=[1.0, f], user_attrs={"forgetting": f}))
+    assert "fell in every one of the 2 complete trials" in forgetting_note(study)
+    assert "(forgetting -0.0500 to -0.0100)" in forgetting_note(study)
+    study.add_trial(optuna.trial.create_trial(values=[1.0, 0.02], user_attrs={"forgetting": 0.02}))
+    assert "fell in 2 of the 3 complete trials" in forgetting_note(study)
+    clean = optuna.create_study(directions=["minimize", "minimize"])
+    clean.add_trial(optuna.trial.create_trial(values=[1.0, 0.02], user_attrs={"forgetting": 0.02}))
+    assert forgetting_note(clean) is None
