@@ -34,15 +34,23 @@ def _heal(model_path: str, cfg: Config, backend, out: Path, log) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from harness.train import batches, lr_lambda
+    from harness.train import batches, evaluate, lr_lambda
 
     h = cfg.model.heal
     log(f"[heal] {h.steps} LoRA steps (r={h.rank}) on {h.data.path}, merged into the base (once)")
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     blocks = data.pack(data.read_documents(h.data), tokenizer, cfg.model.max_seq_length)
+    # Healing should lower the held-out losses (repair), not shift the base toward the heal text: measure both.
+    held_out = data.prepare(cfg.data, tokenizer, cfg.model.max_seq_length, cfg.eval.max_tokens)
     device = backend.device
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(device)
+
+    def held_out_losses(m) -> dict:
+        return {name: evaluate(m, b, cfg.eval.batch_size, device, backend.autocast)
+                for name, b in (("general_loss", held_out.general_eval), ("domain_loss", held_out.domain_eval))}
+
+    losses_before = held_out_losses(model)
     torch.manual_seed(0)
     model = get_peft_model(model, LoraConfig(r=h.rank, lora_alpha=h.rank, target_modules=TARGETS, bias="none"))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=h.learning_rate)
@@ -60,12 +68,22 @@ def _heal(model_path: str, cfg: Config, backend, out: Path, log) -> None:
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
     merged = model.merge_and_unload()
-    merged.to(torch.bfloat16 if _saved_dtype(model_path) == "bfloat16" else torch.float32).save_pretrained(out)
+    merged.to(torch.bfloat16 if _saved_dtype(model_path) == "bfloat16" else torch.float32)
+    losses_after = held_out_losses(merged)
+    merged.save_pretrained(out)
     tokenizer.save_pretrained(out)
     provenance = {**models.provenance(model_path), "healed_from": model_path, "heal": {**asdict(h), "data": h.data.path},
-                  "heal_loss_first_last": [losses[0], losses[-1]] if losses else None}
+                  "heal_loss_first_last": [losses[0], losses[-1]] if losses else None,
+                  "heal_held_out": {k: [losses_before[k], losses_after[k]] for k in losses_before}}
     (out / "provenance.json").write_text(json.dumps(provenance, indent=2))
     log(f"[heal] training loss {losses[0]:.3f} -> {losses[-1]:.3f}" if losses else "[heal] no steps")
+    g0, g1 = losses_before["general_loss"], losses_after["general_loss"]
+    log(f"[heal] held-out general loss {g0:.4f} -> {g1:.4f}, domain loss {losses_before['domain_loss']:.4f} -> "
+        f"{losses_after['domain_loss']:.4f}")
+    if g1 > g0:
+        log(f"[heal] warning: healing raised the held-out general loss by {g1 - g0:.4f}: it shifted the base toward "
+            f"{h.data.path} instead of repairing it, and forgetting will be measured against that shifted base. "
+            "Try fewer model.heal.steps, a lower model.heal.learning_rate or other model.heal.data.")
 
 
 def _saved_dtype(model_path: str) -> str:

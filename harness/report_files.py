@@ -48,12 +48,22 @@ def _header(study, kind: str) -> list[str]:
         "- **Forgetting is measured against**: " + (
             f"a *healed* base ({prov.get('heal', {}).get('steps')} LoRA steps on "
             f"{prov.get('heal', {}).get('data')}, merged), meant to keep the repair of quantization loss from "
-            "masking forgetting"
+            "masking forgetting" + _heal_effect(prov)
             if healed else "the base as loaded, not healed: on a dequantized (GGUF) base, training on any English "
             "text repairs some quantization loss and lowers general loss, which masks forgetting"),
         f"- **Base losses**: domain {base.get('domain_loss', float('nan')):.4f}, "
         f"general {base.get('general_loss', float('nan')):.4f} nats/token", "",
     ]
+
+
+def _heal_effect(prov: dict) -> str:
+    """What healing did to the held-out general loss, when the heal measured it."""
+    before, after = (prov.get("heal_held_out") or {}).get("general_loss", (None, None))
+    if before is None:
+        return ""
+    text = f"; healing moved the held-out general loss from {before:.4f} to {after:.4f} ({after - before:+.4f})"
+    return text + (": **it made the base worse on general text**, shifting it toward the heal data instead of "
+                   "repairing it" if after > before else "")
 
 
 def forgetting_note(study) -> str | None:

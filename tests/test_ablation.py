@@ -217,7 +217,12 @@ def test_healed_base_is_cached_recorded_and_reported(tiny_overrides, tmp_path, t
     assert torch.equal(before["model.embed_tokens.weight"], after["model.embed_tokens.weight"]), "healing is LoRA only"
     out = tmp_path / "rep"
     assert main(["report", DEMO, "--out", str(out)] + sets) == 0
-    assert "a *healed* base (4 LoRA steps on builtin:austen, merged)" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "a *healed* base (4 LoRA steps on builtin:austen, merged)" in md
+    (g0, g1), (d0, d1) = prov["heal_held_out"]["general_loss"], prov["heal_held_out"]["domain_loss"]
+    assert all(math.isfinite(v) and v > 0 for v in (g0, g1, d0, d1)) and g1 != g0
+    assert f"healing moved the held-out general loss from {g0:.4f} to {g1:.4f}" in md
+    assert ("it made the base worse on general text" in md) == (g1 > g0)
 
 
 def test_forgetting_note_says_when_general_loss_fell(tiny_overrides, tmp_path):
