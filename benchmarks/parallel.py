@@ -92,12 +92,8 @@ def _environment() -> dict:
         env["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         env["gpu_memory_mib"] = [torch.cuda.get_device_properties(i).total_memory // 2**20
                                  for i in range(torch.cuda.device_count())]
-    try:
-        import unsloth  # noqa: F401  (already imported by the backend when it is the unsloth one)
-
+    if "unsloth" in sys.modules:  # imported by the backend when it is the unsloth one
         env["unsloth"] = sys.modules["unsloth"].__version__
-    except Exception:  # the peft backend on a machine without unsloth
-        pass
     return env
 
 

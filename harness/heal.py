@@ -88,6 +88,7 @@ def _heal(model_path: str, cfg: Config, backend, out: Path, log) -> None:
 
 def _saved_dtype(model_path: str) -> str:
     config = Path(model_path) / "config.json"
-    if config.is_file():
-        return json.loads(config.read_text()).get("dtype") or json.loads(config.read_text()).get("torch_dtype", "")
-    return ""
+    if not config.is_file():
+        return ""
+    saved = json.loads(config.read_text())
+    return saved.get("dtype") or saved.get("torch_dtype", "")

@@ -100,8 +100,9 @@ def _start(cfg, config_path, overrides, target, label, gpu, index, log_dir, n_wo
     # Share the cores instead of every worker spinning on all of them (torchrun does the same). GPU workers too:
     # on a 32-core host, per-trial model load grew from 11 s with one worker to 60 s with 16 (2x H200,
     # 2026-11-27, before this setting); oversubscribed threads are one suspect, not yet measured.
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n_workers)))
-    env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", str(max(1, (os.cpu_count() or 1) // n_workers)))
+    threads = str(max(1, (os.cpu_count() or 1) // n_workers))
+    env.setdefault("OMP_NUM_THREADS", threads)
+    env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", threads)
     cmd = [sys.executable, "-m", "harness", "worker", config_path, "--n-trials", str(target), "--label", label,
            "--index", str(index), *extra] + [x for o in overrides for x in ("--set", o)]
     log_path = log_dir / (label.replace("/", "_") + ".log")

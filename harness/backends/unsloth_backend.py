@@ -95,4 +95,3 @@ class UnslothBackend(Backend):
                 p.data = p.data.float()  # fp32 masters: a 1e-5 step vanishes in bf16 weights
         FastLanguageModel.for_training(model)
         return model
-
