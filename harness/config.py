@@ -80,6 +80,11 @@ class ModelConfig:
         "auto: bfloat16 on a GPU, float32 on a CPU.", "auto"
     )
     load_in_4bit: bool = _help("unsloth backend only: QLoRA on a 4-bit base.", False)
+    keep_loaded: bool = _help(
+        "Keep the base model loaded in each worker and start every trial from a copy of it, instead of loading it "
+        "from disk per trial. Costs one more copy of the base in GPU memory per worker; set false for a model "
+        "that does not fit twice.", True
+    )
     heal: HealConfig = _help(
         "Heal a dequantized base first: without it, any English training repairs quantization loss and masks "
         "forgetting.", factory=lambda: HealConfig()

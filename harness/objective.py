@@ -94,6 +94,7 @@ class Objective:
         trial.set_user_attr("curve", result.curve)
         trial.set_user_attr("audit", result.audit)
         trial.set_user_attr("timings", result.timings)
+        trial.set_user_attr("base_load", result.base_load)
         trial.set_user_attr("adapter_dir", result.adapter_dir)
         return metrics["domain_loss"], metrics["forgetting"]
 

@@ -36,6 +36,7 @@ class TrialResult:
     audit: dict[str, Any]
     timings: dict[str, float]
     adapter_dir: str | None = None
+    base_load: str = ""  # "disk", or "copy" of the base the worker keeps loaded (model.keep_loaded)
 
 
 @dataclass
@@ -122,6 +123,7 @@ def run_trial(backend, model_path: str, cfg: Config, params: TrialParams, corpor
     result.audit = record
     result.timings = dict(timer.totals)
     result.adapter_dir = str(adapter_dir) if adapter_dir is not None else None
+    result.base_load = backend.last_load
     result.metrics.update(_memory(device))
     result.metrics["trainable_lora"] = record["trainable_parameters"].get("lora", 0)
     result.metrics["trainable_embedding"] = record["trainable_parameters"].get("embedding", 0)

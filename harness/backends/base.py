@@ -1,8 +1,16 @@
-"""The backend interface: load a base model for evaluation, or a LoRA-wrapped one for a trial."""
+"""The backend interface: load a base model for evaluation, or a LoRA-wrapped one for a trial.
+
+A worker runs many trials on one base model. Loading it from disk for every trial cost 10.9 s of a 37 s SmolLM2
+trial on an H200, and up to 60 s with 16 workers loading at once on one host (benchmarks/RESULTS.md). So a
+backend keeps one untouched copy of the base per process and starts each trial from a copy of it
+(``model.keep_loaded``); only the first trial of a worker reads the disk.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import copy
+import sys
+from typing import Any, Callable
 
 
 class BackendUnavailable(Exception):
@@ -11,6 +19,9 @@ class BackendUnavailable(Exception):
 
 class Backend:
     name: str = "base"
+    _kept: tuple[Any, Any] | None = None  # (key, the untouched base model) while model.keep_loaded
+    _copy_failed: bool = False
+    last_load: str = ""  # how the latest trial got its base: "disk" or "copy"
 
     @property
     def device(self):
@@ -31,6 +42,28 @@ class Backend:
         ``cfg.lora.init_adapter``, that saved adapter loaded trainable."""
         raise NotImplementedError
 
+    def training_base(self, key: Any, load: Callable[[], Any], keep: bool) -> Any:
+        """A base model of this process's own for one trial to wrap in LoRA. With ``keep``, a copy of the one
+        this process keeps loaded (loaded by ``load`` on first use, or when ``key`` changes); else ``load()``."""
+        if not keep or self._copy_failed:
+            self._kept = None
+            self.last_load = "disk"
+            return load()
+        self.last_load = "copy"
+        if self._kept is None or self._kept[0] != key:
+            self._kept = None  # the old one is freed before the new one loads
+            self._kept = (key, load())
+            self.last_load = "disk"
+        try:
+            return copy_model(self._kept[1])
+        except Exception as e:  # a model the copy cannot handle still trains, from disk as before
+            print(f"[backend] warning: copying the loaded base model failed ({type(e).__name__}: {e}); every trial "
+                  "of this worker loads it from disk instead (set model.keep_loaded: false to skip the attempt)",
+                  file=sys.stderr)
+            self._copy_failed, self._kept = True, None
+            self.last_load = "disk"
+            return load()
+
     def autocast(self):
         """Context for forward passes (bf16 autocast on GPU where the backend wants it)."""
         import contextlib
@@ -44,3 +77,10 @@ class Backend:
         if self.device.type == "cuda":
             info["gpu"] = torch.cuda.get_device_name(self.device)
         return info
+
+
+def copy_model(model) -> Any:
+    """A deep copy of a model: its own parameters and buffers (on the same device), its own config and hooks.
+    Tokenizers a loader attached to the model are shared, not copied (they are never trained)."""
+    memo = {id(v): v for v in vars(model).values() if "Tokenizer" in type(v).__name__}
+    return copy.deepcopy(model, memo)

@@ -47,7 +47,8 @@ class PeftBackend(Backend):
         import torch
         from peft import PeftModel, get_peft_model
 
-        model = self.load_base(model_path, cfg.model)
+        model = self.training_base((model_path, repr(cfg.model)), lambda: self.load_base(model_path, cfg.model),
+                                   cfg.model.keep_loaded)
         if cfg.train.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()

@@ -73,7 +73,9 @@ class UnslothBackend(Backend):
         import torch
 
         checkpointing = "unsloth" if cfg.train.gradient_checkpointing else False
-        model = self._from_pretrained(model_path, cfg.model, checkpointing, cfg.train.compile)
+        key = (model_path, repr(cfg.model), checkpointing, cfg.train.compile)
+        model = self.training_base(key, lambda: self._from_pretrained(model_path, cfg.model, checkpointing,
+                                                                      cfg.train.compile), cfg.model.keep_loaded)
         if cfg.lora.init_adapter:
             from peft import PeftModel
 
