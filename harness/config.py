@@ -63,7 +63,9 @@ class DataSource:
 @dataclass
 class HealConfig:
     steps: int = _help("Steps of a LoRA pass on general text merged into the base before anything else; 0: off.", 0)
-    data: DataSource = _help("Healing text: never the held-out general text.", factory=lambda: DataSource("builtin:austen"))
+    data: DataSource = _help(
+        "Healing text. When it is data.general, healing reads only its training documents, never the held-out "
+        "ones that measure forgetting.", factory=lambda: DataSource("builtin:austen"))
     rank: int = _help("LoRA rank of the healing pass.", 64)
     learning_rate: float = _help("Learning rate of the healing pass.", 2e-4)
     batch_size: int = _help("Blocks per healing step.", 8)
@@ -553,9 +555,9 @@ def _check_heal(cfg: Config) -> list[str]:
         problems.append("model.heal: steps >= 0, and rank, batch_size and learning_rate > 0")
     if h.steps > 0:
         problems += data_mod.check_source(h.data, "model.heal.data")
-        if h.data.path == cfg.data.general.path:
-            problems.append("model.heal.data: the same corpus as data.general; heal on other general text (e.g. "
-                            "builtin:austen), or its held-out documents would be trained on")
+        if h.data.path == cfg.data.general.path and h.data != cfg.data.general:
+            problems.append("model.heal.data: the same corpus as data.general but another text_field or split; "
+                            "to heal on its training documents, make both entries identical")
     return problems
 
 

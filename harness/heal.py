@@ -2,8 +2,10 @@
 
 SmolLM2 ships as Q4_1; dequantized, any training on English text repairs some of the quantization loss, so
 general loss drops in every trial and masks forgetting. Healing runs a short LoRA pass on general text that is
-*not* the held-out set (Austen by default; the held-out general text is Brown), merges it into the weights, and
-caches the result as the base every trial starts from. The model's provenance records that it was healed.
+*not* the held-out set, merges it into the weights, and caches the result as the base every trial starts from.
+The heal text is either another corpus (Austen by default) or data.general itself, of which healing then reads
+only the training documents: the held-out ones, which measure forgetting, are never trained on. The model's
+provenance records that it was healed, on what, and the held-out losses before and after.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 def healed_base(model_path: str, cfg: Config, backend, log=print) -> str:
     """The healed copy of ``model_path`` (built once, cached by base weights and heal settings)."""
     h = cfg.model.heal
-    key = hashlib.sha256(json.dumps([models.fingerprint(model_path), asdict(h), cfg.model.max_seq_length],
+    split = [cfg.data.eval_fraction, cfg.data.seed] if heals_on_general(cfg) else None
+    key = hashlib.sha256(json.dumps([models.fingerprint(model_path), asdict(h), cfg.model.max_seq_length, split],
                                     sort_keys=True).encode()).hexdigest()[:16]
     final = cache_dir() / "models" / f"healed-{key}"
     return str(build_once(final, lambda tmp: _heal(model_path, cfg, backend, tmp, log)))
@@ -39,7 +42,10 @@ def _heal(model_path: str, cfg: Config, backend, out: Path, log) -> None:
     h = cfg.model.heal
     log(f"[heal] {h.steps} LoRA steps (r={h.rank}) on {h.data.path}, merged into the base (once)")
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    blocks = data.pack(data.read_documents(h.data), tokenizer, cfg.model.max_seq_length)
+    docs = heal_documents(cfg)
+    blocks = data.pack(docs, tokenizer, cfg.model.max_seq_length)
+    log(f"[heal] {len(docs)} documents, {blocks.size:,} tokens; {h.steps} steps x {h.batch_size} blocks = "
+        f"{h.steps * h.batch_size / max(1, len(blocks)):.2f} passes over them")
     # Healing should lower the held-out losses (repair), not shift the base toward the heal text: measure both.
     held_out = data.prepare(cfg.data, tokenizer, cfg.model.max_seq_length, cfg.eval.max_tokens)
     device = backend.device
@@ -72,7 +78,9 @@ def _heal(model_path: str, cfg: Config, backend, out: Path, log) -> None:
     losses_after = held_out_losses(merged)
     merged.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    provenance = {**models.provenance(model_path), "healed_from": model_path, "heal": {**asdict(h), "data": h.data.path},
+    provenance = {**models.provenance(model_path), "healed_from": model_path,
+                  "heal": {**asdict(h), "data": h.data.path + (" (training documents only)" if heals_on_general(cfg)
+                                                               else "")},
                   "heal_loss_first_last": [losses[0], losses[-1]] if losses else None,
                   "heal_held_out": {k: [losses_before[k], losses_after[k]] for k in losses_before}}
     (out / "provenance.json").write_text(json.dumps(provenance, indent=2))
@@ -84,6 +92,19 @@ def _heal(model_path: str, cfg: Config, backend, out: Path, log) -> None:
         log(f"[heal] warning: healing raised the held-out general loss by {g1 - g0:.4f}: it shifted the base toward "
             f"{h.data.path} instead of repairing it, and forgetting will be measured against that shifted base. "
             "Try fewer model.heal.steps, a lower model.heal.learning_rate or other model.heal.data.")
+
+
+def heals_on_general(cfg: Config) -> bool:
+    return cfg.model.heal.data == cfg.data.general
+
+
+def heal_documents(cfg: Config) -> list[str]:
+    """The documents healing trains on: all of model.heal.data, or, when that is data.general, the documents
+    data.prepare does not hold out (the same split, by document)."""
+    docs = data.read_documents(cfg.model.heal.data)
+    if heals_on_general(cfg):
+        docs, _ = data.split_documents(docs, cfg.data.eval_fraction, cfg.data.seed)
+    return docs
 
 
 def _saved_dtype(model_path: str) -> str:

@@ -14,7 +14,7 @@ import torch
 import yaml
 from optuna.trial import TrialState
 
-from harness import ablation, stats
+from harness import ablation, data, stats
 from harness.cli import main
 from harness.config import load_config
 from harness.wandb_files import read_runs
@@ -238,3 +238,21 @@ def test_forgetting_note_says_when_general_loss_fell(tiny_overrides, tmp_path):
     clean = optuna.create_study(directions=["minimize", "minimize"])
     clean.add_trial(optuna.trial.create_trial(values=[1.0, 0.02], user_attrs={"forgetting": 0.02}))
     assert forgetting_note(clean) is None
+
+
+def test_healing_on_the_general_corpus_reads_only_its_training_documents(tiny_overrides, tiny_corpora, tmp_path):
+    from harness import heal
+    from harness.config import load_config
+
+    sets = tiny_overrides + ["model.heal.steps=2", "model.heal.rank=4", "model.heal.batch_size=2",
+                             f"model.heal.data={tiny_corpora['general']}", "study.name=healed-general"]
+    cfg = load_config(DEMO, sets)
+    docs = heal.heal_documents(cfg)
+    train_docs, held_out = data.split_documents(data.read_documents(cfg.data.general), cfg.data.eval_fraction,
+                                                cfg.data.seed)
+    assert docs == train_docs and held_out and not set(docs) & set(held_out)
+    assert main(["sweep", DEMO, "--n-trials", "1"] + _sets(sets)) == 0
+    study = optuna.load_study(study_name="healed-general", storage=f"sqlite:///{tmp_path}/study.db")
+    assert study.user_attrs["model_provenance"]["heal"]["data"] == f"{tiny_corpora['general']} (training documents only)"
+    other_split = load_config(DEMO, sets + ["data.seed=1"])
+    assert heal.heal_documents(other_split) != docs  # the split follows data.seed, and so does the cache key
