@@ -79,6 +79,16 @@ def measure(config: str, overrides: list[str], label: str, k: int, gpus: list[in
             timings={key: round(sum(t.user_attrs["timings"].get(key, 0.0) for t in done) / len(done), 1)
                      for key in done[0].user_attrs["timings"]},
         )
+        # Workers keep the base loaded (model.keep_loaded): a worker's first trial loads it from disk, the others
+        # copy it. Same run, same trials, so the two compare directly; their losses must agree too.
+        for how in sorted({t.user_attrs.get("base_load") or "?" for t in done}):
+            group = [t for t in done if (t.user_attrs.get("base_load") or "?") == how]
+            row.setdefault("by_base_load", {})[how] = {
+                "trials": len(group),
+                "mean_load_s": round(sum(t.user_attrs["timings"].get("load", 0.0) for t in group) / len(group), 1),
+                "domain_loss": [round(min(t.user_attrs["domain_loss"] for t in group), 4),
+                                round(max(t.user_attrs["domain_loss"] for t in group), 4)],
+            }
     if failed:
         row["fail_reasons"] = sorted({str(t.user_attrs.get("fail_reason"))[:200] for t in failed})
     return row

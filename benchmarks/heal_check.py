@@ -1,0 +1,116 @@
+"""Which heal makes forgetting measurable? Heals the base with several settings at once (one process per
+candidate, spread over --gpus) and records each one's held-out general and domain loss before and after.
+
+    python benchmarks/heal_check.py sweeps/gpu-ablation.yaml --gpus 0,1 --out heal.json --args-out chosen.txt \\
+        --candidate builtin:austen,100,1e-4 --candidate builtin:brown,100,1e-4 --set model.name=/path/to/model.gguf
+
+A candidate is DATA,STEPS,LR; rank and batch size are the config's model.heal ones. When DATA is the config's
+data.general, healing reads only its training documents (harness.heal). The heals land in the harness cache, so
+an ablation run afterwards with the chosen settings reuses the healed base instead of healing again.
+
+The chosen candidate is the one that lowered the held-out general loss most: the heal that best repairs general
+text. Note that this picks on the held-out general text itself, the text forgetting is measured on; it makes the
+healed base as good as it gets there, so a later rise (forgetting) is easier to see, and it does not touch the
+comparison between ablation arms, which all start from the same base. --args-out gets its --set overrides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def heal_sets(candidate: str) -> list[str]:
+    data, steps, lr = candidate.split(",")
+    return [f"model.heal.data={data}", f"model.heal.steps={int(steps)}", f"model.heal.learning_rate={float(lr)}"]
+
+
+def heal_one(config: str, overrides: list[str]) -> dict:
+    """In this process: heal with the config's settings (cached) and return what the heal measured."""
+    from harness import backends, heal, models
+    from harness.config import load_config
+
+    cfg = load_config(config, overrides + ["backend=peft"])  # healing is plain transformers + PEFT either way
+    backend = backends.load(cfg.backend)
+    started = time.perf_counter()
+    path = heal.healed_base(models.resolve(cfg.model.name), cfg, backend)
+    prov = json.loads((Path(path) / "provenance.json").read_text())
+    return {"path": path, "seconds": round(time.perf_counter() - started, 1), "heal": prov["heal"],
+            "held_out": prov["heal_held_out"], "train_loss_first_last": prov["heal_loss_first_last"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config")
+    p.add_argument("--candidate", action="append", default=[], metavar="DATA,STEPS,LR")
+    p.add_argument("--gpus", default="", help="GPUs to spread the candidates over (round robin); none: CPU")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", help="JSON results")
+    p.add_argument("--args-out", help="the chosen candidate's --set overrides, one per line")
+    p.add_argument("--one", help=argparse.SUPPRESS)  # internal: heal one candidate in this process
+    args = p.parse_args(argv)
+    if args.one:
+        print("[heal-check] " + json.dumps(heal_one(args.config, args.overrides + heal_sets(args.one))), flush=True)
+        return 0
+    if not args.candidate:
+        p.error("name at least one --candidate DATA,STEPS,LR")
+    for c in args.candidate:
+        try:
+            heal_sets(c)
+        except ValueError:
+            p.error(f"--candidate {c!r}: expected DATA,STEPS,LR, e.g. builtin:austen,100,1e-4")
+    gpus = [g for g in args.gpus.split(",") if g]
+    procs = []
+    for i, c in enumerate(args.candidate):
+        env = dict(os.environ)
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
+        cmd = [sys.executable, __file__, args.config, "--one", c] + [x for o in args.overrides for x in ("--set", o)]
+        procs.append((c, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)))
+    rows = []
+    for c, proc in procs:
+        out, _ = proc.communicate()
+        line = next((ln for ln in out.splitlines() if ln.startswith("[heal-check] ")), None)
+        if proc.returncode != 0 or line is None:
+            rows.append({"candidate": c, "error": out[-2000:]})
+            print(f"[heal-check] {c}: failed (rc={proc.returncode})\n{out[-2000:]}", file=sys.stderr)
+            continue
+        row = {"candidate": c, **json.loads(line.removeprefix("[heal-check] "))}
+        (g0, g1), (d0, d1) = row["held_out"]["general_loss"], row["held_out"]["domain_loss"]
+        row["general_change"], row["domain_change"] = round(g1 - g0, 4), round(d1 - d0, 4)
+        rows.append(row)
+        print(f"[heal-check] {c}: held-out general {g0:.4f} -> {g1:.4f} ({g1 - g0:+.4f}), domain {d0:.4f} -> "
+              f"{d1:.4f} ({d1 - d0:+.4f}), {row['seconds']} s", flush=True)
+    ok = [r for r in rows if "error" not in r]
+    chosen = min(ok, key=lambda r: r["general_change"]) if ok else None
+    results = {"date": datetime.date.today().isoformat(), "config": args.config, "overrides": args.overrides,
+               "rule": "the candidate that lowered the held-out general loss most", "candidates": rows,
+               "chosen": chosen["candidate"] if chosen else None}
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            results["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except ImportError:
+        pass
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    if chosen is None:
+        return 1
+    print(f"[heal-check] chosen: {chosen['candidate']}")
+    if args.args_out:
+        Path(args.args_out).write_text("\n".join(heal_sets(chosen["candidate"])) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
