@@ -59,10 +59,15 @@ def measure(config: str, overrides: list[str], label: str, k: int, gpus: list[in
     rc = parallel.run(cfg, config, overrides, n_trials=n_trials)
     wall = time.perf_counter() - t0
     study = optuna.load_study(study_name=cfg.study.name, storage=cfg.study.storage)
+    row = {"label": label, "k": k, "gpus": gpus, "workers": k * len(gpus or [0]), "n_trials": n_trials}
+    return {**row, **summarize(study), "rc": rc, "wall_s": round(wall, 1)}
+
+
+def summarize(study) -> dict:
+    """The measured figures of one benchmark study, from the study's own records."""
     done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
     failed = [t for t in study.get_trials(deepcopy=False) if t.state.name == "FAIL"]
-    row = {"label": label, "k": k, "gpus": gpus, "workers": k * len(gpus or [0]), "n_trials": n_trials,
-           "complete": len(done), "failed": len(failed), "rc": rc, "wall_s": round(wall, 1)}
+    row = {"complete": len(done), "failed": len(failed)}
     if done:
         start = min(t.datetime_start for t in done)
         end = max(t.datetime_complete for t in done)
@@ -79,6 +84,17 @@ def measure(config: str, overrides: list[str], label: str, k: int, gpus: list[in
             timings={key: round(sum(t.user_attrs["timings"].get(key, 0.0) for t in done) / len(done), 1)
                      for key in done[0].user_attrs["timings"]},
         )
+        # trials/hour above counts from the first trial's start, so workers that start late (16 processes
+        # importing unsloth at once) weigh on a short run. Each worker's own rate, summed, leaves that one-off
+        # start-up out: the rate a long sweep approaches. The stagger is how late the last worker started.
+        by_worker: dict[str, list] = {}
+        for t in done:
+            by_worker.setdefault(t.user_attrs.get("worker", "?"), []).append(t)
+        busy = [(len(ts), (max(t.datetime_complete for t in ts) - min(t.datetime_start for t in ts)).total_seconds())
+                for ts in by_worker.values()]
+        firsts = sorted(min(t.datetime_start for t in ts) for ts in by_worker.values())
+        row.update(steady_trials_per_hour=round(sum(n / s for n, s in busy if s > 0) * 3600, 1),
+                   start_stagger_s=round((firsts[-1] - firsts[0]).total_seconds(), 1))
         # Workers keep the base loaded (model.keep_loaded): a worker's first trial loads it from disk, the others
         # copy it. Same run, same trials, so the two compare directly; their losses must agree too.
         for how in sorted({t.user_attrs.get("base_load") or "?" for t in done}):
@@ -120,7 +136,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ratio", type=float, default=0.2)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", help="JSON results, rewritten after every run")
+    p.add_argument("--summarize", metavar="DB", help="print the figures of every study in a benchmark's database "
+                   "(its bench.db) instead of running anything")
     args = p.parse_args(argv)
+    if args.summarize:
+        import optuna
+
+        storage = f"sqlite:///{args.summarize}"
+        for s in optuna.get_all_study_summaries(storage):
+            print(json.dumps({"study": s.study_name, **summarize(optuna.load_study(study_name=s.study_name,
+                                                                                    storage=storage))}))
+        return 0
 
     from harness import backends
     from harness.config import load_config

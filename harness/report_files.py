@@ -56,6 +56,21 @@ def _header(study, kind: str) -> list[str]:
     ]
 
 
+def _scales(study, design: dict) -> str:
+    """With rsLoRA as a factor the arms differ in the LoRA scale at the same LR: say by how much."""
+    if "rslora" not in design["factors"]:
+        return ""
+    scales = {}
+    for t in study.get_trials(deepcopy=False):
+        if t.state.name == "COMPLETE" and "lora_scale" in t.user_attrs and "arm" in t.user_attrs:
+            scales.setdefault(t.user_attrs["arm"], t.user_attrs["lora_scale"])
+    if not scales:
+        return ""
+    return (" LoRA scale per arm (alpha/sqrt(r) with rsLoRA, alpha/r without): "
+            + ", ".join(f"{arm} {scale:g}" for arm, scale in sorted(scales.items()))
+            + "; at one learning rate, a larger scale is a larger update.")
+
+
 def _heal_effect(prov: dict) -> str:
     """What healing did to the held-out general loss, when the heal measured it."""
     before, after = (prov.get("heal_held_out") or {}).get("general_loss", (None, None))
@@ -264,8 +279,11 @@ def _ablation_sections(study, cfg, out: Path) -> list[str]:
     lines += _header(study, "Ablation")[2:]
     lines += [f"Design: factors {', '.join(f'{f} {{{chr(44).join(v)}}}' for f, v in design['factors'].items())}; "
               f"{len(design['arms'])} arms × {design['seeds']} seeds; fixed rank {design['fixed']['rank']}, "
-              f"lr {design['fixed']['learning_rate']:g}, embedding ratio {design['fixed']['embedding_lr_ratio']:g}. "
-              "Seed k gives every arm the same data order and the same LoRA init on shared modules.", ""]
+              f"lr {design['fixed']['learning_rate']:g}"
+              + ("" if "embedding_lr_ratio" in design["factors"]  # then the ratio is a factor, not fixed
+                 else f", embedding ratio {design['fixed']['embedding_lr_ratio']:g} where embeddings train")
+              + ". Seed k gives every arm the same data order and the same LoRA init on shared modules."
+              + _scales(study, design), ""]
     lines += ["## Effects (paired by seed)", "",
               "| factor | effect | per-seed differences | mean | 95% t-interval | verdict |", "|---|---|---|---|---|---|"]
     for e in effects:

@@ -256,3 +256,14 @@ def test_healing_on_the_general_corpus_reads_only_its_training_documents(tiny_ov
     assert study.user_attrs["model_provenance"]["heal"]["data"] == f"{tiny_corpora['general']} (training documents only)"
     other_split = load_config(DEMO, sets + ["data.seed=1"])
     assert heal.heal_documents(other_split) != docs  # the split follows data.seed, and so does the cache key
+
+
+def test_rslora_ablation_report_states_each_arms_lora_scale(tiny_overrides, tmp_path):
+    sets = _sets(tiny_overrides + ["ablation.seeds=2", "ablation.factors=[rslora]", "ablation.high_rank=16",
+                                   "lora.alpha=8", "ablation.learning_rate=2e-3", "study.name=rs"])
+    assert main(["ablate", DEMO] + sets) == 0
+    out = tmp_path / "rs-report"
+    assert main(["report", DEMO, "--ablation", "--out", str(out)] + sets) == 0
+    design = next(line for line in (out / "report.md").read_text().splitlines() if line.startswith("Design:"))
+    assert "fixed rank 16" in design
+    assert "rslora=off 0.5, rslora=on 2;" in design  # alpha/r = 8/16, alpha/sqrt(r) = 8/4
