@@ -9,6 +9,7 @@ whichever worker looks next.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import sys
@@ -51,11 +52,13 @@ def setup_inputs(cfg: Config, backend) -> tuple[str, data.Corpora]:
 def setup(cfg: Config, backend=None, log=print, worker: int = 0, study_attrs: dict | None = None) -> Session:
     """Prepare model, data, study and base losses. ``study_attrs``: extra study attributes that must match on
     resume too (an ablation's design)."""
+    t = time.perf_counter()
     backend = backend or backends.load(cfg.backend)  # first: unsloth must be imported before transformers
+    imported = time.perf_counter() - t
     t = time.perf_counter()
     model_path, corpora = setup_inputs(cfg, backend)
-    log(f"[setup] {backend.name} on {backend.device}; model {model_path}; {corpora.describe()} "
-        f"({time.perf_counter() - t:.0f} s)")
+    log(f"[setup] {backend.name} on {backend.device} (imported in {imported:.1f} s); model {model_path}; "
+        f"{corpora.describe()} ({time.perf_counter() - t:.0f} s)")
     fingerprints = {"model": models.fingerprint(model_path), "data": corpora.fingerprint,
                     "search_space": search_space.space_fingerprint(cfg, extra=study_attrs)}
     study = storage.open_study(cfg, fingerprints, worker=worker)
@@ -162,11 +165,18 @@ def work(session: Session, target: int | None = None, log=print, label: str | No
     objective = Objective(ctx)
     log(f"[sweep] study {cfg.study.name!r}: {storage.count(study, TrialState.COMPLETE)} of {plan.target} "
         "trials complete")
-    failures, waiting_said = 0, False
+    failures, waiting_said, first = 0, False, True
     while True:
         _fail_stale(study)
+        asked = time.perf_counter()
         with storage.claim_lock(cfg.study.storage):
             trial = plan.claim(study)
+        if first and trial is not None and trial is not DONE:
+            # Where a worker's start-up goes (workers that start late cost a short sweep; benchmarks/RESULTS.md)
+            age = process_age()
+            log(f"[sweep] {label}: first trial {trial.number} claimed" + (f" {age:.1f} s after this process started"
+                if age is not None else "") + f" (claim {time.perf_counter() - asked:.1f} s)")
+            first = False
         if trial is DONE:
             return
         if trial is None:
@@ -185,6 +195,18 @@ def work(session: Session, target: int | None = None, log=print, label: str | No
             if failures >= cfg.study.max_failures:
                 raise SweepAborted(f"{failures} trials failed in this run (study.max_failures="
                                    f"{cfg.study.max_failures}); see `cpt-harness report` for their reasons")
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (Linux /proc), or None where that is not known."""
+    try:
+        with open("/proc/self/stat") as fh:
+            start_ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as fh:
+            uptime = float(fh.read().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _run(study, objective, trial):

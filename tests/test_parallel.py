@@ -7,6 +7,7 @@ it the test is skipped locally and fails in CI (CI=1), so it can never pass by b
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -58,6 +59,13 @@ def test_sqlite_workers_on_one_host(tiny_overrides, tmp_path, capsys):
     text = "".join(p.read_text() for p in logs)
     assert "database is locked" not in text and "Traceback" not in text
     assert "measuring the base model" not in text, "the parent measured the base once; workers reused it"
+    # Each worker says how long its start-up took, up to its first trial (the benchmark's start stagger).
+    claimed = [re.search(r"first trial (\d+) claimed ([\d.]+) s after this process started", p.read_text())
+               for p in logs]
+    workers_with_trials = {t.user_attrs["worker"] for t in study.trials}
+    assert sum(m is not None for m in claimed) == len(workers_with_trials)
+    assert all(0 < float(m.group(2)) < 600 for m in claimed if m)
+    assert {int(m.group(1)) for m in claimed if m} <= {t.number for t in study.trials}
     out = capsys.readouterr().out
     assert out.count("COMPLETE r=") == 6 and "6 complete" in out
 
