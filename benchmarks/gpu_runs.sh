@@ -12,7 +12,8 @@
 #           picks the one that lowers held-out general loss most; the ablations use it (and find it cached).
 #   ablate  at once: the default ablation (gate_proj x embeddings) on GPU 0; the embedding-LR ratio {0.1, 1.0}
 #           and rsLoRA {on, off} at r = 256 ablations on GPU 1, each in its own study. 10 trials per study at a time.
-#   bench   benchmarks/parallel.py: trials/hour for K = 1, 2, 4, 8 trials on GPU 0, then the best K on GPUs 0, 1.
+#   bench   benchmarks/parallel.py: trials/hour for K = 1, 2, 4, 8 trials on GPU 0, then the best K on GPUs 0, 1
+#           (KS=8 WAVES=6: only K = 8, six trials per worker, so the workers' start-up weighs less).
 #   main    (the 2026-11-27 runs) the sweep sweeps/gpu-legal.yaml on GPU 0 (6 at a time) next to the default
 #           ablation on GPU 1 (10 at a time).
 # CUDA_VISIBLE_DEVICES keeps each command's own work (setup, base losses, healing) on its GPU.
@@ -84,7 +85,7 @@ fi
 
 if has bench; then
     step "parallel benchmark"
-    python3 benchmarks/parallel.py sweeps/gpu-legal.yaml --ks 1,2,4,8 --gpus 0,1 --steps 60 --waves 2 \
+    python3 benchmarks/parallel.py sweeps/gpu-legal.yaml --ks "${KS:-1,2,4,8}" --gpus 0,1 --steps 60 --waves "${WAVES:-2}" \
         --set "model.name=$MODEL" "${KEEP[@]}" --out "$OUT/parallel.json" >"$OUT/parallel.log" 2>&1
     step "parallel benchmark: rc=$?"
     tar czf "$OUT/parallel-worker-logs.tgz" /tmp/cpt-bench-parallel-*/runs/*/workers 2>/dev/null
