@@ -99,9 +99,9 @@ def run_worker(cfg: Config, n_trials: int | None, label: str | None, index: int,
 
         acfg = abl.study_config(cfg)
         session = setup(acfg, worker=index, study_attrs=abl.design(cfg))
-        work(session, label=label, plan=abl.AblationPlan(acfg))
+        work(session, label=label or socket.gethostname(), plan=abl.AblationPlan(acfg))
     else:
-        work(setup(cfg, worker=index), n_trials or cfg.study.n_trials, label=label)
+        work(setup(cfg, worker=index), n_trials or cfg.study.n_trials, label=label or socket.gethostname())
 
 
 def run_ablation(cfg: Config, log=print) -> Session:
@@ -157,6 +157,7 @@ def work(session: Session, target: int | None = None, log=print, label: str | No
 
     cfg, study = session.cfg, session.study
     plan = plan or SweepPlan(cfg, target or cfg.study.n_trials)
+    worker = label is not None  # one of several workers (cpt-harness worker), not a one-process sweep
     label = label or f"{socket.gethostname()}"
     study_dir = Path(cfg.study.output_dir) / cfg.study.name
     tracker = make_tracker(cfg.tracking.wandb, cfg.study.name, study_dir)
@@ -171,7 +172,7 @@ def work(session: Session, target: int | None = None, log=print, label: str | No
         asked = time.perf_counter()
         with storage.claim_lock(cfg.study.storage):
             trial = plan.claim(study)
-        if first and trial is not None and trial is not DONE:
+        if first and worker and trial is not None and trial is not DONE:
             # Where a worker's start-up goes (workers that start late cost a short sweep; benchmarks/RESULTS.md)
             age = process_age()
             log(f"[sweep] {label}: first trial {trial.number} claimed" + (f" {age:.1f} s after this process started"
