@@ -97,9 +97,12 @@ def summarize(study) -> dict:
                    start_stagger_s=round((firsts[-1] - firsts[0]).total_seconds(), 1))
         # Workers keep the base loaded (model.keep_loaded): a worker's first trial loads it from disk, the others
         # copy it. Same run, same trials, so the two compare directly; their losses must agree too.
-        for how in sorted({t.user_attrs.get("base_load") or "?" for t in done}):
-            group = [t for t in done if (t.user_attrs.get("base_load") or "?") == how]
-            row.setdefault("by_base_load", {})[how] = {
+        by_load: dict[str, list] = {}
+        for t in done:
+            by_load.setdefault(t.user_attrs.get("base_load") or "?", []).append(t)
+        row["by_base_load"] = {}
+        for how, group in sorted(by_load.items()):
+            row["by_base_load"][how] = {
                 "trials": len(group),
                 "mean_load_s": round(sum(t.user_attrs["timings"].get("load", 0.0) for t in group) / len(group), 1),
                 "domain_loss": [round(min(t.user_attrs["domain_loss"] for t in group), 4),

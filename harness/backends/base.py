@@ -45,24 +45,23 @@ class Backend:
     def training_base(self, key: Any, load: Callable[[], Any], keep: bool) -> Any:
         """A base model of this process's own for one trial to wrap in LoRA. With ``keep``, a copy of the one
         this process keeps loaded (loaded by ``load`` on first use, or when ``key`` changes); else ``load()``."""
-        if not keep or self._copy_failed:
-            self._kept = None
-            self.last_load = "disk"
-            return load()
-        self.last_load = "copy"
-        if self._kept is None or self._kept[0] != key:
-            self._kept = None  # the old one is freed before the new one loads
-            self._kept = (key, load())
-            self.last_load = "disk"
-        try:
-            return copy_model(self._kept[1])
-        except Exception as e:  # a model the copy cannot handle still trains, from disk as before
-            print(f"[backend] warning: copying the loaded base model failed ({type(e).__name__}: {e}); every trial "
-                  "of this worker loads it from disk instead (set model.keep_loaded: false to skip the attempt)",
-                  file=sys.stderr)
-            self._copy_failed, self._kept = True, None
-            self.last_load = "disk"
-            return load()
+        if keep and not self._copy_failed:
+            fresh = self._kept is None or self._kept[0] != key
+            if fresh:
+                self._kept = None  # the old one is freed before the new one loads
+                self._kept = (key, load())
+            try:
+                model = copy_model(self._kept[1])
+                self.last_load = "disk" if fresh else "copy"
+                return model
+            except Exception as e:  # a model the copy cannot handle still trains, from disk as before
+                print(f"[backend] warning: copying the loaded base model failed ({type(e).__name__}: {e}); every "
+                      "trial of this worker loads it from disk instead (set model.keep_loaded: false to skip the "
+                      "attempt)", file=sys.stderr)
+                self._copy_failed = True
+        self._kept = None
+        self.last_load = "disk"
+        return load()
 
     def autocast(self):
         """Context for forward passes (bf16 autocast on GPU where the backend wants it)."""
