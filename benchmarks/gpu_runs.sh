@@ -14,6 +14,8 @@
 #           and rsLoRA {on, off} at r = 256 ablations on GPU 1, each in its own study. 10 trials per study at a time.
 #   bench   benchmarks/parallel.py: trials/hour for K = 1, 2, 4, 8 trials on GPU 0, then the best K on GPUs 0, 1
 #           (KS=8 WAVES=6: only K = 8, six trials per worker, so the workers' start-up weighs less).
+#   startup benchmarks/startup.py: import time of the unsloth backend with 1, 8 and 16 processes started at once
+#           sharing ./unsloth_compiled_cache, then 16 with a compile cache each (cProfile of one process each time).
 #   main    (the 2026-11-27 runs) the sweep sweeps/gpu-legal.yaml on GPU 0 (6 at a time) next to the default
 #           ablation on GPU 1 (10 at a time).
 # CUDA_VISIBLE_DEVICES keeps each command's own work (setup, base losses, healing) on its GPU.
@@ -83,12 +85,22 @@ if has ablate; then
         runs/gpu-legal-ablation-rslora 2>/dev/null
 fi
 
+if has startup; then
+    step "worker start-up probe"
+    python3 benchmarks/startup.py --n 1,8,16 --profile "$OUT/startup-profile-shared.txt" --out "$OUT/startup.json" \
+        >"$OUT/startup.log" 2>&1
+    python3 benchmarks/startup.py --n 16 --own-compile-dir --profile "$OUT/startup-profile-own.txt" \
+        --out "$OUT/startup.json" >>"$OUT/startup.log" 2>&1
+    step "start-up probe: rc=$?"
+fi
+
 if has bench; then
     step "parallel benchmark"
     python3 benchmarks/parallel.py sweeps/gpu-legal.yaml --ks "${KS:-1,2,4,8}" --gpus 0,1 --steps 60 --waves "${WAVES:-2}" \
         --set "model.name=$MODEL" "${KEEP[@]}" --out "$OUT/parallel.json" >"$OUT/parallel.log" 2>&1
     step "parallel benchmark: rc=$?"
-    tar czf "$OUT/parallel-worker-logs.tgz" /tmp/cpt-bench-parallel-*/runs/*/workers 2>/dev/null
+    tar czf "$OUT/parallel-worker-logs.tgz" /tmp/cpt-bench-parallel-*/runs/*/workers /tmp/cpt-bench-parallel-*/bench.db \
+        2>/dev/null
 fi
 
 if has main; then

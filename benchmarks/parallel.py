@@ -186,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     if gpus and len(gpus) > 1 and results["runs"][-1].get("trials_per_hour"):
         results["multi_gpu_speedup_at_best_k"] = round(results["runs"][-1]["trials_per_hour"]
                                                        / best["trials_per_hour"], 2)
+        if results["runs"][-1].get("steady_trials_per_hour") and best.get("steady_trials_per_hour"):
+            results["multi_gpu_speedup_at_best_k_steady"] = round(results["runs"][-1]["steady_trials_per_hour"]
+                                                                  / best["steady_trials_per_hour"], 2)
     results["best_k"] = best["k"]
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
