@@ -50,10 +50,27 @@ def make_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
         if heartbeat_interval:
             kwargs.update(heartbeat_interval=heartbeat_interval, grace_period=grace_period or 4 * heartbeat_interval,
                           heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retries))
-        if not heartbeat_interval:
+        if not heartbeat_interval or schema_ready(url):
             return optuna.storages.RDBStorage(url, **kwargs)
-        with claim_lock(url):  # workers starting at once on an empty database would race to create its tables
+        # Workers starting at once on an empty database would race to create its tables. Only then: setting up
+        # the storage takes ~1 s a process (alembic), and 16 workers queueing for it on the claim lock delayed
+        # their first trials by up to 25 s (2x H200, 2026-11-28; benchmarks/RESULTS.md).
+        with claim_lock(url):
             return optuna.storages.RDBStorage(url, **kwargs)
+
+
+def schema_ready(url: str) -> bool:
+    """Whether Optuna's tables are all there: stamping ``alembic_version`` is the last step of creating them."""
+    import sqlalchemy
+
+    url = storage_url(url)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        return False
+    try:
+        with _engine(url).connect() as con:
+            return con.execute(sqlalchemy.text("SELECT version_num FROM alembic_version")).first() is not None
+    except sqlalchemy.exc.SQLAlchemyError:  # no such table yet (or the database is not reachable: the lock path
+        return False                        # then reports that as before)
 
 
 def storage_for(cfg: Config) -> optuna.storages.RDBStorage:

@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -19,6 +20,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from harness import storage
 from harness.cli import main
 from harness.config import ConfigError
 from harness.parallel import auto_trials_per_gpu, physical_gpu
@@ -88,6 +90,27 @@ def test_postgresql_workers_start_cold_and_share_one_study(tiny_overrides, tmp_p
     assert sum("measuring the base model" in log for log in logs) == 1, "one worker measured the base; others waited"
     assert all("Traceback" not in log for log in logs)
     assert len(set(study.user_attrs["base"].values())) == 2
+
+
+def test_storage_setup_waits_on_the_claim_lock_only_while_the_tables_do_not_exist(tmp_path):
+    def set_up_in_thread(url):
+        t = threading.Thread(target=storage.make_storage, args=(url, 30), daemon=True)
+        t.start()
+        return t
+
+    empty = f"sqlite:///{tmp_path}/empty.db"
+    assert not storage.schema_ready(empty)
+    with storage.claim_lock(empty):  # another worker is creating the tables: wait for it, do not race it
+        t = set_up_in_thread(empty)
+        t.join(timeout=3)
+        assert t.is_alive(), "set up an empty database without the lock"
+    t.join(timeout=60)
+    assert not t.is_alive() and storage.schema_ready(empty)
+    # Tables there: a worker joining while another holds the lock to claim a trial does not queue behind it.
+    with storage.claim_lock(empty):
+        t = set_up_in_thread(empty)
+        t.join(timeout=60)
+        assert not t.is_alive(), "queued behind the claim lock although the tables exist"
 
 
 def test_a_killed_worker_trial_is_failed_retried_and_its_run_resumed(tiny_overrides, tmp_path):
