@@ -2,8 +2,8 @@
 
 There is no scheduler here: the study database is the queue (harness.sweep.work claims trials under the study's
 lock), so workers on other hosts join by pointing ``cpt-harness worker`` at the same PostgreSQL URL. This module
-prepares what workers share once (model, data, study, base losses), starts them, shows progress for the whole
-sweep, and waits for them.
+starts the workers, prepares what they share (model, data, study, base losses: built once, by whichever process
+gets there first) alongside them, shows progress for the whole sweep, and waits for them.
 """
 
 from __future__ import annotations
@@ -38,25 +38,29 @@ def run(cfg: Config, config_path: str, overrides: list[str], n_trials: int | Non
     from harness import ablation as abl
     from harness import sweep
 
-    for gpu in cfg.parallel.gpus or []:  # before any setup: a GPU that is not there fails now, not in a worker
+    for gpu in cfg.parallel.gpus or []:  # before anything starts: a GPU that is not there fails now, not in a worker
         physical_gpu(gpu)
-    if ablation:  # model, data, study and base losses ready before any worker starts
-        session = sweep.setup(abl.study_config(cfg), log=log, study_attrs=abl.design(cfg))
-        target = abl.AblationPlan(cfg).target
-        cfg = session.cfg
-    else:
-        session = sweep.setup(cfg, log=log)
-        target = n_trials or cfg.study.n_trials
-    study = session.study
-    log_dir = Path(cfg.study.output_dir) / cfg.study.name / "workers"
+    scfg, attrs = (abl.study_config(cfg), abl.design(cfg)) if ablation else (cfg, None)
+    target = abl.AblationPlan(cfg).target if ablation else (n_trials or cfg.study.n_trials)
+    log_dir = Path(scfg.study.output_dir) / scfg.study.name / "workers"
     log_dir.mkdir(parents=True, exist_ok=True)
     host = socket.gethostname()
-    per_gpu = _initial_per_gpu(cfg, study)
-    slots = _slots(cfg, per_gpu, host)
+    per_gpu = _initial_per_gpu(scfg, _existing_study(scfg) if scfg.parallel.trials_per_gpu == "auto" else None)
+    slots = _slots(scfg, per_gpu, host)
     extra = ["--ablation"] if ablation else []
-    workers = [_start(cfg, config_path, overrides, target, label, gpu, i, log_dir, len(slots), extra)
+    # The workers start first and prepare model, data and study while this process does the same: each import
+    # of the training backend takes 30-45 s with Unsloth, so waiting for the parent's setup first delayed the
+    # first trials by that much. What they share is built once (the cache's build locks; one process measures
+    # the base losses under the study's lock while the others wait), and no trial starts before the base is known.
+    workers = [_start(scfg, config_path, overrides, target, label, gpu, i, log_dir, len(slots), extra)
                for i, (label, gpu) in enumerate(slots)]
     log(f"[parallel] {len(workers)} workers: {', '.join(w.label for w in workers)} (logs in {log_dir})")
+    try:
+        session = sweep.setup(scfg, log=log, study_attrs=attrs)  # errors surface here once, not per worker log
+    except BaseException:
+        _stop(workers)
+        raise
+    cfg, study = session.cfg, session.study
     seen: set[int] = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
     pending_auto = cfg.parallel.trials_per_gpu == "auto" and bool(cfg.parallel.gpus) and _measured_peak(study) is None
     try:
@@ -68,11 +72,7 @@ def run(cfg: Config, config_path: str, overrides: list[str], n_trials: int | Non
                 workers += _top_up(cfg, config_path, overrides, target, study, host, log_dir, workers, log, extra)
                 pending_auto = False
     except KeyboardInterrupt:
-        for w in workers:
-            if w.proc.poll() is None:
-                w.proc.send_signal(signal.SIGINT)
-        for w in workers:
-            w.proc.wait()
+        _stop(workers)
         raise
     _report_finished(study, seen, log)
     print(file=sys.stderr)
@@ -84,6 +84,20 @@ def run(cfg: Config, config_path: str, overrides: list[str], n_trials: int | Non
             + ", ".join(str(w.log) for w in bad or workers))
         return 1
     return 0
+
+
+def _stop(workers: list[Worker]) -> None:
+    """Ctrl-C to every worker (each fails its running trial, closes its W&B run and exits); wait for them."""
+    for w in workers:
+        if w.proc.poll() is None:
+            w.proc.send_signal(signal.SIGINT)
+    for w in workers:
+        w.proc.wait()
+
+
+def _existing_study(cfg: Config):
+    """The study if it is already there (a resumed sweep: trials_per_gpu auto reads its measured peaks), else None."""
+    return storage.load_if_exists(storage.storage_for(cfg), cfg.study.name)
 
 
 def _slots(cfg: Config, per_gpu: int, host: str) -> list[tuple[str, int | None]]:
@@ -159,7 +173,7 @@ def _status(study, target: int, workers: list[Worker]) -> None:
 def _initial_per_gpu(cfg: Config, study) -> int:
     if cfg.parallel.trials_per_gpu != "auto":
         return cfg.parallel.trials_per_gpu
-    peak = _measured_peak(study)
+    peak = _measured_peak(study) if study is not None else None
     return 1 if peak is None or not cfg.parallel.gpus else auto_trials_per_gpu(peak, _free_gb(cfg.parallel.gpus))
 
 

@@ -132,7 +132,7 @@ def open_study(cfg: Config, fingerprints: dict[str, str], worker: int = 0) -> op
     """Create the study, or load it and check that it measures the same thing. Safe when several workers
     start at once: creation is load-if-exists, and the fingerprints they write are identical."""
     storage = storage_for(cfg)
-    existing = _load(storage, cfg.study.name)
+    existing = load_if_exists(storage, cfg.study.name)
     if existing is not None:
         _check_fingerprints(existing, fingerprints, cfg)
         # A resumed sampler is seeded past the trials it already proposed, and each worker differently,
@@ -161,7 +161,7 @@ def derived_seed(seed: int, n_existing: int, worker: int) -> int:
     return int(hashlib.sha256(f"{seed}/{n_existing}/{worker}".encode()).hexdigest()[:8], 16)
 
 
-def _load(storage, name: str) -> optuna.Study | None:
+def load_if_exists(storage, name: str) -> optuna.Study | None:
     try:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
