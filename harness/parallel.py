@@ -45,7 +45,9 @@ def run(cfg: Config, config_path: str, overrides: list[str], n_trials: int | Non
     log_dir = Path(scfg.study.output_dir) / scfg.study.name / "workers"
     log_dir.mkdir(parents=True, exist_ok=True)
     host = socket.gethostname()
-    per_gpu = _initial_per_gpu(scfg, _existing_study(scfg) if scfg.parallel.trials_per_gpu == "auto" else None)
+    # Creates the study's tables if need be, so that starting workers find them and do not queue for the lock.
+    existing = _existing_study(scfg)
+    per_gpu = _initial_per_gpu(scfg, existing)
     slots = _slots(scfg, per_gpu, host)
     extra = ["--ablation"] if ablation else []
     # The workers start first and prepare model, data and study while this process does the same: each import
@@ -96,7 +98,8 @@ def _stop(workers: list[Worker]) -> None:
 
 
 def _existing_study(cfg: Config):
-    """The study if it is already there (a resumed sweep: trials_per_gpu auto reads its measured peaks), else None."""
+    """The study if it is already there (a resumed sweep: trials_per_gpu auto reads its measured peaks), else None.
+    The storage is set up either way: its tables are there before the workers start."""
     return storage.load_if_exists(storage.storage_for(cfg), cfg.study.name)
 
 

@@ -56,7 +56,9 @@ def make_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
         # the storage takes ~1 s a process (alembic), and 16 workers queueing for it on the claim lock delayed
         # their first trials by up to 25 s (2x H200, 2026-11-28; benchmarks/RESULTS.md).
         with claim_lock(url):
-            return optuna.storages.RDBStorage(url, **kwargs)
+            if not schema_ready(url):
+                return optuna.storages.RDBStorage(url, **kwargs)
+        return optuna.storages.RDBStorage(url, **kwargs)  # created by the process this one waited for
 
 
 def schema_ready(url: str) -> bool:

@@ -6,6 +6,7 @@ it the test is skipped locally and fails in CI (CI=1), so it can never pass by b
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import signal
@@ -133,6 +134,33 @@ def test_storage_setup_waits_on_the_claim_lock_only_while_the_tables_do_not_exis
         t = set_up_in_thread(empty)
         t.join(timeout=60)
         assert not t.is_alive(), "queued behind the claim lock although the tables exist"
+
+
+def test_a_worker_that_waited_for_the_tables_sets_up_its_storage_after_the_lock(tmp_path, monkeypatch):
+    # Many workers on an empty database queue for the lock; once one has created the tables, the rest must not
+    # set up their storage (~1 s each) while holding it, or they queue behind each other again.
+    url = f"sqlite:///{tmp_path}/s.db"
+    real, under_lock = optuna.storages.RDBStorage, []
+
+    def recording(*args, **kwargs):
+        with open(tmp_path / "s.db.lock", "a") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fh, fcntl.LOCK_UN)
+                under_lock.append(False)
+            except BlockingIOError:
+                under_lock.append(True)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", recording)
+    with storage.claim_lock(url):  # another worker holds it and creates the tables
+        t = threading.Thread(target=storage.make_storage, args=(url, 30), daemon=True)
+        t.start()
+        t.join(timeout=3)
+        assert t.is_alive()
+        real(url)
+    t.join(timeout=60)
+    assert not t.is_alive() and under_lock == [False]
 
 
 def test_a_killed_worker_trial_is_failed_retried_and_its_run_resumed(tiny_overrides, tmp_path):
