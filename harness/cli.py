@@ -12,9 +12,12 @@ CONFIG defaults to sweeps/demo.yaml. Exit codes: 0 ok, 1 the run failed, 2 bad i
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from pathlib import Path
 
+from harness import urls
 from harness.config import ConfigError, load_config, summary
 
 DEFAULT_CONFIG = "sweeps/demo.yaml"
@@ -68,8 +71,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # Parsed: from here on, whatever reads this process's arguments (W&B records them with every run) sees
+    # them with passwords redacted.
+    sys.argv[:] = [urls.redact(a) for a in sys.argv]
     path = _config_path(args.config)
     args.overrides += _parallel_overrides(args)
+    if os.environ.get(urls.ENV_STORAGE):  # the storage URL, kept off command lines (parallel workers get it so)
+        args.overrides.append(f"study.storage={json.dumps(os.environ[urls.ENV_STORAGE])}")
     try:
         if getattr(args, "from_study", None):
             args.overrides += _from_study(args.from_study, args.trial)
@@ -77,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "n_trials", None) is not None and args.n_trials < 1:
             raise ConfigError([f"--n-trials: must be >= 1, got {args.n_trials}"], str(path))
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        _error(e)
         return 2
     if args.command == "validate":
         print(f"ok: {path}: {summary(cfg)}")
@@ -103,6 +111,7 @@ def _run(args, cfg) -> int:
     from harness.models import ModelNotFound
     from harness.storage import StudyMismatch
     from harness.sweep import SweepAborted
+    from harness.urls import StorageError
 
     try:
         if args.command in ("sweep", "ablate") and (cfg.parallel.gpus or cfg.parallel.workers > 1):
@@ -124,11 +133,11 @@ def _run(args, cfg) -> int:
             sweep.run_worker(cfg, args.n_trials, args.label, args.index, ablation=args.ablation)
         elif args.command == "report":
             return _report(cfg, args.out, args.ablation)
-    except (BackendUnavailable, ConfigError, DataError, ModelNotFound, StudyMismatch, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (BackendUnavailable, ConfigError, DataError, ModelNotFound, StudyMismatch, StorageError, ImportError) as e:
+        _error(e)
         return 2
     except SweepAborted as e:
-        print(f"error: sweep stopped: {e}", file=sys.stderr)
+        _error(e, "sweep stopped: ")
         return 1
     except KeyboardInterrupt:
         print("\ninterrupted: the study is intact and the running trial is marked FAIL (interrupted); "
@@ -137,9 +146,14 @@ def _run(args, cfg) -> int:
     return 0
 
 
+def _error(e: Exception, prefix: str = "") -> None:
+    print(f"error: {prefix}{urls.redact(str(e))}", file=sys.stderr)
+
+
 def _without_parallel(overrides: list[str]) -> list[str]:
-    """Workers get the same overrides, minus the parallel ones (a worker is one process)."""
-    return [o for o in overrides if not o.startswith("parallel.")]
+    """Workers get the same overrides, minus the parallel ones (a worker is one process) and the storage URL,
+    which they get through their environment: a command line is visible to every user of the host."""
+    return [o for o in overrides if not o.startswith(("parallel.", "study.storage="))]
 
 
 def _from_study(config: str, number: int | None) -> list[str]:
@@ -169,14 +183,17 @@ def _load_study(cfg, name: str):
 
     from harness import storage
 
-    url = storage.storage_url(cfg.study.storage)
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
-        raise ConfigError([f"no study database at {url.removeprefix('sqlite:///')} (study.storage); run "
-                           "`cpt-harness sweep` (or `ablate`) first"], "study")
+    path = urls.sqlite_path(cfg.study.storage)
+    if path is not None:  # reading a study never creates or writes a database
+        if not path.is_file() or path.stat().st_size == 0:
+            raise ConfigError([f"no study database at {path} (study.storage); run `cpt-harness sweep` "
+                               "(or `ablate`) first"], "study")
+        if (problem := urls.not_a_study_database(path)) is not None:
+            raise ConfigError([f"study.storage: {problem}"], "study")
     try:
         return optuna.load_study(study_name=name, storage=storage.make_storage(cfg.study.storage))
     except KeyError:
-        raise ConfigError([f"no study {name!r} in {cfg.study.storage}; run `cpt-harness sweep` "
+        raise ConfigError([f"no study {name!r} in {urls.redact(cfg.study.storage)}; run `cpt-harness sweep` "
                            "(or `ablate`) first"], "study") from None
 
 
@@ -188,7 +205,7 @@ def _report(cfg, out: str | None, ablation: bool) -> int:
     try:
         study = _load_study(cfg, name)
     except ConfigError as e:
-        print(f"error: {e.problems[0]}", file=sys.stderr)
+        print(f"error: {urls.redact(e.problems[0])}", file=sys.stderr)
         return 2
     print(report.table(study, study.user_attrs.get("base")))
     print()

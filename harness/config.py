@@ -401,10 +401,10 @@ def _join(prefix: str, key: Any) -> str:
 
 def check(cfg: Config) -> list[str]:
     """Semantic checks, including the Unsloth CPT rules. Touches no network and loads nothing."""
-    from harness import ablation, models  # light: no torch at import
+    from harness import ablation, models, urls  # light: no torch at import
     from harness import data as data_mod
 
-    checks = [_check_numbers, _check_search, _check_rules, _check_targets,
+    checks = [_check_numbers, _check_search, _check_rules, _check_targets, lambda c: urls.check(c.study.storage),
               lambda c: models.check_model_name(c.model.name, "model.name"),
               lambda c: data_mod.check_source(c.data.domain, "data.domain"),
               lambda c: data_mod.check_source(c.data.general, "data.general"),

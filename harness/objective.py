@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from harness import search_space
 from harness.config import Config
+from harness.urls import redact
 from harness.data import Corpora
 
 
@@ -144,16 +145,16 @@ def _reason(e: BaseException) -> str:
     from harness.train import TrialFailed
 
     if isinstance(e, TrialFailed):
-        return str(e)
+        return redact(str(e))
     name = type(e).__name__
     if "OutOfMemory" in name:
         return f"out of memory: {e}".split("\n")[0][:300] + " (lower train.batch_size or model.max_seq_length)"
-    return f"{name}: {e}".split("\n")[0][:500]
+    return redact(f"{name}: {e}".split("\n")[0][:500])
 
 
 def _write_error(trial_dir: Path, e: BaseException) -> None:
     trial_dir.mkdir(parents=True, exist_ok=True)
-    (trial_dir / "error.log").write_text("".join(traceback.format_exception(e)))
+    (trial_dir / "error.log").write_text(redact("".join(traceback.format_exception(e))))
 
 
 def _free_memory() -> None:

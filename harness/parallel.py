@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import report, storage
+from harness import report, storage, urls
 from harness.config import Config, ConfigError
 
 
@@ -38,8 +38,8 @@ def run(cfg: Config, config_path: str, overrides: list[str], n_trials: int | Non
     from harness import ablation as abl
     from harness import sweep
 
-    for gpu in cfg.parallel.gpus or []:  # before anything starts: a GPU that is not there fails now, not in a worker
-        physical_gpu(gpu)
+    if cfg.parallel.gpus:  # before anything starts: a GPU that is not there fails now, not in a worker
+        _check_gpus(cfg.parallel.gpus)
     scfg, attrs = (abl.study_config(cfg), abl.design(cfg)) if ablation else (cfg, None)
     target = abl.AblationPlan(cfg).target if ablation else (n_trials or cfg.study.n_trials)
     log_dir = Path(scfg.study.output_dir) / scfg.study.name / "workers"
@@ -110,7 +110,8 @@ def _slots(cfg: Config, per_gpu: int, host: str) -> list[tuple[str, int | None]]
 
 
 def _start(cfg, config_path, overrides, target, label, gpu, index, log_dir, n_workers, extra=()) -> Worker:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # The storage URL (perhaps with a password) through the environment, never the command line.
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **{urls.ENV_STORAGE: cfg.study.storage})
     env.pop("WANDB_SERVICE", None)  # each worker its own W&B service: a killed worker's runs must not stay "in use"
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = physical_gpu(gpu)
@@ -129,6 +130,20 @@ def _start(cfg, config_path, overrides, target, label, gpu, index, log_dir, n_wo
     proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     return Worker(label, gpu, proc, log_path)
+
+
+def _check_gpus(gpus: list[int]) -> None:
+    """Every listed GPU is there: without this, `--gpus 0` on a host with no CUDA trained on the CPU as "gpu0"."""
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n == 0:
+        raise ConfigError(["parallel.gpus: no CUDA GPU is visible on this host (torch.cuda.is_available() is "
+                           "False); drop --gpus and use --workers N to run several trials on the CPU"])
+    for gpu in gpus:
+        physical_gpu(gpu)
+        if gpu >= n:
+            raise ConfigError([f"parallel.gpus: GPU {gpu} does not exist: this process sees {n} (use 0..{n - 1})"])
 
 
 def physical_gpu(gpu: int, visible: str | None = None) -> str:

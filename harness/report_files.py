@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from harness import ablation, report, storage
+from harness import ablation, report, storage, urls
 
 
 def write(study, cfg, out_dir: Path) -> Path:
@@ -148,7 +148,7 @@ def choose_trial(study, max_forgetting: float | None):
 
 def chosen_sweep_file(study, cfg, trial) -> str:
     """A sweep file that reruns ``trial``: the search space collapsed to its values, one trial, a new study."""
-    d = cfg.to_dict()
+    d = urls.redact_tree(cfg.to_dict())
     p = trial.params
     d["study"].update(name=f"{study.study_name}-t{trial.number}", n_trials=1)
     d["search"]["rank"]["choices"] = [p["rank"]]
@@ -156,7 +156,9 @@ def chosen_sweep_file(study, cfg, trial) -> str:
     if "embedding_lr_ratio" in p:
         d["search"]["embedding_lr_ratio"].update(low=p["embedding_lr_ratio"], high=p["embedding_lr_ratio"])
     head = (f"# The chosen trial {trial.number} of study {study.study_name}, as a sweep file that trains it again.\n"
-            f"# Written by `cpt-harness report`.   cpt-harness sweep chosen.yaml\n")
+            f"# Written by `cpt-harness report`.   cpt-harness sweep chosen.yaml\n"
+            + ("# study.storage: its password is never written; give it with PGPASSWORD, ~/.pgpass or ${NAME}.\n"
+               if d["study"]["storage"] != cfg.study.storage else ""))
     return head + yaml.safe_dump(d, sort_keys=False)
 
 

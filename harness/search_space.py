@@ -71,6 +71,11 @@ def space_fingerprint(cfg: Config, extra: dict | None = None) -> str:
     A study resumed with a different fingerprint would mix incomparable trials. The sampler, trial count,
     failure budget, time limit and speed-only switches are left out: they do not change what a trial measures.
     """
+    return _digest(space_payload(cfg, extra))
+
+
+def space_payload(cfg: Config, extra: dict | None = None) -> dict[str, Any]:
+    """What ``space_fingerprint`` hashes, kept on the study so that a refused resume can name the key."""
     train = {k: v for k, v in asdict(cfg.train).items() if k not in SPEED_ONLY}
     payload = {
         "search": asdict(cfg.search),
@@ -82,7 +87,7 @@ def space_fingerprint(cfg: Config, extra: dict | None = None) -> str:
     }
     if extra:
         payload["extra"] = extra
-    return _digest(payload)
+    return json.loads(json.dumps(payload, default=str))
 
 
 def _digest(payload: Any) -> str:

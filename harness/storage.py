@@ -18,8 +18,10 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import TrialState
 
+from harness import urls
 from harness.cache import locked
 from harness.config import Config
+from harness.urls import StorageError, storage_url  # noqa: F401  (storage_url: re-exported)
 
 DIRECTIONS = {"pareto": ["minimize", "minimize"]}  # domain_loss, forgetting
 OBJECTIVE_NAMES = {"pareto": ["domain_loss", "forgetting"]}
@@ -29,23 +31,21 @@ class StudyMismatch(Exception):
     pass
 
 
-def storage_url(storage: str) -> str:
-    """A bare path means a SQLite file; anything with '://' is an SQLAlchemy URL."""
-    return storage if "://" in storage else f"sqlite:///{storage}"
-
-
 def make_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None,
                  max_retries: int = 2) -> optuna.storages.RDBStorage:
     """The study's database. With a heartbeat, a running trial whose worker died (kill -9, OOM, node loss) is
     failed once its heartbeat is ``grace_period`` old and re-queued with the same parameters."""
-    url = storage_url(url)
+    problems = urls.check(url)
+    if problems:
+        raise StorageError(problems[0])
+    url = urls.connect_url(url)
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite:///"):
         if heartbeat_interval:  # a study that workers run (reading one for a report changes nothing)
             _prepare_sqlite(Path(url.removeprefix("sqlite:///")))
         # Several processes on one host: wait for SQLite's write lock instead of failing at once.
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _storage_errors(url):
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if heartbeat_interval:
             kwargs.update(heartbeat_interval=heartbeat_interval, grace_period=grace_period or 4 * heartbeat_interval,
@@ -61,11 +61,26 @@ def make_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
         return optuna.storages.RDBStorage(url, **kwargs)  # created by the process this one waited for
 
 
+@contextlib.contextmanager
+def _storage_errors(url: str) -> Iterator[None]:
+    """A database that refuses the connection (or breaks while opening) is a StorageError naming study.storage,
+    with the password redacted; never a traceback."""
+    import sqlalchemy
+
+    try:
+        yield
+    except sqlalchemy.exc.SQLAlchemyError as e:
+        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        raise StorageError(f"study.storage: cannot open {urls.redact(url)} ({urls.redact(reason)[:300]}); check "
+                           "that the server is running and the URL, user and password (PGPASSWORD, ~/.pgpass or "
+                           "${NAME} in the URL) are right") from None
+
+
 def schema_ready(url: str) -> bool:
     """Whether Optuna's tables are all there: stamping ``alembic_version`` is the last step of creating them."""
     import sqlalchemy
 
-    url = storage_url(url)
+    url = urls.connect_url(url)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
         return False
     try:
@@ -95,7 +110,7 @@ def claim_lock(url: str) -> Iterator[None]:
     """A lock shared by every worker of a study: a file lock beside a SQLite file (one host), a PostgreSQL
     advisory lock (any number of hosts). Held only to decide whether to start a trial, and while the base
     losses are measured, so that exactly n_trials complete and the base is measured once."""
-    url = storage_url(url)
+    url = urls.connect_url(url)
     if url.startswith("sqlite:///"):
         with locked(Path(url.removeprefix("sqlite:///") + ".lock")):
             yield
@@ -104,7 +119,7 @@ def claim_lock(url: str) -> Iterator[None]:
 
         engine = _engine(url)
         with engine.connect() as con:
-            key = int(hashlib.sha256(url.encode()).hexdigest()[:15], 16)
+            key = lock_key(url)
             con.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
             try:
                 yield
@@ -112,6 +127,15 @@ def claim_lock(url: str) -> Iterator[None]:
                 con.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
     else:  # no cross-process lock for this database: at worst one trial more than asked for
         yield
+
+
+def lock_key(url: str) -> int:
+    """The advisory-lock key: from the database's name alone, so that every host takes the same lock whether it
+    gives the password in the URL or through PGPASSWORD, and whatever it calls the server."""
+    import sqlalchemy
+
+    database = sqlalchemy.engine.make_url(urls.connect_url(url)).database or ""
+    return int(hashlib.sha256(f"cpt-harness/{database}".encode()).hexdigest()[:15], 16)
 
 
 @functools.lru_cache(maxsize=None)
@@ -130,13 +154,15 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     return samplers[name]()
 
 
-def open_study(cfg: Config, fingerprints: dict[str, str], worker: int = 0) -> optuna.Study:
+def open_study(cfg: Config, fingerprints: dict[str, str], worker: int = 0,
+               inputs: dict | None = None) -> optuna.Study:
     """Create the study, or load it and check that it measures the same thing. Safe when several workers
-    start at once: creation is load-if-exists, and the fingerprints they write are identical."""
+    start at once: creation is load-if-exists, and the fingerprints they write are identical. ``inputs``: what
+    the search-space fingerprint hashes, stored so that a refused resume names the keys that changed."""
     storage = storage_for(cfg)
     existing = load_if_exists(storage, cfg.study.name)
     if existing is not None:
-        _check_fingerprints(existing, fingerprints, cfg)
+        _check_fingerprints(existing, fingerprints, cfg, inputs)
         # A resumed sampler is seeded past the trials it already proposed, and each worker differently,
         # so that none repeats another's proposals.
         seed = derived_seed(cfg.study.seed, len(existing.trials), worker)
@@ -150,8 +176,10 @@ def open_study(cfg: Config, fingerprints: dict[str, str], worker: int = 0) -> op
         study.set_metric_names(OBJECTIVE_NAMES[cfg.study.objective])
     if "fingerprints" not in study.user_attrs:
         study.set_user_attr("fingerprints", fingerprints)
+        if inputs is not None:
+            study.set_user_attr("fingerprint_inputs", inputs)
     else:  # another process created it between our check and create_study
-        _check_fingerprints(study, fingerprints, cfg)
+        _check_fingerprints(study, fingerprints, cfg, inputs)
     return study
 
 
@@ -170,16 +198,30 @@ def load_if_exists(storage, name: str) -> optuna.Study | None:
         return None
 
 
-def _check_fingerprints(study: optuna.Study, current: dict[str, str], cfg: Config) -> None:
+def _check_fingerprints(study: optuna.Study, current: dict[str, str], cfg: Config, inputs: dict | None = None) -> None:
     stored = study.user_attrs.get("fingerprints", {})
     changed = [k for k in current if k in stored and stored[k] != current[k]]
     if changed:
+        keys = changed_keys(study.user_attrs.get("fingerprint_inputs"), inputs)
+        what = ("; ".join(keys[:8]) + ("; ..." if len(keys) > 8 else "")) if keys else (
+            f"stored {', '.join(f'{k}={stored[k]}' for k in changed)}; now "
+            f"{', '.join(f'{k}={current[k]}' for k in changed)}")
         raise StudyMismatch(
-            f"study {cfg.study.name!r} in {cfg.study.storage} was run with a different {', '.join(changed)} "
-            f"(stored {', '.join(f'{k}={stored[k]}' for k in changed)}; now "
-            f"{', '.join(f'{k}={current[k]}' for k in changed)}). Its trials would not be comparable: "
+            f"study {cfg.study.name!r} in {urls.redact(cfg.study.storage)} was run with a different "
+            f"{', '.join(changed)} ({urls.redact(what)}). Its trials would not be comparable: "
             "use a new study.name, or restore the original settings to resume it."
         )
+
+
+def changed_keys(stored: dict | None, current: dict | None) -> list[str]:
+    """``key: stored -> now`` for every leaf that differs between two fingerprint inputs (empty if unknown)."""
+    if not stored or not current:
+        return []
+    flat = lambda d, p="": {k2: v2 for k, v in d.items() for k2, v2 in (  # noqa: E731
+        flat(v, f"{p}{k}.").items() if isinstance(v, dict) else [(f"{p}{k}", v)])}
+    a, b = flat(stored), flat(current)
+    return [f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k)]
 
 
 def ensure_base_losses(study: optuna.Study, url: str, measure: Callable[[], dict[str, float]]) -> dict[str, float]:

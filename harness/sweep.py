@@ -61,7 +61,8 @@ def setup(cfg: Config, backend=None, log=print, worker: int = 0, study_attrs: di
         f"{corpora.describe()} ({time.perf_counter() - t:.0f} s)")
     fingerprints = {"model": models.fingerprint(model_path), "data": corpora.fingerprint,
                     "search_space": search_space.space_fingerprint(cfg, extra=study_attrs)}
-    study = storage.open_study(cfg, fingerprints, worker=worker)
+    study = storage.open_study(cfg, fingerprints, worker=worker,
+                               inputs={"search_space": search_space.space_payload(cfg, extra=study_attrs)})
     for key, value in (study_attrs or {}).items():
         if key not in study.user_attrs:
             study.set_user_attr(key, value)

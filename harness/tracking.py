@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import WandbConfig
+from harness.urls import redact_tree
 
 
 class Tracker:
@@ -50,6 +51,7 @@ class WandbTracker(Tracker):
         """``resume_id``: the run of a trial whose worker died; the retry resumes it instead of leaving it open
         (offline, the retry writes a second folder with the same run id, and ``wandb sync`` joins them)."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        config = redact_tree(config)  # a storage URL's password never reaches W&B
         kwargs = dict(project=self.cfg.project, entity=self.cfg.entity, group=self.group, job_type=job_type, name=name,
                       config=config, tags=list(self.cfg.tags) + list(tags), dir=str(self.dir), mode=self.mode,
                       settings=self._wandb.Settings(console="off", quiet=True, silent=True, x_disable_stats=True))
