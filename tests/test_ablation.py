@@ -29,10 +29,10 @@ def _sets(overrides):
 
 def test_t_interval_matches_a_hand_computation():
     iv = stats.t_interval([1.0, 2.0, 3.0, 4.0, 5.0])
-    half = 2.776 * statistics.stdev([1, 2, 3, 4, 5]) / math.sqrt(5)  # t(0.975, 4) = 2.776
+    half = 2.7764451 * statistics.stdev([1, 2, 3, 4, 5]) / math.sqrt(5)  # t(0.975, 4) = 2.7764451
     assert (iv.n, iv.mean) == (5, 3.0)
     assert iv.low == pytest.approx(3.0 - half) and iv.high == pytest.approx(3.0 + half)
-    assert iv.low == pytest.approx(1.0371, abs=1e-4) and iv.verdict_sign == 1
+    assert iv.low == pytest.approx(1.03676, abs=1e-5) and iv.verdict_sign == 1
     assert stats.t_interval([-1.0, 1.0, 0.5]).verdict_sign == 0
     assert stats.t_interval([-3.0, -2.0, -2.5]).verdict_sign == -1
 
@@ -142,7 +142,7 @@ def test_ablate_end_to_end_and_its_report(tiny_overrides, tmp_path, capsys):
                               for e in ("trained", "frozen")]) for s in (0, 1)]
     g = effects[("gate_proj", "forgetting")]
     assert [g["per_seed"][k] for k in ("0", "1")] == pytest.approx(hand)
-    half = 12.706 * statistics.stdev(hand) / math.sqrt(2)
+    half = 12.7062047 * statistics.stdev(hand) / math.sqrt(2)
     assert (g["low"], g["high"]) == pytest.approx((statistics.fmean(hand) - half, statistics.fmean(hand) + half))
     verdict = {1: "supported", -1: "contradicted", 0: "inconclusive"}[stats.t_interval(hand).verdict_sign]
     assert g["verdict"] == verdict and f"**{verdict.upper()}**: *leaving gate_proj" in md
