@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 from dataclasses import dataclass
 from typing import Callable
 
 from harness import stats
-from harness.config import Config
+from harness.config import EMBEDDING_LR_RATIO_RANGE, Config
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,13 @@ def _rslora(cfg: Config, level: str) -> None:
 
 
 def _ratio(cfg: Config, level: str) -> None:
+    lo, hi = EMBEDDING_LR_RATIO_RANGE
     cfg.search.embedding_lr_ratio.low = cfg.search.embedding_lr_ratio.high = float(level)
-    cfg.rules.embedding_lr_ratio_range = float(level) <= 0.5
+    cfg.rules.embedding_lr_ratio_range = lo <= float(level) <= hi  # outside: the rule's opt-out, on purpose
+
+
+def _rank(cfg: Config, level: str) -> None:
+    cfg.search.rank.choices = [int(level)]
 
 
 FACTORS = {
@@ -56,7 +62,29 @@ FACTORS = {
     "rslora": Factor("rslora", ("on", "off"), "rsLoRA helps at high rank", "domain_loss", _rslora),
     "embedding_lr_ratio": Factor("embedding_lr_ratio", ("0.1", "1.0"),
                                  "a lower embedding LR is more stable (less forgetting)", "forgetting", _ratio),
+    # Only in the frontier design, crossed with rslora: the guidance's claim is that a *high rank* pays off under
+    # alpha/sqrt(r), which a comparison at one rank and one LR cannot tell from "a larger effective LR helps".
+    "rank": Factor("rank", ("16", "256"), "a high rank pays off under rsLoRA (alpha/sqrt(r)), not under alpha/r",
+                   "domain_gain", _rank),
 }
+
+
+def factor_names(cfg: Config) -> list[str]:
+    """The design's factors: the frontier design crosses rslora with rank."""
+    names = list(cfg.ablation.factors)
+    if cfg.ablation.learning_rates and "rslora" in names and "rank" not in names:
+        names.insert(names.index("rslora"), "rank")
+    return names
+
+
+def levels(cfg: Config, name: str) -> tuple[str, ...]:
+    """A factor's levels in this design, the guidance's advice first (rank: low, high; ratio: as listed)."""
+    a = cfg.ablation
+    if a.learning_rates and name == "rank":
+        return (str(a.rank), str(a.high_rank))
+    if a.learning_rates and name == "embedding_lr_ratio":
+        return tuple(f"{r:g}" for r in a.ratios)
+    return FACTORS[name].levels
 
 
 def check(cfg: Config) -> list[str]:
@@ -74,6 +102,31 @@ def check(cfg: Config) -> list[str]:
                         "crossed with embeddings (frozen arms have no embedding LR): run them as two ablations")
     if a.rank < 1 or a.high_rank < 1 or a.learning_rate <= 0 or a.embedding_lr_ratio <= 0:
         problems.append("ablation: rank, high_rank, learning_rate and embedding_lr_ratio must be positive")
+    if a.min_effect < 0:
+        problems.append(f"ablation.min_effect: must be >= 0 (nats), got {a.min_effect}")
+    return problems + _check_grid(cfg)
+
+
+def _check_grid(cfg: Config) -> list[str]:
+    a = cfg.ablation
+    if a.learning_rates is None:
+        return []
+    grid = a.learning_rates
+    if len(set(grid)) < 2 or any(not lr > 0 for lr in grid):
+        return [f"ablation.learning_rates: at least two distinct positive LRs, e.g. [1e-4, 3e-4, 1e-3]; got {grid}"]
+    problems = []
+    if "rslora" in a.factors:
+        if a.rank >= a.high_rank:
+            problems.append(f"ablation.rank ({a.rank}) must be below ablation.high_rank ({a.high_rank}): rsLoRA is "
+                            "judged by how much raising the rank helps under each scaling")
+        # alpha/sqrt(r) is sqrt(r) times alpha/r: the grid must span that factor, or one scaling's best LR is
+        # outside it and the comparison is of LRs, not of scalings.
+        need = math.sqrt(max(a.rank, a.high_rank))
+        if max(grid) / min(grid) < need * (1 - 1e-9):
+            problems.append(f"ablation.learning_rates: spans {max(grid) / min(grid):.3g}x, but alpha/sqrt(r) is "
+                            f"{need:g}x alpha/r at rank {max(a.rank, a.high_rank)}: widen the grid to at least {need:g}x")
+    if "embedding_lr_ratio" in a.factors and (len(set(a.ratios)) < 2 or any(not r > 0 for r in a.ratios)):
+        problems.append(f"ablation.ratios: at least two distinct positive ratios, e.g. [0.03, 0.1, 0.5, 1.0]; got {a.ratios}")
     return problems
 
 
@@ -91,18 +144,22 @@ class Arm:
 
 
 def arms(cfg: Config) -> list[Arm]:
-    factors = [FACTORS[f] for f in cfg.ablation.factors]
-    return [Arm(tuple(zip((f.name for f in factors), combo)))
-            for combo in itertools.product(*(f.levels for f in factors))]
+    names = factor_names(cfg)
+    return [Arm(tuple(zip(names, combo))) for combo in itertools.product(*(levels(cfg, n) for n in names))]
 
 
-def arm_config(cfg: Config, arm: Arm, seed: int) -> Config:
-    """The full config one arm's trial trains with: the fixed hyperparameters, the arm's levels, the seed."""
+def learning_rates(cfg: Config) -> list[float]:
+    """The LRs every arm x seed runs at: the grid, or the one fixed LR."""
+    return sorted(cfg.ablation.learning_rates) if cfg.ablation.learning_rates else [cfg.ablation.learning_rate]
+
+
+def arm_config(cfg: Config, arm: Arm, seed: int, lr: float | None = None) -> Config:
+    """The full config one arm's trial trains with: the fixed hyperparameters, the arm's levels, the LR, the seed."""
     out = copy.deepcopy(cfg)
     a = cfg.ablation
     rank = a.high_rank if "rslora" in a.factors else a.rank
     out.search.rank.choices = [rank]
-    out.search.learning_rate.low = out.search.learning_rate.high = a.learning_rate
+    out.search.learning_rate.low = out.search.learning_rate.high = a.learning_rate if lr is None else lr
     out.search.embedding_lr_ratio.low = out.search.embedding_lr_ratio.high = a.embedding_lr_ratio
     out.train.seed = seed
     for factor, level in arm.levels:
@@ -172,18 +229,21 @@ def study_config(cfg: Config) -> Config:
 
 
 def design(cfg: Config) -> dict:
-    """Stored on the ablation study (and part of its fingerprint): what the arms and seeds are."""
+    """Stored on the ablation study (and part of its fingerprint): what the arms, LRs and seeds are."""
     a = cfg.ablation
-    return {"kind": "ablation", "design": {
-        "factors": {f: list(FACTORS[f].levels) for f in a.factors}, "seeds": a.seeds,
-        "arms": [arm.name for arm in arms(cfg)],
-        "fixed": {"rank": a.high_rank if "rslora" in a.factors else a.rank, "learning_rate": a.learning_rate,
-                  "embedding_lr_ratio": a.embedding_lr_ratio},
-    }}
+    out = {"factors": {f: list(levels(cfg, f)) for f in factor_names(cfg)}, "seeds": a.seeds,
+           "arms": [arm.name for arm in arms(cfg)],
+           "fixed": {"rank": a.high_rank if "rslora" in a.factors else a.rank, "learning_rate": a.learning_rate,
+                     "embedding_lr_ratio": a.embedding_lr_ratio}}
+    if a.learning_rates:  # the frontier design; without it the stored design stays as fixed-LR studies have it
+        out["learning_rates"] = learning_rates(cfg)
+        del out["fixed"]["learning_rate"]
+    return {"kind": "ablation", "design": out}
 
 
 class AblationPlan:
-    """Every arm x seed once, seed-major (seed 0 of every arm first, so a partial run is already paired)."""
+    """Every arm x LR x seed once, seed-major (seed 0 of every arm and LR first, so a partial run is already
+    paired)."""
 
     job_type = "ablation"
 
@@ -192,7 +252,13 @@ class AblationPlan:
         self.arms = arms(cfg)
         self.by_name = {arm.name: arm for arm in self.arms}
         self.seeds = list(range(cfg.ablation.seeds))
-        self.target = len(self.arms) * len(self.seeds)
+        self.lrs = learning_rates(cfg)
+        self.grid = bool(cfg.ablation.learning_rates)
+        self.target = len(self.arms) * len(self.seeds) * len(self.lrs)
+
+    def _key(self, t) -> tuple:
+        a = t.user_attrs
+        return a.get("arm"), a.get("seed"), (a.get("lr") if self.grid else self.lrs[0])
 
     def claim(self, study):
         from optuna.trial import TrialState
@@ -200,21 +266,22 @@ class AblationPlan:
         from harness.sweep import DONE, _ask
 
         trials = study.get_trials(deepcopy=False)
-        key = lambda t: (t.user_attrs.get("arm"), t.user_attrs.get("seed"))  # noqa: E731
-        complete = {key(t) for t in trials if t.state == TrialState.COMPLETE}
-        if all((arm.name, s) in complete for s in self.seeds for arm in self.arms):
+        complete = {self._key(t) for t in trials if t.state == TrialState.COMPLETE}
+        wanted = [(arm, seed, lr) for seed in self.seeds for lr in self.lrs for arm in self.arms]
+        if all((arm.name, s, lr) in complete for arm, s, lr in wanted):
             return DONE
         if any(t.state == TrialState.WAITING for t in trials):
             return _ask(study)  # a dead worker's arm, re-queued
-        busy = complete | {key(t) for t in trials if t.state == TrialState.RUNNING}
-        for seed in self.seeds:
-            for arm in self.arms:
-                if (arm.name, seed) not in busy:
-                    attrs = {"arm": arm.name, "seed": seed, **{f"level:{f}": lv for f, lv in arm.levels}}
-                    study.enqueue_trial(enqueue_params(arm_config(self.cfg, arm, seed)), user_attrs=attrs)
-                    return _ask(study)
+        busy = complete | {self._key(t) for t in trials if t.state == TrialState.RUNNING}
+        for arm, seed, lr in wanted:
+            if (arm.name, seed, lr) not in busy:
+                attrs = {"arm": arm.name, "seed": seed, **{f"level:{f}": lv for f, lv in arm.levels}}
+                if self.grid:
+                    attrs["lr"] = lr
+                study.enqueue_trial(enqueue_params(arm_config(self.cfg, arm, seed, lr)), user_attrs=attrs)
+                return _ask(study)
         return None
 
     def config_for(self, trial) -> Config:
         attrs = trial.user_attrs
-        return arm_config(self.cfg, self.by_name[attrs["arm"]], attrs["seed"])
+        return arm_config(self.cfg, self.by_name[attrs["arm"]], attrs["seed"], attrs.get("lr"))

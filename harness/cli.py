@@ -209,7 +209,7 @@ def _report(cfg, out: str | None, ablation: bool) -> int:
         return 2
     print(report.table(study, study.user_attrs.get("base")))
     print()
-    print(report.effects_text(study) if ablation else report.timing_table(study))
+    print(report.effects_text(study, cfg.ablation.min_effect) if ablation else report.timing_table(study))
     path = report_files.write(study, cfg, Path(out) if out else Path("reports") / name)
     print(f"\nreport: {path} (and report.html, figures)")
     report_files.log_summary_run(study, cfg, path.parent)

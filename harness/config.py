@@ -193,7 +193,19 @@ class AblationConfig:
     rank: int = _help("LoRA rank of every arm (unless --from-study).", 64)
     learning_rate: float = _help("Base learning rate of every arm (unless --from-study).", 2e-4)
     embedding_lr_ratio: float = _help("Embedding-LR ratio where embeddings train (unless --from-study).", 0.2)
-    high_rank: int = _help("The rank of every arm when the rslora factor is in the design.", 256)
+    high_rank: int = _help(
+        "rslora factor: the high rank (with learning_rates: crossed with `rank` as the low rank; without: the rank "
+        "of every arm).", 256)
+    learning_rates: list[float] | None = _help(
+        "The LR grid: every arm x seed runs at each of these, and claims are judged on the learning-forgetting "
+        "frontier across them (at matched domain gain or forgetting). null: the fixed-LR design at "
+        "ablation.learning_rate (verdicts at one LR, where an arm that learns less also forgets less).", None)
+    ratios: list[float] = _help(
+        "embedding_lr_ratio factor with learning_rates: its levels (a dose-response; outside [0.1, 0.5] through the "
+        "rule's opt-out).", factory=lambda: [0.03, 0.1, 0.5, 1.0])
+    min_effect: float = _help(
+        "The smallest effect that matters (nats; 0.01 is about 1% perplexity): a claim whose 90% interval lies "
+        "within +-min_effect is NEGLIGIBLE. Not part of the study's fingerprint.", 0.01)
     study_name: str | None = _help("The ablation's own study (default: <study.name>-ablation).", None)
 
 

@@ -76,14 +76,19 @@ def timing_table(study) -> str:
     return "\n".join(lines)
 
 
-def effects_text(study) -> str:
+def effects_text(study, min_effect: float = 0.01) -> str:
     """The ablation's verdicts and paired effects, for the terminal."""
-    from harness import ablation
+    from harness import ablation, claims
     from harness.report_files import ablation_rows
 
     design = study.user_attrs.get("design")
     if not design:
         return ""
+    if "learning_rates" in design:  # the frontier design: one verdict per claim
+        results = claims.judge(claims.analyse(design["factors"], claims.runs_from_study(study), min_effect))
+        return "verdicts on the learning-forgetting frontier:\n" + "\n".join(
+            f"  {r.verdict.label:<12} {r.spec.factor:<19} {r.verdict.estimate:+.4f} (n={r.verdict.n}) "
+            f"{r.spec.analysis}" for r in results)
     lines = ["effect (alternative - advice), mean over seeds with 95% t-interval:"]
     for e in ablation.effects(ablation_rows(study), list(design["factors"])):
         iv = e.interval

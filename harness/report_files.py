@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from harness import ablation, report, storage, urls
+from harness import ablation, report, stats, storage, urls
 
 
 def write(study, cfg, out_dir: Path) -> Path:
@@ -261,10 +261,15 @@ def ablation_rows(study) -> list[dict[str, Any]]:
 
 def _ablation_sections(study, cfg, out: Path) -> list[str]:
     design = study.user_attrs["design"]
+    if "learning_rates" in design:
+        return _frontier_sections(study, cfg, out)
     factors = list(design["factors"])
     rows = ablation_rows(study)
     effects = ablation.effects(rows, factors)
     lines = _header(study, "Ablation")[:2]
+    lines += ["**Fixed-LR design**: every arm ran at one learning rate, where an arm that learns less usually also "
+              "forgets less; these verdicts may be artifacts of that. Rerun with `ablation.learning_rates` for "
+              "verdicts on the learning–forgetting frontier.", ""]
     lines += ["## Verdicts", ""]
     for e in effects:
         if e.verdict:
@@ -309,6 +314,146 @@ def _ablation_sections(study, cfg, out: Path) -> list[str]:
     lines += ["", "## Eval curves per arm", "", "![curves](curves.png)", "",
               "## Trials", "", "```", report.table(study, study.user_attrs.get("base")), "```", ""]
     return lines
+
+
+def _conditions(study, cfg, design: dict) -> str:
+    prov = study.user_attrs.get("model_provenance") or {}
+    model = (prov.get("description") or prov.get("source") or cfg.model.name).split(",")[0]
+    t = cfg.train
+    tokens = t.max_steps * t.batch_size * t.grad_accum * cfg.model.max_seq_length
+    ranks = sorted({int(lv) for lv in design["factors"].get("rank", [design["fixed"]["rank"]])})
+    lrs = design["learning_rates"]
+    return (f"{model}; domain {cfg.data.domain.path}; rank {'/'.join(map(str, ranks))}; LR grid "
+            f"{', '.join(f'{lr:g}' for lr in lrs)}; {t.max_steps} steps of {tokens // t.max_steps:,} tokens; {design['seeds']} seeds")
+
+
+def _frontier_sections(study, cfg, out: Path) -> list[str]:
+    """An LR-crossed ablation: one verdict per claim on the frontier, then how it was judged, then the figures."""
+    from harness import claims
+
+    design = study.user_attrs["design"]
+    runs = claims.runs_from_study(study)
+    results = claims.judge(claims.analyse(design["factors"], runs, cfg.ablation.min_effect), *_doc_results(study, cfg))
+    conditions = _conditions(study, cfg, design)
+    lines = _header(study, "Ablation")[:2] + ["## Verdicts", ""]
+    lines += [f"- {claims.verdict_line(r, conditions)}" for r in results]
+    untested = [spec for name, spec in claims.SPECS.items() if name not in design["factors"]]
+    if untested:
+        lines.append("- **NOT TESTED** here: " + "; ".join(f"*{s.claim}* (factor `{s.factor}`)" for s in untested))
+    lines += ["", f"Compared on the learning–forgetting frontier across the LR grid (**matched** domain gain or "
+              f"forgetting), never at one LR. Verdicts, in this order: **NEGLIGIBLE** when the 90% interval lies "
+              f"within ±δ (δ = ablation.min_effect = {cfg.ablation.min_effect:g} nats, about "
+              f"{stats.percent_perplexity(cfg.ablation.min_effect):.1f}% perplexity; TOST); **SUPPORTED** / "
+              "**CONTRADICTED** when the one-sided t-test for / against the claim is significant at 0.05 after Holm's "
+              "correction over every claim here and the effect is at least δ; **INCONCLUSIVE** otherwise (also with "
+              "fewer than 3 seeds). Mid-schedule checkpoints are not annealed: a point on the frontier is where a run "
+              "*was*, with its LR still high, not where a shorter schedule would have ended.", ""]
+    lines += ["## How each claim was judged", ""]
+    for r in results:
+        v = r.verdict
+        lines.append(f"- `{r.spec.factor}` — {r.spec.analysis}; per seed: "
+                     + ", ".join(f"{s}: {x:+.4f}" for s, x in sorted(r.per_seed.items()))
+                     + f"; mean {v.estimate:+.4f}, 90% CI [{v.ci90[0]:+.4f}, {v.ci90[1]:+.4f}], Holm p for "
+                     f"{_p(v.p_for)}, against {_p(v.p_against)}; margin ±{r.delta:.4g}"
+                     + (f"; document bootstrap variance {r.var_boot:.2e}" if r.var_boot else "")
+                     + "".join(f"; {n}" for n in r.notes))
+    note = forgetting_note(study)
+    lines += (["", note] if note else []) + [""]
+    lines += _header(study, "Ablation")[2:]
+    lines += [f"Design: {', '.join(f'{f} {{{chr(44).join(v)}}}' for f, v in design['factors'].items())}; "
+              f"{len(design['arms'])} arms × {len(design['learning_rates'])} LRs × {design['seeds']} seeds. Seed k "
+              "gives every arm the same data order and the same LoRA init on shared modules.", ""]
+    _frontier_figure(runs, out / "frontier.png", study.study_name)
+    _forest_figure(results, out / "forest.png")
+    figures = ["## Frontier", "", "![frontier](frontier.png)", "", "## Effects", "", "![effects](forest.png)", ""]
+    if "embedding_lr_ratio" in design["factors"]:
+        _dose_figure(runs, out / "dose.png")
+        figures += ["## Dose–response", "", "![dose-response](dose.png)", ""]
+    _curves_figure(study, out / "curves.png", group_by="arm")
+    figures += ["## Eval curves per arm", "", "![curves](curves.png)", ""]
+    (out / "effects.json").write_text(json.dumps([_result_json(r) for r in results], indent=2))
+    return lines + figures + ["## Trials", "", "```", report.table(study, study.user_attrs.get("base")), "```", ""]
+
+
+def _p(p: float) -> str:
+    return "—" if p != p else f"{p:.3g}"
+
+
+def _result_json(r) -> dict:
+    v = r.verdict
+    iv = stats.t_interval(list(r.per_seed.values()), r.var_boot)
+    return {"factor": r.spec.factor, "claim": r.spec.claim, "analysis": r.spec.analysis, "verdict": v.label,
+            "estimate": v.estimate, "low95": iv.low, "high95": iv.high, "ci90": list(v.ci90), "n": v.n,
+            "per_seed": r.per_seed, "p_for": v.p_for, "p_against": v.p_against, "delta": r.delta,
+            "var_boot": r.var_boot, "level": r.level, "other": r.other, "notes": r.notes,
+            "percent_perplexity": stats.percent_perplexity(v.estimate)}
+
+
+def _doc_results(study, cfg) -> tuple:
+    """(per-document runs, base) for the document bootstrap, where the trials stored them; else (None, None)."""
+    return None, None
+
+
+def _frontier_figure(runs, path: Path, title: str) -> None:
+    """Forgetting on x, domain gain on y: every run's checkpoints (thin), coloured by arm."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    colors: dict[str, str] = {}
+    for r in sorted(runs, key=lambda r: (r.arm, r.seed, r.lr)):
+        first = r.arm not in colors
+        color = colors.setdefault(r.arm, f"C{len(colors) % 10}")
+        ax.plot(r.forgetting, r.gain, c=color, lw=0.8, alpha=0.6, marker=".", ms=3, label=r.arm if first else None)
+    ax.scatter([0], [0], marker="*", s=140, c="k", zorder=4, label="start (base)")
+    ax.set_xlabel("forgetting (general loss − base, nats/token)")
+    ax.set_ylabel("domain gain (base − domain loss, nats/token)")
+    ax.set_title(f"{title}: every arm × LR × seed, checkpoints along each run")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _forest_figure(results, path: Path) -> None:
+    """Each claim's effect with its 95% interval, the ±δ band shaded."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(results), 1, figsize=(7, 1.3 * len(results) + 0.6), squeeze=False)
+    for ax, r in zip(axes[:, 0], results):
+        iv = stats.t_interval(list(r.per_seed.values()), r.var_boot) if len(r.per_seed) >= 2 else None
+        ax.axvspan(-r.delta, r.delta, color="0.85", label="±δ (negligible)")
+        ax.axvline(0, c="k", lw=0.6)
+        if iv is not None:
+            ax.errorbar([iv.mean], [0], xerr=[[iv.mean - iv.low], [iv.high - iv.mean]], fmt="o", c="C3", capsize=4)
+        ax.scatter(list(r.per_seed.values()), [0.25] * len(r.per_seed), s=10, c="0.4", label="seeds")
+        ax.set_yticks([])
+        ax.set_title(f"{r.spec.factor}: {r.verdict.label} ({r.spec.unit})", fontsize=9, loc="left")
+    axes[0, 0].legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _dose_figure(runs, path: Path) -> None:
+    """Forgetting at matched gain against the embedding-LR ratio, per seed and mean."""
+    import matplotlib.pyplot as plt
+
+    from harness import frontier
+
+    d = frontier.dose_response(runs)
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ratios = sorted(d.means)
+    values, _ = frontier.frontier_by_seed(runs, "gain", "embedding_lr_ratio", [f"{r:g}" for r in ratios], d.level)
+    for seed, v in values.items():
+        ax.plot(ratios, [v[f"{r:g}"] for r in ratios], c="0.6", lw=0.8, marker=".")
+    ax.plot(ratios, [d.means[r] for r in ratios], c="C3", lw=2, marker="o", label="mean over seeds")
+    ax.set_xscale("log")
+    ax.set_xlabel("embedding LR ratio (embedding LR / base LR)")
+    ax.set_ylabel(f"forgetting at domain gain {d.level:+.3f} (nats)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _complete():

@@ -113,7 +113,7 @@ def run_ablation(cfg: Config, log=print) -> Session:
     session = setup(acfg, log=log, study_attrs=ablation.design(cfg))
     work(session, log=log, plan=ablation.AblationPlan(acfg))
     log(report.table(session.study, session.base))
-    log(report.effects_text(session.study))
+    log(report.effects_text(session.study, cfg.ablation.min_effect))
     return session
 
 

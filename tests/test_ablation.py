@@ -267,3 +267,51 @@ def test_rslora_ablation_report_states_each_arms_lora_scale(tiny_overrides, tmp_
     design = next(line for line in (out / "report.md").read_text().splitlines() if line.startswith("Design:"))
     assert "fixed rank 16" in design
     assert "rslora=off 0.5, rslora=on 2;" in design  # alpha/r = 8/16, alpha/sqrt(r) = 8/4
+
+
+def test_lr_crossed_ablation_end_to_end_and_its_frontier_report(tiny_overrides, tmp_path, capsys):
+    sets = _sets(tiny_overrides + ["ablation.factors=[gate_proj]", "ablation.seeds=3",
+                                   "ablation.learning_rates=[1e-3, 4e-3]", "ablation.min_effect=0.001"])
+    assert main(["ablate", DEMO] + sets) == 0
+    study = optuna.load_study(study_name="tiny-ablation", storage=f"sqlite:///{tmp_path}/study.db")
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    # every arm x LR x seed once, each trial at its own LR
+    assert sorted((t.user_attrs["arm"], t.user_attrs["lr"], t.user_attrs["seed"]) for t in done) == sorted(
+        (f"gate_proj={g}", lr, s) for g in ("in", "out") for lr in (1e-3, 4e-3) for s in range(3))
+    assert all(t.params["learning_rate"] == t.user_attrs["lr"] for t in done)
+    assert study.user_attrs["design"]["learning_rates"] == [1e-3, 4e-3]
+    assert main(["ablate", DEMO] + sets) == 0  # resuming a complete design adds nothing
+    assert len(optuna.load_study(study_name="tiny-ablation", storage=f"sqlite:///{tmp_path}/study.db").trials) == 12
+    assert "verdicts on the learning-forgetting frontier" in capsys.readouterr().out
+
+    out = tmp_path / "report"
+    assert main(["report", DEMO, "--ablation", "--out", str(out)] + sets) == 0
+    md = (out / "report.md").read_text()
+    assert "matched" in md and "leaving gate_proj out" in md and "LR grid 0.001, 0.004" in md
+    assert all((out / f).is_file() for f in ("frontier.png", "forest.png", "curves.png", "effects.json"))
+    (effect,) = json.loads((out / "effects.json").read_text())
+    assert effect["verdict"] in ("NEGLIGIBLE", "SUPPORTED", "CONTRADICTED", "INCONCLUSIVE") and effect["n"] <= 3
+    # The effect is recomputed from the trials' own curves: forgetting at matched gain, out - in, per seed.
+    from harness import claims, frontier
+
+    runs = claims.runs_from_study(study)
+    m = frontier.matched_effect(runs, "gain", "gate_proj", "in", "out")
+    assert effect["estimate"] == pytest.approx(m.mean) and len(runs) == 12
+
+
+def test_the_lr_grid_must_span_the_rslora_scale_ratio(tiny_overrides):
+    from harness.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"ablation.learning_rates: spans 4x.*16x"):
+        load_config(DEMO, tiny_overrides + ["ablation.factors=[rslora]", "ablation.rank=16", "ablation.high_rank=256",
+                                            "ablation.learning_rates=[1e-4, 4e-4]"])
+    cfg = load_config(DEMO, tiny_overrides + ["ablation.factors=[rslora]", "ablation.rank=16", "ablation.high_rank=256",
+                                              "ablation.learning_rates=[1e-4, 4e-4, 1.6e-3]"])
+    arms = ablation.arms(cfg)
+    assert [a.name for a in arms] == ["rank=16,rslora=on", "rank=16,rslora=off", "rank=256,rslora=on",
+                                      "rank=256,rslora=off"]
+    configs = {a.name: ablation.arm_config(cfg, a, 0, 4e-4) for a in arms}
+    assert configs["rank=256,rslora=off"].search.rank.choices == [256]
+    assert configs["rank=256,rslora=off"].lora.use_rslora is False and configs["rank=16,rslora=on"].lora.use_rslora
+    assert configs["rank=16,rslora=on"].search.learning_rate.low == 4e-4
+    assert ablation.AblationPlan(cfg).target == 4 * 3 * cfg.ablation.seeds
