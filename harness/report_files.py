@@ -276,7 +276,7 @@ def _ablation_sections(study, cfg, out: Path) -> list[str]:
             iv = e.interval
             lines.append(f"- **{e.verdict.upper()}**: *{e.factor.claim}* — {e.factor.effect_text()} = "
                          f"{iv.mean:+.4f} [95% CI {iv.low:+.4f}, {iv.high:+.4f}], n = {iv.n} seeds")
-    untested = [f for name, f in ablation.FACTORS.items() if name not in factors]
+    untested = [f for name, f in ablation.FACTORS.items() if name not in factors and name != "rank"]
     if untested:
         lines.append("- **NOT TESTED** here: " + "; ".join(f"*{f.claim}* (factor `{f.name}`)" for f in untested))
     note = forgetting_note(study)
