@@ -298,6 +298,7 @@ def _ablation_sections(study, cfg, out: Path) -> list[str]:
         iv = e.interval
         lines.append(f"| {e.factor.name} | {e.metric}({e.factor.levels[1]}) − {e.metric}({e.factor.levels[0]}) | "
                      f"{diffs} | {iv.mean:+.4f} | [{iv.low:+.4f}, {iv.high:+.4f}] | {e.verdict or '—'} |")
+    lines += _matched_reanalysis(study, cfg, design)
     lines += ["", "## Arms", "", "| arm | seeds | domain loss (mean) | forgetting (mean) | tokens/s (mean) |",
               "|---|---|---|---|---|"]
     for arm in design["arms"]:
@@ -373,6 +374,22 @@ def _frontier_sections(study, cfg, out: Path) -> list[str]:
     figures += ["## Eval curves per arm", "", "![curves](curves.png)", ""]
     (out / "effects.json").write_text(json.dumps([_result_json(r) for r in results], indent=2))
     return lines + figures + ["## Trials", "", "```", report.table(study, study.user_attrs.get("base")), "```", ""]
+
+
+def _matched_reanalysis(study, cfg, design: dict) -> list[str]:
+    """A fixed-LR study read again at matched learning, along each run's own checkpoints (one LR: no envelope)."""
+    from harness import claims
+
+    factors = {f: v for f, v in design["factors"].items() if f != "rslora"}  # rsLoRA needs the rank x LR grid
+    runs = claims.runs_from_study(study)
+    if not factors or not runs:
+        return []
+    results = claims.judge(claims.analyse(factors, runs, cfg.ablation.min_effect))
+    return ["", "## Re-analysed at matched learning (one LR, along each run's checkpoints)", "",
+            "The same trials, compared where the arms have learned (or forgotten) equally, by interpolating each "
+            "run's own eval checkpoints; with one LR there is no envelope over LRs, so this is weaker than the "
+            f"frontier design. δ = ablation.min_effect = {cfg.ablation.min_effect:g} nats.", ""] + [
+        f"- {claims.verdict_line(r, 'one LR, ' + str(design['fixed']['learning_rate']))}" for r in results]
 
 
 def _p(p: float) -> str:
