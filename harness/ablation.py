@@ -60,6 +60,7 @@ FACTORS = {
 
 
 def check(cfg: Config) -> list[str]:
+    """The design's factors (its numbers are checked with the other limits, harness.config.LIMITS)."""
     a = cfg.ablation
     problems = [f"ablation.factors: unknown factor {f!r} (known: {', '.join(FACTORS)})"
                 for f in a.factors if f not in FACTORS]
@@ -67,13 +68,9 @@ def check(cfg: Config) -> list[str]:
         problems.append(f"ablation.factors: name at least one of {', '.join(FACTORS)}")
     if len(set(a.factors)) != len(a.factors):
         problems.append(f"ablation.factors: a factor is listed twice: {a.factors}")
-    if a.seeds < 2:
-        problems.append(f"ablation.seeds: a paired t-interval needs at least 2 seeds (5 or more advised), got {a.seeds}")
     if "embedding_lr_ratio" in a.factors and "embeddings" in a.factors:
         problems.append("ablation.factors: embedding_lr_ratio varies the LR of trained embeddings; it cannot be "
                         "crossed with embeddings (frozen arms have no embedding LR): run them as two ablations")
-    if a.rank < 1 or a.high_rank < 1 or a.learning_rate <= 0 or a.embedding_lr_ratio <= 0:
-        problems.append("ablation: rank, high_rank, learning_rate and embedding_lr_ratio must be positive")
     return problems
 
 
