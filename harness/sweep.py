@@ -9,6 +9,7 @@ whichever worker looks next.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness import backends, data, models, report, search_space, storage
-from harness.config import Config
+from harness.config import Config, ConfigError
 
 
 class SweepAborted(Exception):
@@ -45,7 +46,8 @@ def setup_inputs(cfg: Config, backend) -> tuple[str, data.Corpora]:
         from harness import heal
 
         model_path = heal.healed_base(model_path, cfg, backend)
-    tokenizer = backend.load_tokenizer(model_path)
+    with _loading(cfg):
+        tokenizer = backend.load_tokenizer(model_path)
     return model_path, data.prepare(cfg.data, tokenizer, cfg.model.max_seq_length, cfg.eval.max_tokens)
 
 
@@ -55,8 +57,10 @@ def setup(cfg: Config, backend=None, log=print, worker: int = 0, study_attrs: di
     t = time.perf_counter()
     backend = backend or backends.load(cfg.backend)  # first: unsloth must be imported before transformers
     imported = time.perf_counter() - t
+    _refuse(backend.device_problems(cfg))
     t = time.perf_counter()
     model_path, corpora = setup_inputs(cfg, backend)
+    _refuse(backend.model_problems(cfg, model_path))
     log(f"[setup] {backend.name} on {backend.device} (imported in {imported:.1f} s); model {model_path}; "
         f"{corpora.describe()} ({time.perf_counter() - t:.0f} s)")
     fingerprints = {"model": models.fingerprint(model_path), "data": corpora.fingerprint,
@@ -73,11 +77,28 @@ def setup(cfg: Config, backend=None, log=print, worker: int = 0, study_attrs: di
     return Session(cfg, backend, model_path, corpora, study, base)
 
 
+@contextlib.contextmanager
+def _loading(cfg: Config):
+    """A model that does not load is bad input: one line naming model.name (exit 2), not a traceback."""
+    try:
+        yield
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        first = str(e).strip().split("\n")[0][:300]
+        raise models.ModelNotFound(f"model.name: {cfg.model.name} does not load ({type(e).__name__}: {first})") from e
+
+
+def _refuse(problems: list[str]) -> None:
+    """Settings that only the device or the loaded model show to be wrong: exit 2 before any trial runs."""
+    if problems:
+        raise ConfigError(problems, "config (checked against this machine and model)")
+
+
 def measure_base(backend, model_path: str, cfg: Config, corpora: data.Corpora, log=print) -> dict:
     from harness.train import evaluate
 
     log("[setup] measuring the base model's held-out losses (once per study)")
-    model = backend.load_base(model_path, cfg.model)
+    with _loading(cfg):
+        model = backend.load_base(model_path, cfg.model)
     out = {name: evaluate(model, blocks, cfg.eval.batch_size, backend.device, backend.autocast)
            for name, blocks in (("domain_loss", corpora.domain_eval), ("general_loss", corpora.general_eval))}
     del model
