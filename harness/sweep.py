@@ -189,9 +189,9 @@ def work(session: Session, target: int | None = None, log=print, label: str | No
         "trials complete")
     failures, waiting_said, first = 0, False, True
     while True:
-        _fail_stale(study)
         asked = time.perf_counter()
         with storage.claim_lock(cfg.study.storage):
+            _fail_stale(study, cfg)
             trial = plan.claim(study)
         if first and worker and trial is not None and trial is not DONE:
             # Where a worker's start-up goes (workers that start late cost a short sweep; benchmarks/RESULTS.md)
@@ -267,14 +267,44 @@ def _ask(study):
         return study.ask()
 
 
-def _fail_stale(study) -> None:
+def _fail_stale(study, cfg: Config) -> None:
+    """Fail the running trials of dead workers (no heartbeat for study.grace_period) and queue their retries, as
+    Optuna's ``fail_stale_trials`` does, but first record on each why it failed and which trial retries it: a
+    failed trial takes no more attributes. Called under the claim lock, where no other trial is created, so the
+    retry's number is known before it exists."""
+    import copy
     import warnings
 
     import optuna
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.storages import RetryHeartbeatStaleTrialCallback as Retry
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+    from optuna.trial import TrialState
 
+    db = study._storage
+    if not is_heartbeat_enabled(db):
+        return
+    callback = db.get_heartbeat_stale_trial_callback()
+    grace = cfg.study.grace_period or 4 * cfg.study.heartbeat_interval  # as harness.storage sets it
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
+        for trial_id in db._get_stale_trial_ids(study._study_id):  # the trials fail_stale_trials would fail
+            trial = db.get_trial(trial_id)
+            reason = f"worker died (no heartbeat for over {grace} s)"
+            if isinstance(callback, Retry):
+                # RetryHeartbeatStaleTrialCallback retries while the series is at most max_retries long
+                if len(Retry.retry_history(trial)) < cfg.study.max_retries:
+                    reason += f"; retried as trial {len(study.get_trials(deepcopy=False))}"
+                else:
+                    reason += f"; not retried (study.max_retries={cfg.study.max_retries} reached)"
+            try:
+                db.set_trial_user_attr(trial_id, "fail_reason", reason)
+                if not db.set_trial_state_values(trial_id, TrialState.FAIL):
+                    continue
+            except UpdateFinishedTrialError:
+                continue  # its worker was alive after all, and finished it
+            if callback is not None:
+                callback(study, copy.deepcopy(trial))  # as it was when found: the retry carries no fail_reason
 
 
 def prune_adapters(study, study_dir: Path) -> None:
