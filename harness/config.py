@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import math
+import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Callable, Literal, Union
 
 import yaml
 
@@ -258,18 +262,32 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         _apply_override(raw, item, problems)
     cfg = _build(Config, raw, "", problems)
     if cfg is not None:
-        problems.extend(p for p in check(cfg) if p not in problems)
+        invalid = {p.split(": ", 1)[0] for p in problems}  # every schema problem starts with its key
+        problems.extend(p for p in check(cfg, invalid) if p not in problems)
     if problems:
         raise ConfigError(problems, source)
     return cfg
 
 
 def _read_yaml(path: str | Path) -> dict[str, Any]:
+    from harness.data import text_problem  # light: numpy only
+
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError([f"{path} is a folder, not a sweep file; give a YAML file, e.g. sweeps/demo.yaml"], str(path))
     if not path.is_file():
         raise ConfigError([f"config file not found: {path} (see sweeps/ for examples)"], str(path))
     try:
-        raw = yaml.safe_load(path.read_text())
+        blob = path.read_bytes()
+    except OSError as e:
+        problem = f"cannot read the config file ({e.strerror or e}); check its permissions"
+        raise ConfigError([problem], str(path)) from None
+    if problem := text_problem(blob):
+        raise ConfigError([f"the config file {problem}; a sweep file is YAML text"], str(path))
+    try:
+        raw = yaml.load(blob.decode("utf-8"), Loader=_UniqueKeyLoader)
+    except DuplicateKeys as e:
+        raise ConfigError(e.problems, str(path)) from None
     except yaml.YAMLError as e:
         raise ConfigError([f"not valid YAML: {e}"], str(path)) from None
     if raw is None:
@@ -279,13 +297,53 @@ def _read_yaml(path: str | Path) -> dict[str, Any]:
     return raw
 
 
+class DuplicateKeys(yaml.YAMLError):
+    """A YAML document with a key given twice in one mapping; ``problems`` names each, as the user writes it."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping: plain YAML keeps the last one silently, so a
+    setting written twice would be half ignored."""
+
+    def construct_document(self, node):
+        problems = list(_duplicate_keys(node, ""))
+        if problems:
+            raise DuplicateKeys(problems)
+        return super().construct_document(node)
+
+
+def _duplicate_keys(node: yaml.Node, prefix: str):
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            yield from _duplicate_keys(item, f"{prefix}[{i}]")
+    if not isinstance(node, yaml.MappingNode):
+        return
+    seen: dict[str, int] = {}
+    for key_node, value_node in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+            continue
+        key, line = _join(prefix, key_node.value), key_node.start_mark.line + 1
+        if key_node.value in seen:
+            where = f"lines {seen[key_node.value]} and {line}" if seen[key_node.value] != line else f"line {line}"
+            yield f"{key}: given twice ({where}); YAML would keep only the last, so remove one"
+        seen.setdefault(key_node.value, line)
+        yield from _duplicate_keys(value_node, key)
+
+
 def _apply_override(raw: dict[str, Any], item: str, problems: list[str]) -> None:
     key, sep, value = item.partition("=")
     if not sep or not key.strip():
         problems.append(f"--set {item!r}: expected dotted.key=value, e.g. --set train.max_steps=100")
         return
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = yaml.load(value, Loader=_UniqueKeyLoader) if value.strip() else None
+    except DuplicateKeys as e:
+        problems.extend(f"--set {key}: {p}" for p in e.problems)
+        return
     except yaml.YAMLError as e:
         problems.append(f"--set {key}: value is not valid YAML ({e})")
         return
@@ -347,12 +405,15 @@ def _coerce(tp: Any, value: Any, key: str, problems: list[str]) -> Any:
         return _build(tp, value, key, problems)
     if origin in (Union, types.UnionType):
         options = typing.get_args(tp)
+        tried = []
         for option in options:
             scratch: list[str] = []
             result = _coerce(option, value, key, scratch)
             if not scratch:
                 return result
-        problems.append(f"{key}: expected {_describe(tp)}, got {value!r}")
+            tried += scratch
+        finite = [p for p in tried if "must be a finite number" in p]  # the right type, a wrong value: say so
+        problems.append(finite[0] if finite else f"{key}: expected {_describe(tp)}, got {value!r}")
         return value
     if origin is Literal:
         if value not in typing.get_args(tp):
@@ -379,12 +440,14 @@ def _coerce(tp: Any, value: Any, key: str, problems: list[str]) -> Any:
     if tp is float:
         if isinstance(value, str):  # YAML reads 5e-5 (no dot) as a string
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             problems.append(f"{key}: expected a number, got {value!r}")
             return value
+        if not math.isfinite(value):
+            problems.append(f"{key}: must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -411,106 +474,156 @@ def _join(prefix: str, key: Any) -> str:
 # ---------------------------------------------------------------------------------------------- checks
 
 
-def check(cfg: Config) -> list[str]:
-    """Semantic checks, including the Unsloth CPT rules. Touches no network and loads nothing."""
+def check(cfg: Config, invalid: set[str] = frozenset()) -> list[str]:
+    """Semantic checks, including the Unsloth CPT rules. Touches no network and loads nothing (it may read the
+    first bytes of a model or data file).
+
+    Every rule runs on its own, so one value of the wrong type never hides the other problems; a rule is skipped
+    when a key it reads is in ``invalid`` (values the schema already reported)."""
+    problems: list[str] = []
+    for keys, rule in _rules():
+        if any(_touches(key, bad) for key in keys for bad in invalid):
+            continue
+        try:
+            problems += rule(cfg)
+        except Exception as e:  # an odd value must neither hide the other problems nor end in a traceback
+            problems.append(f"{keys[0]}: could not be checked ({type(e).__name__}: {e})")
+    return problems
+
+
+def _touches(key: str, bad: str) -> bool:
+    """Whether a rule reading ``key`` reads the invalid value ``bad`` (the key itself, a part, or its section)."""
+    return key == bad or bad.startswith((key + ".", key + "[")) or key.startswith(bad + ".")
+
+
+def _get(cfg: Config, key: str) -> Any:
+    return functools.reduce(getattr, key.split("."), cfg)
+
+
+# One value each: (key, holds, what is valid).
+LIMITS: list[tuple[str, Callable[[Any], bool], str]] = [
+    ("study.n_trials", lambda v: v > 0, "must be > 0"),
+    ("study.max_failures", lambda v: v >= 1, "must be >= 1"),
+    ("study.heartbeat_interval", lambda v: v >= 1, "must be >= 1 second"),
+    ("study.max_retries", lambda v: v >= 0, "must be >= 0"),
+    ("model.max_seq_length", lambda v: v > 0, "must be > 0"),
+    ("model.heal.steps", lambda v: v >= 0, "must be >= 0 (0: no healing)"),
+    ("model.heal.rank", lambda v: v >= 1, "must be >= 1"),
+    ("model.heal.batch_size", lambda v: v >= 1, "must be >= 1"),
+    ("model.heal.learning_rate", lambda v: v > 0, "must be > 0"),
+    ("data.eval_fraction", lambda v: 0 < v < 1, "must be in (0, 1)"),
+    ("train.max_steps", lambda v: v > 0, "must be > 0"),
+    ("train.batch_size", lambda v: v > 0, "must be > 0"),
+    ("train.grad_accum", lambda v: v > 0, "must be > 0"),
+    ("train.eval_every", lambda v: v > 0, "must be > 0"),
+    ("train.warmup_ratio", lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    ("train.weight_decay", lambda v: v >= 0, "must be >= 0"),
+    ("train.max_grad_norm", lambda v: v >= 0, "must be >= 0 (0: no clipping)"),
+    ("train.time_limit_s", lambda v: v is None or v > 0, "must be > 0 or null"),
+    ("train.divergence_factor", lambda v: v > 1, "must be > 1"),
+    ("eval.max_tokens", lambda v: v > 0, "must be > 0"),
+    ("eval.batch_size", lambda v: v > 0, "must be > 0"),
+    ("lora.alpha", lambda v: v > 0, "must be > 0"),
+    ("lora.dropout", lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    ("search.learning_rate.low", lambda v: v > 0, "must be > 0"),
+    ("search.embedding_lr_ratio.low", lambda v: v > 0, "must be > 0"),
+    ("parallel.workers", lambda v: v >= 1, "must be >= 1"),
+    ("parallel.trials_per_gpu", lambda v: v == "auto" or v >= 1, "must be >= 1 or auto"),
+    ("ablation.seeds", lambda v: v >= 2, "a paired t-interval needs at least 2 seeds (5 or more advised)"),
+    ("ablation.rank", lambda v: v >= 1, "must be >= 1"),
+    ("ablation.high_rank", lambda v: v >= 1, "must be >= 1"),
+    ("ablation.learning_rate", lambda v: v > 0, "must be > 0"),
+    ("ablation.embedding_lr_ratio", lambda v: v > 0, "must be > 0"),
+    ("ablation.min_effect", lambda v: v >= 0, "must be >= 0 (nats)"),
+]
+
+
+def _limit(key: str, holds: Callable[[Any], bool], what: str) -> Callable[[Config], list[str]]:
+    def rule(cfg: Config) -> list[str]:
+        value = _get(cfg, key)
+        return [] if holds(value) else [f"{key}: {what}, got {value}"]
+    return rule
+
+
+def _rules() -> list[tuple[tuple[str, ...], Callable[[Config], list[str]]]]:
+    """Every check as (the keys it reads, the check)."""
     from harness import ablation, models, urls  # light: no torch at import
     from harness import data as data_mod
 
-    checks = [_check_numbers, _check_search, _check_rules, _check_targets, lambda c: urls.check(c.study.storage),
-              lambda c: models.check_model_name(c.model.name, "model.name"),
-              lambda c: data_mod.check_source(c.data.domain, "data.domain"),
-              lambda c: data_mod.check_source(c.data.general, "data.general"),
-              _check_init_adapter, _check_heal, ablation.check]
-    problems: list[str] = []
-    for fn in checks:
-        try:
-            problems += fn(cfg)
-        except (TypeError, AttributeError, ValueError):
-            pass  # a value of the wrong type, already reported by the schema
-    return problems
+    return [((key,), _limit(key, holds, what)) for key, holds, what in LIMITS] + [
+        (("study.grace_period", "study.heartbeat_interval"), _check_grace_period),
+        (("parallel.gpus",), _check_gpus),
+        (("search.rank.choices",), _check_ranks),
+        (("search.learning_rate",), lambda c: _check_range(c, "learning_rate")),
+        (("search.embedding_lr_ratio",), lambda c: _check_range(c, "embedding_lr_ratio")),
+        (("lora.use_rslora", "search.rank.choices", "rules.rslora_above_64"), _check_rslora_rule),
+        (("lora.train_embeddings", "rules.embedding_lr_ratio_range", "search.embedding_lr_ratio"), _check_ratio_rule),
+        (("lora.target_modules",), _check_targets),
+        (("study.name",), lambda c: safe_name_problems(c.study.name, "study.name")),
+        (("ablation.study_name",), lambda c: safe_name_problems(c.ablation.study_name, "ablation.study_name")),
+        (("study.output_dir",), lambda c: _check_output_dir(c.study.output_dir)),
+        (("model.name",), lambda c: models.check_model_name(c.model.name, "model.name")),
+        (("data.domain",), lambda c: data_mod.check_source(c.data.domain, "data.domain")),
+        (("data.general",), lambda c: data_mod.check_source(c.data.general, "data.general")),
+        (("lora.init_adapter",), _check_init_adapter),
+        (("model.heal.steps", "model.heal.data", "data.general"), _check_heal),
+        (("ablation.factors", "ablation.learning_rates", "ablation.ratios", "ablation.rank", "ablation.high_rank"),
+         ablation.check),
+        (("study.storage",), lambda c: urls.check(c.study.storage)),
+    ]
 
 
-def _check_numbers(cfg: Config) -> list[str]:
-    positive = {
-        "study.n_trials": cfg.study.n_trials,
-        "model.max_seq_length": cfg.model.max_seq_length,
-        "train.max_steps": cfg.train.max_steps,
-        "train.batch_size": cfg.train.batch_size,
-        "train.grad_accum": cfg.train.grad_accum,
-        "train.eval_every": cfg.train.eval_every,
-        "eval.max_tokens": cfg.eval.max_tokens,
-        "eval.batch_size": cfg.eval.batch_size,
-        "lora.alpha": cfg.lora.alpha,
-    }
-    problems = []
-    for k, v in positive.items():
-        try:
-            if v <= 0:
-                problems.append(f"{k}: must be > 0, got {v}")
-        except TypeError:
-            pass
-    if cfg.study.heartbeat_interval < 1:
-        problems.append(f"study.heartbeat_interval: must be >= 1 second, got {cfg.study.heartbeat_interval}")
-    if cfg.study.grace_period is not None and cfg.study.grace_period <= cfg.study.heartbeat_interval:
-        problems.append(f"study.grace_period: must exceed study.heartbeat_interval ({cfg.study.heartbeat_interval}), "
-                        f"got {cfg.study.grace_period}")
-    if cfg.parallel.workers < 1:
-        problems.append(f"parallel.workers: must be >= 1, got {cfg.parallel.workers}")
-    if cfg.parallel.gpus is not None and (not cfg.parallel.gpus or any(g < 0 for g in cfg.parallel.gpus)):
-        problems.append(f"parallel.gpus: a non-empty list of GPU indices, e.g. [0, 1]; got {cfg.parallel.gpus}")
-    if cfg.parallel.trials_per_gpu != "auto" and cfg.parallel.trials_per_gpu < 1:
-        problems.append(f"parallel.trials_per_gpu: must be >= 1 or auto, got {cfg.parallel.trials_per_gpu}")
-    if cfg.study.max_failures < 1:
-        problems.append(f"study.max_failures: must be >= 1, got {cfg.study.max_failures}")
-    if not cfg.study.name.strip():
-        problems.append("study.name: must not be empty")
-    if not 0 <= cfg.train.warmup_ratio < 1:
-        problems.append(f"train.warmup_ratio: must be in [0, 1), got {cfg.train.warmup_ratio}")
-    if not 0 < cfg.data.eval_fraction < 1:
-        problems.append(f"data.eval_fraction: must be in (0, 1), got {cfg.data.eval_fraction}")
-    if cfg.train.time_limit_s is not None and cfg.train.time_limit_s <= 0:
-        problems.append(f"train.time_limit_s: must be > 0 or null, got {cfg.train.time_limit_s}")
-    if cfg.train.divergence_factor <= 1:
-        problems.append(f"train.divergence_factor: must be > 1, got {cfg.train.divergence_factor}")
-    if not 0 <= cfg.lora.dropout < 1:
-        problems.append(f"lora.dropout: must be in [0, 1), got {cfg.lora.dropout}")
-    return problems
+def _check_grace_period(cfg: Config) -> list[str]:
+    s = cfg.study
+    if s.grace_period is not None and s.grace_period <= s.heartbeat_interval:
+        return [f"study.grace_period: must exceed study.heartbeat_interval ({s.heartbeat_interval}), "
+                f"got {s.grace_period}"]
+    return []
 
 
-def _check_search(cfg: Config) -> list[str]:
-    problems = []
+def _check_gpus(cfg: Config) -> list[str]:
+    gpus = cfg.parallel.gpus
+    if gpus is not None and (not gpus or any(g < 0 for g in gpus)):
+        return [f"parallel.gpus: a non-empty list of GPU indices, e.g. [0, 1]; got {gpus}"]
+    return []
+
+
+def _check_ranks(cfg: Config) -> list[str]:
     choices = cfg.search.rank.choices
-    if not choices:
-        problems.append("search.rank.choices: must not be empty, e.g. [16, 64, 128]")
+    problems = [] if choices else ["search.rank.choices: must not be empty, e.g. [16, 64, 128]"]
     problems += [f"search.rank.choices: ranks must be > 0, got {r}" for r in choices if r <= 0]
     if len(set(choices)) != len(choices):
         problems.append(f"search.rank.choices: duplicate ranks in {choices}")
-    for name in ("learning_rate", "embedding_lr_ratio"):
-        rng: FloatSearch = getattr(cfg.search, name)
-        if rng.low > rng.high:
-            problems.append(f"search.{name}: low <= high must hold, but got (low={rng.low}, high={rng.high})")
-        if rng.low <= 0:
-            problems.append(f"search.{name}.low: must be > 0, got {rng.low}")
     return problems
 
 
-def _check_rules(cfg: Config) -> list[str]:
-    problems = []
+def _check_range(cfg: Config, name: str) -> list[str]:
+    rng: FloatSearch = getattr(cfg.search, name)
+    if rng.low > rng.high:
+        return [f"search.{name}: low <= high must hold, but got (low={rng.low}, high={rng.high})"]
+    return []
+
+
+def _check_rslora_rule(cfg: Config) -> list[str]:
     high_ranks = [r for r in cfg.search.rank.choices if r > RSLORA_RANK_THRESHOLD]
     if cfg.lora.use_rslora is False and high_ranks and cfg.rules.rslora_above_64:
-        problems.append(
+        return [
             f"lora.use_rslora: false with rank choices above {RSLORA_RANK_THRESHOLD} ({high_ranks}) breaks the "
             "rsLoRA rule; use `auto` (rsLoRA exactly when r > 64), drop those ranks, or set "
             "rules.rslora_above_64: false for an ablation that breaks it on purpose"
-        )
+        ]
+    return []
+
+
+def _check_ratio_rule(cfg: Config) -> list[str]:
     lo, hi = EMBEDDING_LR_RATIO_RANGE
     rng = cfg.search.embedding_lr_ratio
     if cfg.lora.train_embeddings and cfg.rules.embedding_lr_ratio_range and (rng.low < lo or rng.high > hi):
-        problems.append(
+        return [
             f"search.embedding_lr_ratio: [{rng.low}, {rng.high}] leaves [{lo}, {hi}] (an embedding LR 2-10x "
             "smaller than the base LR); narrow it, or set rules.embedding_lr_ratio_range: false for an ablation"
-        )
-    return problems
+        ]
+    return []
 
 
 def _check_targets(cfg: Config) -> list[str]:
@@ -527,6 +640,39 @@ def _check_targets(cfg: Config) -> list[str]:
     return problems
 
 
+def safe_name_problems(name: str | None, key: str) -> list[str]:
+    """A study name becomes folder and file names (<output_dir>/<name>/, reports/<name>/): it must be one
+    plain path component."""
+    if name is None:
+        return []
+    if not name.strip():
+        return [f"{key}: must not be empty; it names the study's folders, e.g. legal-r64"]
+    unsafe = (name != name.strip() or any(c in name for c in "/\\") or ".." in name or name == "."
+              or any(ord(c) < 32 for c in name))
+    if not unsafe:
+        return []
+    fix = re.sub(r"[^\w.-]+", "-", name.replace("..", ".")).strip("-.") or "my-study"
+    return [f"{key}: {name!r} is not a safe name: it becomes folder names (runs/<name>, reports/<name>), so no "
+            f"'/', '\\', '..', control characters or surrounding spaces; e.g. {fix!r}"]
+
+
+def _check_output_dir(output_dir: str) -> list[str]:
+    """Where the study's folder will go: a folder, or a path one can create; nothing is created here."""
+    path = Path(output_dir).expanduser()
+    if not output_dir.strip():
+        return ["study.output_dir: must not be empty, e.g. runs"]
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return [f"study.output_dir: {existing} is a file, not a folder; point study.output_dir at a folder "
+                "(it is created if missing)"]
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "" if existing == path else f" (its nearest existing parent {existing})"
+        return [f"study.output_dir: {output_dir}{where} is not writable; choose a folder you can write to"]
+    return []
+
+
 def _check_init_adapter(cfg: Config) -> list[str]:
     """Continuing from a saved adapter: its rank, alpha, targets and embeddings are fixed; the file must agree."""
     path = cfg.lora.init_adapter
@@ -538,7 +684,13 @@ def _check_init_adapter(cfg: Config) -> list[str]:
                 "give a trial's adapter/ folder, e.g. runs/<study>/trial-0003/adapter"]
     import json
 
-    saved = json.loads(config_file.read_text())
+    try:
+        saved = json.loads(config_file.read_bytes())
+    except (OSError, ValueError) as e:
+        return [f"lora.init_adapter: {config_file} is not readable JSON ({e}); give a trial's adapter/ folder as "
+                "saved by a sweep"]
+    if not isinstance(saved, dict):
+        return [f"lora.init_adapter: {config_file} holds a JSON {type(saved).__name__}, not an adapter config"]
     r, alpha = saved.get("r"), saved.get("lora_alpha")
     problems = []
     if cfg.search.rank.choices != [r]:
@@ -563,8 +715,6 @@ def _check_heal(cfg: Config) -> list[str]:
 
     h = cfg.model.heal
     problems = []
-    if h.steps < 0 or h.rank < 1 or h.batch_size < 1 or h.learning_rate <= 0:
-        problems.append("model.heal: steps >= 0, and rank, batch_size and learning_rate > 0")
     if h.steps > 0:
         problems += data_mod.check_source(h.data, "model.heal.data")
         if h.data.path == cfg.data.general.path and h.data != cfg.data.general:

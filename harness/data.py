@@ -7,9 +7,12 @@ data's contents, the tokenizer and the block length.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
+import io
 import json
 import lzma
+import os
 import random
 import re
 from dataclasses import dataclass
@@ -27,7 +30,13 @@ BUILTIN_CORPORA = {
     "austen": "general English: Jane Austen's six novels, by chapter (healing text)",
 }
 FILE_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
+FORMATS = ("builtin:NAME, a .txt file (documents separated by blank lines), .jsonl or .json (one JSON object per "
+           "line), .parquet, a datasets.save_to_disk folder, or a hub dataset id")
+# Suffixes that mean "a local file" even when it is missing (a hub id like org/corpus.v2 has no such suffix).
+_FILE_LIKE = FILE_SUFFIXES + (".csv", ".tsv", ".gz", ".xz", ".bz2", ".zst", ".zip", ".tar", ".arrow", ".md",
+                              ".text", ".xml", ".html", ".yaml", ".yml", ".pdf", ".docx")
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+HEAD_BYTES = 64 * 1024  # what validate reads of a data file
 
 
 class DataError(Exception):
@@ -35,32 +44,98 @@ class DataError(Exception):
 
 
 def check_source(src: DataSource, key: str) -> list[str]:
-    """Problems with a data source that can be seen without reading or downloading it."""
+    """Problems with a data source that can be seen without downloading it; of a local file, only its first
+    64 KiB are read."""
     name = src.path
+    if not name.strip():
+        return [f"{key}: must not be empty; give {FORMATS}"]
     if name.startswith("builtin:"):
         short = name.removeprefix("builtin:")
         if short not in BUILTIN_CORPORA:
             return [f"{key}: unknown built-in corpus {short!r} (built-in: {', '.join(BUILTIN_CORPORA)})"]
         return []
     path = Path(name).expanduser()
-    looks_local = name.startswith((".", "/", "~")) or path.suffix in FILE_SUFFIXES
-    if path.exists():
-        if path.is_file() and path.suffix not in FILE_SUFFIXES:
-            return [f"{key}: {name}: unsupported file type {path.suffix!r} (use {', '.join(FILE_SUFFIXES)})"]
-        if path.is_dir() and not any((path / f).exists() for f in ("dataset_info.json", "dataset_dict.json", "state.json")):
+    if path.is_dir():
+        if not any((path / f).exists() for f in ("dataset_info.json", "dataset_dict.json", "state.json")):
             return [f"{key}: {name} is a folder but not a datasets.save_to_disk folder"]
-        if path.is_file():
-            try:
-                with open(path, "rb") as fh:
-                    fh.read(1)
-            except OSError as e:
-                return [f"{key}: {name} is not readable ({e.strerror})"]
         return []
-    if looks_local:
+    if path.exists():
+        if path.suffix not in FILE_SUFFIXES:
+            return [f"{key}: {name}: unsupported file type {path.suffix!r}; give {FORMATS}"]
+        problem = _file_problem(path, name, src.text_field)
+        return [f"{key}: {problem}"] if problem else []
+    if name.startswith((".", "/", "~")) or path.suffix.lower() in _FILE_LIKE:
         return [f"{key}: {name} does not exist"]
     if not _HUB_ID.match(name):
         return [f"{key}: {name!r} is neither builtin:NAME, an existing file or folder, nor a hub dataset id"]
+    if hub_offline() and not _hub_dataset_cached(name):
+        return [f"{key}: {name} is a hub dataset id, but HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set and it is not "
+                "in the local Hugging Face cache; download it once online, or point to a local file"]
     return []
+
+
+def _file_problem(path: Path, name: str, text_field: str) -> str | None:
+    """What is wrong with a local data file, judged from its first 64 KiB (None: nothing seen)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(HEAD_BYTES)
+            size = os.fstat(fh.fileno()).st_size
+            fh.seek(max(0, size - 4))
+            tail = fh.read(4)
+    except OSError as e:
+        return f"{name} is not readable ({e.strerror or e})"
+    if not head:
+        return f"{name} is empty"
+    if path.suffix == ".parquet":
+        return None if head[:4] == tail == b"PAR1" else f"{name} is not a Parquet file (no PAR1 at its start and end)"
+    complete = size <= len(head)
+    if problem := text_problem(head, complete):
+        return f"{name} {problem}"
+    if path.suffix in (".jsonl", ".json"):
+        text = head.decode("utf-8", errors="ignore")
+        lines = text if complete else text[: text.rfind("\n") + 1]  # complete lines only
+        try:
+            _read_jsonl_lines(io.StringIO(lines), text_field, name)
+        except DataError as e:
+            return str(e)
+    return None
+
+
+def text_problem(blob: bytes, complete: bool = True) -> str | None:
+    """Why ``blob`` (a whole file, or its first bytes when not ``complete``) is not UTF-8 text; None if it is."""
+    if blob.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "is UTF-16, not UTF-8; re-encode it, e.g. iconv -f utf-16 -t utf-8 FILE > NEW"
+    if (nul := blob.find(b"\0")) >= 0:
+        return f"is binary, not text (a NUL byte at byte {nul})"
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(blob, final=complete)
+        return None
+    except UnicodeDecodeError as e:
+        undecodable = blob.decode("utf-8", errors="replace").count("\ufffd") / len(blob)
+        if undecodable > 0.1 and len(blob) >= 256:  # a few bad bytes in a short text are an encoding, not binary
+            return f"is binary, not text ({undecodable:.0%} of its first {len(blob):,} bytes are not UTF-8)"
+        line = blob.count(b"\n", 0, e.start) + 1
+        return (f"is not UTF-8 (line {line}, byte {e.start}: {blob[e.start:e.start + 4]!r}); re-encode it as UTF-8, "
+                "e.g. iconv -f latin1 -t utf-8 FILE > NEW")
+
+
+def hub_offline() -> bool:
+    return any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE")
+               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def _hub_dataset_cached(repo_id: str) -> bool:
+    """Whether a hub dataset has been downloaded (hub cache) or prepared (datasets cache) on this machine."""
+    try:
+        from huggingface_hub import constants
+
+        if (Path(constants.HF_HUB_CACHE) / f"datasets--{repo_id.replace('/', '--')}").is_dir():
+            return True
+        home = Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface")
+        datasets_cache = Path(os.environ.get("HF_DATASETS_CACHE") or home / "datasets")
+        return (datasets_cache / repo_id.replace("/", "___")).is_dir()
+    except Exception:
+        return False
 
 
 def source_label(src: DataSource) -> str:
@@ -78,10 +153,17 @@ def read_documents(src: DataSource) -> list[str]:
     path = Path(name).expanduser()
     if path.suffix == ".txt":
         # Documents are separated by one or more blank lines.
-        return [d.strip() for d in re.split(r"\n\s*\n", path.read_text(encoding="utf-8", errors="replace")) if d.strip()]
+        return [d.strip() for d in re.split(r"\n\s*\n", _read_text(path)) if d.strip()]
     if path.suffix in (".jsonl", ".json"):
-        return _read_jsonl_lines(open(path, encoding="utf-8"), src.text_field, name)
+        return _read_jsonl_lines(io.StringIO(_read_text(path)), src.text_field, name)
     return _read_with_datasets(src, path)
+
+
+def _read_text(path: Path) -> str:
+    blob = path.read_bytes()
+    if problem := text_problem(blob):
+        raise DataError(f"{path} {problem}")
+    return blob.decode("utf-8")
 
 
 def _read_jsonl_lines(fh, text_field: str, name: str) -> list[str]:
@@ -93,7 +175,11 @@ def _read_jsonl_lines(fh, text_field: str, name: str) -> list[str]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{name}:{lineno}: not valid JSON ({e.msg})") from None
+                hint = "; a .json file is read as JSON lines, one object per line" if name.endswith(".json") else ""
+                raise DataError(f"{name}:{lineno}: not valid JSON ({e.msg}){hint}") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{name}:{lineno}: a JSON {type(row).__name__}, not an object; each line must be "
+                                f'an object like {{"{text_field}": "..."}}')
             if text_field not in row:
                 raise DataError(f"{name}:{lineno}: no field {text_field!r} (fields: {', '.join(row)}); set text_field")
             if str(row[text_field]).strip():
@@ -118,7 +204,9 @@ def _read_with_datasets(src: DataSource, path: Path) -> list[str]:
     except DataError:
         raise
     except Exception as e:
-        raise DataError(f"{src.path}: could not load with datasets ({type(e).__name__}: {e})") from None
+        hint = ("; HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set: download it once online, or point to a local file"
+                if hub_offline() and not path.exists() else "")
+        raise DataError(f"{src.path}: could not load with datasets ({type(e).__name__}: {e}){hint}") from None
     if src.text_field not in ds.column_names:
         raise DataError(f"{src.path}: no column {src.text_field!r} (columns: {', '.join(ds.column_names)}); set text_field")
     return [t for t in ds[src.text_field] if t and str(t).strip()]
@@ -186,26 +274,45 @@ def prepare(cfg: DataConfig, tokenizer, block_len: int, eval_max_tokens: int) ->
     folder = build_once(cache_dir() / "data" / key, lambda tmp: _build(cfg, tokenizer, block_len, eval_max_tokens, tmp))
     stats = json.loads((folder / "stats.json").read_text())
     arrays = {n: np.load(folder / f"{n}.npy") for n in ("domain_train", "domain_eval", "general_eval")}
-    for name in ("domain_eval", "general_eval"):
+    for name, which, src in (("domain_eval", "data.domain", cfg.domain), ("general_eval", "data.general", cfg.general)):
         if arrays[name].shape[0] == 0:
-            raise DataError(f"the held-out {name.split('_')[0]} text is shorter than one block of {block_len} tokens; "
-                            "add documents, raise data.eval_fraction or lower model.max_seq_length")
+            raise DataError(f"{which}: the held-out part of {src.path} ({_documents(stats[name])} at "
+                            f"data.eval_fraction={cfg.eval_fraction}) is shorter than one block of "
+                            f"model.max_seq_length={block_len} tokens; add documents, raise data.eval_fraction or "
+                            "lower model.max_seq_length")
     if arrays["domain_train"].shape[0] == 0:
-        raise DataError(f"the domain training text is shorter than one block of {block_len} tokens")
+        raise DataError(f"data.domain: the training part of {cfg.domain.path} ({_documents(stats['domain_train'])}) "
+                        f"is shorter than one block of model.max_seq_length={block_len} tokens; add documents, lower "
+                        "data.eval_fraction or lower model.max_seq_length")
     return Corpora(**arrays, fingerprint=key, stats=stats)
+
+
+def _documents(stats: dict) -> str:
+    n = stats["documents"]
+    return f"{n} document" + ("" if n == 1 else "s")
 
 
 def _build(cfg: DataConfig, tokenizer, block_len: int, eval_max_tokens: int, out: Path) -> None:
     stats = {}
-    domain_train, domain_eval = split_documents(_read(cfg.domain, "data.domain"), cfg.eval_fraction, cfg.seed)
+    domain_train, domain_eval = _split(cfg.domain, "data.domain", cfg)
     # Only the general corpus's held-out part is ever used: it measures forgetting.
-    _, general_eval = split_documents(_read(cfg.general, "data.general"), cfg.eval_fraction, cfg.seed)
+    _, general_eval = _split(cfg.general, "data.general", cfg)
     for name, docs in (("domain_train", domain_train), ("domain_eval", domain_eval), ("general_eval", general_eval)):
         blocks = pack(docs, tokenizer, block_len, None if name == "domain_train" else eval_max_tokens)
         np.save(out / f"{name}.npy", blocks)
         stats[name] = {"documents": len(docs), "blocks": int(blocks.shape[0]), "tokens": int(blocks.size)}
     stats["sources"] = {"domain": source_label(cfg.domain), "general": source_label(cfg.general)}
     (out / "stats.json").write_text(json.dumps(stats, indent=2))
+
+
+def _split(src: DataSource, key: str, cfg: DataConfig) -> tuple[list[str], list[str]]:
+    try:
+        return split_documents(_read(src, key), cfg.eval_fraction, cfg.seed)
+    except DataError as e:
+        if str(e).startswith(key):
+            raise
+        hint = " (in a .txt file, documents are separated by a blank line)" if src.path.endswith(".txt") else ""
+        raise DataError(f"{key}: {src.path}: {e}{hint}") from None
 
 
 def _read(src: DataSource, key: str) -> list[str]:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import struct
 import subprocess
 import sys
 import tempfile
@@ -48,7 +49,10 @@ class ModelNotFound(Exception):
 
 
 def check_model_name(name: str, key: str) -> list[str]:
-    """Problems with ``model.name`` that can be seen without downloading or loading anything."""
+    """Problems with ``model.name`` that can be seen without downloading or loading anything (a local model's
+    config, tokenizer and weight headers are read, never the weights)."""
+    if not name.strip():
+        return [f"{key}: must not be empty; give builtin:smollm2-135m-instruct, a model folder, a .gguf or a hub id"]
     if name.startswith("builtin:"):
         short = name.removeprefix("builtin:")
         if short not in BUILTIN_MODELS:
@@ -60,14 +64,175 @@ def check_model_name(name: str, key: str) -> list[str]:
             return [f"{key}: {name} does not exist"]
         if path.is_file() and path.suffix != ".gguf":
             return [f"{key}: {name} is a file but not a .gguf; give a model folder (with config.json) or a .gguf"]
-        if path.is_dir() and not (path / "config.json").is_file():
-            return [f"{key}: {name} has no config.json; is it a Hugging Face model folder?"]
-        return []
+        if path.is_file():
+            problem = gguf_problem(path)
+            return [f"{key}: {name} {problem}"] if problem else []
+        return [f"{key}: {p}" for p in folder_problems(path, name)]
     if not _HUB_ID.match(name):
         return [f"{key}: {name!r} is neither builtin:NAME, an existing path, nor a hub id like org/model"]
     if os.environ.get("HF_HUB_OFFLINE") == "1" and not _in_hub_cache(name):
         return [f"{key}: {name} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1"]
     return []
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
+                   "sentencepiece.bpe.model", "tekken.json")
+
+
+def folder_problems(path: Path, name: str) -> list[str]:
+    """What a Hugging Face model folder lacks: a readable config.json, a tokenizer, weights whose headers read."""
+    if not (path / "config.json").is_file():
+        return [f"{name} has no config.json; is it a Hugging Face model folder?"]
+    problems = []
+    try:
+        config = json.loads((path / "config.json").read_bytes())
+        if not isinstance(config, dict):
+            problems.append(f"{path / 'config.json'} holds a JSON {type(config).__name__}, not a model config")
+    except (OSError, ValueError) as e:
+        problems.append(f"{path / 'config.json'} is not valid JSON ({e}); restore it from the original model")
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        problems.append(f"{name} has no tokenizer ({', '.join(TOKENIZER_FILES[:3])} or vocab files); copy the "
+                        "model's tokenizer files into the folder")
+    weights = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))
+    indexes = sorted(path.glob("*.index.json"))
+    if not weights and not indexes:
+        problems.append(f"{name} has no weights (*.safetensors or pytorch_model.bin)")
+    for f in weights:
+        if f.suffix == ".safetensors" and (problem := safetensors_problem(f)):
+            problems.append(f"{f} {problem}; download or convert the model again")
+    for f in indexes:
+        problems += [f"{f} {p}" for p in _index_problems(f)]
+    return problems
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why a .safetensors file cannot load, from its header alone: 8 bytes of header length, a JSON header, and
+    tensor offsets within the file (a truncated download fails here, not minutes later)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            prefix = fh.read(8)
+            if len(prefix) < 8:
+                return f"is truncated ({size} bytes, shorter than a safetensors header)"
+            n = int.from_bytes(prefix, "little")
+            if n > size - 8:
+                return f"is truncated or not a safetensors file (a header of {n:,} bytes in a file of {size:,})"
+            header = json.loads(fh.read(n))
+    except OSError as e:
+        return f"is not readable ({e.strerror or e})"
+    except ValueError:
+        return "has a header that is not valid JSON (a corrupt or non-safetensors file)"
+    try:
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (AttributeError, TypeError, KeyError, IndexError):
+        return "has a header that does not describe tensors (a corrupt or non-safetensors file)"
+    if end > size - 8 - n:
+        return f"is truncated: its tensors need {end:,} bytes of data and it holds {size - 8 - n:,}"
+    return None
+
+
+def _index_problems(path: Path) -> list[str]:
+    try:
+        weight_map = json.loads(path.read_bytes())["weight_map"]
+        shards = set(weight_map.values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        return [f"is not a weight index (JSON with a weight_map): {type(e).__name__}: {e}"]
+    missing = sorted(s for s in shards if not (path.parent / s).is_file())
+    return [f"names weight files that are missing: {', '.join(missing)}"] if missing else []
+
+
+class _Corrupt(Exception):
+    pass
+
+
+_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def gguf_problem(path: Path) -> str | None:
+    """Why a .gguf file cannot load, from its header alone: magic, version, every metadata entry and tensor
+    record, and the tensors' data within the file. Each length is checked against the file size first, so
+    random bytes fail fast instead of allocating."""
+    try:
+        with open(path, "rb") as fh:
+            return _read_gguf_header(fh, path.stat().st_size)
+    except OSError as e:
+        return f"is not readable ({e.strerror or e})"
+    except _Corrupt as e:
+        return f"is truncated or corrupt ({e}); download or convert it again"
+
+
+def _read_gguf_header(fh, size: int) -> str | None:
+    def read(n: int) -> bytes:
+        if n < 0 or fh.tell() + n > size:
+            raise _Corrupt(f"its header needs byte {fh.tell() + n:,} of a {size:,}-byte file")
+        return fh.read(n)
+
+    def num(fmt: str):
+        return struct.unpack("<" + fmt, read(struct.calcsize(fmt)))[0]
+
+    def string() -> bytes:
+        return read(num("Q"))
+
+    def value(kind: int):
+        if kind in _GGUF_SCALARS:
+            return num(_GGUF_SCALARS[kind])
+        if kind == _GGUF_STRING:
+            return string()
+        if kind == _GGUF_ARRAY:
+            item, count = num("I"), num("Q")
+            if item in _GGUF_SCALARS:
+                read(count * struct.calcsize(_GGUF_SCALARS[item]))
+                return None
+            for _ in range(bounded(count)):
+                value(item)
+            return None
+        raise _Corrupt(f"unknown metadata value type {kind}")
+
+    def bounded(count: int) -> int:  # every entry takes a byte at least
+        if count > size:
+            raise _Corrupt(f"it claims {count:,} entries in a {size:,}-byte file")
+        return count
+
+    if fh.read(4) != b"GGUF":
+        return "is not a GGUF file (it does not start with the bytes GGUF)"
+    version = num("I")
+    if version not in (2, 3):
+        return f"has GGUF version {version}; versions 2 and 3 can be read"
+    n_tensors, n_kv = bounded(num("Q")), bounded(num("Q"))
+    alignment = 32
+    for _ in range(n_kv):
+        key = string()
+        v = value(num("I"))
+        if key == b"general.alignment" and isinstance(v, int) and v > 0:
+            alignment = v
+    ends = []
+    for _ in range(n_tensors):
+        string()
+        n_dims = num("I")
+        if n_dims > 8:
+            raise _Corrupt(f"a tensor with {n_dims} dimensions")
+        dims = [num("Q") for _ in range(n_dims)]
+        ggml_type = num("I")
+        ends.append(num("Q") + _tensor_bytes(ggml_type, dims))  # offset, from the start of the data
+    data_start = -(-fh.tell() // alignment) * alignment
+    if data_start + max(ends, default=0) > size:
+        raise _Corrupt(f"its tensors end at byte {data_start + max(ends):,} of a {size:,}-byte file")
+    return None
+
+
+def _tensor_bytes(ggml_type: int, dims: list[int]) -> int:
+    """A tensor's size in bytes, where the gguf package knows its type (else 0: only its offset is checked)."""
+    try:
+        from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+        block, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
+    except (ImportError, ValueError, KeyError):
+        return 0
+    count = 1
+    for d in dims:
+        count *= d
+    return count // block * block_bytes
 
 
 def _in_hub_cache(repo_id: str) -> bool:

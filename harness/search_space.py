@@ -66,7 +66,8 @@ SPEED_ONLY = ("time_limit_s", "compile")
 
 
 def space_fingerprint(cfg: Config, extra: dict | None = None) -> str:
-    """Identifies what a trial's numbers mean: search space, rules, LoRA layout, training and eval protocol.
+    """Identifies what a trial's numbers mean: search space, rules, LoRA layout, training and eval protocol, and
+    the weights' dtype where one is set.
 
     A study resumed with a different fingerprint would mix incomparable trials. The sampler, trial count,
     failure budget, time limit and speed-only switches are left out: they do not change what a trial measures.
@@ -85,6 +86,8 @@ def space_payload(cfg: Config, extra: dict | None = None) -> dict[str, Any]:
         "eval": asdict(cfg.eval),
         "objective": cfg.study.objective,
     }
+    if cfg.model.dtype != "auto":  # only then: the studies run before dtype was part of it keep their fingerprint
+        payload["dtype"] = cfg.model.dtype
     if extra:
         payload["extra"] = extra
     return json.loads(json.dumps(payload, default=str))

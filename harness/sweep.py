@@ -9,6 +9,7 @@ whichever worker looks next.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness import backends, data, models, report, search_space, storage
-from harness.config import Config
+from harness.config import Config, ConfigError
 
 
 class SweepAborted(Exception):
@@ -45,7 +46,8 @@ def setup_inputs(cfg: Config, backend) -> tuple[str, data.Corpora]:
         from harness import heal
 
         model_path = heal.healed_base(model_path, cfg, backend)
-    tokenizer = backend.load_tokenizer(model_path)
+    with _loading(cfg):
+        tokenizer = backend.load_tokenizer(model_path)
     return model_path, data.prepare(cfg.data, tokenizer, cfg.model.max_seq_length, cfg.eval.max_tokens)
 
 
@@ -55,8 +57,10 @@ def setup(cfg: Config, backend=None, log=print, worker: int = 0, study_attrs: di
     t = time.perf_counter()
     backend = backend or backends.load(cfg.backend)  # first: unsloth must be imported before transformers
     imported = time.perf_counter() - t
+    _refuse(backend.device_problems(cfg))
     t = time.perf_counter()
     model_path, corpora = setup_inputs(cfg, backend)
+    _refuse(backend.model_problems(cfg, model_path))
     log(f"[setup] {backend.name} on {backend.device} (imported in {imported:.1f} s); model {model_path}; "
         f"{corpora.describe()} ({time.perf_counter() - t:.0f} s)")
     fingerprints = {"model": models.fingerprint(model_path), "data": corpora.fingerprint,
@@ -74,11 +78,28 @@ def setup(cfg: Config, backend=None, log=print, worker: int = 0, study_attrs: di
     return Session(cfg, backend, model_path, corpora, study, base)
 
 
+@contextlib.contextmanager
+def _loading(cfg: Config):
+    """A model that does not load is bad input: one line naming model.name (exit 2), not a traceback."""
+    try:
+        yield
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        first = str(e).strip().split("\n")[0][:300]
+        raise models.ModelNotFound(f"model.name: {cfg.model.name} does not load ({type(e).__name__}: {first})") from e
+
+
+def _refuse(problems: list[str]) -> None:
+    """Settings that only the device or the loaded model show to be wrong: exit 2 before any trial runs."""
+    if problems:
+        raise ConfigError(problems, "config (checked against this machine and model)")
+
+
 def measure_base(backend, model_path: str, cfg: Config, corpora: data.Corpora, log=print) -> dict:
     from harness.train import evaluate
 
     log("[setup] measuring the base model's held-out losses (once per study)")
-    model = backend.load_base(model_path, cfg.model)
+    with _loading(cfg):
+        model = backend.load_base(model_path, cfg.model)
     out = {name: evaluate(model, blocks, cfg.eval.batch_size, backend.device, backend.autocast)
            for name, blocks in (("domain_loss", corpora.domain_eval), ("general_loss", corpora.general_eval))}
     del model
@@ -169,9 +190,9 @@ def work(session: Session, target: int | None = None, log=print, label: str | No
         "trials complete")
     failures, waiting_said, first = 0, False, True
     while True:
-        _fail_stale(study)
         asked = time.perf_counter()
         with storage.claim_lock(cfg.study.storage):
+            _fail_stale(study, cfg)
             trial = plan.claim(study)
         if first and worker and trial is not None and trial is not DONE:
             # Where a worker's start-up goes (workers that start late cost a short sweep; benchmarks/RESULTS.md)
@@ -247,14 +268,44 @@ def _ask(study):
         return study.ask()
 
 
-def _fail_stale(study) -> None:
+def _fail_stale(study, cfg: Config) -> None:
+    """Fail the running trials of dead workers (no heartbeat for study.grace_period) and queue their retries, as
+    Optuna's ``fail_stale_trials`` does, but first record on each why it failed and which trial retries it: a
+    failed trial takes no more attributes. Called under the claim lock, where no other trial is created, so the
+    retry's number is known before it exists."""
+    import copy
     import warnings
 
     import optuna
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.storages import RetryHeartbeatStaleTrialCallback as Retry
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+    from optuna.trial import TrialState
 
+    db = study._storage
+    if not is_heartbeat_enabled(db):
+        return
+    callback = db.get_heartbeat_stale_trial_callback()
+    grace = cfg.study.grace_period or 4 * cfg.study.heartbeat_interval  # as harness.storage sets it
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
+        for trial_id in db._get_stale_trial_ids(study._study_id):  # the trials fail_stale_trials would fail
+            trial = db.get_trial(trial_id)
+            reason = f"worker died (no heartbeat for over {grace} s)"
+            if isinstance(callback, Retry):
+                # RetryHeartbeatStaleTrialCallback retries while the series is at most max_retries long
+                if len(Retry.retry_history(trial)) < cfg.study.max_retries:
+                    reason += f"; retried as trial {len(study.get_trials(deepcopy=False))}"
+                else:
+                    reason += f"; not retried (study.max_retries={cfg.study.max_retries} reached)"
+            try:
+                db.set_trial_user_attr(trial_id, "fail_reason", reason)
+                if not db.set_trial_state_values(trial_id, TrialState.FAIL):
+                    continue
+            except UpdateFinishedTrialError:
+                continue  # its worker was alive after all, and finished it
+            if callback is not None:
+                callback(study, copy.deepcopy(trial))  # as it was when found: the retry carries no fail_reason
 
 
 def prune_adapters(study, study_dir: Path) -> None:

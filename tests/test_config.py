@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -112,3 +113,84 @@ def test_console_script_runs(tmp_path):
     assert proc.returncode == 2
     assert "train.max_steps: must be > 0, got 0" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_one_wrong_type_hides_no_other_problem():
+    ps = problems("study.heartbeat_interval=often", "study.max_failures=0", "train.warmup_ratio=1.5",
+                  "lora.dropout=-0.1")
+    assert ps == ["study.heartbeat_interval: expected an integer, got 'often'",
+                  "study.max_failures: must be >= 1, got 0", "train.warmup_ratio: must be in [0, 1), got 1.5",
+                  "lora.dropout: must be in [0, 1), got -0.1"]
+
+
+def _float_keys(cls=None, prefix=""):
+    """Every key whose schema type is a float (or float | None), as the user writes it."""
+    import dataclasses
+    import typing
+
+    from harness.config import Config
+
+    cls = cls or Config
+    for f in dataclasses.fields(cls):
+        tp, key = typing.get_type_hints(cls)[f.name], f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(tp):
+            yield from _float_keys(tp, key + ".")
+        elif tp is float or (typing.get_origin(tp) is not list and float in typing.get_args(tp)):
+            yield key
+
+
+@pytest.mark.parametrize("value, shown", [(".nan", "nan"), (".inf", "inf"), ("-.inf", "-inf"), ("nan", "nan"),
+                                          ("1e999", "inf")])
+def test_every_float_must_be_finite(value, shown):
+    keys = list(_float_keys())
+    assert {"search.learning_rate.low", "lora.alpha", "train.time_limit_s", "study.max_forgetting",
+            "model.heal.learning_rate", "ablation.embedding_lr_ratio"} <= set(keys)
+    ps = problems(*(f"{k}={value}" for k in keys))
+    assert sorted(ps) == sorted(f"{k}: must be a finite number, got {shown}" for k in keys)
+    assert problems(f"ablation.learning_rates=[1e-4, {value}]") == [
+        f"ablation.learning_rates[1]: must be a finite number, got {shown}"]
+
+
+def test_duplicate_keys_are_refused_with_their_lines(tmp_path):
+    bad = tmp_path / "dup.yaml"
+    bad.write_text("# twice\nsearch:\n  rank:\n    choices: [8]\n    choices: [16]\nstudy: {name: a}\nstudy: {}\n")
+    assert problems(path=bad) == [
+        "search.rank.choices: given twice (lines 4 and 5); YAML would keep only the last, so remove one",
+        "study: given twice (lines 6 and 7); YAML would keep only the last, so remove one"]
+    merged = tmp_path / "merge.yaml"  # YAML merge keys are not duplicates
+    merged.write_text("train: &t {max_steps: 5}\neval:\n  <<: {batch_size: 2}\n  max_tokens: 512\n")
+    assert load_config(merged).eval.batch_size == 2
+
+
+@pytest.mark.parametrize("name", ["demo", "gpu-legal", "legal_r64.v2", "Run 3"])
+def test_safe_study_names_pass(name):
+    assert load_config(DEMO, [f"study.name={name}", f"ablation.study_name={name}-abl"]).study.name == name
+
+
+@pytest.mark.parametrize("name, fix", [("a/b", "a-b"), ("..", "my-study"), ("../../etc", "etc"), ("x\\y", "x-y"),
+                                       (" padded ", "padded"), ("/abs", "abs")])
+def test_unsafe_study_names_fail_with_a_fix(name, fix):
+    (p,) = problems(f"study.name={json.dumps(name)}")  # a JSON string is a YAML one
+    assert p.startswith(f"study.name: {name!r} is not a safe name") and p.endswith(f"e.g. {fix!r}")
+
+
+def test_output_dir_must_be_a_folder_one_can_create(tmp_path):
+    (tmp_path / "file").write_text("x")
+    (p,) = problems(f"study.output_dir={tmp_path}/file/runs")
+    assert p.startswith(f"study.output_dir: {tmp_path}/file is a file, not a folder")
+    load_config(DEMO, [f"study.output_dir={tmp_path}/not/yet/there"])
+    assert not (tmp_path / "not").exists(), "validating creates nothing"
+
+
+def test_init_adapter_config_must_be_json(tmp_path):
+    (tmp_path / "adapter_config.json").write_text("[1, 2]")
+    (p,) = problems(f"lora.init_adapter={tmp_path}")
+    assert p == f"lora.init_adapter: {tmp_path}/adapter_config.json holds a JSON list, not an adapter config"
+
+
+def test_a_binary_or_non_utf8_config_names_the_file(tmp_path):
+    bad = tmp_path / "weights.yaml"
+    bad.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ConfigError) as e:
+        load_config(bad)
+    assert e.value.source == str(bad) and e.value.problems[0].startswith("the config file is binary")

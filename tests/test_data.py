@@ -93,5 +93,50 @@ def test_prepare_is_cached_and_eval_blocks_fixed(tokenizer, tiny_corpora, monkey
 def test_empty_held_out_text_is_a_clear_error(tokenizer, tmp_path):
     (tmp_path / "d.txt").write_text("tiny\n\nalso tiny\n\nsmall\n")
     cfg = DataConfig(domain=DataSource(str(tmp_path / "d.txt")), general=DataSource(str(tmp_path / "d.txt")))
-    with pytest.raises(data.DataError, match="shorter than one block"):
+    with pytest.raises(data.DataError) as e:
         data.prepare(cfg, tokenizer, block_len=512, eval_max_tokens=512)
+    assert str(e.value).startswith(f"data.domain: the held-out part of {tmp_path}/d.txt (1 document at "
+                                   "data.eval_fraction=0.1) is shorter than one block of model.max_seq_length=512")
+
+
+def test_text_problems_name_the_line_and_byte():
+    assert data.text_problem("caf\u00e9\n".encode()) is None
+    latin1 = "ab\ncd\ncaf\u00e9".encode("latin-1")
+    assert data.text_problem(latin1).startswith("is not UTF-8 (line 3, byte 9: b'\\xe9')")
+    assert data.text_problem(b"text\0more").startswith("is binary, not text (a NUL byte at byte 4)")
+    assert data.text_problem(bytes(range(128, 256)) * 8).startswith("is binary, not text (")
+    assert data.text_problem("hi".encode("utf-16")).startswith("is UTF-16")
+    cut = "caf\u00e9".encode()[:-1]  # the first 64 KiB may end inside a character
+    assert data.text_problem(cut, complete=False) is None and data.text_problem(cut) is not None
+
+
+def test_reading_refuses_what_is_not_utf8_text(tmp_path):
+    (tmp_path / "a.txt").write_bytes(b"good text\n\n\xff\xfe bad")
+    with pytest.raises(data.DataError, match=r"a.txt is not UTF-8 \(line 3, byte 11"):
+        data.read_documents(DataSource(str(tmp_path / "a.txt")))  # it was read with errors="replace" before
+    (tmp_path / "b.jsonl").write_text('{"text": "a"}\n"just a string"\n')
+    with pytest.raises(data.DataError, match=r"b.jsonl:2: a JSON str, not an object"):
+        data.read_documents(DataSource(str(tmp_path / "b.jsonl")))
+
+
+def test_check_source_reads_only_the_head(tmp_path):
+    good = "".join(json.dumps({"text": t}) + "\n" for t in builtin_docs("legal", 60))
+    (tmp_path / "a.jsonl").write_text(good + "[1]\n")
+    assert len(good) > data.HEAD_BYTES
+    assert data.check_source(DataSource(str(tmp_path / "a.jsonl")), "k") == []  # the full read finds it (test_fuzz)
+    (tmp_path / "b.jsonl").write_text("[1]\n" + good)
+    assert data.check_source(DataSource(str(tmp_path / "b.jsonl")), "k") == [
+        f"k: {tmp_path}/b.jsonl:1: a JSON list, not an object; each line must be an object like {{\"text\": \"...\"}}"]
+
+
+def test_a_hub_dataset_offline_needs_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    src = DataSource("someone/corpus")
+    assert data.check_source(src, "data.domain") == []  # online: validate does not download to find out
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    assert "HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set" in data.check_source(src, "data.domain")[0]
+    (tmp_path / "hub" / "datasets--someone--corpus").mkdir(parents=True)
+    assert data.check_source(src, "data.domain") == []

@@ -58,3 +58,13 @@ def test_the_committed_gpu_study_can_still_be_resumed():
     study = optuna.load_study(study_name="gpu-legal", storage=f"sqlite:///{ROOT}/reports/gpu-legal/study.db")
     cfg = load_config(ROOT / "sweeps" / "gpu-legal.yaml")
     assert study.user_attrs["fingerprints"]["search_space"] == space_fingerprint(cfg)
+
+
+def test_a_set_dtype_is_part_of_the_fingerprint_and_auto_keeps_the_old_one(tiny_cfg):
+    before = space_fingerprint(tiny_cfg)
+    tiny_cfg.model.dtype = "auto"
+    assert space_fingerprint(tiny_cfg) == before, "studies run before dtype was fingerprinted still resume"
+    tiny_cfg.model.dtype = "float32"
+    fp32 = space_fingerprint(tiny_cfg)
+    tiny_cfg.model.dtype = "bfloat16"
+    assert len({before, fp32, space_fingerprint(tiny_cfg)}) == 3

@@ -190,3 +190,30 @@ def test_cold_start_builds_once_across_processes(tmp_path):
     assert log.read_text() == "built\n"
     assert (final / "weights").read_text() == "ok"
     assert not [p for p in final.parent.iterdir() if p.name.startswith(".model.") and p.is_dir()]
+
+
+def test_a_dead_workers_trial_says_why_it_failed_and_which_trial_retries_it(tiny_cfg):
+    from harness import storage, sweep
+
+    tiny_cfg.study.heartbeat_interval, tiny_cfg.study.grace_period, tiny_cfg.study.max_retries = 1, 2, 1
+    study = optuna.create_study(study_name="hb", storage=storage.storage_for(tiny_cfg), directions=["minimize"] * 2)
+    study.enqueue_trial({"x": 1.0})
+    dead = study.ask()
+    dead.set_user_attr("worker", "gone")
+    study._storage.record_heartbeat(dead._trial_id)  # then the worker dies: no more heartbeats
+    time.sleep(3.1)  # SQLite keeps heartbeats to the second: over 2 s old for sure
+    sweep._fail_stale(study, tiny_cfg)
+    failed, retry = study.get_trials()
+    assert failed.state == TrialState.FAIL and retry.state == TrialState.WAITING and retry.number == 1
+    assert failed.user_attrs["fail_reason"] == "worker died (no heartbeat for over 2 s); retried as trial 1"
+    assert "fail_reason" not in retry.user_attrs and retry.user_attrs["worker"] == "gone"
+    assert optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == 0
+
+    again = study.ask()  # the retry, whose worker dies too: study.max_retries=1 is spent
+    assert again.number == 1
+    study._storage.record_heartbeat(again._trial_id)
+    time.sleep(3.1)  # SQLite keeps heartbeats to the second: over 2 s old for sure
+    sweep._fail_stale(study, tiny_cfg)
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL] * 2
+    assert study.trials[1].user_attrs["fail_reason"] == ("worker died (no heartbeat for over 2 s); not retried "
+                                                         "(study.max_retries=1 reached)")

@@ -69,6 +69,29 @@ class Backend:
 
         return contextlib.nullcontext()
 
+    def device_problems(self, cfg) -> list[str]:
+        """Settings that cannot run on this device, each naming its key. Checked before anything is prepared:
+        every trial would fail the same way."""
+        if self.device.type != "cuda" and cfg.model.dtype in ("bfloat16", "float16"):
+            return [f"model.dtype: {cfg.model.dtype} needs a CUDA GPU, and backend {self.name} runs on the "
+                    f"{self.device.type} here (no CUDA); use auto (float32 on a CPU) or float32"]
+        return []
+
+    def model_problems(self, cfg, model_path: str) -> list[str]:
+        """Settings that do not fit the model, each naming its key: LoRA targets it does not have. The model is
+        built without weights (meta device), so this costs no memory."""
+        if cfg.lora.init_adapter:
+            return []  # the saved adapter's targets, already checked against the config
+        lora_able = lora_module_names(model_path)
+        if lora_able is None:
+            return []  # cannot tell without loading it; the first trial will
+        missing = [t for t in cfg.lora.target_modules if not any(n == t or n.endswith("." + t) for n in lora_able)]
+        if not missing:
+            return []
+        short = sorted({n.rsplit(".", 1)[-1] for n in lora_able} - {"embed_tokens", "lm_head"})
+        return [f"lora.target_modules: {missing} match no module of the model {model_path}; its linear modules are "
+                f"{short}"]
+
     def describe(self) -> dict:
         import torch
 
@@ -83,3 +106,20 @@ def copy_model(model) -> Any:
     Tokenizers a loader attached to the model are shared, not copied (they are never trained)."""
     memo = {id(v): v for v in vars(model).values() if "Tokenizer" in type(v).__name__}
     return copy.deepcopy(model, memo)
+
+
+def lora_module_names(model_path: str) -> list[str] | None:
+    """Full names of the modules LoRA can wrap (linear, conv, embedding) in the model at ``model_path``, built on
+    the meta device from its config alone; None where it cannot be built that way."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.pytorch_utils import Conv1D
+
+    kinds = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, Conv1D)
+    try:
+        config = AutoConfig.from_pretrained(model_path)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except Exception:
+        return None
+    return [name for name, module in model.named_modules() if isinstance(module, kinds)]
