@@ -25,6 +25,7 @@ BUILTIN_CORPORA = {
     "brown": "general English: the Brown Corpus (500 texts, 15 genres)",
     "legal": "legal domain: license texts from ScanCode licensedcode-data",
     "austen": "general English: Jane Austen's six novels, by chapter (healing text)",
+    "sotu": "general English: the State of the Union addresses, 1790-2021 (233 addresses)",
 }
 FILE_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
