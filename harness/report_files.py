@@ -52,8 +52,18 @@ def _header(study, kind: str) -> list[str]:
             if healed else "the base as loaded, not healed: on a dequantized (GGUF) base, training on any English "
             "text repairs some quantization loss and lowers general loss, which masks forgetting"),
         f"- **Base losses**: domain {base.get('domain_loss', float('nan')):.4f}, "
-        f"general {base.get('general_loss', float('nan')):.4f} nats/token", "",
+        f"general {base.get('general_loss', float('nan')):.4f} nats/token", *_contamination(study), "",
     ]
+
+
+def _contamination(study) -> list[str]:
+    """How many held-out domain documents were dropped as near-copies of training documents."""
+    c = (study.user_attrs.get("data_stats") or {}).get("contamination")
+    if not c:
+        return []
+    return [f"- **Held-out domain documents dropped as near-copies of training documents**: {c['dropped']} of "
+            f"{c['held_out_documents']} (>= {c['threshold']:.0%} of their {c['ngram_words']}-word sequences occur in "
+            "the training documents)"]
 
 
 def _scales(study, design: dict) -> str:
@@ -192,9 +202,10 @@ def _curves_figure(study, path: Path, group_by: str | None) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     colors: dict[str, str] = {}
     base = study.user_attrs.get("base") or {}
-    start = [{"tokens_seen": 0, **base}] if base else []  # every curve starts at the base model
+    start = [{"tokens_seen": 0, **base}] if base else []  # a curve starts at the base model ...
     for t in study.get_trials(deepcopy=False, states=[_complete()]):
-        curve = start + (t.user_attrs.get("curve") or [])
+        curve = t.user_attrs.get("curve") or []
+        curve = curve if curve and curve[0]["tokens_seen"] == 0 else start + curve  # ... or its init_adapter's step 0
         label = str(t.user_attrs.get(group_by)) if group_by else f"trial {t.number}"
         first = label not in colors  # one legend entry per group (an arm's seeds share a colour)
         color = colors.setdefault(label, f"C{len(colors) % 10}")
