@@ -82,11 +82,15 @@ def _scales(study, design: dict) -> str:
 
 
 def _heal_effect(prov: dict) -> str:
-    """What healing did to the held-out general loss, when the heal measured it."""
+    """What healing did to the general loss, when the heal measured it: on the validation documents it is
+    judged on, and on the held-out (test) documents forgetting is measured on."""
     before, after = (prov.get("heal_held_out") or {}).get("general_loss", (None, None))
     if before is None:
         return ""
     text = f"; healing moved the held-out general loss from {before:.4f} to {after:.4f} ({after - before:+.4f})"
+    v0, v1 = (prov.get("heal_validation") or {}).get("general_loss", (None, None))
+    if v0 is not None:
+        text += f" (on the validation documents, which the heal was judged on: {v0:.4f} to {v1:.4f}, {v1 - v0:+.4f})"
     return text + (": **it made the base worse on general text**, shifting it toward the heal data instead of "
                    "repairing it" if after > before else "")
 

@@ -241,6 +241,8 @@ def test_forgetting_note_says_when_general_loss_fell(tiny_overrides, tmp_path):
 
 
 def test_healing_on_the_general_corpus_reads_only_its_training_documents(tiny_overrides, tiny_corpora, tmp_path):
+    from transformers import AutoTokenizer
+
     from harness import heal
     from harness.config import load_config
 
@@ -248,12 +250,22 @@ def test_healing_on_the_general_corpus_reads_only_its_training_documents(tiny_ov
                              f"model.heal.data={tiny_corpora['general']}", "study.name=healed-general"]
     cfg = load_config(DEMO, sets)
     docs = heal.heal_documents(cfg)
-    train_docs, held_out = data.split_documents(data.read_documents(cfg.data.general), cfg.data.eval_fraction,
-                                                cfg.data.seed)
-    assert docs == train_docs and held_out and not set(docs) & set(held_out)
+    general = data.read_documents(cfg.data.general)
+    train_docs, validation, test = data.split_general(general, cfg.data.eval_fraction, cfg.data.seed)
+    _, held_out = data.split_documents(general, cfg.data.eval_fraction, cfg.data.seed)
+    assert test == held_out, "the test documents are the ones data.prepare holds out to measure forgetting"
+    assert docs == train_docs and validation and test
+    # Healing trains on neither the test documents nor the validation documents it is judged on, and the
+    # validation documents are not test documents.
+    assert not set(docs) & set(test) and not set(docs) & set(validation) and not set(validation) & set(test)
+    assert len(docs) + len(validation) + len(test) == len(general)
     assert main(["sweep", DEMO, "--n-trials", "1"] + _sets(sets)) == 0
     study = optuna.load_study(study_name="healed-general", storage=f"sqlite:///{tmp_path}/study.db")
-    assert study.user_attrs["model_provenance"]["heal"]["data"] == f"{tiny_corpora['general']} (training documents only)"
+    prov = study.user_attrs["model_provenance"]
+    assert prov["heal"]["data"] == f"{tiny_corpora['general']} (training documents only)"
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model.name)
+    measured = data.pack(validation, tokenizer, cfg.model.max_seq_length, cfg.eval.max_tokens)
+    assert prov["heal_validation"]["tokens"] == measured.size  # measured on exactly the validation documents
     other_split = load_config(DEMO, sets + ["data.seed=1"])
     assert heal.heal_documents(other_split) != docs  # the split follows data.seed, and so does the cache key
 
