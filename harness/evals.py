@@ -91,7 +91,8 @@ class Evals:
 
 def write(path: Path, evals: Evals) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, version=np.int64(FORMAT_VERSION), **{f.name: getattr(evals, f.name) for f in fields(Evals)})
+    arrays = {f.name: getattr(evals, f.name) for f in fields(Evals)}
+    np.savez_compressed(path, version=np.int64(FORMAT_VERSION), **arrays)
     return path
 
 

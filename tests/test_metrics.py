@@ -58,7 +58,8 @@ def direct(model, blocks: np.ndarray, docs: np.ndarray, n_docs: int, start=None)
 
 
 def test_per_document_sums_give_the_mean_loss_evaluate_returns(tiny_cfg, backend, corpora, base):
-    for eval_set, blocks in ((corpora.domain_set(), corpora.domain_eval), (corpora.general_set(), corpora.general_eval)):
+    for eval_set, blocks in ((corpora.domain_set(), corpora.domain_eval),
+                             (corpora.general_set(), corpora.general_eval)):
         assert eval_set.n_docs > 1, "the tiny held-out text spans several documents"
         res = metrics.doc_losses(base, eval_set, 3, backend.device, backend.autocast)
         assert res.nll.dtype == np.float64 and res.nll.shape == res.tokens.shape == (eval_set.n_docs,)
