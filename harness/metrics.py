@@ -9,7 +9,9 @@ the one it started from, whatever that start's own loss. It does not depend on a
 base's general loss, as forgetting (a difference of losses) does.
 
 Memory stays bounded: the model runs up to its output head on an eval batch, and the head (vocabulary-sized
-logits, then fp32 log-probabilities) runs on ``chunk_tokens`` tokens at a time, never on the whole batch.
+logits, then fp32 log-probabilities) runs on ``chunk_tokens`` tokens at a time, never on the whole batch. The
+head's matmul itself runs in fp32 (on GPU the body of the model still runs under bf16 autocast), so on a GPU the
+numbers differ slightly from ``train.evaluate``'s bf16 logits; on a CPU they agree to float rounding.
 """
 
 from __future__ import annotations
@@ -124,7 +126,25 @@ def _head_inputs(model, x):
     if hidden.shape[:2] != x.shape:
         raise RuntimeError(f"the output head of {type(model).__name__} saw {tuple(hidden.shape[:2])} positions, "
                            f"not the {tuple(x.shape)} of the input")
-    return hidden[:, :-1].reshape(-1, hidden.shape[-1]), head
+    return hidden[:, :-1].reshape(-1, hidden.shape[-1]), _fp32_head(head)
+
+
+def _fp32_head(head):
+    """The head as an fp32 matmul outside autocast. Under bf16 autocast, logits near 20 are rounded to steps of
+    0.125: noise that a KL between two models would count as a difference. A head whose weight is not a plain
+    float matrix (quantized) is called as it is."""
+    w = getattr(head, "weight", None)
+    if not (isinstance(w, torch.Tensor) and w.is_floating_point() and w.dim() == 2):
+        return head
+    w32 = w.detach().float()  # no copy for an fp32 (trained) head; a [vocab, hidden] copy per batch for bf16
+    b = getattr(head, "bias", None)
+    b32 = b.detach().float() if isinstance(b, torch.Tensor) else None
+
+    def logits(h):
+        with torch.autocast(h.device.type, enabled=False):
+            return torch.nn.functional.linear(h.float(), w32, b32)
+
+    return logits
 
 
 def _capture(model, head, x):
