@@ -1,5 +1,6 @@
 """Which heal makes forgetting measurable? Heals the base with several settings at once (one process per
-candidate, spread over --gpus) and records each one's held-out general and domain loss before and after.
+candidate, spread over --gpus) and records each one's general loss before and after on data.general's
+validation documents and on its held-out (test) documents, and the held-out domain loss.
 
     python benchmarks/heal_check.py sweeps/gpu-ablation.yaml --gpus 0,1 --out heal.json --args-out chosen.txt \\
         --candidate builtin:austen,100,1e-4 --candidate builtin:brown,100,1e-4 --set model.name=/path/to/model.gguf
@@ -8,10 +9,11 @@ A candidate is DATA,STEPS,LR; rank and batch size are the config's model.heal on
 data.general, healing reads only its training documents (harness.heal). The heals land in the harness cache, so
 an ablation run afterwards with the chosen settings reuses the healed base instead of healing again.
 
-The chosen candidate is the one that lowered the held-out general loss most: the heal that best repairs general
-text. Note that this picks on the held-out general text itself, the text forgetting is measured on; it makes the
-healed base as good as it gets there, so a later rise (forgetting) is easier to see, and it does not touch the
-comparison between ablation arms, which all start from the same base. --args-out gets its --set overrides.
+The chosen candidate is the one that lowered the general loss on the *validation* documents most: the heal that
+best repairs general text. Validation documents are split off data.general's training documents
+(harness.data.split_general), disjoint from the held-out documents forgetting is measured on, and never healed on,
+so the choice does not fit the base to the test text. The test change is recorded beside it, for the report.
+--args-out gets the chosen candidate's --set overrides.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ def heal_one(config: str, overrides: list[str]) -> dict:
     path = heal.healed_base(models.resolve(cfg.model.name), cfg, backend)
     prov = json.loads((Path(path) / "provenance.json").read_text())
     return {"path": path, "seconds": round(time.perf_counter() - started, 1), "heal": prov["heal"],
-            "held_out": prov["heal_held_out"], "train_loss_first_last": prov["heal_loss_first_last"]}
+            "validation": prov["heal_validation"], "held_out": prov["heal_held_out"],
+            "train_loss_first_last": prov["heal_loss_first_last"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,15 +88,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[heal-check] {c}: failed (rc={proc.returncode})\n{out[-2000:]}", file=sys.stderr)
             continue
         row = {"candidate": c, **json.loads(line.removeprefix("[heal-check] "))}
+        v0, v1 = row["validation"]["general_loss"]
         (g0, g1), (d0, d1) = row["held_out"]["general_loss"], row["held_out"]["domain_loss"]
-        row["general_change"], row["domain_change"] = round(g1 - g0, 4), round(d1 - d0, 4)
+        row["validation_change"] = round(v1 - v0, 4)
+        row["test_change"], row["domain_change"] = round(g1 - g0, 4), round(d1 - d0, 4)
         rows.append(row)
-        print(f"[heal-check] {c}: held-out general {g0:.4f} -> {g1:.4f} ({g1 - g0:+.4f}), domain {d0:.4f} -> "
-              f"{d1:.4f} ({d1 - d0:+.4f}), {row['seconds']} s", flush=True)
+        print(f"[heal-check] {c}: general {v0:.4f} -> {v1:.4f} ({v1 - v0:+.4f}) on validation, {g0:.4f} -> {g1:.4f} "
+              f"({g1 - g0:+.4f}) on test; domain {d0:.4f} -> {d1:.4f} ({d1 - d0:+.4f}), {row['seconds']} s", flush=True)
     ok = [r for r in rows if "error" not in r]
-    chosen = min(ok, key=lambda r: r["general_change"]) if ok else None
+    chosen = min(ok, key=lambda r: r["validation_change"]) if ok else None
     results = {"date": datetime.date.today().isoformat(), "config": args.config, "overrides": args.overrides,
-               "rule": "the candidate that lowered the held-out general loss most", "candidates": rows,
+               "rule": "the candidate that lowered the general loss on the validation documents most (test "
+                       "documents recorded, not chosen on)", "candidates": rows,
                "chosen": chosen["candidate"] if chosen else None}
     try:
         import torch

@@ -64,31 +64,57 @@ class Result:
     verdict: stats.Verdict | None = None
 
 
-def runs_from_study(study) -> list[frontier.Run]:
-    """Every complete arm trial as a frontier run: (0, 0) at the base, then its eval checkpoints."""
-    base = study.user_attrs["base"]
-    runs = []
+def _arm_trials(study):
     for t in study.get_trials(deepcopy=False):
         a = t.user_attrs
-        if t.state.name != "COMPLETE" or "arm" not in a or not a.get("curve"):
+        if t.state.name == "COMPLETE" and "arm" in a and a.get("curve"):
+            levels = {k.removeprefix("level:"): v for k, v in a.items() if k.startswith("level:")}
+            yield t, levels, [p for p in a["curve"] if p["step"] > 0]  # step 0 is the start, prepended below
+
+
+def runs_from_study(study, forgetting: str = "general_loss") -> list[frontier.Run]:
+    """Every complete arm trial as a frontier run: (0, 0) at the base, then its eval checkpoints. ``forgetting``
+    "general_kl": KL(start || model) on general text in place of the rise in general loss (heal-independent);
+    trials that did not measure it are left out."""
+    base = study.user_attrs["base"]
+    runs = []
+    for t, levels, curve in _arm_trials(study):
+        if forgetting == "general_kl" and not all("general_kl" in p for p in curve):
             continue
-        curve = a["curve"]
-        runs.append(frontier.Run(
-            {k.removeprefix("level:"): v for k, v in a.items() if k.startswith("level:")}, a["seed"],
-            t.params["learning_rate"],
-            np.r_[0.0, [base["domain_loss"] - p["domain_loss"] for p in curve]],
-            np.r_[0.0, [p["general_loss"] - base["general_loss"] for p in curve]]))
+        rise = [p["general_kl"] if forgetting == "general_kl" else p["general_loss"] - base["general_loss"]
+                for p in curve]
+        runs.append(frontier.Run(levels, t.user_attrs["seed"], t.params["learning_rate"],
+                                 np.r_[0.0, [base["domain_loss"] - p["domain_loss"] for p in curve]], np.r_[0.0, rise]))
     return runs
 
 
-def analyse(factors: dict[str, list[str]], runs: Sequence[frontier.Run], delta: float) -> list[Result]:
-    """The primary analysis of every claim whose factor is in the design."""
+def doc_runs_from_study(study, evals_by_trial: dict, base_evals) -> tuple[list[frontier.DocRun], frontier.Base] | None:
+    """The per-document results of every complete arm trial, for the document bootstrap; None when any is missing."""
+    trials = list(_arm_trials(study))
+    if base_evals is None or not trials or any(t.number not in evals_by_trial for t, _, _ in trials):
+        return None
+    doc_runs = []
+    for t, levels, _ in trials:
+        e = evals_by_trial[t.number]
+        rows = e.step > 0
+        doc_runs.append(frontier.DocRun(levels, t.user_attrs["seed"], t.params["learning_rate"],
+                                        frontier.Docs(e.domain_nll[rows], e.domain_tokens),
+                                        frontier.Docs(e.general_nll[rows], e.general_tokens)))
+    b = base_evals
+    return doc_runs, frontier.Base(frontier.Docs(b.domain_nll[0], b.domain_tokens),
+                                   frontier.Docs(b.general_nll[0], b.general_tokens))
+
+
+def analyse(factors: dict[str, list[str]], runs: Sequence[frontier.Run], delta: float,
+            kl_runs: Sequence[frontier.Run] = ()) -> list[Result]:
+    """The primary analysis of every claim whose factor is in the design. ``kl_runs``: the same trials with
+    general_kl as forgetting; where given, the KL at matched gain is shown beside gate_proj and embeddings."""
     out = []
     for name in factors:
         if name == "gate_proj":
-            out.append(_matched(SPECS[name], runs, "gain", "in", "out", delta))
+            out.append(_matched(SPECS[name], runs, "gain", "in", "out", delta, kl_runs))
         elif name == "embeddings":
-            out.append(_matched(SPECS[name], runs, "forgetting", "trained", "frozen", delta))
+            out.append(_matched(SPECS[name], runs, "forgetting", "trained", "frozen", delta, kl_runs))
         elif name == "rslora":
             out.append(_rslora(runs, tuple(factors["rank"]), delta))
         elif name == "embedding_lr_ratio":
@@ -96,7 +122,7 @@ def analyse(factors: dict[str, list[str]], runs: Sequence[frontier.Run], delta: 
     return out
 
 
-def _matched(spec: Spec, runs, axis: str, advice: str, alternative: str, delta: float) -> Result:
+def _matched(spec: Spec, runs, axis: str, advice: str, alternative: str, delta: float, kl_runs=()) -> Result:
     def statistic(rs):
         return frontier.matched_effect(rs, axis, spec.factor, advice, alternative).mean
 
@@ -107,6 +133,11 @@ def _matched(spec: Spec, runs, axis: str, advice: str, alternative: str, delta: 
     notes = [f"matched at {matched_on} {m.level:+.4f} nats (the largest every arm reaches in every seed)"]
     if m.dropped:
         notes.append(f"seeds dropped (an arm did not reach the level): {list(m.dropped)}")
+    if kl_runs:
+        k = frontier.matched_effect(kl_runs, "gain", spec.factor, advice, alternative)
+        if k.n:
+            notes.append(f"general_kl (KL from the start model, heal-independent) at matched domain gain "
+                         f"{k.level:+.4f}, {alternative} − {advice}: {k.mean:+.5f} nats/token (n = {k.n})")
     other = (f"{spec.other}: {o.mean:+.4f} (n = {o.n}, at {other_axis} {o.level:+.4f})" if o.n else
              f"{spec.other}: not measurable ({other_axis} never rose in some arm and seed)")
     return Result(spec, m.per_seed, statistic, m.level, other, notes, delta=delta)

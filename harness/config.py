@@ -100,12 +100,17 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     domain: DataSource = _help("The new domain's text (train + held-out).", factory=lambda: DataSource("builtin:legal"))
-    general: DataSource = _help(
-        "General text; only its held-out part is used, to measure forgetting.",
-        factory=lambda: DataSource("builtin:brown"),
+    general: Union[DataSource, list[DataSource]] = _help(
+        "General text, one source or a list: the held-out part of each measures forgetting (token-weighted over "
+        "all of them, each also reported on its own); a validation part of each one's other documents measures "
+        "healing.", factory=lambda: DataSource("builtin:brown"),
     )
     eval_fraction: float = _help("Fraction of documents held out for evaluation.", 0.1)
     seed: int = _help("Seed of the document split.", 0)
+
+    def general_sources(self) -> list[DataSource]:
+        """data.general as a list, whichever form the file used."""
+        return list(self.general) if isinstance(self.general, list) else [self.general]
 
 
 @dataclass
@@ -564,7 +569,7 @@ def _rules() -> list[tuple[tuple[str, ...], Callable[[Config], list[str]]]]:
         (("study.output_dir",), lambda c: _check_output_dir(c.study.output_dir)),
         (("model.name",), lambda c: models.check_model_name(c.model.name, "model.name")),
         (("data.domain",), lambda c: data_mod.check_source(c.data.domain, "data.domain")),
-        (("data.general",), lambda c: data_mod.check_source(c.data.general, "data.general")),
+        (("data.general",), lambda c: data_mod.check_general(c.data.general, "data.general")),
         (("lora.init_adapter",), _check_init_adapter),
         (("model.heal.steps", "model.heal.data", "data.general"), _check_heal),
         (("ablation.factors", "ablation.learning_rates", "ablation.ratios", "ablation.rank", "ablation.high_rank"),
@@ -717,7 +722,7 @@ def _check_heal(cfg: Config) -> list[str]:
     problems = []
     if h.steps > 0:
         problems += data_mod.check_source(h.data, "model.heal.data")
-        if h.data.path == cfg.data.general.path and h.data != cfg.data.general:
+        if any(h.data.path == g.path and h.data != g for g in cfg.data.general_sources()):
             problems.append("model.heal.data: the same corpus as data.general but another text_field or split; "
                             "to heal on its training documents, make both entries identical")
     return problems
@@ -729,7 +734,7 @@ def summary(cfg: Config) -> str:
     return (
         f"study {cfg.study.name!r}: {cfg.study.n_trials} trials ({cfg.study.objective}, {cfg.study.sampler}), "
         f"model {cfg.model.name}, backend {cfg.backend}, domain {cfg.data.domain.path}, general "
-        f"{cfg.data.general.path}, ranks {s.rank.choices}, lr [{s.learning_rate.low:g}, {s.learning_rate.high:g}], "
+        f"{' + '.join(g.path for g in cfg.data.general_sources())}, ranks {s.rank.choices}, lr [{s.learning_rate.low:g}, {s.learning_rate.high:g}], "
         f"embedding ratio [{s.embedding_lr_ratio.low:g}, {s.embedding_lr_ratio.high:g}], "
         f"{cfg.train.max_steps} steps x {cfg.train.batch_size * cfg.train.grad_accum} x {cfg.model.max_seq_length} tokens"
     )

@@ -1,8 +1,11 @@
 """Corpora: read documents, split train / held-out by document, tokenize, pack into fixed-length blocks, cache.
 
 Every trial of a study sees the same held-out blocks (the first ``eval.max_tokens`` tokens of the packed
-held-out documents), so trials compare on identical text. The tokenized blocks are cached under a key of the
-data's contents, the tokenizer and the block length.
+held-out documents of each corpus), so trials compare on identical text. Beside each array of held-out blocks
+the cache keeps the document of every token, so losses can be summed per document (a document bootstrap
+resamples those). Held-out domain documents that are near-copies of training documents are dropped first
+(``drop_contaminated``). The tokenized blocks are cached under a key of the data's contents, the tokenizer and
+the block length.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import lzma
 import os
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +31,7 @@ BUILTIN_CORPORA = {
     "brown": "general English: the Brown Corpus (500 texts, 15 genres)",
     "legal": "legal domain: license texts from ScanCode licensedcode-data",
     "austen": "general English: Jane Austen's six novels, by chapter (healing text)",
+    "sotu": "general English: the State of the Union addresses, 1790-2021 (233 addresses)",
 }
 FILE_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
 FORMATS = ("builtin:NAME, a .txt file (documents separated by blank lines), .jsonl or .json (one JSON object per "
@@ -138,8 +142,36 @@ def _hub_dataset_cached(repo_id: str) -> bool:
         return False
 
 
+def check_general(general: DataSource | list[DataSource], key: str) -> list[str]:
+    """data.general: one source, or a non-empty list of distinct ones."""
+    if not isinstance(general, list):
+        return check_source(general, key)
+    if not general:
+        return [f"{key}: an empty list; name at least one source, e.g. [builtin:brown, builtin:sotu]"]
+    problems = [p for i, src in enumerate(general) for p in check_source(src, f"{key}[{i}]")]
+    seen = set()
+    for i, src in enumerate(general):
+        if (src.path, src.text_field, src.split) in seen:
+            problems.append(f"{key}[{i}]: {src.path} is listed twice")
+        seen.add((src.path, src.text_field, src.split))
+    return problems
+
+
 def source_label(src: DataSource) -> str:
     return src.path if src.text_field == "text" else f"{src.path}[{src.text_field}]"
+
+
+def corpus_names(sources: list[DataSource]) -> list[str]:
+    """Short distinct names for reporting one corpus each (``general_loss/<name>``): the built-in name, else
+    the file or dataset name; a repeated name gets a number."""
+    names = []
+    for src in sources:
+        stem = src.path.removeprefix("builtin:").rstrip("/").rsplit("/", 1)[-1]
+        stem = re.sub(r"\.(txt|jsonl|json|parquet)$", "", stem)
+        name = re.sub(r"[^\w.-]+", "_", stem) or "general"
+        name = name if src.text_field == "text" else f"{name}.{src.text_field}"
+        names.append(name if name not in names else f"{name}-{len(names) + 1}")
+    return names
 
 
 # ------------------------------------------------------------------------------------------ reading
@@ -222,6 +254,64 @@ def split_documents(docs: list[str], eval_fraction: float, seed: int) -> tuple[l
     return [docs[i] for i in order[n_eval:]], [docs[i] for i in order[:n_eval]]
 
 
+def split_general(docs: list[str], eval_fraction: float, seed: int) -> tuple[list[str], list[str], list[str]]:
+    """A general corpus in three parts, by document: (train, validation, test). Test is split_documents'
+    held-out part, the text forgetting is measured on; validation is as many documents again, taken from the
+    rest, on which a heal is measured and chosen (so that choice never sees the test documents); healing on
+    this corpus trains on what is left."""
+    rest, test = split_documents(docs, eval_fraction, seed)
+    if len(rest) <= len(test):
+        raise DataError(f"need more than {2 * len(test)} documents for a validation part as large as the held-out "
+                        f"part and some left to train on, got {len(docs)}")
+    return rest[len(test):], rest[: len(test)], test
+
+
+# ------------------------------------------------------------------------------------------ contamination
+
+CONTAMINATION_NGRAM = 13  # words; the n-gram length of GPT-3's and later contamination checks
+CONTAMINATION_THRESHOLD = 0.5  # a held-out document with this share of its n-grams in training text is dropped
+
+
+def ngram_hashes(text: str, n: int = CONTAMINATION_NGRAM, vocab: dict[str, int] | None = None) -> np.ndarray:
+    """64-bit hashes of the word n-grams of ``text`` (lowercased ``\\w+`` words, so spacing, case and
+    punctuation do not hide a copy). Empty for a text of fewer than n words."""
+    vocab = {} if vocab is None else vocab
+    words = re.findall(r"\w+", text.lower())
+    if len(words) < n:
+        return np.empty(0, dtype=np.uint64)
+    ids = np.fromiter((vocab[w] if w in vocab else vocab.setdefault(w, _word_hash(w)) for w in words), np.uint64,
+                      count=len(words))
+    h = np.zeros(len(words) - n + 1, dtype=np.uint64)
+    prime = np.uint64(1099511628211)  # FNV-1a's 64-bit prime; products wrap modulo 2**64
+    for k in range(n):
+        h = h * prime + ids[k : len(words) - n + 1 + k]
+    return h
+
+
+def _word_hash(word: str) -> int:
+    return int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
+
+
+def drop_contaminated(held_out: list[str], training: list[str], n: int = CONTAMINATION_NGRAM,
+                      threshold: float = CONTAMINATION_THRESHOLD) -> tuple[list[str], int]:
+    """The held-out documents that are not near-copies of training text, and how many were dropped. A document
+    is dropped when at least ``threshold`` of its word n-grams occur verbatim in the training documents.
+
+    The training n-grams are kept as one sorted array of 64-bit hashes: 8 bytes per training word, about 40 MB
+    for 5 million words, where a Python set would take ten times that."""
+    vocab: dict[str, int] = {}
+    seen = np.unique(np.concatenate([ngram_hashes(d, n, vocab) for d in training] or [np.empty(0, np.uint64)]))
+    kept = []
+    for doc in held_out:
+        h = ngram_hashes(doc, n, vocab)
+        if h.size and seen.size:
+            at = np.minimum(np.searchsorted(seen, h), seen.size - 1)
+            if np.mean(seen[at] == h) >= threshold:
+                continue
+        kept.append(doc)
+    return kept, len(held_out) - len(kept)
+
+
 # ------------------------------------------------------------------------------------------ packing
 
 
@@ -237,46 +327,107 @@ def separator_id(tokenizer) -> int:
 
 def pack(docs: list[str], tokenizer, block_len: int, max_tokens: int | None = None) -> np.ndarray:
     """Tokenize documents, join them with the separator, cut into [n_blocks, block_len] (remainder dropped)."""
+    return pack_documents(docs, tokenizer, block_len, max_tokens)[0]
+
+
+def pack_documents(docs: list[str], tokenizer, block_len: int,
+                   max_tokens: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``pack``, and beside the blocks the index (in ``docs``) of the document every token belongs to; the
+    separator after a document belongs to it. Both int32 [n_blocks, block_len]. The documents that made it
+    into the blocks are 0..k-1, in order."""
     sep = separator_id(tokenizer)
     ids: list[int] = []
+    owner: list[int] = []
     for start in range(0, len(docs), 256):
-        for row in tokenizer(docs[start : start + 256], add_special_tokens=False)["input_ids"]:
+        for k, row in enumerate(tokenizer(docs[start : start + 256], add_special_tokens=False)["input_ids"], start):
             ids.extend(row)
             ids.append(sep)
+            owner.extend([k] * (len(row) + 1))
         if max_tokens is not None and len(ids) >= max_tokens + block_len:
             break
     n_blocks = len(ids) // block_len
     if max_tokens is not None:
         n_blocks = min(n_blocks, max(1, max_tokens // block_len))
-    return np.asarray(ids[: n_blocks * block_len], dtype=np.int32).reshape(n_blocks, block_len)
+    n = n_blocks * block_len
+    return (np.asarray(ids[:n], dtype=np.int32).reshape(n_blocks, block_len),
+            np.asarray(owner[:n], dtype=np.int32).reshape(n_blocks, block_len))
 
 
 # ------------------------------------------------------------------------------------------ the prepared set
 
 
 @dataclass
+class EvalSet:
+    """Held-out blocks and the document of every token: what a per-document evaluation needs."""
+
+    blocks: np.ndarray  # [n, L] int32 token ids
+    docs: np.ndarray  # [n, L] int32 document of every token, 0..n_docs-1
+    corpus: np.ndarray  # [n_docs] int32 corpus of every document, an index into names
+    names: list[str]
+
+    @property
+    def n_docs(self) -> int:
+        return len(self.corpus)
+
+    def tokens_per_doc(self) -> np.ndarray:
+        """Predicted tokens per document (int64 [n_docs]). A block's first token is not predicted; every other
+        token's loss counts for the document it belongs to (a document's first token, predicted from the
+        previous document's separator, included)."""
+        return np.bincount(self.docs[:, 1:].ravel(), minlength=self.n_docs).astype(np.int64)
+
+
+@dataclass
 class Corpora:
     domain_train: np.ndarray  # [n, L] packed training blocks
     domain_eval: np.ndarray  # [m, L] held-out domain blocks
-    general_eval: np.ndarray  # [k, L] held-out general blocks
+    general_eval: np.ndarray  # [k, L] held-out general blocks, every general corpus's one after another
     fingerprint: str
     stats: dict
+    domain_eval_docs: np.ndarray | None = None  # [m, L] document of every token (None: one document per block)
+    general_eval_docs: np.ndarray | None = None  # [k, L] the same over all general corpora
+    general_doc_corpus: np.ndarray | None = None  # [general documents] which general corpus each one is from
+    general_names: list[str] = field(default_factory=lambda: ["general"])
 
     def describe(self) -> str:
         L = self.domain_train.shape[1]
+        general = self.general_set()
+        per = np.bincount(general.corpus, weights=general.tokens_per_doc(), minlength=len(general.names))
         return (f"domain train {self.domain_train.shape[0]} x {L} tokens, domain eval {self.domain_eval.size} tokens, "
-                f"general eval {self.general_eval.size} tokens")
+                f"general eval {self.general_eval.size} tokens"
+                + (f" ({', '.join(f'{n} {int(t)}' for n, t in zip(general.names, per))} predicted)"
+                   if len(general.names) > 1 else ""))
+
+    def domain_set(self) -> EvalSet:
+        docs = _docs_or_blocks(self.domain_eval, self.domain_eval_docs)
+        return EvalSet(self.domain_eval, docs, np.zeros(int(docs.max()) + 1, np.int32), ["domain"])
+
+    def general_set(self) -> EvalSet:
+        docs = _docs_or_blocks(self.general_eval, self.general_eval_docs)
+        corpus = self.general_doc_corpus if self.general_doc_corpus is not None else np.zeros(int(docs.max()) + 1,
+                                                                                              np.int32)
+        return EvalSet(self.general_eval, docs, corpus, list(self.general_names))
+
+
+def _docs_or_blocks(blocks: np.ndarray, docs: np.ndarray | None) -> np.ndarray:
+    """Synthetic corpora (benchmarks) carry no document ids: each block is then a document of its own."""
+    if docs is not None:
+        return docs
+    return np.repeat(np.arange(len(blocks), dtype=np.int32)[:, None], blocks.shape[1], axis=1)
+
+
+ARRAYS = ("domain_train", "domain_eval", "domain_eval_docs", "general_eval", "general_eval_docs", "general_doc_corpus")
 
 
 def prepare(cfg: DataConfig, tokenizer, block_len: int, eval_max_tokens: int) -> Corpora:
-    """Read, split, tokenize and pack both corpora; cached by data, tokenizer and block length."""
+    """Read, split, tokenize and pack the corpora; cached by data, tokenizer and block length."""
     key = _cache_key(cfg, tokenizer, block_len, eval_max_tokens)
     folder = build_once(cache_dir() / "data" / key, lambda tmp: _build(cfg, tokenizer, block_len, eval_max_tokens, tmp))
     stats = json.loads((folder / "stats.json").read_text())
-    arrays = {n: np.load(folder / f"{n}.npy") for n in ("domain_train", "domain_eval", "general_eval")}
-    for name, which, src in (("domain_eval", "data.domain", cfg.domain), ("general_eval", "data.general", cfg.general)):
+    arrays = {n: np.load(folder / f"{n}.npy") for n in ARRAYS}
+    general = " + ".join(g.path for g in cfg.general_sources())
+    for name, which, path in (("domain_eval", "data.domain", cfg.domain.path), ("general_eval", "data.general", general)):
         if arrays[name].shape[0] == 0:
-            raise DataError(f"{which}: the held-out part of {src.path} ({_documents(stats[name])} at "
+            raise DataError(f"{which}: the held-out part of {path} ({_documents(stats[name])} at "
                             f"data.eval_fraction={cfg.eval_fraction}) is shorter than one block of "
                             f"model.max_seq_length={block_len} tokens; add documents, raise data.eval_fraction or "
                             "lower model.max_seq_length")
@@ -284,7 +435,7 @@ def prepare(cfg: DataConfig, tokenizer, block_len: int, eval_max_tokens: int) ->
         raise DataError(f"data.domain: the training part of {cfg.domain.path} ({_documents(stats['domain_train'])}) "
                         f"is shorter than one block of model.max_seq_length={block_len} tokens; add documents, lower "
                         "data.eval_fraction or lower model.max_seq_length")
-    return Corpora(**arrays, fingerprint=key, stats=stats)
+    return Corpora(**arrays, fingerprint=key, stats=stats, general_names=stats["general_names"])
 
 
 def _documents(stats: dict) -> str:
@@ -293,16 +444,72 @@ def _documents(stats: dict) -> str:
 
 
 def _build(cfg: DataConfig, tokenizer, block_len: int, eval_max_tokens: int, out: Path) -> None:
-    stats = {}
+    stats: dict = {}
     domain_train, domain_eval = _split(cfg.domain, "data.domain", cfg)
-    # Only the general corpus's held-out part is ever used: it measures forgetting.
-    _, general_eval = _split(cfg.general, "data.general", cfg)
-    for name, docs in (("domain_train", domain_train), ("domain_eval", domain_eval), ("general_eval", general_eval)):
-        blocks = pack(docs, tokenizer, block_len, None if name == "domain_train" else eval_max_tokens)
-        np.save(out / f"{name}.npy", blocks)
-        stats[name] = {"documents": len(docs), "blocks": int(blocks.shape[0]), "tokens": int(blocks.size)}
-    stats["sources"] = {"domain": source_label(cfg.domain), "general": source_label(cfg.general)}
+    held_out = len(domain_eval)
+    domain_eval, dropped = drop_contaminated(domain_eval, domain_train)
+    stats["contamination"] = {"ngram_words": CONTAMINATION_NGRAM, "threshold": CONTAMINATION_THRESHOLD,
+                              "held_out_documents": held_out, "dropped": dropped}
+    if not domain_eval:
+        raise DataError(f"data.domain: every held-out document is a near-copy of training documents ({dropped} "
+                        f"of {held_out} share >= {CONTAMINATION_THRESHOLD:.0%} of their {CONTAMINATION_NGRAM}-word "
+                        "sequences with them); deduplicate the corpus")
+    blocks = pack(domain_train, tokenizer, block_len)
+    np.save(out / "domain_train.npy", blocks)
+    stats["domain_train"] = {"documents": len(domain_train), "blocks": int(blocks.shape[0]), "tokens": int(blocks.size)}
+    blocks, docs = pack_documents(domain_eval, tokenizer, block_len, eval_max_tokens)
+    np.save(out / "domain_eval.npy", blocks)
+    np.save(out / "domain_eval_docs.npy", docs)
+    stats["domain_eval"] = _eval_stats(domain_eval, blocks, docs)
+    _build_general(cfg, tokenizer, block_len, eval_max_tokens, out, stats)
+    stats["sources"] = {"domain": source_label(cfg.domain),
+                        "general": " + ".join(source_label(g) for g in cfg.general_sources())}
     (out / "stats.json").write_text(json.dumps(stats, indent=2))
+
+
+def _build_general(cfg: DataConfig, tokenizer, block_len: int, eval_max_tokens: int, out: Path, stats: dict) -> None:
+    """Each general corpus's held-out part, packed on its own (eval.max_tokens each), then stacked; document
+    numbers run on across corpora. Only the held-out parts are ever used here: they measure forgetting."""
+    sources, names = cfg.general_sources(), corpus_names(cfg.general_sources())
+    all_blocks, all_docs, corpus, per = [], [], [], {}
+    for i, (src, name) in enumerate(zip(sources, names)):
+        key = "data.general" if len(sources) == 1 else f"data.general[{i}]"
+        _, held_out = _split(src, key, cfg)
+        blocks, docs = pack_documents(held_out, tokenizer, block_len, eval_max_tokens)
+        if blocks.shape[0] == 0:
+            raise DataError(f"{key}: the held-out part of {src.path} ({_documents({'documents': len(held_out)})} at "
+                            f"data.eval_fraction={cfg.eval_fraction}) is shorter than one block of "
+                            f"model.max_seq_length={block_len} tokens; add documents, raise data.eval_fraction or "
+                            "lower model.max_seq_length")
+        n_docs = int(docs.max()) + 1
+        all_blocks.append(blocks)
+        all_docs.append(docs + len(corpus))
+        corpus += [i] * n_docs
+        per[name] = {"source": source_label(src), **_eval_stats(held_out, blocks, docs)}
+    blocks, docs = np.concatenate(all_blocks), np.concatenate(all_docs)
+    np.save(out / "general_eval.npy", blocks)
+    np.save(out / "general_eval_docs.npy", docs)
+    np.save(out / "general_doc_corpus.npy", np.asarray(corpus, dtype=np.int32))
+    stats["general_eval"] = {"documents": sum(p["documents"] for p in per.values()),
+                             "documents_evaluated": len(corpus), "blocks": int(blocks.shape[0]),
+                             "tokens": int(blocks.size)}
+    stats["general_corpora"] = per
+    stats["general_names"] = names
+
+
+def _eval_stats(docs: list[str], blocks: np.ndarray, doc_ids: np.ndarray) -> dict:
+    return {"documents": len(docs), "documents_evaluated": int(doc_ids.max()) + 1 if doc_ids.size else 0,
+            "blocks": int(blocks.shape[0]), "tokens": int(blocks.size)}
+
+
+def validation_blocks(cfg: DataConfig, tokenizer, block_len: int, eval_max_tokens: int) -> np.ndarray:
+    """The general corpora's validation documents (``split_general``), packed like the held-out ones
+    (eval.max_tokens per corpus) and stacked: where a heal is measured and chosen."""
+    parts = []
+    for src in cfg.general_sources():
+        _, validation, _ = split_general(_read(src, "data.general"), cfg.eval_fraction, cfg.seed)
+        parts.append(pack(validation, tokenizer, block_len, eval_max_tokens))
+    return np.concatenate(parts)
 
 
 def _split(src: DataSource, key: str, cfg: DataConfig) -> tuple[list[str], list[str]]:
@@ -329,10 +536,12 @@ def _read(src: DataSource, key: str) -> list[str]:
 
 def _cache_key(cfg: DataConfig, tokenizer, block_len: int, eval_max_tokens: int) -> str:
     h = hashlib.sha256()
-    for src in (cfg.domain, cfg.general):
+    for src in (cfg.domain, *cfg.general_sources()):
         h.update(source_fingerprint(src).encode())
     h.update(tokenizer_fingerprint(tokenizer).encode())
-    h.update(f"{block_len}/{eval_max_tokens}/{cfg.eval_fraction}/{cfg.seed}/v1".encode())
+    # v2: document ids beside the eval blocks, several general corpora, the contamination filter
+    h.update(f"{block_len}/{eval_max_tokens}/{cfg.eval_fraction}/{cfg.seed}/"
+             f"{CONTAMINATION_NGRAM}/{CONTAMINATION_THRESHOLD}/v2".encode())
     return h.hexdigest()[:16]
 
 

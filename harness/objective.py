@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from harness import search_space
+from harness import evals, search_space
 from harness.config import Config
 from harness.urls import redact
 from harness.data import Corpora
@@ -86,6 +86,8 @@ class Objective:
             if progress is not None:
                 progress.close()
         metrics = with_forgetting(result.metrics, ctx.base)
+        if result.evals is not None:  # per-document arrays go to a file; the database holds its path
+            trial.set_user_attr("evals_file", evals.write_trial(ctx.study_dir, trial.number, result.evals))
         started = time.perf_counter()
         ctx.tracker.summary({**metrics, **params.as_dict(), "rule_violations": ", ".join(params.rule_violations)})
         ctx.tracker.finish()
@@ -109,11 +111,15 @@ def _retried_trial(trial) -> int | None:
 
 
 def with_forgetting(metrics: dict[str, float], base: dict[str, float]) -> dict[str, float]:
-    """forgetting = general_loss - base general loss (positive: the model got worse at general text);
-    domain_gain = base domain loss - domain_loss (positive: the model learned the domain)."""
+    """forgetting = general_loss - base general loss (positive: the model got worse at general text), over all
+    general corpora (token-weighted), and forgetting/<name> for each one; domain_gain = base domain loss -
+    domain_loss (positive: the model learned the domain)."""
     out = dict(metrics)
     out["forgetting"] = metrics["general_loss"] - base["general_loss"]
     out["domain_gain"] = base["domain_loss"] - metrics["domain_loss"]
+    for key, value in metrics.items():
+        if key.startswith("general_loss/") and key in base:
+            out["forgetting/" + key.removeprefix("general_loss/")] = value - base[key]
     return out
 
 

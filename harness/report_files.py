@@ -52,8 +52,18 @@ def _header(study, kind: str) -> list[str]:
             if healed else "the base as loaded, not healed: on a dequantized (GGUF) base, training on any English "
             "text repairs some quantization loss and lowers general loss, which masks forgetting"),
         f"- **Base losses**: domain {base.get('domain_loss', float('nan')):.4f}, "
-        f"general {base.get('general_loss', float('nan')):.4f} nats/token", "",
+        f"general {base.get('general_loss', float('nan')):.4f} nats/token", *_contamination(study), "",
     ]
+
+
+def _contamination(study) -> list[str]:
+    """How many held-out domain documents were dropped as near-copies of training documents."""
+    c = (study.user_attrs.get("data_stats") or {}).get("contamination")
+    if not c:
+        return []
+    return [f"- **Held-out domain documents dropped as near-copies of training documents**: {c['dropped']} of "
+            f"{c['held_out_documents']} (>= {c['threshold']:.0%} of their {c['ngram_words']}-word sequences occur in "
+            "the training documents)"]
 
 
 def _scales(study, design: dict) -> str:
@@ -72,11 +82,15 @@ def _scales(study, design: dict) -> str:
 
 
 def _heal_effect(prov: dict) -> str:
-    """What healing did to the held-out general loss, when the heal measured it."""
+    """What healing did to the general loss, when the heal measured it: on the validation documents it is
+    judged on, and on the held-out (test) documents forgetting is measured on."""
     before, after = (prov.get("heal_held_out") or {}).get("general_loss", (None, None))
     if before is None:
         return ""
     text = f"; healing moved the held-out general loss from {before:.4f} to {after:.4f} ({after - before:+.4f})"
+    v0, v1 = (prov.get("heal_validation") or {}).get("general_loss", (None, None))
+    if v0 is not None:
+        text += f" (on the validation documents, which the heal was judged on: {v0:.4f} to {v1:.4f}, {v1 - v0:+.4f})"
     return text + (": **it made the base worse on general text**, shifting it toward the heal data instead of "
                    "repairing it" if after > before else "")
 
@@ -194,9 +208,10 @@ def _curves_figure(study, path: Path, group_by: str | None) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     colors: dict[str, str] = {}
     base = study.user_attrs.get("base") or {}
-    start = [{"tokens_seen": 0, **base}] if base else []  # every curve starts at the base model
+    start = [{"tokens_seen": 0, **base}] if base else []  # a curve starts at the base model ...
     for t in study.get_trials(deepcopy=False, states=[_complete()]):
-        curve = start + (t.user_attrs.get("curve") or [])
+        curve = t.user_attrs.get("curve") or []
+        curve = curve if curve and curve[0]["tokens_seen"] == 0 else start + curve  # ... or its init_adapter's step 0
         label = str(t.user_attrs.get(group_by)) if group_by else f"trial {t.number}"
         first = label not in colors  # one legend entry per group (an arm's seeds share a colour)
         color = colors.setdefault(label, f"C{len(colors) % 10}")
@@ -334,10 +349,16 @@ def _frontier_sections(study, cfg, out: Path) -> list[str]:
 
     design = study.user_attrs["design"]
     runs = claims.runs_from_study(study)
-    results = claims.judge(claims.analyse(design["factors"], runs, cfg.ablation.min_effect), *_doc_results(study, cfg))
+    analysed = claims.analyse(design["factors"], runs, cfg.ablation.min_effect,
+                              claims.runs_from_study(study, forgetting="general_kl"))
+    docs = _doc_results(study, cfg, out)
+    results = claims.judge(analysed, *(docs or (None, None)))
     conditions = _conditions(study, cfg, design)
     lines = _header(study, "Ablation")[:2] + ["## Verdicts", ""]
     lines += [f"- {claims.verdict_line(r, conditions)}" for r in results]
+    lines.append("- Intervals: " + ("seeds and a bootstrap over the eval documents (200 replicates, documents drawn "
+                                     "once for every arm, LR, seed and the base; `evals.npz` holds them)" if docs else
+                                     "seed noise only (no per-document eval results found)"))
     untested = [spec for name, spec in claims.SPECS.items() if name not in design["factors"]]
     if untested:
         lines.append("- **NOT TESTED** here: " + "; ".join(f"*{s.claim}* (factor `{s.factor}`)" for s in untested))
@@ -406,9 +427,20 @@ def _result_json(r) -> dict:
             "percent_perplexity": stats.percent_perplexity(v.estimate)}
 
 
-def _doc_results(study, cfg) -> tuple:
-    """(per-document runs, base) for the document bootstrap, where the trials stored them; else (None, None)."""
-    return None, None
+def _doc_results(study, cfg, out: Path):
+    """(per-document runs, base) for the document bootstrap, or None: collected into ``evals.npz`` beside the
+    report from the study's trial folders, so the report folder keeps them; else read from an ``evals.npz``
+    already there (a committed report, rebuilt where the trial folders are gone)."""
+    from harness import claims, evals
+
+    collected = out / "evals.npz"
+    try:  # the study's own folder, where it is here: fresher than a copy
+        evals.collect(study, Path(cfg.study.output_dir) / study.study_name, collected)
+    except (FileNotFoundError, ValueError):
+        if not collected.is_file():
+            return None
+    base, by_trial = evals.read_collected(collected)
+    return claims.doc_runs_from_study(study, by_trial, base)
 
 
 def _frontier_figure(runs, path: Path, title: str) -> None:

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import backends, data, models, report, search_space, storage
+from harness import backends, data, evals, models, report, search_space, storage
 from harness.config import Config, ConfigError
 
 
@@ -72,8 +72,16 @@ def setup(cfg: Config, backend=None, log=print, worker: int = 0, study_attrs: di
             study.set_user_attr(key, value)
     if "model_provenance" not in study.user_attrs:
         study.set_user_attr("model_provenance", models.provenance(model_path))
-    base = storage.ensure_base_losses(study, cfg.study.storage,
-                                      lambda: measure_base(backend, model_path, cfg, corpora, log))
+    if "data_stats" not in study.user_attrs:  # document counts, contamination: for the report's header
+        study.set_user_attr("data_stats", corpora.stats)
+
+    def measure() -> dict:
+        study_dir = Path(cfg.study.output_dir) / cfg.study.name
+        out = measure_base(backend, model_path, cfg, corpora, log, evals_dir=study_dir)
+        study.set_user_attr("base_evals_file", evals.BASE_FILE)
+        return out
+
+    base = storage.ensure_base_losses(study, cfg.study.storage, measure)
     log(f"[setup] base model: domain loss {base['domain_loss']:.4f}, general loss {base['general_loss']:.4f}")
     return Session(cfg, backend, model_path, corpora, study, base)
 
@@ -94,16 +102,26 @@ def _refuse(problems: list[str]) -> None:
         raise ConfigError(problems, "config (checked against this machine and model)")
 
 
-def measure_base(backend, model_path: str, cfg: Config, corpora: data.Corpora, log=print) -> dict:
-    from harness.train import evaluate
+def measure_base(backend, model_path: str, cfg: Config, corpora: data.Corpora, log=print,
+                 evals_dir: Path | None = None) -> dict:
+    """The base model's held-out losses (each general corpus's too); with ``evals_dir`` (the study folder), its
+    per-document results are written there as base_evals.npz. A study calls it once (storage.ensure_base_losses)."""
+    from harness import metrics
 
     log("[setup] measuring the base model's held-out losses (once per study)")
     with _loading(cfg):
         model = backend.load_base(model_path, cfg.model)
-    out = {name: evaluate(model, blocks, cfg.eval.batch_size, backend.device, backend.autocast)
-           for name, blocks in (("domain_loss", corpora.domain_eval), ("general_loss", corpora.general_eval))}
+    general_set = corpora.general_set()
+    b, device = cfg.eval.batch_size, backend.device
+    domain = metrics.doc_losses(model, corpora.domain_set(), b, device, backend.autocast)
+    general = metrics.doc_losses(model, general_set, b, device, backend.autocast)
     del model
-    return out
+    if evals_dir is not None:
+        evals.write(evals_dir / evals.BASE_FILE,
+                    evals.Evals.from_checkpoints([(0, 0, domain, general)], general_set.corpus, general_set.names))
+    per_corpus = general.corpus_losses(general_set.corpus, general_set.names)
+    return {"domain_loss": domain.loss, "general_loss": general.loss,
+            **{f"general_loss/{name}": v for name, v in per_corpus.items()}}
 
 
 def run(cfg: Config, n_trials: int | None = None, log=print) -> Session:

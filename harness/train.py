@@ -19,9 +19,11 @@ import numpy as np
 import torch
 
 from harness import audit as audit_mod
+from harness import metrics as metrics_mod
 from harness.backends.peft_backend import embedding_module_names
 from harness.config import Config
 from harness.data import Corpora
+from harness.evals import Evals
 from harness.search_space import TrialParams
 
 
@@ -37,6 +39,7 @@ class TrialResult:
     timings: dict[str, float]
     adapter_dir: str | None = None
     base_load: str = ""  # "disk", or "copy" of the base the worker keeps loaded (model.keep_loaded)
+    evals: Evals | None = None  # per-document results of every eval checkpoint (written to evals.npz)
 
 
 @dataclass
@@ -60,8 +63,40 @@ class Timer:
             self.totals[name] += time.perf_counter() - t
 
 
+class Evaluation:
+    """A trial's held-out evaluation: at each checkpoint the domain and general losses (each general corpus's
+    too) and general_kl, from per-document sums that are kept for evals.npz. The start model general_kl
+    compares against is the backend's kept base, or loaded at the first checkpoint and freed by ``close``."""
+
+    def __init__(self, backend, model_path: str, cfg: Config, corpora: Corpora):
+        self.backend, self.model_path, self.cfg = backend, model_path, cfg
+        self.domain, self.general = corpora.domain_set(), corpora.general_set()
+        self.checkpoints: list = []
+        self._start = None
+
+    def __call__(self, model, step: int, tokens_seen: int) -> dict[str, float]:
+        if self._start is None:
+            self._start, _ = self.backend.start_model(self.model_path, self.cfg.model)
+        b, device, autocast = self.cfg.eval.batch_size, self.backend.device, self.backend.autocast
+        domain = metrics_mod.doc_losses(model, self.domain, b, device, autocast)
+        general = metrics_mod.doc_losses(model, self.general, b, device, autocast, start=self._start)
+        self.checkpoints.append((step, tokens_seen, domain, general))
+        per_corpus = general.corpus_losses(self.general.corpus, self.general.names)
+        return {"step": step, "tokens_seen": tokens_seen, "domain_loss": domain.loss, "general_loss": general.loss,
+                "general_kl": general.mean_kl, **{f"general_loss/{name}": v for name, v in per_corpus.items()}}
+
+    def evals(self) -> Evals | None:
+        if not self.checkpoints:
+            return None
+        return Evals.from_checkpoints(self.checkpoints, self.general.corpus, self.general.names)
+
+    def close(self) -> None:
+        self._start = None  # a start model loaded for this trial goes with it; a kept one stays with the backend
+
+
 def evaluate(model, blocks: np.ndarray, batch_size: int, device, autocast) -> float:
-    """Mean next-token cross-entropy (nats/token) over all blocks; every block has the same length."""
+    """Mean next-token cross-entropy (nats/token) over all blocks; every block has the same length. (Trials
+    use ``Evaluation``, per document; this is the plain mean, for healing and as a reference.)"""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -116,7 +151,12 @@ def run_trial(backend, model_path: str, cfg: Config, params: TrialParams, corpor
     with timer("log"):
         tracker.log_audit(record)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.train.max_steps, cfg.train.warmup_ratio))
-    result = _loop(model, optimizer, scheduler, backend, cfg, corpora, tracker, timer, progress)
+    evaluation = Evaluation(backend, model_path, cfg, corpora)
+    try:
+        result = _loop(model, optimizer, scheduler, backend, cfg, evaluation, corpora, tracker, timer, progress)
+    finally:
+        evaluation.close()
+    result.evals = evaluation.evals()
     if adapter_dir is not None:
         with timer("save"):
             model.save_pretrained(str(adapter_dir))
@@ -154,11 +194,14 @@ def _embedding_names(model) -> tuple[str, ...]:
     return tuple(embedding_module_names(model))
 
 
-def _loop(model, optimizer, scheduler, backend, cfg: Config, corpora: Corpora, tracker, timer: Timer, progress):
+def _loop(model, optimizer, scheduler, backend, cfg: Config, evaluation: Evaluation, corpora: Corpora, tracker,
+          timer: Timer, progress):
     t = cfg.train
     device = backend.device
     stream = batches(corpora.domain_train, t.batch_size, t.seed)
     tokens_seen, first_loss, curve = 0, None, []
+    if cfg.lora.init_adapter:  # where the adapter starts: what this continuation adds is measured from here
+        curve.append(_eval_point(evaluation, model, 0, 0, tracker, timer))
     log_every = max(1, t.max_steps // 50)
     trainable = [p for p in model.parameters() if p.requires_grad]
     started = time.perf_counter()
@@ -189,23 +232,37 @@ def _loop(model, optimizer, scheduler, backend, cfg: Config, corpora: Corpora, t
                              "train/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
                              "tokens_seen": tokens_seen, "step": step})
         if step % t.eval_every == 0 or step == t.max_steps:
-            with timer("eval"):
-                point = {"step": step, "tokens_seen": tokens_seen,
-                         "domain_loss": evaluate(model, corpora.domain_eval, cfg.eval.batch_size, device, backend.autocast),
-                         "general_loss": evaluate(model, corpora.general_eval, cfg.eval.batch_size, device, backend.autocast)}
-            curve.append(point)
-            with timer("log"):
-                tracker.log({"eval/domain_loss": point["domain_loss"], "eval/general_loss": point["general_loss"],
-                             "tokens_seen": tokens_seen, "step": step})
+            curve.append(_eval_point(evaluation, model, step, tokens_seen, tracker, timer))
         if t.time_limit_s is not None and time.perf_counter() - started > t.time_limit_s:
             raise TrialFailed(f"time limit: {time.perf_counter() - started:.0f} s > train.time_limit_s={t.time_limit_s:g} "
                               f"at step {step}/{t.max_steps}")
     final = curve[-1]
     train_time = timer.totals["train"]
-    metrics = {"domain_loss": final["domain_loss"], "general_loss": final["general_loss"],
+    metrics = {**{k: v for k, v in final.items() if k not in ("step", "tokens_seen")},
                "train_loss": step_loss, "tokens_seen": tokens_seen, "train_time_s": train_time,
                "tokens_per_s": tokens_seen / train_time if train_time > 0 else float("nan")}
+    if cfg.lora.init_adapter:
+        metrics.update(from_start(curve[0], final))
     return TrialResult(metrics=metrics, curve=curve, audit={}, timings={})
+
+
+def _eval_point(evaluation: Evaluation, model, step: int, tokens_seen: int, tracker, timer: Timer) -> dict:
+    with timer("eval"):
+        point = evaluation(model, step, tokens_seen)
+    with timer("log"):
+        tracker.log({**{f"eval/{k}": v for k, v in point.items() if k not in ("step", "tokens_seen")},
+                     "tokens_seen": tokens_seen, "step": step})
+    return point
+
+
+def from_start(start: dict[str, float], final: dict[str, float]) -> dict[str, float]:
+    """A continuation (lora.init_adapter) measured from the adapter it started from, beside the metrics that
+    compare against the raw base: the start's losses, domain_gain_from_start = start domain loss - domain_loss,
+    forgetting_from_start = general_loss - start general loss."""
+    return {"domain_loss_start": start["domain_loss"], "general_loss_start": start["general_loss"],
+            "general_kl_start": start["general_kl"],
+            "domain_gain_from_start": start["domain_loss"] - final["domain_loss"],
+            "forgetting_from_start": final["general_loss"] - start["general_loss"]}
 
 
 def _check_divergence(step: int, loss: float, first: float, factor: float) -> None:

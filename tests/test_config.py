@@ -194,3 +194,18 @@ def test_a_binary_or_non_utf8_config_names_the_file(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(bad)
     assert e.value.source == str(bad) and e.value.problems[0].startswith("the config file is binary")
+
+
+def test_general_is_one_source_or_a_list():
+    from harness.config import summary
+
+    single = load_config(DEMO, [])
+    assert single.data.general_sources() == [single.data.general] and single.data.general.path == "builtin:brown"
+    both = load_config(DEMO, ["data.general=[builtin:brown, {path: builtin:sotu}]"])
+    assert [g.path for g in both.data.general_sources()] == ["builtin:brown", "builtin:sotu"]
+    assert "general builtin:brown + builtin:sotu" in summary(both)
+    ps = problems("data.general=[builtin:brown, builtin:poetry, builtin:brown]")
+    assert any(p.startswith("data.general[1]: unknown built-in corpus 'poetry'") for p in ps)
+    assert "data.general[2]: builtin:brown is listed twice" in ps
+    assert problems("data.general=[]") == [
+        "data.general: an empty list; name at least one source, e.g. [builtin:brown, builtin:sotu]"]

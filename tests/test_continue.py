@@ -8,7 +8,7 @@ import torch
 from optuna.trial import TrialState
 from safetensors.torch import load_file
 
-from harness import audit, train
+from harness import audit, evals, train
 from harness.backends.peft_backend import PeftBackend
 from harness.cli import main
 from harness.config import ConfigError, load_config
@@ -68,10 +68,27 @@ def test_continued_training_starts_from_the_adapter_and_trains_on(first_adapter,
     assert any(not torch.equal(after[k], saved[k]) for k in lora_b), "training went on from the adapter"
 
 
-def test_continuation_runs_as_a_sweep(first_adapter, tiny_overrides, tiny_corpora, tmp_path):
-    adapter, _ = first_adapter
+def test_continuation_runs_as_a_sweep_and_is_measured_from_the_adapter(first_adapter, tiny_overrides, tiny_corpora,
+                                                                         tmp_path):
+    adapter, first = first_adapter
     sets = [f"lora.init_adapter={adapter}", "search.rank.choices=[16]", "study.name=continued",
             f"data.domain={tiny_corpora['general']}"]
     assert main(["sweep", str(DEMO), "--n-trials", "1"] + [x for o in tiny_overrides + sets for x in ("--set", o)]) == 0
-    (t,) = optuna.load_study(study_name="continued", storage=f"sqlite:///{tmp_path}/study.db").trials
-    assert t.state == TrialState.COMPLETE and t.user_attrs["rank"] == 16
+    study = optuna.load_study(study_name="continued", storage=f"sqlite:///{tmp_path}/study.db")
+    (t,) = study.trials
+    a, base = t.user_attrs, study.user_attrs["base"]
+    assert t.state == TrialState.COMPLETE and a["rank"] == 16
+    # Step 0 is the adapter as saved: on the same general text, exactly where the first trial ended.
+    start = a["curve"][0]
+    assert (start["step"], start["tokens_seen"]) == (0, 0) and [p["step"] for p in a["curve"]] == [0, 3, 6]
+    assert a["general_loss_start"] == start["general_loss"] == pytest.approx(first.user_attrs["general_loss"], rel=1e-5)
+    assert a["general_kl_start"] == pytest.approx(first.user_attrs["general_kl"], rel=1e-4)
+    assert a["general_kl_start"] > 0, "the adapter had moved away from the base"
+    assert a["domain_loss_start"] == start["domain_loss"]
+    assert a["domain_gain_from_start"] == pytest.approx(a["domain_loss_start"] - a["domain_loss"])
+    assert a["forgetting_from_start"] == pytest.approx(a["general_loss"] - a["general_loss_start"])
+    assert a["domain_gain_from_start"] > 0, "the continuation learned its new domain"
+    # ... beside the metrics against the raw base, which include what the adapter had already done.
+    assert a["forgetting"] == pytest.approx(a["general_loss"] - base["general_loss"])
+    assert a["forgetting"] != pytest.approx(a["forgetting_from_start"])
+    assert evals.read_trial(tmp_path / "runs" / "continued", t).step.tolist() == [0, 3, 6]

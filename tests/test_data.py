@@ -22,7 +22,7 @@ def tokenizer(tiny_model):
 def test_builtin_corpora_are_real_and_large_enough():
     for name in data.BUILTIN_CORPORA:
         docs = data.read_documents(DataSource(f"builtin:{name}"))
-        assert len(docs) >= 250 and sum(map(len, docs)) > 3_000_000, name
+        assert len(docs) >= (233 if name == "sotu" else 250) and sum(map(len, docs)) > 3_000_000, name
 
 
 def test_split_is_by_document_and_deterministic():
@@ -92,10 +92,15 @@ def test_prepare_is_cached_and_eval_blocks_fixed(tokenizer, tiny_corpora, monkey
 
 def test_empty_held_out_text_is_a_clear_error(tokenizer, tmp_path):
     (tmp_path / "d.txt").write_text("tiny\n\nalso tiny\n\nsmall\n")
-    cfg = DataConfig(domain=DataSource(str(tmp_path / "d.txt")), general=DataSource(str(tmp_path / "d.txt")))
+    cfg = DataConfig(domain=DataSource(str(tmp_path / "d.txt")), general=DataSource("builtin:brown"))
     with pytest.raises(data.DataError) as e:
         data.prepare(cfg, tokenizer, block_len=512, eval_max_tokens=512)
     assert str(e.value).startswith(f"data.domain: the held-out part of {tmp_path}/d.txt (1 document at "
+                                   "data.eval_fraction=0.1) is shorter than one block of model.max_seq_length=512")
+    cfg = DataConfig(domain=DataSource("builtin:legal"), general=DataSource(str(tmp_path / "d.txt")))
+    with pytest.raises(data.DataError) as e:
+        data.prepare(cfg, tokenizer, block_len=512, eval_max_tokens=512)
+    assert str(e.value).startswith(f"data.general: the held-out part of {tmp_path}/d.txt (1 document at "
                                    "data.eval_fraction=0.1) is shorter than one block of model.max_seq_length=512")
 
 
@@ -140,3 +145,66 @@ def test_a_hub_dataset_offline_needs_the_cache(tmp_path, monkeypatch):
     assert "HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set" in data.check_source(src, "data.domain")[0]
     (tmp_path / "hub" / "datasets--someone--corpus").mkdir(parents=True)
     assert data.check_source(src, "data.domain") == []
+
+
+def test_every_token_knows_its_document(tokenizer):
+    docs = ["hello world", "license text here", "a third document", "and a fourth one"]
+    blocks, owner = data.pack_documents(docs, tokenizer, block_len=5)
+    assert np.array_equal(blocks, data.pack(docs, tokenizer, block_len=5)) and owner.shape == blocks.shape
+    assert owner.dtype == np.int32 and np.all(np.diff(owner.reshape(-1)) >= 0), "documents in packing order"
+    flat, sep = blocks.reshape(-1), data.separator_id(tokenizer)
+    for k in np.unique(owner):
+        ids = tokenizer(docs[k], add_special_tokens=False)["input_ids"] + [sep]
+        mine = flat[owner.reshape(-1) == k].tolist()
+        assert mine == ids[: len(mine)], f"document {k}'s tokens (and its separator) carry its index"
+
+
+def test_contamination_filter_drops_a_copy_of_training_text_and_keeps_fresh_text():
+    training = builtin_docs("legal", 30)
+    fresh = builtin_docs("brown", 1)[0]
+    copied = "  ".join(training[7].upper().split())  # a verbatim copy, respaced and upper-cased
+    half = training[3].split()
+    mostly = " ".join(half[: int(len(half) * 0.7)] + fresh.split()[: int(len(half) * 0.3)])
+    kept, dropped = data.drop_contaminated([copied, fresh, mostly], training)
+    assert kept == [fresh] and dropped == 2
+    words = fresh.split()
+    a_little = " ".join(words[:200] + half[:40])  # 40 copied words of 240: well under half of its 13-grams
+    assert data.drop_contaminated([a_little], training) == ([a_little], 0)
+    assert data.drop_contaminated(["too short to have a single thirteen word sequence"], training)[1] == 0
+
+
+def test_prepare_drops_held_out_copies_and_counts_them(tokenizer, tmp_path):
+    originals = builtin_docs("legal", 40)
+    docs = originals + originals  # every document twice: a held-out one whose twin trains is contaminated
+    (tmp_path / "dup.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs))
+    cfg = DataConfig(domain=DataSource(str(tmp_path / "dup.jsonl")), general=DataSource("builtin:brown"),
+                     eval_fraction=0.2)
+    train, held_out = data.split_documents(docs, cfg.eval_fraction, cfg.seed)
+    expected = sum(d in train for d in held_out)
+    assert 0 < expected < len(held_out), "the split should hold out some twins together, some apart"
+    corpora = data.prepare(cfg, tokenizer, block_len=32, eval_max_tokens=100_000)
+    c = corpora.stats["contamination"]
+    assert (c["dropped"], c["held_out_documents"], c["ngram_words"]) == (expected, len(held_out), 13)
+    assert corpora.stats["domain_eval"]["documents"] == len(held_out) - expected
+    evaluated = corpora.domain_set()
+    assert evaluated.n_docs == len(held_out) - expected  # every kept document fits in 100k tokens
+
+
+def test_several_general_corpora_are_packed_apart_and_numbered_on(tokenizer, tiny_corpora):
+    one = DataConfig(domain=DataSource(str(tiny_corpora["domain"])), general=DataSource(str(tiny_corpora["general"])))
+    two = DataConfig(domain=one.domain, general=[one.general, DataSource(str(tiny_corpora["sotu"]))])
+    single, both = data.prepare(one, tokenizer, 32, 256), data.prepare(two, tokenizer, 32, 256)
+    assert single.general_names == ["brown"] and both.general_names == ["brown", "sotu"]
+    g = both.general_set()
+    n_brown = single.general_set().n_docs
+    # eval.max_tokens applies per corpus: Brown's blocks are the single-corpus ones, SOTU's follow.
+    assert np.array_equal(both.general_eval[: len(single.general_eval)], single.general_eval)
+    assert both.general_eval.shape == (16, 32) and g.docs.shape == (16, 32)
+    assert list(g.corpus) == [0] * n_brown + [1] * (g.n_docs - n_brown)
+    assert g.docs[len(single.general_eval):].min() == n_brown, "SOTU's documents are numbered after Brown's"
+    per = both.stats["general_corpora"]
+    assert set(per) == {"brown", "sotu"} and per["sotu"]["tokens"] == 256
+    assert per["sotu"]["source"].endswith("sotu.jsonl")
+    assert both.fingerprint != single.fingerprint
+    assert data.corpus_names([DataSource("builtin:brown"), DataSource("/x/brown.txt"), DataSource("org/wiki")]) == [
+        "brown", "brown-2", "wiki"]

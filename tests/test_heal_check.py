@@ -1,5 +1,6 @@
 """benchmarks/heal_check.py on the tiny model: every candidate heals in its own process, the results are the
-heals' own measurements, and the chosen one is the largest drop in held-out general loss."""
+heals' own measurements, and the chosen one is the largest drop in general loss on the validation documents
+(never on the held-out test documents that measure forgetting)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ def load_script():
     return module
 
 
-def test_heal_check_records_every_candidate_and_picks_the_largest_drop(tiny_overrides, tiny_corpora, tmp_path):
+def test_heal_check_records_every_candidate_and_picks_the_largest_validation_drop(tiny_overrides, tiny_corpora,
+                                                                                  tmp_path):
     heal_check = load_script()
     out, chosen = tmp_path / "heal.json", tmp_path / "chosen.txt"
     sets = [x for o in tiny_overrides + ["model.heal.rank=4", "model.heal.batch_size=2"] for x in ("--set", o)]
@@ -30,11 +32,12 @@ def test_heal_check_records_every_candidate_and_picks_the_largest_drop(tiny_over
     assert set(rows) == set(candidates[:2])
     for c, row in rows.items():
         prov = json.loads((Path(row["path"]) / "provenance.json").read_text())
-        (g0, g1) = prov["heal_held_out"]["general_loss"]
-        assert row["general_change"] == round(g1 - g0, 4) and prov["heal"]["steps"] == 3
+        (g0, g1), (v0, v1) = prov["heal_held_out"]["general_loss"], prov["heal_validation"]["general_loss"]
+        assert row["test_change"] == round(g1 - g0, 4) and prov["heal"]["steps"] == 3
+        assert row["validation_change"] == round(v1 - v0, 4) and v0 != g0, "validation is other text than test"
     assert rows[candidates[1]]["heal"]["data"].endswith("(training documents only)")
-    best = min(rows.values(), key=lambda r: r["general_change"])
-    assert results["chosen"] == best["candidate"]
+    best = min(rows.values(), key=lambda r: r["validation_change"])
+    assert results["chosen"] == best["candidate"] and "validation" in results["rule"]
     data, _, _ = best["candidate"].split(",")
     assert chosen.read_text().splitlines() == [f"model.heal.data={data}", "model.heal.steps=3",
                                                "model.heal.learning_rate=0.01"]

@@ -138,6 +138,8 @@ def test_metrics_and_curve(tiny_cfg, backend, tmp_path):
     assert [p["step"] for p in result.curve] == [3, 6]
     assert [p["tokens_seen"] for p in result.curve] == [768, 1536]
     assert m["domain_loss"] == result.curve[-1]["domain_loss"]
+    assert {"general_kl", "general_loss/brown"} <= set(result.curve[-1]) and m["general_kl"] > 0
+    assert result.evals.step.tolist() == [3, 6] and result.evals.domain_nll.shape[0] == 2
     assert {"load", "train", "eval", "log", "save"} <= set(result.timings)
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
 

@@ -62,3 +62,6 @@ def test_unsloth_sweep_trains_audited_trials(tiny_overrides, tmp_path):
         assert groups["lora"]["parameters"] > 0
         assert t.user_attrs["domain_gain"] > 0
         assert t.user_attrs["use_rslora"] == (t.params["rank"] > 64)
+        # Per-document eval through Unsloth's forward: the head's input is its logits' (no fallback), KL > 0
+        assert t.user_attrs["general_kl"] > 0 and (tmp_path / "runs" / "tiny" / t.user_attrs["evals_file"]).is_file()
+    assert "evaluating from full logits" not in proc.stderr

@@ -63,6 +63,15 @@ class Backend:
         self.last_load = "disk"
         return load()
 
+    def start_model(self, model_path: str, model_cfg) -> tuple[Any, bool]:
+        """The untouched model at ``model_path`` that every trial starts from (the healed base, where healing is
+        on), to compare a trained model against (general_kl). ``(model, loaded)``: the copy this process keeps
+        loaded when there is one (model.keep_loaded), else one loaded now, which the caller frees (loaded=True).
+        Never ``disable_adapter()``: the embeddings train in full, so the adapter-free model is not the start."""
+        if self._kept is not None and self._kept[0][0] == model_path:
+            return self._kept[1], False
+        return self.load_base(model_path, model_cfg), True
+
     def autocast(self):
         """Context for forward passes (bf16 autocast on GPU where the backend wants it)."""
         import contextlib
