@@ -14,6 +14,7 @@ results are stored, their bootstrap variance widens every interval.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -88,9 +89,23 @@ def runs_from_study(study, forgetting: str = "general_loss") -> list[frontier.Ru
     return runs
 
 
-def doc_runs_from_study(study, evals_by_trial: dict, base_evals) -> tuple[list[frontier.DocRun], frontier.Base] | None:
+def complete_seeds(runs: Sequence[frontier.Run], factors: dict[str, list[str]],
+                   lrs: Sequence[float]) -> tuple[list[frontier.Run], list[int]]:
+    """The runs of the seeds where every arm ran at every LR, and the seeds left out: an envelope over a seed's
+    LRs means the same thing for every arm only when none is missing (a partial or interrupted run)."""
+    arms = [tuple(sorted(zip(factors, combo))) for combo in itertools.product(*factors.values())]
+    want = {(arm, float(lr)) for arm in arms for lr in lrs}
+    have: dict[int, set] = {}
+    for r in runs:
+        have.setdefault(r.seed, set()).add((r.cell, float(r.lr)))
+    partial = sorted(s for s, got in have.items() if not want <= got)
+    return [r for r in runs if r.seed not in partial], partial
+
+
+def doc_runs_from_study(study, evals_by_trial: dict, base_evals,
+                        leave_out: Sequence[int] = ()) -> tuple[list[frontier.DocRun], frontier.Base] | None:
     """The per-document results of every complete arm trial, for the document bootstrap; None when any is missing."""
-    trials = list(_arm_trials(study))
+    trials = [(t, lv, c) for t, lv, c in _arm_trials(study) if t.user_attrs["seed"] not in set(leave_out)]
     if base_evals is None or not trials or any(t.number not in evals_by_trial for t, _, _ in trials):
         return None
     doc_runs = []
@@ -179,6 +194,26 @@ def _dose(runs, ratios: list[str], delta: float) -> Result:
 
 def _mean(values: dict) -> float:
     return float(np.mean(list(values.values()))) if values else math.nan
+
+
+@dataclass
+class StudyVerdicts:
+    results: list[Result]
+    runs: list[frontier.Run]  # the runs compared: complete seeds only
+    partial: list[int]  # seeds left out because some arm x LR trial is missing
+    bootstrapped: bool  # whether the intervals include the document bootstrap
+
+
+def study_verdicts(study, min_effect: float, doc_results: Callable | None = None) -> StudyVerdicts:
+    """Every claim of an LR-crossed ablation study judged: the one path the report and the terminal share.
+    ``doc_results(partial)``: (per-document runs, base) for the bootstrap, or None."""
+    design = study.user_attrs["design"]
+    factors, lrs = design["factors"], design["learning_rates"]
+    runs, partial = complete_seeds(runs_from_study(study), factors, lrs)
+    kl_runs, _ = complete_seeds(runs_from_study(study, forgetting="general_kl"), factors, lrs)
+    docs = doc_results(partial) if doc_results else None
+    results = judge(analyse(factors, runs, min_effect, kl_runs), *(docs or (None, None)))
+    return StudyVerdicts(results, runs, partial, docs is not None)
 
 
 def judge(results: list[Result], doc_runs=None, base=None, replicates: int = 200) -> list[Result]:

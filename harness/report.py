@@ -84,9 +84,13 @@ def effects_text(study, min_effect: float = 0.01) -> str:
     design = study.user_attrs.get("design")
     if not design:
         return ""
-    if "learning_rates" in design:  # the frontier design: one verdict per claim
-        results = claims.judge(claims.analyse(design["factors"], claims.runs_from_study(study), min_effect))
-        return "verdicts on the learning-forgetting frontier:\n" + "\n".join(
+    if "learning_rates" in design:  # the frontier design: one verdict per claim (the report adds the bootstrap)
+        judged = claims.study_verdicts(study, min_effect)
+        results = judged.results
+        head = "verdicts on the learning-forgetting frontier (seed noise only; the report adds the document bootstrap)"
+        if judged.partial:
+            head += f"; seeds {judged.partial} are incomplete and left out"
+        return head + ":\n" + "\n".join(
             f"  {r.verdict.label:<12} {r.spec.factor:<19} {r.verdict.estimate:+.4f} (n={r.verdict.n}) "
             f"{r.spec.analysis}" for r in results)
     lines = ["effect (alternative - advice), mean over seeds with 95% t-interval:"]

@@ -332,7 +332,7 @@ def _ablation_sections(study, cfg, out: Path) -> list[str]:
     return lines
 
 
-def _conditions(study, cfg, design: dict) -> str:
+def _conditions(study, cfg, design: dict, seeds: int) -> str:
     prov = study.user_attrs.get("model_provenance") or {}
     model = (prov.get("description") or prov.get("source") or cfg.model.name).split(",")[0]
     t = cfg.train
@@ -340,7 +340,8 @@ def _conditions(study, cfg, design: dict) -> str:
     ranks = sorted({int(lv) for lv in design["factors"].get("rank", [design["fixed"]["rank"]])})
     lrs = design["learning_rates"]
     return (f"{model}; domain {cfg.data.domain.path}; rank {'/'.join(map(str, ranks))}; LR grid "
-            f"{', '.join(f'{lr:g}' for lr in lrs)}; {t.max_steps} steps of {tokens // t.max_steps:,} tokens; {design['seeds']} seeds")
+            f"{', '.join(f'{lr:g}' for lr in lrs)}; {t.max_steps} steps of {tokens // t.max_steps:,} tokens; "
+            f"{seeds} of {design['seeds']} seeds complete")
 
 
 def _frontier_sections(study, cfg, out: Path) -> list[str]:
@@ -348,16 +349,17 @@ def _frontier_sections(study, cfg, out: Path) -> list[str]:
     from harness import claims
 
     design = study.user_attrs["design"]
-    runs = claims.runs_from_study(study)
-    analysed = claims.analyse(design["factors"], runs, cfg.ablation.min_effect,
-                              claims.runs_from_study(study, forgetting="general_kl"))
-    docs = _doc_results(study, cfg, out)
-    results = claims.judge(analysed, *(docs or (None, None)))
-    conditions = _conditions(study, cfg, design)
+    judged = claims.study_verdicts(study, cfg.ablation.min_effect, lambda partial: _doc_results(study, cfg, out, partial))
+    results, runs, partial = judged.results, judged.runs, judged.partial
+    conditions = _conditions(study, cfg, design, len({r.seed for r in runs}))
     lines = _header(study, "Ablation")[:2] + ["## Verdicts", ""]
     lines += [f"- {claims.verdict_line(r, conditions)}" for r in results]
+    if partial:
+        lines.append(f"- **Incomplete design**: seeds {partial} lack some arm × LR trials and are left out of every "
+                     "comparison; resume the ablation (the same command adds only the missing trials) to use them.")
     lines.append("- Intervals: " + ("seeds and a bootstrap over the eval documents (200 replicates, documents drawn "
-                                     "once for every arm, LR, seed and the base; `evals.npz` holds them)" if docs else
+                                     "once for every arm, LR, seed and the base; `evals.npz` holds them)"
+                                     if judged.bootstrapped else
                                      "seed noise only (no per-document eval results found)"))
     untested = [spec for name, spec in claims.SPECS.items() if name not in design["factors"]]
     if untested:
@@ -427,20 +429,31 @@ def _result_json(r) -> dict:
             "percent_perplexity": stats.percent_perplexity(v.estimate)}
 
 
-def _doc_results(study, cfg, out: Path):
+def _doc_results(study, cfg, out: Path, leave_out=()):
     """(per-document runs, base) for the document bootstrap, or None: collected into ``evals.npz`` beside the
     report from the study's trial folders, so the report folder keeps them; else read from an ``evals.npz``
     already there (a committed report, rebuilt where the trial folders are gone)."""
     from harness import claims, evals
 
-    collected = out / "evals.npz"
+    collected, fresh = out / "evals.npz", out / "evals.new.npz"  # np.savez wants the .npz suffix
     try:  # the study's own folder, where it is here: fresher than a copy
-        evals.collect(study, Path(cfg.study.output_dir) / study.study_name, collected)
+        evals.collect(study, Path(cfg.study.output_dir) / study.study_name, fresh)
+        if _same_base(study, evals.read_collected(fresh)[0]):
+            fresh.replace(collected)
     except (FileNotFoundError, ValueError):
-        if not collected.is_file():
-            return None
-    base, by_trial = evals.read_collected(collected)
-    return claims.doc_runs_from_study(study, by_trial, base)
+        pass
+    fresh.unlink(missing_ok=True)
+    if not collected.is_file() or not _same_base(study, (found := evals.read_collected(collected))[0]):
+        return None
+    return claims.doc_runs_from_study(study, found[1], found[0], leave_out)
+
+
+def _same_base(study, base) -> bool:
+    """Whether per-document results belong to this study: its base losses, recomputed from them, match (a folder
+    of another run under the same name does not)."""
+    stored = study.user_attrs.get("base") or {}
+    return base is not None and "domain_loss" in stored and math.isclose(
+        float(base.domain_loss()[0]), stored["domain_loss"], rel_tol=1e-4)
 
 
 def _frontier_figure(runs, path: Path, title: str) -> None:

@@ -304,6 +304,12 @@ def test_lr_crossed_ablation_end_to_end_and_its_frontier_report(tiny_overrides, 
     assert "a bootstrap over the eval documents" in md and "general_kl (KL from the start model" in md
     (effect,) = json.loads((out / "effects.json").read_text())
     assert effect["var_boot"] > 0, "the document bootstrap widened the interval"
+    # Rebuilt where the trial folders are gone (a committed report), it reads evals.npz beside it: same numbers.
+    import shutil
+
+    shutil.rmtree(tmp_path / "runs" / "tiny-ablation")
+    assert main(["report", DEMO, "--ablation", "--out", str(out)] + sets) == 0
+    assert json.loads((out / "effects.json").read_text()) == [effect]
     assert effect["verdict"] in ("NEGLIGIBLE", "SUPPORTED", "CONTRADICTED", "INCONCLUSIVE") and effect["n"] <= 3
     # The effect is recomputed from the trials' own curves: forgetting at matched gain, out - in, per seed.
     from harness import claims, frontier
@@ -329,3 +335,15 @@ def test_the_lr_grid_must_span_the_rslora_scale_ratio(tiny_overrides):
     assert configs["rank=256,rslora=off"].lora.use_rslora is False and configs["rank=16,rslora=on"].lora.use_rslora
     assert configs["rank=16,rslora=on"].search.learning_rate.low == 4e-4
     assert ablation.AblationPlan(cfg).target == 4 * 3 * cfg.ablation.seeds
+
+
+def test_seeds_with_a_missing_arm_or_lr_are_left_out_of_the_frontier():
+    from harness import claims, frontier
+
+    def run(gate, seed, lr):
+        return frontier.Run({"gate_proj": gate}, seed, lr, [0.0, 0.1 * lr * 1e3], [0.0, 0.05 * lr * 1e3])
+
+    runs = [run(g, s, lr) for g in ("in", "out") for s in (0, 1) for lr in (1e-3, 2e-3)]
+    runs += [run("in", 2, 1e-3), run("out", 2, 1e-3), run("in", 2, 2e-3)]  # seed 2: gate out at 2e-3 missing
+    kept, partial = claims.complete_seeds(runs, {"gate_proj": ["in", "out"]}, [1e-3, 2e-3])
+    assert partial == [2] and {r.seed for r in kept} == {0, 1} and len(kept) == 8
