@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from harness import ablation, report, stats, storage, urls
@@ -466,6 +467,9 @@ def _frontier_figure(runs, path: Path, title: str) -> None:
         first = r.arm not in colors
         color = colors.setdefault(r.arm, f"C{len(colors) % 10}")
         ax.plot(r.forgetting, r.gain, c=color, lw=0.8, alpha=0.6, marker=".", ms=3, label=r.arm if first else None)
+    for arm, color in colors.items():  # the arm's frontier: least forgetting over its LRs, mean over seeds
+        xs, ys = _mean_envelope([r for r in runs if r.arm == arm])
+        ax.plot(xs, ys, c=color, lw=2.5, zorder=3)
     ax.scatter([0], [0], marker="*", s=140, c="k", zorder=4, label="start (base)")
     ax.set_xlabel("forgetting (general loss − base, nats/token)")
     ax.set_ylabel("domain gain (base − domain loss, nats/token)")
@@ -474,6 +478,23 @@ def _frontier_figure(runs, path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _mean_envelope(runs, points: int = 40) -> tuple[list[float], list[float]]:
+    """One arm's frontier (thick line): at each domain gain up to the highest every seed reaches, the least
+    forgetting over the arm's LRs, averaged over seeds."""
+    from harness import frontier
+
+    seeds = sorted({r.seed for r in runs})
+    by_seed = {s: [r for r in runs if r.seed == s] for s in seeds}
+    reach = min(max(float(np.maximum.accumulate(r.gain)[-1]) for r in rs) for rs in by_seed.values()) if seeds else 0
+    xs, ys = [], []
+    for g in np.linspace(0.0, reach, points) if reach > 0 else []:
+        values = [frontier.envelope(rs, "gain", float(g)) for rs in by_seed.values()]
+        if all(v is not None for v in values):
+            xs.append(float(np.mean(values)))
+            ys.append(float(g))
+    return xs, ys
 
 
 def _forest_figure(results, path: Path) -> None:

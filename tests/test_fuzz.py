@@ -257,6 +257,8 @@ CASES = [
          expect=("study.storage:", "noise.db is not a SQLite database")),
     Case("storage-undefined-variable", command="sweep", sets=("study.storage=sqlite:///${CPT_FUZZ_UNSET_DIR}/s.db",),
          expect=("study.storage:", "${CPT_FUZZ_UNSET_DIR}, which is not set")),
+    Case("gpus-without-cuda", command="sweep", sets=("parallel.gpus=[0]",),
+         expect=("parallel.gpus: no CUDA GPU is visible on this host",)),
     Case("storage-refused", command="sweep", sets=("study.storage=postgresql://u:fuzz-pw@127.0.0.1:9/cpt",),
          expect=("study.storage: cannot open postgresql+psycopg2://u:***@127.0.0.1:9/cpt",)),
 ]
@@ -264,7 +266,7 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_bad_input_is_a_clear_error(case: Case, tmp_path, tiny_model, request, monkeypatch, capsys):
-    if case.id == "run-dtype-without-cuda":
+    if case.id in ("run-dtype-without-cuda", "gpus-without-cuda"):
         import torch
 
         if torch.cuda.is_available():
