@@ -198,9 +198,7 @@ def _pareto_figure(study, path: Path) -> None:
     ax.set_ylabel("held-out domain loss (nats/token)")
     ax.legend(fontsize=8)
     ax.set_title(study.study_name)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _curves_figure(study, path: Path, group_by: str | None) -> None:
@@ -228,9 +226,7 @@ def _curves_figure(study, path: Path, group_by: str | None) -> None:
     handles, labels = axes[0].get_legend_handles_labels()
     if len(labels) <= 16:
         axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _importances(study, path: Path) -> str:
@@ -257,9 +253,7 @@ def _importances(study, path: Path) -> str:
     ax.set_yticks([j + width / 2 for j in range(len(params))], params)
     ax.set_xlabel("importance (Optuna's fANOVA evaluator)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
     return "| parameter | " + " | ".join(names) + " |\n|---|" + "---|" * len(names) + "\n" + "\n".join(
         f"| {p} | " + " | ".join(f"{result[n].get(p, 0.0):.2f}" for n in names) + " |" for p in params)
 
@@ -475,9 +469,7 @@ def _frontier_figure(runs, path: Path, title: str) -> None:
     ax.set_ylabel("domain gain (base − domain loss, nats/token)")
     ax.set_title(f"{title}: every arm × LR × seed, checkpoints along each run")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _mean_envelope(runs, points: int = 40) -> tuple[list[float], list[float]]:
@@ -512,9 +504,7 @@ def _forest_figure(results, path: Path) -> None:
         ax.set_yticks([])
         ax.set_title(f"{r.spec.factor}: {r.verdict.label} ({r.spec.unit})", fontsize=9, loc="left")
     axes[0, 0].legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _dose_figure(runs, path: Path) -> None:
@@ -534,6 +524,12 @@ def _dose_figure(runs, path: Path) -> None:
     ax.set_xlabel("embedding LR ratio (embedding LR / base LR)")
     ax.set_ylabel(f"forgetting at domain gain {d.level:+.3f} (nats)")
     ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

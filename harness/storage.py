@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from harness import urls
 from harness.cache import locked
 from harness.config import Config
-from harness.urls import StorageError, storage_url  # noqa: F401  (storage_url: re-exported)
+from harness.urls import StorageError
 
 DIRECTIONS = {"pareto": ["minimize", "minimize"]}  # domain_loss, forgetting
 OBJECTIVE_NAMES = {"pareto": ["domain_loss", "forgetting"]}
