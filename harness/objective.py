@@ -99,6 +99,7 @@ class Objective:
         trial.set_user_attr("timings", result.timings)
         trial.set_user_attr("base_load", result.base_load)
         trial.set_user_attr("adapter_dir", result.adapter_dir)
+        trial.set_user_attr("fail_reason", None)  # set by sweep.mark_running in case the worker died
         return metrics["domain_loss"], metrics["forgetting"]
 
 

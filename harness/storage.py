@@ -244,13 +244,27 @@ def count(study: optuna.Study, *states: TrialState) -> int:
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """Every trial as a flat dict of params, objective values and stored metrics (for tables and reports)."""
     front = {t.number for t in pareto_front(study)}
+    trials = study.get_trials(deepcopy=False)
     rows = []
-    for t in study.get_trials(deepcopy=False):
+    for t in trials:
         row = {"number": t.number, "state": t.state.name, "pareto": t.number in front, **t.params}
         row.update({k: v for k, v in t.user_attrs.items() if not isinstance(v, (list, dict))})
+        if t.state != TrialState.FAIL:
+            row.pop("fail_reason", None)  # a running trial's reason is only in case its worker dies
+        elif str(row.get("fail_reason", "")).startswith("worker died"):
+            row["fail_reason"] += _retry_text(t, trials)
         row["duration_s"] = t.duration.total_seconds() if t.duration else None
         rows.append(row)
     return rows
+
+
+def _retry_text(failed, trials) -> str:
+    """Which trial re-ran a dead worker's trial (Optuna's retry callback links them), if any."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number
+        numbers = [t.number for t in trials if retry(t) == failed.number]
+    return f"; retried as trial {numbers[0]}" if numbers else "; not retried (study.max_retries reached, or not yet)"
 
 
 def pareto_front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:

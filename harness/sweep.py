@@ -210,7 +210,7 @@ def work(session: Session, target: int | None = None, log=print, label: str | No
     while True:
         asked = time.perf_counter()
         with storage.claim_lock(cfg.study.storage):
-            _fail_stale(study, cfg)
+            _fail_stale(study)
             trial = plan.claim(study)
         if first and worker and trial is not None and trial is not DONE:
             # Where a worker's start-up goes (workers that start late cost a short sweep; benchmarks/RESULTS.md)
@@ -227,6 +227,7 @@ def work(session: Session, target: int | None = None, log=print, label: str | No
             time.sleep(poll_s)
             continue
         waiting_said = False
+        mark_running(trial, cfg)
         state = _run(study, objective, trial)
         log(report.trial_line(study._storage.get_trial(trial._trial_id)))
         if cfg.study.keep_adapters == "pareto" and plan.job_type == "trial":
@@ -286,44 +287,23 @@ def _ask(study):
         return study.ask()
 
 
-def _fail_stale(study, cfg: Config) -> None:
-    """Fail the running trials of dead workers (no heartbeat for study.grace_period) and queue their retries, as
-    Optuna's ``fail_stale_trials`` does, but first record on each why it failed and which trial retries it: a
-    failed trial takes no more attributes. Called under the claim lock, where no other trial is created, so the
-    retry's number is known before it exists."""
-    import copy
+def mark_running(trial, cfg: Config) -> None:
+    """A running trial says from its start why it would end FAIL without a word from its worker: a finished trial
+    takes no more attributes, so the reason must be there before the worker dies. The objective replaces it
+    with the real outcome; ``storage.trial_rows`` adds which trial retried it."""
+    grace = cfg.study.grace_period or 4 * cfg.study.heartbeat_interval  # as harness.storage sets it
+    trial.set_user_attr("fail_reason", f"worker died (no heartbeat for over {grace} s)")
+
+
+def _fail_stale(study) -> None:
+    """Fail the running trials of dead workers and queue their retries (Optuna's own, public)."""
     import warnings
 
     import optuna
-    from optuna.exceptions import UpdateFinishedTrialError
-    from optuna.storages import RetryHeartbeatStaleTrialCallback as Retry
-    from optuna.storages._heartbeat import is_heartbeat_enabled
-    from optuna.trial import TrialState
 
-    db = study._storage
-    if not is_heartbeat_enabled(db):
-        return
-    callback = db.get_heartbeat_stale_trial_callback()
-    grace = cfg.study.grace_period or 4 * cfg.study.heartbeat_interval  # as harness.storage sets it
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        for trial_id in db._get_stale_trial_ids(study._study_id):  # the trials fail_stale_trials would fail
-            trial = db.get_trial(trial_id)
-            reason = f"worker died (no heartbeat for over {grace} s)"
-            if isinstance(callback, Retry):
-                # RetryHeartbeatStaleTrialCallback retries while the series is at most max_retries long
-                if len(Retry.retry_history(trial)) < cfg.study.max_retries:
-                    reason += f"; retried as trial {len(study.get_trials(deepcopy=False))}"
-                else:
-                    reason += f"; not retried (study.max_retries={cfg.study.max_retries} reached)"
-            try:
-                db.set_trial_user_attr(trial_id, "fail_reason", reason)
-                if not db.set_trial_state_values(trial_id, TrialState.FAIL):
-                    continue
-            except UpdateFinishedTrialError:
-                continue  # its worker was alive after all, and finished it
-            if callback is not None:
-                callback(study, copy.deepcopy(trial))  # as it was when found: the retry carries no fail_reason
+        optuna.storages.fail_stale_trials(study)
 
 
 def prune_adapters(study, study_dir: Path) -> None:

@@ -193,8 +193,8 @@ def test_a_killed_worker_trial_is_failed_retried_and_its_run_resumed(tiny_overri
     (retry,) = [t for t in complete if t.user_attrs.get("retry_of") == running.number]
     assert retry.params == killed.params and retry.user_attrs["worker"] == "survivor"
     assert retry.user_attrs.get("fail_reason") is None
-    assert killed.user_attrs["fail_reason"] == (f"worker died (no heartbeat for over 10 s); retried as trial "
-                                                f"{retry.number}")
+    (row,) = [r for r in storage.trial_rows(study) if r["number"] == killed.number]
+    assert row["fail_reason"] == f"worker died (no heartbeat for over 10 s); retried as trial {retry.number}"
     # The dead worker's W&B run is resumed by the retry (same run id), which closes it.
     runs = [r for r in read_runs(Path(os.environ["WANDB_DIR"])) if r.path.parent.name.endswith(running.user_attrs["wandb_run_id"])
             or running.user_attrs["wandb_run_id"] in r.path.parent.name]

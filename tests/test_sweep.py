@@ -200,20 +200,23 @@ def test_a_dead_workers_trial_says_why_it_failed_and_which_trial_retries_it(tiny
     study.enqueue_trial({"x": 1.0})
     dead = study.ask()
     dead.set_user_attr("worker", "gone")
+    sweep.mark_running(dead, tiny_cfg)  # as sweep.work does before running it
+    assert "fail_reason" not in storage.trial_rows(study)[0], "a running trial shows no reason"
     study._storage.record_heartbeat(dead._trial_id)  # then the worker dies: no more heartbeats
     time.sleep(3.1)  # SQLite keeps heartbeats to the second: over 2 s old for sure
-    sweep._fail_stale(study, tiny_cfg)
+    sweep._fail_stale(study)
     failed, retry = study.get_trials()
     assert failed.state == TrialState.FAIL and retry.state == TrialState.WAITING and retry.number == 1
-    assert failed.user_attrs["fail_reason"] == "worker died (no heartbeat for over 2 s); retried as trial 1"
-    assert "fail_reason" not in retry.user_attrs and retry.user_attrs["worker"] == "gone"
+    assert storage.trial_rows(study)[0]["fail_reason"] == "worker died (no heartbeat for over 2 s); retried as trial 1"
+    assert retry.user_attrs["worker"] == "gone"
     assert optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == 0
 
     again = study.ask()  # the retry, whose worker dies too: study.max_retries=1 is spent
     assert again.number == 1
+    sweep.mark_running(again, tiny_cfg)
     study._storage.record_heartbeat(again._trial_id)
     time.sleep(3.1)  # SQLite keeps heartbeats to the second: over 2 s old for sure
-    sweep._fail_stale(study, tiny_cfg)
+    sweep._fail_stale(study)
     assert [t.state for t in study.get_trials()] == [TrialState.FAIL] * 2
-    assert study.trials[1].user_attrs["fail_reason"] == ("worker died (no heartbeat for over 2 s); not retried "
-                                                         "(study.max_retries=1 reached)")
+    assert storage.trial_rows(study)[1]["fail_reason"].startswith(
+        "worker died (no heartbeat for over 2 s); not retried (study.max_retries reached")
