@@ -10,6 +10,7 @@ import hashlib
 import os
 import shutil
 import sqlite3
+import tempfile
 import threading
 import time
 import uuid
@@ -56,6 +57,12 @@ def test_a_planted_password_and_api_key_are_written_nowhere(tiny_overrides, tmp_
     password = url.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
     monkeypatch.setenv("WANDB_API_KEY", API_KEY)
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
+    # Everything else anyone writes lands in tmp_path too: temp files (W&B media), home, caches, configs.
+    for var, sub in (("TMPDIR", "tmp"), ("HOME", "home"), ("XDG_CACHE_HOME", "cache"), ("XDG_CONFIG_HOME", "config"),
+                     ("WANDB_CACHE_DIR", "wandb-cache"), ("WANDB_CONFIG_DIR", "wandb-config")):
+        (tmp_path / sub).mkdir()
+        monkeypatch.setenv(var, str(tmp_path / sub))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     monkeypatch.chdir(tmp_path)  # reports/<study>/ lands in tmp_path too
     name = f"secret-{uuid.uuid4().hex[:8]}"
     sets = _sets(tiny_overrides + [f"study.storage={url}", f"study.name={name}", "tracking.wandb.mode=offline"])
