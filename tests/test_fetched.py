@@ -20,7 +20,8 @@ SRC = DataSource(f"builtin:{NAME}")
 
 # (bbName, book, chapter, verse, text): Segond ('l') and another translation that must be ignored, out of order.
 VERSES = [
-    ("l", 19, 3, 1, "(3:1) Psaume de David. A l'occasion de sa fuite. (3:2) O Éternel, que mes ennemis sont nombreux!"),
+    ("l", 19, 3, 1, "(3:1) Psaume de David. A l'occasion de sa fuite. (3:2) O Éternel, que mes ennemis sont "
+                    "nombreux!"),
     ("l", 1, 2, 1, "Ainsi furent achevés les cieux et la terre,"),
     ("l", 1, 1, 2, "La terre était informe et vide."),
     ("l", 1, 1, 1, "Au commencement, Dieu créa les cieux et la terre."),
