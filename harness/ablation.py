@@ -51,7 +51,8 @@ def _ratio(cfg: Config, level: str) -> None:
 
 
 def _rank(cfg: Config, level: str) -> None:
-    cfg.search.rank.choices = [int(level)]
+    """The rank itself is enqueued (``enqueue_params``): Optuna refuses one parameter with different choices in
+    one study, so every arm keeps the design's ranks as its choices."""
 
 
 FACTORS = {
@@ -157,13 +158,23 @@ def arm_config(cfg: Config, arm: Arm, seed: int, lr: float | None = None) -> Con
     out.search.learning_rate.low = out.search.learning_rate.high = a.learning_rate if lr is None else lr
     out.search.embedding_lr_ratio.low = out.search.embedding_lr_ratio.high = a.embedding_lr_ratio
     out.train.seed = seed
+    if "rank" in dict(arm.levels):
+        out.search.rank.choices = sorted(int(r) for r in levels(cfg, "rank"))
     for factor, level in arm.levels:
         FACTORS[factor].apply(out, level)
     return out
 
 
-def enqueue_params(cfg: Config) -> dict:
-    p = {"rank": cfg.search.rank.choices[0], "learning_rate": cfg.search.learning_rate.low}
+def arm_rank(cfg: Config, arm: Arm) -> int:
+    """The rank an arm trains at: its level of the rank factor, else the design's one rank."""
+    levels_ = dict(arm.levels)
+    return int(levels_["rank"]) if "rank" in levels_ else (cfg.ablation.high_rank if "rslora" in cfg.ablation.factors
+                                                           else cfg.ablation.rank)
+
+
+def enqueue_params(cfg: Config, rank: int | None = None) -> dict:
+    """The fixed parameters an arm's trial is enqueued with (``cfg``: the arm's config)."""
+    p = {"rank": cfg.search.rank.choices[0] if rank is None else rank, "learning_rate": cfg.search.learning_rate.low}
     if cfg.lora.train_embeddings:
         p["embedding_lr_ratio"] = cfg.search.embedding_lr_ratio.low
     return p
@@ -273,7 +284,8 @@ class AblationPlan:
                 attrs = {"arm": arm.name, "seed": seed, **{f"level:{f}": lv for f, lv in arm.levels}}
                 if self.grid:
                     attrs["lr"] = lr
-                study.enqueue_trial(enqueue_params(arm_config(self.cfg, arm, seed, lr)), user_attrs=attrs)
+                params = enqueue_params(arm_config(self.cfg, arm, seed, lr), arm_rank(self.cfg, arm))
+                study.enqueue_trial(params, user_attrs=attrs)
                 return _ask(study)
         return None
 

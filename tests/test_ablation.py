@@ -331,7 +331,9 @@ def test_the_lr_grid_must_span_the_rslora_scale_ratio(tiny_overrides):
     assert [a.name for a in arms] == ["rank=16,rslora=on", "rank=16,rslora=off", "rank=256,rslora=on",
                                       "rank=256,rslora=off"]
     configs = {a.name: ablation.arm_config(cfg, a, 0, 4e-4) for a in arms}
-    assert configs["rank=256,rslora=off"].search.rank.choices == [256]
+    # One parameter, one set of choices in a study (Optuna refuses others): the arm's rank is enqueued.
+    assert {tuple(c.search.rank.choices) for c in configs.values()} == {(16, 256)}
+    assert [ablation.arm_rank(cfg, a) for a in arms] == [16, 16, 256, 256]
     assert configs["rank=256,rslora=off"].lora.use_rslora is False and configs["rank=16,rslora=on"].lora.use_rslora
     assert configs["rank=16,rslora=on"].search.learning_rate.low == 4e-4
     assert ablation.AblationPlan(cfg).target == 4 * 3 * cfg.ablation.seeds
@@ -347,3 +349,14 @@ def test_seeds_with_a_missing_arm_or_lr_are_left_out_of_the_frontier():
     runs += [run("in", 2, 1e-3), run("out", 2, 1e-3), run("in", 2, 2e-3)]  # seed 2: gate out at 2e-3 missing
     kept, partial = claims.complete_seeds(runs, {"gate_proj": ["in", "out"]}, [1e-3, 2e-3])
     assert partial == [2] and {r.seed for r in kept} == {0, 1} and len(kept) == 8
+
+
+def test_rank_x_rslora_frontier_ablation_runs_every_arm_at_its_rank(tiny_overrides, tmp_path):
+    sets = _sets(tiny_overrides + ["ablation.factors=[rslora]", "ablation.rank=4", "ablation.high_rank=16",
+                                   "ablation.seeds=2", "ablation.learning_rates=[1e-3, 4e-3]", "train.max_steps=3",
+                                   "train.eval_every=3"])
+    assert main(["ablate", DEMO] + sets) == 0
+    study = optuna.load_study(study_name="tiny-ablation", storage=f"sqlite:///{tmp_path}/study.db")
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(done) == 16 and all(t.params["rank"] == int(t.user_attrs["level:rank"]) for t in done)
+    assert {(t.user_attrs["level:rslora"], t.user_attrs["use_rslora"]) for t in done} == {("on", True), ("off", False)}
