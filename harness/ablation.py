@@ -217,9 +217,11 @@ def effects(rows: list[dict], factor_names: list[str]) -> list[Effect]:
 
 
 def study_config(cfg: Config) -> Config:
-    """The config of the ablation's own study (a sweep's config with the study renamed)."""
+    """The config of the ablation's own study (a sweep's config with the study renamed). An ablation chooses no
+    setting, so it has no selection/test split: every held-out document measures every arm."""
     out = copy.deepcopy(cfg)
     out.study.name = study_name(cfg)
+    out.eval.test_fraction = 0.0
     return out
 
 
