@@ -260,7 +260,7 @@ class AblationPlan:
     def claim(self, study):
         from optuna.trial import TrialState
 
-        from harness.sweep import DONE, _ask
+        from harness.sweep import DONE, ask
 
         trials = study.get_trials(deepcopy=False)
         complete = {self._key(t) for t in trials if t.state == TrialState.COMPLETE}
@@ -268,7 +268,7 @@ class AblationPlan:
         if all((arm.name, s, lr) in complete for arm, s, lr in wanted):
             return DONE
         if any(t.state == TrialState.WAITING for t in trials):
-            return _ask(study)  # a dead worker's arm, re-queued
+            return ask(study)  # a dead worker's arm, re-queued
         busy = complete | {self._key(t) for t in trials if t.state == TrialState.RUNNING}
         for arm, seed, lr in wanted:
             if (arm.name, seed, lr) not in busy:
@@ -276,7 +276,7 @@ class AblationPlan:
                 if self.grid:
                     attrs["lr"] = lr
                 study.enqueue_trial(enqueue_params(arm_config(self.cfg, arm, seed, lr)), user_attrs=attrs)
-                return _ask(study)
+                return ask(study)
         return None
 
     def config_for(self, trial) -> Config:

@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from harness import backends, data, evals, models, report, search_space, storage
 from harness.config import Config, ConfigError
@@ -172,6 +173,20 @@ def run_ablation(cfg: Config, log=print) -> Session:
 DONE = object()
 
 
+class Plan(Protocol):
+    """What ``work`` runs: a sweep (Optuna samples), an ablation or a confirmation (fixed trials enqueued with
+    user attributes). ``claim`` runs under the study's lock."""
+
+    job_type: str  # W&B job_type of its trials
+    target: int  # complete trials when done
+
+    def claim(self, study):
+        """The next trial to run (``ask`` it), None to wait for others' running trials, or DONE."""
+
+    def config_for(self, trial) -> Config:
+        """The full config the trial trains with."""
+
+
 class SweepPlan:
     """A sweep: Optuna samples each trial; done when the study holds ``target`` complete trials."""
 
@@ -190,14 +205,14 @@ class SweepPlan:
         complete, running = states.count(TrialState.COMPLETE), states.count(TrialState.RUNNING)
         if complete >= self.target:
             return DONE
-        return _ask(study) if self.target - complete - running > 0 else None
+        return ask(study) if self.target - complete - running > 0 else None
 
     def config_for(self, trial) -> Config:
         return self.cfg
 
 
 def work(session: Session, target: int | None = None, log=print, label: str | None = None, poll_s: float = 2.0,
-         plan=None) -> None:
+         plan: Plan | None = None) -> None:
     """Claim and run trials until the plan is done (by default: the study holds ``target`` complete trials).
 
     The claim happens under the study's lock, so several workers never start more trials than are missing. A
@@ -291,12 +306,16 @@ def _tell(study, trial, values=None, state=None):
         return TrialState.FAIL
 
 
-def _ask(study):
+def ask(study):
+    """A new trial of ``study`` (an enqueued one first), claimed by this worker."""
     import warnings
 
     with warnings.catch_warnings():  # Optuna assumes heartbeats come with optimize(); `_run` beats them itself
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
         return study.ask()
+
+
+_ask = ask  # the name it had before Plan implementations lived outside this module
 
 
 def _fail_stale(study, cfg: Config) -> None:
