@@ -49,3 +49,10 @@ def test_one_document_per_corpus_is_refused_naming_the_key(tiny_overrides, tmp_p
     assert main(["sweep", DEMO, "--n-trials", "1"] + _sets(shared)) == 2
     err = capsys.readouterr().err
     assert "eval.test_fraction" in err and "raise eval.max_tokens" in err and "Traceback" not in err
+
+
+def test_a_fraction_outside_0_1_and_a_single_confirmation_seed_are_refused(tiny_overrides, capsys):
+    assert main(["validate", DEMO] + _sets(tiny_overrides + ["eval.test_fraction=1"])) == 2
+    assert "eval.test_fraction: must be in [0, 1)" in capsys.readouterr().err
+    assert main(["confirm", DEMO, "--seeds", "1"] + _sets(tiny_overrides)) == 2
+    assert "--seeds: a 95% interval needs at least 2 seeds" in capsys.readouterr().err
