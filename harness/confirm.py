@@ -197,6 +197,9 @@ def prepare(cfg: Config, sweep_study, top: int = DEFAULT_TOP, seeds: int = DEFAU
 
 def _design(cfg: Config, sweep_study, top: int) -> dict:
     chosen = candidates(sweep_study, cfg.study.max_forgetting)[:top]
+    if not _done(sweep_study):
+        raise ConfigError([f"study {sweep_study.study_name!r} has no complete trial yet: run `cpt-harness sweep` "
+                           "first; nothing to confirm"], "confirm")
     if not chosen:
         raise ConfigError(["no setting met the budget: " + no_setting_text(sweep_study, cfg.study.max_forgetting)
                            + "; nothing to confirm"], "confirm")
