@@ -228,9 +228,11 @@ def effects(rows: list[dict], factor_names: list[str]) -> list[Effect]:
 
 
 def study_config(cfg: Config) -> Config:
-    """The config of the ablation's own study (a sweep's config with the study renamed)."""
+    """The config of the ablation's own study (a sweep's config with the study renamed). An ablation chooses no
+    setting, so it has no selection/test split: every held-out document measures every arm."""
     out = copy.deepcopy(cfg)
     out.study.name = study_name(cfg)
+    out.eval.test_fraction = 0.0
     return out
 
 
@@ -269,7 +271,7 @@ class AblationPlan:
     def claim(self, study):
         from optuna.trial import TrialState
 
-        from harness.sweep import DONE, _ask
+        from harness.sweep import DONE, ask
 
         trials = study.get_trials(deepcopy=False)
         complete = {self._key(t) for t in trials if t.state == TrialState.COMPLETE}
@@ -277,7 +279,7 @@ class AblationPlan:
         if all((arm.name, s, lr) in complete for arm, s, lr in wanted):
             return DONE
         if any(t.state == TrialState.WAITING for t in trials):
-            return _ask(study)  # a dead worker's arm, re-queued
+            return ask(study)  # a dead worker's arm, re-queued
         busy = complete | {self._key(t) for t in trials if t.state == TrialState.RUNNING}
         for arm, seed, lr in wanted:
             if (arm.name, seed, lr) not in busy:
@@ -286,7 +288,7 @@ class AblationPlan:
                     attrs["lr"] = lr
                 params = enqueue_params(arm_config(self.cfg, arm, seed, lr), arm_rank(self.cfg, arm))
                 study.enqueue_trial(params, user_attrs=attrs)
-                return _ask(study)
+                return ask(study)
         return None
 
     def config_for(self, trial) -> Config:

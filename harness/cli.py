@@ -4,6 +4,7 @@
     cpt-harness worker [CONFIG] [--n-trials N] [--label NAME] [--set key=value ...]
     cpt-harness validate [CONFIG] [--set key=value ...]
     cpt-harness ablate [CONFIG] [--from-study CONFIG [--trial N]] [--workers N | --gpus ...] [--set key=value ...]
+    cpt-harness confirm [CONFIG] [--top K] [--seeds S] [--workers N | --gpus ...] [--set key=value ...]
     cpt-harness report [CONFIG] [--out DIR] [--ablation] [--set key=value ...]
 
 CONFIG defaults to sweeps/demo.yaml. Exit codes: 0 ok, 1 the run failed, 2 bad input, 130 interrupted.
@@ -50,6 +51,14 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--gpus", help="GPUs to run workers on, e.g. 0,1 (parallel.gpus)")
         c.add_argument("--trials-per-gpu", help="concurrent trials per GPU, or auto (parallel.trials_per_gpu)")
 
+    def confirm_flags(c: argparse.ArgumentParser) -> None:
+        from harness.confirm import DEFAULT_SEEDS, DEFAULT_TOP
+
+        c.add_argument("--top", type=int, default=DEFAULT_TOP,
+                       help=f"settings to confirm: the sweep's best feasible ones (default {DEFAULT_TOP})")
+        c.add_argument("--seeds", type=int, default=DEFAULT_SEEDS,
+                       help=f"new train.seed values per setting, not used by the sweep (default {DEFAULT_SEEDS})")
+
     s = command("sweep", "Run trials until the study holds N complete ones (resumes an existing study).")
     s.add_argument("--n-trials", type=int, help="complete trials wanted (default: study.n_trials)")
     parallel_flags(s)
@@ -57,11 +66,17 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--from-study", metavar="CONFIG", help="take rank, LR and ratio from this sweep's chosen trial")
     a.add_argument("--trial", type=int, help="with --from-study: this trial instead of the chosen one")
     parallel_flags(a)
+    c = command("confirm", "Re-run the sweep's best K settings with S new seeds (study <name>-confirm); the report's "
+                "recommendation then carries a mean and 95% interval over those seeds.")
+    confirm_flags(c)
+    parallel_flags(c)
     w = command("worker", "Join (or create) the study in CONFIG and run trials until it holds N complete ones.")
     w.add_argument("--n-trials", type=int, help="complete trials wanted (default: study.n_trials)")
     w.add_argument("--label", help="this worker's name in progress and reports (default: the host name)")
     w.add_argument("--index", type=int, default=0, help="distinct per worker: seeds its sampler differently")
     w.add_argument("--ablation", action="store_true", help="work on CONFIG's ablation study instead of its sweep")
+    w.add_argument("--confirm", action="store_true", help="work on CONFIG's confirmation study (with --top, --seeds)")
+    confirm_flags(w)
     command("validate", "Check a sweep file (prepares nothing): exit 0 with a summary, or 2 listing every problem.")
     r = command("report", "Write the study's report (report.md, report.html, figures) and print its table.")
     r.add_argument("--out", help="folder for the report (default: reports/<study>)")
@@ -84,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(path, args.overrides)
         if getattr(args, "n_trials", None) is not None and args.n_trials < 1:
             raise ConfigError([f"--n-trials: must be >= 1, got {args.n_trials}"], str(path))
+        if getattr(args, "top", 1) < 1 or getattr(args, "seeds", 2) < 2:
+            raise ConfigError([f"--top: must be >= 1, got {args.top}" if args.top < 1 else
+                               f"--seeds: a 95% interval needs at least 2 seeds (3 or more advised), got {args.seeds}"],
+                              str(path))
     except ConfigError as e:
         _error(e)
         return 2
@@ -114,11 +133,12 @@ def _run(args, cfg) -> int:
     from harness.urls import StorageError
 
     try:
-        if args.command in ("sweep", "ablate") and (cfg.parallel.gpus or cfg.parallel.workers > 1):
+        if args.command in ("sweep", "ablate", "confirm") and (cfg.parallel.gpus or cfg.parallel.workers > 1):
             from harness import parallel
 
             return parallel.run(cfg, str(_config_path(args.config)), _without_parallel(args.overrides),
-                                getattr(args, "n_trials", None), ablation=args.command == "ablate")
+                                getattr(args, "n_trials", None), ablation=args.command == "ablate",
+                                confirm=_confirm_job(cfg, args) if args.command == "confirm" else None)
         if args.command == "sweep":
             from harness import sweep
 
@@ -127,6 +147,17 @@ def _run(args, cfg) -> int:
             from harness import sweep
 
             sweep.run_ablation(cfg)
+        elif args.command == "confirm":
+            from harness import confirm
+
+            confirm.run(cfg, load_study(cfg, cfg.study.name), args.top, args.seeds)
+        elif args.command == "worker" and args.confirm:
+            import socket
+
+            from harness import confirm
+
+            confirm.run_worker(cfg, load_study(cfg, cfg.study.name), args.label or socket.gethostname(), args.index,
+                               args.top, args.seeds)
         elif args.command == "worker":
             from harness import sweep
 
@@ -146,6 +177,12 @@ def _run(args, cfg) -> int:
     return 0
 
 
+def _confirm_job(cfg, args):
+    from harness import confirm
+
+    return confirm.prepare(cfg, load_study(cfg, cfg.study.name), args.top, args.seeds)
+
+
 def _error(e: Exception, prefix: str = "") -> None:
     print(f"error: {prefix}{urls.redact(str(e))}", file=sys.stderr)
 
@@ -161,7 +198,7 @@ def _from_study(config: str, number: int | None) -> list[str]:
     from harness import report_files
 
     sweep_cfg = load_config(config)
-    study = _load_study(sweep_cfg, sweep_cfg.study.name)
+    study = load_study(sweep_cfg, sweep_cfg.study.name)
     if number is not None:
         trials = [t for t in study.get_trials(deepcopy=False) if t.number == number and t.state.name == "COMPLETE"]
         if not trials:
@@ -178,7 +215,7 @@ def _from_study(config: str, number: int | None) -> list[str]:
     return out
 
 
-def _load_study(cfg, name: str):
+def load_study(cfg, name: str):
     import optuna
 
     from harness import storage
@@ -203,13 +240,17 @@ def _report(cfg, out: str | None, ablation: bool) -> int:
 
     name = ablation_mod.study_name(cfg) if ablation else cfg.study.name
     try:
-        study = _load_study(cfg, name)
+        study = load_study(cfg, name)
     except ConfigError as e:
         print(f"error: {urls.redact(e.problems[0])}", file=sys.stderr)
         return 2
     print(report.table(study, study.user_attrs.get("base")))
     print()
     print(report.effects_text(study, cfg.ablation.min_effect) if ablation else report.timing_table(study))
+    if not ablation and study.user_attrs.get("kind") != "ablation":
+        from harness import confirm
+
+        print("\n" + confirm.summary_line(confirm.recommend(study, cfg.study.max_forgetting, confirm.load_study(cfg))))
     path = report_files.write(study, cfg, Path(out) if out else Path("reports") / name)
     print(f"\nreport: {path} (and report.html, figures)")
     report_files.log_summary_run(study, cfg, path.parent)

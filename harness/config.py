@@ -136,6 +136,11 @@ class TrainConfig:
 class EvalConfig:
     max_tokens: int = _help("Tokens of held-out text per corpus (the same blocks for every trial).", 16384)
     batch_size: int = _help("Blocks per evaluation batch.", 8)
+    test_fraction: float = _help(
+        "Share of each corpus's held-out documents set aside as the *test* part: the sampler, the pruner and the "
+        "choice of trials see only the other (selection) part, and the recommendation reports the test part. "
+        "Split by document, by a stable hash of each document's index and data.seed. 0: no split (trials are "
+        "chosen and reported on the same documents, as studies before this setting were).", 0.5)
 
 
 @dataclass
@@ -528,6 +533,7 @@ LIMITS: list[tuple[str, Callable[[Any], bool], str]] = [
     ("train.divergence_factor", lambda v: v > 1, "must be > 1"),
     ("eval.max_tokens", lambda v: v > 0, "must be > 0"),
     ("eval.batch_size", lambda v: v > 0, "must be > 0"),
+    ("eval.test_fraction", lambda v: 0 <= v < 1, "must be in [0, 1) (0: no selection/test split)"),
     ("lora.alpha", lambda v: v > 0, "must be > 0"),
     ("lora.dropout", lambda v: 0 <= v < 1, "must be in [0, 1)"),
     ("search.learning_rate.low", lambda v: v > 0, "must be > 0"),

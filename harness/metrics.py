@@ -16,13 +16,14 @@ numbers differ slightly from ``train.evaluate``'s bf16 logits; on a CPU they agr
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from harness.data import EvalSet
+from harness.data import DataError, EvalSet
 
 CHUNK_BYTES = 64 * 2**20  # one fp32 [tokens, vocab] tensor of the head is at most this large
 
@@ -43,11 +44,91 @@ class DocLosses:
     def mean_kl(self) -> float:
         return float(self.kl.sum() / self.tokens.sum()) if self.kl is not None else float("nan")
 
+    def part(self, keep: np.ndarray) -> DocLosses:
+        """The documents where ``keep`` (bool [n_docs]) is true."""
+        return DocLosses(self.nll[keep], self.tokens[keep], self.kl[keep] if self.kl is not None else None)
+
     def corpus_losses(self, corpus: np.ndarray, names: list[str]) -> dict[str, float]:
         """Mean loss of each corpus (documents grouped by ``corpus``, an index into ``names``)."""
         nll = np.bincount(corpus, weights=self.nll, minlength=len(names))
         tokens = np.bincount(corpus, weights=self.tokens, minlength=len(names))
         return {name: float(nll[i] / tokens[i]) for i, name in enumerate(names)}
+
+
+# ------------------------------------------------------------------------------- selection and test documents
+
+
+@dataclass(frozen=True)
+class EvalSplit:
+    """Which held-out documents are the *test* part (True); the rest are the *selection* part. The sampler, the
+    pruner and the choice of trials see selection-part losses only (the metrics under their usual names); the
+    recommendation reports the test part (the same metrics prefixed ``test_``), so the numbers a user is given
+    were not used to pick the setting they describe."""
+
+    domain: np.ndarray  # bool [domain documents]
+    general: np.ndarray  # bool [general documents, every general corpus]
+
+    @classmethod
+    def of(cls, domain: EvalSet, general: EvalSet, fraction: float, seed: int) -> EvalSplit | None:
+        """The split at eval.test_fraction = ``fraction`` and data.seed = ``seed``; None at 0 (no split)."""
+        if fraction <= 0:
+            return None
+        return cls(test_documents(domain, fraction, seed, "data.domain"),
+                   test_documents(general, fraction, seed, "data.general"))
+
+    def describe(self, general_set: EvalSet) -> dict:
+        """Stored on the study: how many documents each part holds, and which are test."""
+        per = {name: {"selection": int(np.sum(~self.general & (general_set.corpus == i))),
+                      "test": int(np.sum(self.general & (general_set.corpus == i)))}
+               for i, name in enumerate(general_set.names)}
+        return {"domain": {"selection": int(np.sum(~self.domain)), "test": int(np.sum(self.domain))},
+                "general": per, "domain_test_docs": np.flatnonzero(self.domain).tolist(),
+                "general_test_docs": np.flatnonzero(self.general).tolist()}
+
+
+def test_documents(eval_set: EvalSet, fraction: float, seed: int, key: str = "data") -> np.ndarray:
+    """bool [n_docs]: the test part of an eval set. Within each corpus, documents are ordered by a stable hash of
+    (seed, corpus name, the document's index within its corpus) and the first round(fraction x n) are test, at
+    least one and never all: deterministic, and a corpus added to data.general leaves the others' split alone."""
+    test = np.zeros(eval_set.n_docs, dtype=bool)
+    for c, name in enumerate(eval_set.names):
+        docs = np.flatnonzero(eval_set.corpus == c)
+        if len(docs) < 2:
+            where = key if len(eval_set.names) == 1 else f"{key} ({name})"
+            raise DataError(f"eval.test_fraction: the held-out text of {where} evaluated within eval.max_tokens holds "
+                            f"{len(docs)} document{'s' if len(docs) != 1 else ''}, too few to split into selection "
+                            "and test parts; raise eval.max_tokens or data.eval_fraction, or set eval.test_fraction: "
+                            "0 (trials chosen and reported on the same documents)")
+        order = np.argsort([_doc_hash(seed, name, i) for i in range(len(docs))], kind="stable")
+        n_test = min(len(docs) - 1, max(1, round(fraction * len(docs))))
+        test[docs[order[:n_test]]] = True
+    return test
+
+
+def _doc_hash(seed: int, corpus: str, index: int) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{seed}/{corpus}/{index}".encode(), digest_size=8).digest(), "little")
+
+
+def held_out_metrics(domain: DocLosses, general: DocLosses, general_set: EvalSet,
+                     split: EvalSplit | None) -> dict[str, float]:
+    """One model's held-out metrics from its per-document sums: domain_loss, general_loss (every general corpus,
+    token-weighted), general_loss/<name>, and general_kl where there is a start model. With a split these are the
+    selection part's, and the test part's follow as test_domain_loss, test_general_loss, ...; forgetting is
+    derived from them against the base's (objective.with_forgetting)."""
+    corpus, names = general_set.corpus, general_set.names
+    if split is None:
+        return _metrics(domain, general, corpus, names)
+    sel, test = ~split.general, split.general
+    selection = _metrics(domain.part(~split.domain), general.part(sel), corpus[sel], names)
+    tested = _metrics(domain.part(split.domain), general.part(test), corpus[test], names)
+    return {**selection, **{f"test_{k}": v for k, v in tested.items()}}
+
+
+def _metrics(domain: DocLosses, general: DocLosses, corpus: np.ndarray, names: list[str]) -> dict[str, float]:
+    out = {"domain_loss": domain.loss, "general_loss": general.loss}
+    if general.kl is not None:
+        out["general_kl"] = general.mean_kl
+    return {**out, **{f"general_loss/{name}": v for name, v in general.corpus_losses(corpus, names).items()}}
 
 
 def doc_losses(model, data: EvalSet, batch_size: int, device, autocast, start=None) -> DocLosses:

@@ -114,13 +114,16 @@ def _retried_trial(trial) -> int | None:
 def with_forgetting(metrics: dict[str, float], base: dict[str, float]) -> dict[str, float]:
     """forgetting = general_loss - base general loss (positive: the model got worse at general text), over all
     general corpora (token-weighted), and forgetting/<name> for each one; domain_gain = base domain loss -
-    domain_loss (positive: the model learned the domain)."""
+    domain_loss (positive: the model learned the domain). With a selection/test split (eval.test_fraction) the
+    same again on the test part, each against the base's test part: test_forgetting, test_domain_gain, ..."""
     out = dict(metrics)
-    out["forgetting"] = metrics["general_loss"] - base["general_loss"]
-    out["domain_gain"] = base["domain_loss"] - metrics["domain_loss"]
-    for key, value in metrics.items():
-        if key.startswith("general_loss/") and key in base:
-            out["forgetting/" + key.removeprefix("general_loss/")] = value - base[key]
+    prefixes = [""] + (["test_"] if "test_general_loss" in metrics and "test_general_loss" in base else [])
+    for p in prefixes:
+        out[f"{p}forgetting"] = metrics[f"{p}general_loss"] - base[f"{p}general_loss"]
+        out[f"{p}domain_gain"] = base[f"{p}domain_loss"] - metrics[f"{p}domain_loss"]
+        for key, value in metrics.items():
+            if key.startswith(f"{p}general_loss/") and key in base:
+                out[f"{p}forgetting/" + key.removeprefix(f"{p}general_loss/")] = value - base[key]
     return out
 
 

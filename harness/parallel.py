@@ -31,8 +31,9 @@ class Worker:
 
 
 def run(cfg: Config, config_path: str, overrides: list[str], n_trials: int | None = None, log=print,
-        ablation: bool = False) -> int:
-    """Start the workers and wait for them; 0 when the study (or the ablation) is complete."""
+        ablation: bool = False, confirm=None) -> int:
+    """Start the workers and wait for them; 0 when the study (or the ablation, or the confirmation: ``confirm``
+    is its ``confirm.Job``) is complete."""
     from optuna.trial import TrialState
 
     from harness import ablation as abl
@@ -42,6 +43,8 @@ def run(cfg: Config, config_path: str, overrides: list[str], n_trials: int | Non
         _check_gpus(cfg.parallel.gpus)
     scfg, attrs = (abl.study_config(cfg), abl.design(cfg)) if ablation else (cfg, None)
     target = abl.AblationPlan(cfg).target if ablation else (n_trials or cfg.study.n_trials)
+    if confirm is not None:
+        scfg, attrs, target = confirm.cfg, confirm.attrs, confirm.plan.target
     log_dir = Path(scfg.study.output_dir) / scfg.study.name / "workers"
     log_dir.mkdir(parents=True, exist_ok=True)
     host = socket.gethostname()
@@ -49,7 +52,7 @@ def run(cfg: Config, config_path: str, overrides: list[str], n_trials: int | Non
     existing = _existing_study(scfg)
     per_gpu = _initial_per_gpu(scfg, existing)
     slots = _slots(scfg, per_gpu, host)
-    extra = ["--ablation"] if ablation else []
+    extra = ["--ablation"] if ablation else (confirm.flags if confirm is not None else [])
     # The workers start first and prepare model, data and study while this process does the same: each import
     # of the training backend takes 30-45 s with Unsloth, so waiting for the parent's setup first delayed the
     # first trials by that much. What they share is built once (the cache's build locks; one process measures
@@ -59,6 +62,10 @@ def run(cfg: Config, config_path: str, overrides: list[str], n_trials: int | Non
     log(f"[parallel] {len(workers)} workers: {', '.join(w.label for w in workers)} (logs in {log_dir})")
     try:
         session = sweep.setup(scfg, log=log, study_attrs=attrs)  # errors surface here once, not per worker log
+        if confirm is not None:
+            from harness import confirm as confirm_mod
+
+            confirm_mod.begin(session, confirm)
     except BaseException:
         _stop(workers)
         raise

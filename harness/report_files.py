@@ -1,9 +1,10 @@
 """`cpt-harness report --out DIR`: report.md and report.html with PNG figures, rebuilt from the study database
 alone (no training), never hand-edited. Verdicts are derived from the intervals here, not written by anyone.
 
-A sweep study gives: the Pareto front of domain loss vs forgetting (front highlighted, base marked), eval
-curves against tokens seen, hyperparameter importances, the trial table, and the chosen trial's config as a
-sweep file. An ablation study gives, first: one verdict line per claim of the guidance, then the effect table
+A sweep study gives, first, *What to use*: the recommended setting (harness.confirm's rule) with its numbers on
+the test documents, over the confirmation's seeds once confirmed; then the Pareto front of domain loss vs
+forgetting (front highlighted, base marked), eval curves against tokens seen, hyperparameter importances, the
+trial table, and the recommended setting's config as a sweep file (chosen.yaml). An ablation study gives, first: one verdict line per claim of the guidance, then the effect table
 (per-seed paired differences, mean, 95% t-interval), tokens/s per arm, and the curves per arm.
 """
 
@@ -53,7 +54,9 @@ def _header(study, kind: str) -> list[str]:
             if healed else "the base as loaded, not healed: on a dequantized (GGUF) base, training on any English "
             "text repairs some quantization loss and lowers general loss, which masks forgetting"),
         f"- **Base losses**: domain {base.get('domain_loss', float('nan')):.4f}, "
-        f"general {base.get('general_loss', float('nan')):.4f} nats/token", *_contamination(study), "",
+        f"general {base.get('general_loss', float('nan')):.4f} nats/token"
+        + (f" on the selection documents; on the test documents domain {base['test_domain_loss']:.4f}, general "
+           f"{base['test_general_loss']:.4f}" if "test_domain_loss" in base else ""), *_contamination(study), "",
     ]
 
 
@@ -116,20 +119,10 @@ def forgetting_note(study) -> str | None:
 
 
 def _sweep_sections(study, cfg, out: Path) -> list[str]:
-    lines = _header(study, "Sweep")
+    header = _header(study, "Sweep")
+    lines = header[:4] + what_to_use(study, cfg, out) + header[4:-1] + _split_lines(study)
     note = forgetting_note(study)
     lines += [note, ""] if note else []
-    chosen = choose_trial(study, cfg.study.max_forgetting)
-    if chosen is not None:
-        how = (f"lowest domain loss with forgetting ≤ {cfg.study.max_forgetting}" if cfg.study.max_forgetting is not None
-               and chosen.user_attrs["forgetting"] <= cfg.study.max_forgetting else "the knee of the Pareto front")
-        (out / "chosen.yaml").write_text(chosen_sweep_file(study, cfg, chosen))
-        a = chosen.user_attrs
-        lines += ["## Chosen trial", "",
-                  f"Trial {chosen.number} ({how}): rank {chosen.params.get('rank')}, lr {chosen.params.get('learning_rate'):.3g}"
-                  + (f", embedding ratio {chosen.params['embedding_lr_ratio']:.3g}" if "embedding_lr_ratio" in chosen.params else "")
-                  + f"; domain loss {a['domain_loss']:.4f} (gain {a['domain_gain']:+.4f}), forgetting {a['forgetting']:+.4f}. "
-                  "Its config, as a sweep file that runs it again: [chosen.yaml](chosen.yaml).", ""]
     _pareto_figure(study, out / "pareto.png")
     _curves_figure(study, out / "curves.png", group_by=None)
     lines += ["## Pareto front", "", "![Pareto front](pareto.png)", "", "## Eval curves", "", "![curves](curves.png)", ""]
@@ -142,6 +135,128 @@ def _sweep_sections(study, cfg, out: Path) -> list[str]:
         ["Not enough complete trials with varying parameters to estimate importances.", ""])
     lines += ["## Trials", "", "```", report.table(study, study.user_attrs.get("base")), "```", ""]
     return lines
+
+
+def what_to_use(study, cfg, out: Path) -> list[str]:
+    """The report's opening: the recommended setting (harness.confirm's rule) with its numbers on the test
+    documents, confirmed over seeds or marked unconfirmed, or that no setting met the budget; then how it compares
+    with the base model and any baselines, and the confirmed settings. Writes chosen.yaml (the recommendation)."""
+    from harness import confirm
+
+    rec = confirm.recommend(study, cfg.study.max_forgetting, confirm.load_study(cfg))
+    (out / "chosen.yaml").unlink(missing_ok=True)  # never a stale recommendation beside this report
+    lines = ["## What to use", ""]
+    if rec.status in ("none", "empty"):
+        head = "**No setting met the budget**" if rec.status == "none" else "**No recommendation yet**"
+        return lines + [f"{head}: {rec.no_setting or rec.how}.", ""] + _confirmed_table(rec)
+    (out / "chosen.yaml").write_text(chosen_sweep_file(study, cfg, rec.trial, why=confirm.summary_line(rec)))
+    lines += [_recommendation_text(rec, cfg), ""]
+    return lines + _comparison(study, rec) + _confirmed_table(rec)
+
+
+def _recommendation_text(rec, cfg) -> str:
+    from harness import confirm
+
+    p, t = rec.prefix, rec.trial
+    where = ("On the **test documents** (which chose nothing)" if rec.split else
+             "On the held-out documents — **not split**: the same documents chose it (a study run before "
+             "eval.test_fraction)")
+    text = f"**{confirm.setting_text(t.params)}** (trial {t.number} of this sweep; {rec.how}). {where}"
+    if rec.status == "confirmed":
+        c = rec.confirmed
+        d, f = c.interval(f"{p}domain_loss"), c.interval(f"{p}forgetting")
+        text += (f", over {d.n} new seeds (study `{confirm.study_name(cfg)}`): domain loss **{d.mean:.4f}** (95% CI "
+                 f"[{d.low:.4f}, {d.high:.4f}]), forgetting **{f.mean:+.4f}** (95% CI [{f.low:+.4f}, {f.high:+.4f}])")
+        if c.values(f"{p}general_kl"):
+            k = c.interval(f"{p}general_kl")
+            text += f", general_kl {k.mean:.4f} (95% CI [{k.low:.4f}, {k.high:.4f}])"
+        return text + ". Its config, as a sweep file that trains it again: [chosen.yaml](chosen.yaml)."
+    a = t.user_attrs
+    text += (f": domain loss **{a[f'{p}domain_loss']:.4f}**, forgetting **{a[f'{p}forgetting']:+.4f}** — "
+             "***unconfirmed***: one run with one seed")
+    if rec.confirmed is not None and rec.confirmed.runs:
+        text += f" (its confirmation has {len(rec.confirmed.runs)} of {rec.planned_seeds or '?'} seeds so far)"
+    else:
+        text += (f"; `cpt-harness confirm CONFIG` re-runs the best {confirm.DEFAULT_TOP} settings with "
+                 f"{confirm.DEFAULT_SEEDS} new seeds and gives intervals")
+    return text + ". Its config: [chosen.yaml](chosen.yaml)."
+
+
+def _comparison(study, rec) -> list[str]:
+    """The recommendation beside the base model and the study's baseline trials (user attribute ``baseline``)."""
+    from harness import confirm
+
+    p = rec.prefix
+    base = study.user_attrs.get("base") or {}
+
+    def cells(values: dict[str, list[float]]) -> list[str]:
+        out = []
+        for key, spec in ((f"{p}domain_loss", ".4f"), (f"{p}forgetting", "+.4f")):
+            v = values.get(key) or []
+            iv = stats.t_interval(v)
+            out.append("—" if not v else format(iv.mean, spec) + (f" [{iv.low:{spec}}, {iv.high:{spec}}]"
+                                                                  if len(v) >= 2 else ""))
+        return out
+
+    runs = rec.confirmed.runs if rec.status == "confirmed" else {0: rec.trial.user_attrs}
+    rows = [["**recommended**", confirm.setting_text(rec.trial.params),
+             *cells({k: [a[k] for a in runs.values() if k in a] for k in (f"{p}domain_loss", f"{p}forgetting")}),
+             f"{len(runs)} seeds" if rec.status == "confirmed" else "1 run"]]
+    if f"{p}domain_loss" in base:
+        rows.append(["base model", "—", f"{base[f'{p}domain_loss']:.4f}", "+0.0000 (by definition)", "—"])
+    for t in study.get_trials(deepcopy=False):
+        if confirm.is_baseline(t) and t.state.name == "COMPLETE":
+            name = t.user_attrs["baseline"]
+            rows.append([f"baseline {name if isinstance(name, str) else ''} (trial {t.number})".replace("  ", " "),
+                         confirm.setting_text(t.params),
+                         *cells({k: [t.user_attrs[k]] for k in (f"{p}domain_loss", f"{p}forgetting") if k in t.user_attrs}),
+                         "1 run"])
+    part = "test documents" if rec.split else "held-out documents"
+    return ([f"| compared with | setting | domain loss ({part}) | forgetting ({part}) | runs |", "|---|---|---|---|---|"]
+            + ["| " + " | ".join(r) + " |" for r in rows]
+            + ["", "Values with a bracket are means over seeds with their 95% t-interval; baselines are trials the "
+               "study was given (a `baseline` attribute), one run each." if len(rows) > 2 else
+               "No baseline trials in this study (trials with a `baseline` attribute are shown here).", ""])
+
+
+def _confirmed_table(rec) -> list[str]:
+    """Every setting of the confirmation study: seeds, selection-part means (what chose among them) and test-part
+    means with 95% t-intervals (what is reported)."""
+    from harness import confirm
+
+    if not rec.settings:
+        return []
+    p = rec.prefix
+    lines = ["### Confirmed settings", "",
+             "The recommendation is chosen among these on their selection-document means over seeds and reported "
+             "on the test documents." if rec.split
+             else "Not split: chosen and reported on the same held-out documents.", "",
+             "| setting (sweep trial) | | seeds | domain loss, selection | forgetting, selection | "
+             "domain loss, test (95% CI) | forgetting, test (95% CI) |", "|---|---|---|---|---|---|---|"]
+    for c in rec.settings:
+        def ci(key: str, spec: str) -> str:
+            iv = c.interval(key)
+            return "—" if not iv.n else format(iv.mean, spec) + (f" [{iv.low:{spec}}, {iv.high:{spec}}]" if iv.n >= 2 else "")
+        mark = " **(recommended)**" if rec.trial is not None and rec.status == "confirmed" and c.setting == rec.trial.number else ""
+        lines.append(f"| {c.setting}{mark} | {confirm.setting_text(c.params)} | {len(c.runs)} | "
+                     f"{c.mean('domain_loss'):.4f} | {c.mean('forgetting'):+.4f} | "
+                     f"{ci(f'{p}domain_loss', '.4f') if rec.split else '—'} | "
+                     f"{ci(f'{p}forgetting', '+.4f') if rec.split else '—'} |")
+    return lines + [""]
+
+
+def _split_lines(study) -> list[str]:
+    """How the held-out documents were split into selection and test parts (or that they were not)."""
+    split = study.user_attrs.get("eval_split")
+    if not split:
+        return ["- **Held-out documents: not split** — trials were chosen and are reported on the same documents "
+                "(eval.test_fraction 0, or a study run before it).", ""]
+    general = ", ".join(f"{n} {v['selection']}/{v['test']}" for n, v in split["general"].items())
+    return [f"- **Held-out documents split by document** (eval.test_fraction {split['test_fraction']:g}, data.seed "
+            f"{split['seed']}), selection/test: domain {split['domain']['selection']}/{split['domain']['test']}, "
+            f"{general}. The sampler, the pruner, the trial table and the figures use the selection part "
+            "(`domain_loss`, `forgetting`); *What to use* reports the test part (`test_domain_loss`, "
+            "`test_forgetting`).", ""]
 
 
 def choose_trial(study, max_forgetting: float | None):
@@ -161,8 +276,9 @@ def choose_trial(study, max_forgetting: float | None):
                                                scale(t.user_attrs["forgetting"], min(f), max(f))))
 
 
-def chosen_sweep_file(study, cfg, trial) -> str:
-    """A sweep file that reruns ``trial``: the search space collapsed to its values, one trial, a new study."""
+def chosen_sweep_file(study, cfg, trial, why: str = "") -> str:
+    """A sweep file that reruns ``trial``: the search space collapsed to its values, one trial, a new study.
+    ``why``: a line saying why it was chosen (the recommendation), put in its header."""
     d = urls.redact_tree(cfg.to_dict())
     p = trial.params
     d["study"].update(name=f"{study.study_name}-t{trial.number}", n_trials=1)
@@ -171,7 +287,8 @@ def chosen_sweep_file(study, cfg, trial) -> str:
     if "embedding_lr_ratio" in p:
         d["search"]["embedding_lr_ratio"].update(low=p["embedding_lr_ratio"], high=p["embedding_lr_ratio"])
     head = (f"# The chosen trial {trial.number} of study {study.study_name}, as a sweep file that trains it again.\n"
-            f"# Written by `cpt-harness report`.   cpt-harness sweep chosen.yaml\n"
+            + (f"# {why}\n" if why else "")
+            + "# Written by `cpt-harness report`.   cpt-harness sweep chosen.yaml\n"
             + ("# study.storage: its password is never written; give it with PGPASSWORD, ~/.pgpass or ${NAME}.\n"
                if d["study"]["storage"] != cfg.study.storage else ""))
     return head + yaml.safe_dump(d, sort_keys=False)

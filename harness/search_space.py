@@ -83,7 +83,8 @@ def space_payload(cfg: Config, extra: dict | None = None) -> dict[str, Any]:
         "rules": asdict(cfg.rules),
         "lora": asdict(cfg.lora),
         "train": train,
-        "eval": asdict(cfg.eval),
+        # test_fraction only when set: studies run before it (no split) keep their fingerprint at 0
+        "eval": {k: v for k, v in asdict(cfg.eval).items() if k != "test_fraction" or v},
         "objective": cfg.study.objective,
     }
     if cfg.model.dtype != "auto":  # only then: the studies run before dtype was part of it keep their fingerprint

@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from harness import backends, data, evals, models, report, search_space, storage
 from harness.config import Config, ConfigError
@@ -74,6 +75,7 @@ def setup(cfg: Config, backend=None, log=print, worker: int = 0, study_attrs: di
         study.set_user_attr("model_provenance", models.provenance(model_path))
     if "data_stats" not in study.user_attrs:  # document counts, contamination: for the report's header
         study.set_user_attr("data_stats", corpora.stats)
+    record_split(study, cfg, corpora)
 
     def measure() -> dict:
         study_dir = Path(cfg.study.output_dir) / cfg.study.name
@@ -84,6 +86,18 @@ def setup(cfg: Config, backend=None, log=print, worker: int = 0, study_attrs: di
     base = storage.ensure_base_losses(study, cfg.study.storage, measure)
     log(f"[setup] base model: domain loss {base['domain_loss']:.4f}, general loss {base['general_loss']:.4f}")
     return Session(cfg, backend, model_path, corpora, study, base)
+
+
+def record_split(study, cfg: Config, corpora: data.Corpora) -> None:
+    """The held-out documents' selection/test split, checked before any trial (too few documents to split is
+    bad input) and stored on the study for its report."""
+    from harness import metrics
+
+    general = corpora.general_set()
+    split = metrics.EvalSplit.of(corpora.domain_set(), general, cfg.eval.test_fraction, cfg.data.seed)
+    if split is not None and "eval_split" not in study.user_attrs:
+        study.set_user_attr("eval_split", {"test_fraction": cfg.eval.test_fraction, "seed": cfg.data.seed,
+                                           **split.describe(general)})
 
 
 @contextlib.contextmanager
@@ -104,24 +118,24 @@ def _refuse(problems: list[str]) -> None:
 
 def measure_base(backend, model_path: str, cfg: Config, corpora: data.Corpora, log=print,
                  evals_dir: Path | None = None) -> dict:
-    """The base model's held-out losses (each general corpus's too); with ``evals_dir`` (the study folder), its
+    """The base model's held-out losses (each general corpus's too; with eval.test_fraction, the selection part's
+    under the usual names and the test part's as test_*); with ``evals_dir`` (the study folder), its
     per-document results are written there as base_evals.npz. A study calls it once (storage.ensure_base_losses)."""
     from harness import metrics
 
     log("[setup] measuring the base model's held-out losses (once per study)")
     with _loading(cfg):
         model = backend.load_base(model_path, cfg.model)
-    general_set = corpora.general_set()
+    domain_set, general_set = corpora.domain_set(), corpora.general_set()
     b, device = cfg.eval.batch_size, backend.device
-    domain = metrics.doc_losses(model, corpora.domain_set(), b, device, backend.autocast)
+    domain = metrics.doc_losses(model, domain_set, b, device, backend.autocast)
     general = metrics.doc_losses(model, general_set, b, device, backend.autocast)
     del model
     if evals_dir is not None:
         evals.write(evals_dir / evals.BASE_FILE,
                     evals.Evals.from_checkpoints([(0, 0, domain, general)], general_set.corpus, general_set.names))
-    per_corpus = general.corpus_losses(general_set.corpus, general_set.names)
-    return {"domain_loss": domain.loss, "general_loss": general.loss,
-            **{f"general_loss/{name}": v for name, v in per_corpus.items()}}
+    split = metrics.EvalSplit.of(domain_set, general_set, cfg.eval.test_fraction, cfg.data.seed)
+    return metrics.held_out_metrics(domain, general, general_set, split)  # with a split: both parts
 
 
 def run(cfg: Config, n_trials: int | None = None, log=print) -> Session:
@@ -159,6 +173,20 @@ def run_ablation(cfg: Config, log=print) -> Session:
 DONE = object()
 
 
+class Plan(Protocol):
+    """What ``work`` runs: a sweep (Optuna samples), an ablation or a confirmation (fixed trials enqueued with
+    user attributes). ``claim`` runs under the study's lock."""
+
+    job_type: str  # W&B job_type of its trials
+    target: int  # complete trials when done
+
+    def claim(self, study):
+        """The next trial to run (``ask`` it), None to wait for others' running trials, or DONE."""
+
+    def config_for(self, trial) -> Config:
+        """The full config the trial trains with."""
+
+
 class SweepPlan:
     """A sweep: Optuna samples each trial; done when the study holds ``target`` complete trials."""
 
@@ -177,14 +205,14 @@ class SweepPlan:
         complete, running = states.count(TrialState.COMPLETE), states.count(TrialState.RUNNING)
         if complete >= self.target:
             return DONE
-        return _ask(study) if self.target - complete - running > 0 else None
+        return ask(study) if self.target - complete - running > 0 else None
 
     def config_for(self, trial) -> Config:
         return self.cfg
 
 
 def work(session: Session, target: int | None = None, log=print, label: str | None = None, poll_s: float = 2.0,
-         plan=None) -> None:
+         plan: Plan | None = None) -> None:
     """Claim and run trials until the plan is done (by default: the study holds ``target`` complete trials).
 
     The claim happens under the study's lock, so several workers never start more trials than are missing. A
@@ -279,7 +307,8 @@ def _tell(study, trial, values=None, state=None):
         return TrialState.FAIL
 
 
-def _ask(study):
+def ask(study):
+    """A new trial of ``study`` (an enqueued one first), claimed by this worker."""
     import warnings
 
     with warnings.catch_warnings():  # Optuna assumes heartbeats come with optimize(); `_run` beats them itself

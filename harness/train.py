@@ -65,12 +65,14 @@ class Timer:
 
 class Evaluation:
     """A trial's held-out evaluation: at each checkpoint the domain and general losses (each general corpus's
-    too) and general_kl, from per-document sums that are kept for evals.npz. The start model general_kl
+    too) and general_kl, from per-document sums that are kept for evals.npz; with eval.test_fraction, on the
+    selection part, and the test part's beside them (metrics.held_out_metrics). The start model general_kl
     compares against is the backend's kept base, or loaded at the first checkpoint and freed by ``close``."""
 
     def __init__(self, backend, model_path: str, cfg: Config, corpora: Corpora):
         self.backend, self.model_path, self.cfg = backend, model_path, cfg
         self.domain, self.general = corpora.domain_set(), corpora.general_set()
+        self.split = metrics_mod.EvalSplit.of(self.domain, self.general, cfg.eval.test_fraction, cfg.data.seed)
         self.checkpoints: list = []
         self._start = None
 
@@ -81,9 +83,8 @@ class Evaluation:
         domain = metrics_mod.doc_losses(model, self.domain, b, device, autocast)
         general = metrics_mod.doc_losses(model, self.general, b, device, autocast, start=self._start)
         self.checkpoints.append((step, tokens_seen, domain, general))
-        per_corpus = general.corpus_losses(self.general.corpus, self.general.names)
-        return {"step": step, "tokens_seen": tokens_seen, "domain_loss": domain.loss, "general_loss": general.loss,
-                "general_kl": general.mean_kl, **{f"general_loss/{name}": v for name, v in per_corpus.items()}}
+        return {"step": step, "tokens_seen": tokens_seen,
+                **metrics_mod.held_out_metrics(domain, general, self.general, self.split)}
 
     def evals(self) -> Evals | None:
         if not self.checkpoints:

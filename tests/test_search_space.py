@@ -51,16 +51,19 @@ def test_fingerprint_tracks_what_a_trial_measures(tiny_cfg):
 def test_the_committed_gpu_study_can_still_be_resumed():
     """New config fields must not change what an existing study's fingerprint means (reports/gpu-legal/). The
     sweep file now evaluates on more text (131072 tokens per corpus): that does change what a trial measures, so
-    the study ran with its own eval.max_tokens, 32768."""
+    the study ran with its own eval.max_tokens, 32768. It chose and reported its trials on the same documents:
+    eval.test_fraction 0; the default split (0.5) is a new measurement, refused on resume."""
     import optuna
 
     from harness.config import load_config
     from tests.conftest import ROOT
 
     study = optuna.load_study(study_name="gpu-legal", storage=f"sqlite:///{ROOT}/reports/gpu-legal/study.db")
-    cfg = load_config(ROOT / "sweeps" / "gpu-legal.yaml", ["eval.max_tokens=32768"])
+    cfg = load_config(ROOT / "sweeps" / "gpu-legal.yaml", ["eval.max_tokens=32768", "eval.test_fraction=0"])
     assert study.user_attrs["fingerprints"]["search_space"] == space_fingerprint(cfg)
     assert space_fingerprint(load_config(ROOT / "sweeps" / "gpu-legal.yaml")) != space_fingerprint(cfg)
+    split = load_config(ROOT / "sweeps" / "gpu-legal.yaml", ["eval.max_tokens=32768"])
+    assert space_fingerprint(split) != space_fingerprint(cfg)
 
 
 def test_a_set_dtype_is_part_of_the_fingerprint_and_auto_keeps_the_old_one(tiny_cfg):
