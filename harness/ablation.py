@@ -217,9 +217,12 @@ def effects(rows: list[dict], factor_names: list[str]) -> list[Effect]:
 
 
 def study_config(cfg: Config) -> Config:
-    """The config of the ablation's own study (a sweep's config with the study renamed)."""
+    """The config of the ablation's own study: a sweep's config with the study renamed, and none of the sweep's
+    search settings: every arm runs to the end on both objectives, and nothing else is queued."""
     out = copy.deepcopy(cfg)
     out.study.name = study_name(cfg)
+    out.study.objective, out.study.pruner, out.study.pruner_options, out.study.enqueue = "pareto", "none", {}, []
+    out.study.max_forgetting = out.study.prune_margin = None
     return out
 
 
