@@ -19,6 +19,7 @@ import numpy as np
 import yaml
 
 from harness import ablation, report, stats, storage, urls
+from harness.config import EMBEDDING_LR_RATIO_RANGE
 
 
 def write(study, cfg, out_dir: Path) -> Path:
@@ -223,11 +224,16 @@ def chosen_sweep_file(study, cfg, trial) -> str:
     """A sweep file that reruns ``trial``: the search space collapsed to its values, one trial, a new study."""
     d = urls.redact_tree(cfg.to_dict())
     p = trial.params
-    d["study"].update(name=f"{study.study_name}-t{trial.number}", n_trials=1)
+    # One trial that ran to its end: nothing to queue or prune (its budget stays, to say whether it is within).
+    d["study"].update(name=f"{study.study_name}-t{trial.number}", n_trials=1, enqueue=[], pruner="none",
+                      pruner_options={}, prune_margin=None)
     d["search"]["rank"]["choices"] = [p["rank"]]
     d["search"]["learning_rate"].update(low=p["learning_rate"], high=p["learning_rate"])
     if "embedding_lr_ratio" in p:
         d["search"]["embedding_lr_ratio"].update(low=p["embedding_lr_ratio"], high=p["embedding_lr_ratio"])
+        lo, hi = EMBEDDING_LR_RATIO_RANGE
+        if not lo <= p["embedding_lr_ratio"] <= hi:  # an enqueued point that broke the rule: its rerun does too
+            d["rules"]["embedding_lr_ratio_range"] = False
     head = (f"# The chosen trial {trial.number} of study {study.study_name}, as a sweep file that trains it again.\n"
             f"# Written by `cpt-harness report`.   cpt-harness sweep chosen.yaml\n"
             + ("# study.storage: its password is never written; give it with PGPASSWORD, ~/.pgpass or ${NAME}.\n"

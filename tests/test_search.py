@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 
 from harness import pruning, report, report_files, search_space, storage
 from harness.cli import main
+from harness.config import load_config
 from harness.search_space import space_fingerprint
 from harness.wandb_files import read_runs
 from tests.conftest import ROOT
@@ -109,6 +110,9 @@ def test_a_constrained_study_prunes_with_the_median_pruner_and_runs_its_enqueued
     assert "baseline slow; median pruner" in md, "the table's note"
     for name in ("pareto.png", "curves.png", "chosen.yaml"):
         assert (out / name).is_file(), name
+    chosen = load_config(out / "chosen.yaml")  # a sweep file that reruns the chosen trial, and nothing else
+    assert (chosen.study.enqueue, chosen.study.pruner, chosen.study.n_trials) == ([], "none", 1)
+    assert chosen.search.learning_rate.low == chosen.search.learning_rate.high == best.params["learning_rate"]
 
 
 def test_baselines_run_first_tagged_even_outside_the_search_space_and_are_enqueued_once(tiny_overrides, tmp_path):
