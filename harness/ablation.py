@@ -228,10 +228,13 @@ def effects(rows: list[dict], factor_names: list[str]) -> list[Effect]:
 
 
 def study_config(cfg: Config) -> Config:
-    """The config of the ablation's own study (a sweep's config with the study renamed). An ablation chooses no
-    setting, so it has no selection/test split: every held-out document measures every arm."""
+    """The config of the ablation's own study: a sweep's config with the study renamed, and none of the sweep's
+    search settings: every arm runs to the end on both objectives, and nothing else is queued. An ablation chooses
+    no setting, so it has no selection/test split either: every held-out document measures every arm."""
     out = copy.deepcopy(cfg)
     out.study.name = study_name(cfg)
+    out.study.objective, out.study.pruner, out.study.pruner_options, out.study.enqueue = "pareto", "none", {}, []
+    out.study.max_forgetting = out.study.prune_margin = None
     out.eval.test_fraction = 0.0
     return out
 

@@ -244,7 +244,7 @@ def _report(cfg, out: str | None, ablation: bool) -> int:
     except ConfigError as e:
         print(f"error: {urls.redact(e.problems[0])}", file=sys.stderr)
         return 2
-    print(report.table(study, study.user_attrs.get("base")))
+    print(report.table(study, study.user_attrs.get("base"), None if ablation else cfg.study.max_forgetting))
     print()
     print(report.effects_text(study, cfg.ablation.min_effect) if ablation else report.timing_table(study))
     if not ablation and study.user_attrs.get("kind") != "ablation":

@@ -35,15 +35,36 @@ def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclas
 
 
 @dataclass
+class EnqueuePoint:
+    rank: int = _help("LoRA rank; must be one of search.rank.choices (Optuna records a choice only among them).")
+    learning_rate: float = _help("Base learning rate (may lie outside search.learning_rate: it still runs).")
+    embedding_lr_ratio: float | None = _help(
+        "Embedding-LR ratio (required when lora.train_embeddings; may lie outside search.embedding_lr_ratio).", None)
+    name: str | None = _help("Its name in reports and W&B (default: enqueue[i]).", None)
+
+
+@dataclass
 class StudyConfig:
     name: str = _help("Optuna study name; also the W&B group.", "cpt")
     storage: str = _help("SQLAlchemy URL or path of a SQLite file holding the study.", "sqlite:///runs/studies.db")
-    n_trials: int = _help("Number of COMPLETE trials the study should hold when the sweep ends.", 12)
-    objective: Literal["pareto"] = _help("pareto: minimize domain_loss and forgetting together.", "pareto")
-    sampler: Literal["tpe", "random", "nsga2"] = _help("Optuna sampler, by name.", "tpe")
+    n_trials: int = _help(
+        "Number of COMPLETE trials the study should hold when the sweep ends (pruned trials do not count; the sweep "
+        "also stops once the study holds 3 x n_trials complete and pruned trials together).", 12)
+    objective: Literal["pareto", "constrained"] = _help(
+        "pareto: minimize domain_loss and forgetting together. constrained: minimize domain_loss alone, subject to "
+        "forgetting <= study.max_forgetting (one objective, so Optuna's pruners can stop trials early).", "pareto")
+    sampler: Literal["tpe", "random", "nsga2", "gp", "qmc"] = _help(
+        "Optuna sampler, by name. tpe (the default): multivariate, constant liar for running trials, random start-up "
+        "scaled to n_trials; gp: Gaussian process; nsga2: genetic, population scaled to n_trials; qmc: a Sobol "
+        "sequence; random.", "tpe")
+    sampler_options: dict[str, Any] = _help(
+        "Keyword arguments of the sampler's constructor (e.g. {n_startup_trials: 5} for tpe); they override the "
+        "harness's defaults. seed comes from study.seed, constraints from study.max_forgetting.", factory=dict)
     seed: int = _help("Sampler seed.", 0)
     max_failures: int = _help("Stop the sweep after this many failed trials in one run.", 3)
-    keep_adapters: Literal["pareto", "all", "none"] = _help("Which trials keep their saved adapter.", "pareto")
+    keep_adapters: Literal["pareto", "all", "none"] = _help(
+        "Which trials keep their saved adapter (pareto: the front, or the best trial of a constrained study).",
+        "pareto")
     output_dir: str = _help("Where adapters and per-trial files go (one folder per study).", "runs")
     heartbeat_interval: int = _help("Seconds between a running trial's heartbeats in the study database.", 30)
     grace_period: int | None = _help(
@@ -52,9 +73,25 @@ class StudyConfig:
     )
     max_retries: int = _help("How often a dead worker's trial is retried.", 2)
     max_forgetting: float | None = _help(
-        "Pareto study: the chosen trial is the front's lowest domain loss with forgetting at most this "
-        "(null: the knee of the front).", None
+        "The forgetting budget (nats). Every finished trial records forgetting - max_forgetting as an Optuna "
+        "constraint (<= 0: feasible), which tpe, nsga2 and gp take into account; reports grey out trials over it and "
+        "choose the lowest domain loss within it (null: no budget; a pareto study's choice is the knee of the front). "
+        "Required by objective: constrained.", None
     )
+    prune_margin: float | None = _help(
+        "With max_forgetting: prune a trial whose forgetting at an eval checkpoint already exceeds max_forgetting by "
+        "more than this (nats), in either objective. null: never prune on forgetting.", 0.05)
+    pruner: Literal["none", "median", "successive_halving", "hyperband"] = _help(
+        "Optuna pruner on the domain loss reported at every eval checkpoint; objective: constrained only (Optuna "
+        "cannot prune a multi-objective study).", "none")
+    pruner_options: dict[str, Any] = _help(
+        "Keyword arguments of the pruner's constructor (e.g. {n_startup_trials: 5, n_warmup_steps: 100} for median); "
+        "steps are training steps.", factory=dict)
+    enqueue: Union[Literal["baselines"], list[EnqueuePoint]] = _help(
+        "Points to run first, enqueued once when the study is created (never again on resume): a list of "
+        "{rank, learning_rate, embedding_lr_ratio, name}, or `baselines` (Unsloth's CPT recipe: r 128, rsLoRA, lr "
+        "5e-5, embedding ratio 0.1; and ablation.rank / learning_rate / embedding_lr_ratio). They count toward "
+        "n_trials and are tagged baseline.", factory=list)
 
 
 @dataclass
@@ -415,6 +452,10 @@ def _coerce(tp: Any, value: Any, key: str, problems: list[str]) -> Any:
         return _build(tp, value, key, problems)
     if origin in (Union, types.UnionType):
         options = typing.get_args(tp)
+        kind = _container_kind(type(value))
+        shaped = [o for o in options if kind is not None and _container_kind(o) == kind]
+        if len(shaped) == 1:  # a list for the list form (a mapping for the mapping form): its own, precise problems
+            return _coerce(shaped[0], value, key, problems)
         tried = []
         for option in options:
             scratch: list[str] = []
@@ -428,6 +469,11 @@ def _coerce(tp: Any, value: Any, key: str, problems: list[str]) -> Any:
     if origin is Literal:
         if value not in typing.get_args(tp):
             problems.append(f"{key}: must be one of {', '.join(map(str, typing.get_args(tp)))}; got {value!r}")
+        return value
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            problems.append(f"{key}: expected a mapping of names to values, e.g. {{n_startup_trials: 5}}; "
+                            f"got {value!r}")
         return value
     if origin is list:
         if not isinstance(value, list):
@@ -464,6 +510,16 @@ def _coerce(tp: Any, value: Any, key: str, problems: list[str]) -> Any:
             problems.append(f"{key}: expected a string, got {value!r}")
         return value
     return value  # pragma: no cover
+
+
+def _container_kind(tp: Any) -> str | None:
+    """list or mapping, for a type (list[X], dict[...], a dataclass) or a value's type; None for scalars."""
+    origin = typing.get_origin(tp) or tp
+    if origin is list:
+        return "list"
+    if origin is dict or dataclasses.is_dataclass(tp):
+        return "mapping"
+    return None
 
 
 def _describe(tp: Any) -> str:
@@ -516,6 +572,7 @@ LIMITS: list[tuple[str, Callable[[Any], bool], str]] = [
     ("study.max_failures", lambda v: v >= 1, "must be >= 1"),
     ("study.heartbeat_interval", lambda v: v >= 1, "must be >= 1 second"),
     ("study.max_retries", lambda v: v >= 0, "must be >= 0"),
+    ("study.prune_margin", lambda v: v is None or v >= 0, "must be >= 0 (nats) or null"),
     ("model.max_seq_length", lambda v: v > 0, "must be > 0"),
     ("model.heal.steps", lambda v: v >= 0, "must be >= 0 (0: no healing)"),
     ("model.heal.rank", lambda v: v >= 1, "must be >= 1"),
@@ -558,11 +615,16 @@ def _limit(key: str, holds: Callable[[Any], bool], what: str) -> Callable[[Confi
 
 def _rules() -> list[tuple[tuple[str, ...], Callable[[Config], list[str]]]]:
     """Every check as (the keys it reads, the check)."""
-    from harness import ablation, models, urls  # light: no torch at import
+    from harness import ablation, models, search_space, storage, urls  # light: no torch at import (storage: optuna)
     from harness import data as data_mod
 
     return [((key,), _limit(key, holds, what)) for key, holds, what in LIMITS] + [
         (("study.grace_period", "study.heartbeat_interval"), _check_grace_period),
+        (("study.objective", "study.max_forgetting", "study.pruner"), _check_objective),
+        (("study.sampler", "study.sampler_options", "study.n_trials"), lambda c: storage.sampler_problems(c)),
+        (("study.pruner", "study.pruner_options", "train.eval_every", "train.max_steps"),
+         lambda c: storage.pruner_problems(c)),
+        (("study.enqueue", "search", "lora.train_embeddings"), search_space.enqueue_problems),
         (("parallel.gpus",), _check_gpus),
         (("search.rank.choices",), _check_ranks),
         (("search.learning_rate",), lambda c: _check_range(c, "learning_rate")),
@@ -590,6 +652,19 @@ def _check_grace_period(cfg: Config) -> list[str]:
         return [f"study.grace_period: must exceed study.heartbeat_interval ({s.heartbeat_interval}), "
                 f"got {s.grace_period}"]
     return []
+
+
+def _check_objective(cfg: Config) -> list[str]:
+    s = cfg.study
+    problems = []
+    if s.objective == "constrained" and s.max_forgetting is None:
+        problems.append("study.max_forgetting: objective: constrained minimizes domain loss subject to forgetting <= "
+                        "study.max_forgetting; set the budget in nats, e.g. 0.05")
+    if s.pruner != "none" and s.objective != "constrained":
+        problems.append(f"study.pruner: {s.pruner} needs objective: constrained (Optuna cannot prune a multi-objective "
+                        "study); with objective: pareto use none (trials over the forgetting budget are still pruned "
+                        "by study.prune_margin)")
+    return problems
 
 
 def _check_gpus(cfg: Config) -> list[str]:
@@ -738,7 +813,9 @@ def summary(cfg: Config) -> str:
     """The one line ``validate`` prints for a good file."""
     s = cfg.search
     return (
-        f"study {cfg.study.name!r}: {cfg.study.n_trials} trials ({cfg.study.objective}, {cfg.study.sampler}), "
+        f"study {cfg.study.name!r}: {cfg.study.n_trials} trials ({cfg.study.objective}, {cfg.study.sampler}"
+        + (f", pruner {cfg.study.pruner}" if cfg.study.pruner != "none" else "")
+        + (f", max forgetting {cfg.study.max_forgetting:g}" if cfg.study.max_forgetting is not None else "") + "), "
         f"model {cfg.model.name}, backend {cfg.backend}, domain {cfg.data.domain.path}, general "
         f"{' + '.join(g.path for g in cfg.data.general_sources())}, ranks {s.rank.choices}, lr [{s.learning_rate.low:g}, {s.learning_rate.high:g}], "
         f"embedding ratio [{s.embedding_lr_ratio.low:g}, {s.embedding_lr_ratio.high:g}], "

@@ -122,9 +122,12 @@ def setting_config(cfg: Config, params: dict, seed: int) -> Config:
 
 
 def study_config(cfg: Config) -> Config:
-    """The confirmation study's config: the sweep's, renamed (the same training, eval and split)."""
+    """The confirmation study's config: the sweep's, renamed (the same training, eval and split), without the
+    sweep's search settings: every setting runs to its end on both objectives, and nothing else is queued."""
     out = copy.deepcopy(cfg)
     out.study.name = study_name(cfg)
+    out.study.objective, out.study.pruner, out.study.pruner_options, out.study.enqueue = "pareto", "none", {}, []
+    out.study.prune_margin = None
     return out
 
 

@@ -1,5 +1,5 @@
-"""The objective: one Optuna trial in, (domain_loss, forgetting) out. It never builds a study, so tests can
-call it with ``optuna.trial.FixedTrial``.
+"""The objective: one Optuna trial in, (domain_loss, forgetting) out (domain_loss alone in a constrained study).
+It never builds a study, so tests can call it with ``optuna.trial.FixedTrial``.
 
 Every per-trial metric is stored on the trial as a user attribute as well as in W&B, so the study database
 alone holds the results. A failure of any kind records its reason on the trial before Optuna marks it FAIL.
@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from harness import evals, search_space
+from optuna import TrialPruned
+
+from harness import evals, pruning, search_space
 from harness.config import Config
 from harness.urls import redact
 from harness.data import Corpora
@@ -48,9 +50,13 @@ class Objective:
         for key, value in params.as_dict().items():
             trial.set_user_attr(key, value)
         trial.set_user_attr("worker", ctx.worker)
+        if outside := search_space.outside(params, cfg):  # an enqueued point beyond the ranges runs as given
+            trial.set_user_attr("outside_search_space", outside)
         trial_dir = ctx.study_dir / f"trial-{trial.number:04d}"
         try:
             return self._train(trial, cfg, params, trial_dir)
+        except TrialPruned:  # not a failure: its metrics so far are recorded, its W&B run finished cleanly
+            raise
         except BaseException as e:  # whatever failed, the trial says why, and so does its W&B run
             reason = "interrupted (Ctrl-C)" if isinstance(e, KeyboardInterrupt) else _reason(e)
             trial.set_user_attr("fail_reason", reason)
@@ -61,7 +67,7 @@ class Objective:
         finally:
             _free_memory()
 
-    def _train(self, trial, cfg: Config, params, trial_dir: Path) -> tuple[float, float]:
+    def _train(self, trial, cfg: Config, params, trial_dir: Path) -> float | tuple[float, float]:
         from harness import train
 
         ctx = self.ctx
@@ -81,7 +87,7 @@ class Objective:
         progress = ctx.progress(trial.number, cfg.train.max_steps) if ctx.progress else None
         try:
             result = train.run_trial(ctx.backend, ctx.model_path, cfg, params, ctx.corpora, ctx.tracker, adapter_dir,
-                                     progress)
+                                     progress, checkpoint=pruning.Checkpoint(trial, cfg, ctx.base))
         finally:
             if progress is not None:
                 progress.close()
@@ -89,7 +95,10 @@ class Objective:
         if result.evals is not None:  # per-document arrays go to a file; the database holds its path
             trial.set_user_attr("evals_file", evals.write_trial(ctx.study_dir, trial.number, result.evals))
         started = time.perf_counter()
-        ctx.tracker.summary({**metrics, **params.as_dict(), "rule_violations": ", ".join(params.rule_violations)})
+        pruned = {} if result.stopped is None else {"prune_reason": result.stopped,
+                                                    "pruned_step": result.curve[-1]["step"]}
+        ctx.tracker.summary({**metrics, **params.as_dict(), "rule_violations": ", ".join(params.rule_violations),
+                             **pruned, "state": "PRUNED" if pruned else "COMPLETE"})
         ctx.tracker.finish()
         result.timings["log"] = result.timings.get("log", 0.0) + tracker_s + time.perf_counter() - started
         for key, value in metrics.items():
@@ -100,7 +109,12 @@ class Objective:
         trial.set_user_attr("base_load", result.base_load)
         trial.set_user_attr("adapter_dir", result.adapter_dir)
         trial.set_user_attr("fail_reason", None)  # set by sweep.mark_running in case the worker died
-        return metrics["domain_loss"], metrics["forgetting"]
+        for key, value in pruned.items():
+            trial.set_user_attr(key, value)
+        pruning.record_constraint(trial, metrics["forgetting"], cfg.study.max_forgetting)
+        if pruned:
+            raise TrialPruned(result.stopped)
+        return pruning.objective_values(cfg, metrics)
 
 
 def _retried_trial(trial) -> int | None:
@@ -136,6 +150,7 @@ def trial_config(ctx: TrialContext, cfg: Config, trial, params) -> dict[str, Any
             "levels": {k.removeprefix("level:"): v for k, v in attrs.items() if k.startswith("level:")}}
            if "arm" in attrs else {}),
         "optuna_params": dict(trial.params),
+        **({"baseline": attrs["baseline"]} if "baseline" in attrs else {}),
         "base": ctx.base,
         "runtime": ctx.backend.describe(),
         "data_stats": ctx.corpora.stats,
@@ -148,6 +163,8 @@ def _tags(params, attrs: dict) -> list[str]:
     tags += [f"{k.removeprefix('level:')}={v}" for k, v in attrs.items() if k.startswith("level:")]
     if params.rule_violations:
         tags.append("breaks-rule")
+    if "baseline" in attrs:  # a point of study.enqueue
+        tags += ["baseline", f"baseline={attrs['baseline']}"]
     return tags
 
 

@@ -88,6 +88,9 @@ def run(cfg: Config, config_path: str, overrides: list[str], n_trials: int | Non
     log(report.table(study, session.base))
     complete = storage.count(study, TrialState.COMPLETE)
     bad = [w for w in workers if w.proc.returncode not in (0, None)]
+    if not ablation and (why := sweep.pruned_out(study, target)):
+        log(f"[parallel] {why}")
+        return 0
     if complete < target:
         log(f"[parallel] only {complete} of {target} trials complete; worker logs: "
             + ", ".join(str(w.log) for w in bad or workers))
@@ -181,13 +184,15 @@ def _status(study, target: int, workers: list[Worker]) -> None:
     trials = study.get_trials(deepcopy=False)
     done = sum(t.state.name == "COMPLETE" for t in trials)
     failed = sum(t.state.name == "FAIL" for t in trials)
+    pruned = sum(t.state.name == "PRUNED" for t in trials)
     running = [t for t in trials if t.state.name == "RUNNING"]
     by_device: dict[str, int] = {}
     for t in running:
         device = str(t.user_attrs.get("worker", "?")).rsplit("/", 1)[0].split("/")[-1]
         by_device[device] = by_device.get(device, 0) + 1
     alive = sum(w.proc.poll() is None for w in workers)
-    line = (f"[parallel] {done}/{target} complete, {len(running)} running, {failed} failed; "
+    line = (f"[parallel] {done}/{target} complete, {len(running)} running, {failed} failed"
+            + (f", {pruned} pruned" if pruned else "") + "; "
             + " ".join(f"{d}: {n} running" for d, n in sorted(by_device.items())) + f"; {alive} workers alive")
     if sys.stderr.isatty():
         print("\r\033[K" + line, end="", file=sys.stderr, flush=True)

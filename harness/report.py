@@ -1,5 +1,5 @@
 """Reading results back from the study database alone: one line per finished trial, and the results table
-with the Pareto front (lowest domain loss vs. least forgetting) marked."""
+with the Pareto front (lowest domain loss vs. least forgetting; a constrained study's best trial) marked."""
 
 from __future__ import annotations
 
@@ -21,6 +21,10 @@ def trial_line(trial) -> str:
         head += f" emb×{p['embedding_lr_ratio']:.2f}"
     if "arm" in a:
         head += f" [{a['arm']} seed {a.get('seed')}]"
+    if "baseline" in a:
+        head += f" [baseline {a['baseline']}]"
+    if trial.state.name == "PRUNED":
+        return f"{head}  ✂ pruned: {a.get('prune_reason', 'no reason recorded')}"
     if trial.state.name != "COMPLETE":
         return f"{head}  ✗ {a.get('fail_reason', 'no reason recorded')}"
     return (f"{head}  domain {a['domain_loss']:.4f} (gain {a['domain_gain']:+.4f})  "
@@ -36,30 +40,46 @@ COLUMNS = [
 ]
 
 
-def table(study, base: dict | None = None) -> str:
-    """The trials as a text table; '*' marks the Pareto front."""
-    rows = storage.trial_rows(study)
-    header = ["front"] + [c[0] for c in COLUMNS] + ["note"]
+def table(study, base: dict | None = None, max_forgetting: float | None = None) -> str:
+    """The trials as a text table; '*' marks the Pareto front (a constrained study's best trial). With a forgetting
+    budget (``max_forgetting``, else the constraint each trial recorded), the budget column says which trials are
+    within it. A pruned trial shows its metrics at the checkpoint where it stopped, and why."""
+    rows = storage.trial_rows(study, max_forgetting)
+    budget = any(r["feasible"] is not None for r in rows)
+    header = ["front"] + [c[0] for c in COLUMNS] + (["budget"] if budget else []) + ["note"]
     body = []
     for r in rows:
         cells = ["*" if r["pareto"] else ""]
         for _, key, spec in COLUMNS:
             v = r.get(key)
             cells.append("-" if v is None else (("yes" if v else "no") if isinstance(v, bool) else format(v, spec)))
-        note = r.get("fail_reason") or ("; ".join(r.get("rule_violations") or []) if r.get("rule_violations") else "")
-        if r.get("arm"):
-            note = f"{r['arm']} seed {r.get('seed')}" + (f"; {note}" if note else "")
-        cells.append(str(note)[:70])
+        if budget:
+            cells.append({True: "ok", False: "over", None: "-"}[r["feasible"]])
+        cells.append(str(_note(r))[:90])
         body.append(cells)
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(header)]
-    lines = [f"study {study.study_name}: {len(rows)} trials, "
-             f"{sum(r['state'] == 'COMPLETE' for r in rows)} complete, {sum(r['pareto'] for r in rows)} on the Pareto front"]
+    pruned = sum(r["state"] == "PRUNED" for r in rows)
+    marked = (f"{sum(r['pareto'] for r in rows)} on the Pareto front" if storage.objective_of(study) == "pareto"
+              else "'*' marks the best: the lowest domain loss within the forgetting budget")
+    lines = [f"study {study.study_name}: {len(rows)} trials, {sum(r['state'] == 'COMPLETE' for r in rows)} complete, "
+             + (f"{pruned} pruned, " if pruned else "") + marked]
     if base:
         lines.append(f"base model: domain loss {base['domain_loss']:.4f}, general loss {base['general_loss']:.4f} "
                      "(forgetting = general loss - base general loss)")
     lines.append("  ".join(h.rjust(w) for h, w in zip(header, widths)))
     lines += ["  ".join(c.rjust(w) for c, w in zip(cells, widths)) for cells in body]
     return "\n".join(lines)
+
+
+def _note(r: dict) -> str:
+    """Why a trial failed or was pruned, the rules it breaks; which arm or baseline it is."""
+    note = r.get("fail_reason") or r.get("prune_reason") or (
+        "; ".join(r.get("rule_violations") or []) if r.get("rule_violations") else "")
+    if r.get("arm"):
+        note = f"{r['arm']} seed {r.get('seed')}" + (f"; {note}" if note else "")
+    if r.get("baseline"):
+        note = f"baseline {r['baseline']}" + (f"; {note}" if note else "")
+    return note
 
 
 def timing_table(study) -> str:

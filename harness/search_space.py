@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -42,13 +43,77 @@ class TrialParams:
 
 def suggest(trial: Any, cfg: Config) -> TrialParams:
     s = cfg.search
-    rank = trial.suggest_categorical("rank", list(s.rank.choices))
-    lr = trial.suggest_float("learning_rate", s.learning_rate.low, s.learning_rate.high, log=s.learning_rate.log)
-    ratio = None
-    if cfg.lora.train_embeddings:
-        r = s.embedding_lr_ratio
-        ratio = trial.suggest_float("embedding_lr_ratio", r.low, r.high, log=r.log)
+    with warnings.catch_warnings():
+        # An enqueued point (study.enqueue) may lie outside the ranges: Optuna runs it as given, with this warning;
+        # the objective records it as the trial's outside_search_space instead.
+        warnings.filterwarnings("ignore", message="Fixed parameter .* is out of range")
+        rank = trial.suggest_categorical("rank", list(s.rank.choices))
+        lr = trial.suggest_float("learning_rate", s.learning_rate.low, s.learning_rate.high, log=s.learning_rate.log)
+        ratio = None
+        if cfg.lora.train_embeddings:
+            r = s.embedding_lr_ratio
+            ratio = trial.suggest_float("embedding_lr_ratio", r.low, r.high, log=r.log)
     return derive(rank, lr, ratio, cfg)
+
+
+def outside(params: TrialParams, cfg: Config) -> list[str]:
+    """Which of an enqueued point's values lie outside the search ranges (it still runs, as given)."""
+    s, out = cfg.search, []
+    for name, value in (("learning_rate", params.learning_rate), ("embedding_lr_ratio", params.embedding_lr_ratio)):
+        rng = getattr(s, name)
+        if value is not None and not rng.low <= value <= rng.high:
+            out.append(f"{name} {value:g} outside search.{name} [{rng.low:g}, {rng.high:g}]")
+    return out
+
+
+# Unsloth's continued-pretraining recipe (its CPT notebooks and docs): r = 128 with rsLoRA, learning rate 5e-5, the
+# embeddings at 5e-6, i.e. a ratio of 0.1.
+UNSLOTH_CPT = {"rank": 128, "learning_rate": 5e-5, "embedding_lr_ratio": 0.1}
+
+
+def enqueued(cfg: Config) -> list[tuple[str, dict[str, Any]]]:
+    """study.enqueue as (name, Optuna params) pairs: the listed points, or `baselines`: Unsloth's CPT recipe and
+    the ablation's defaults (ablation.rank, learning_rate, embedding_lr_ratio)."""
+    e = cfg.study.enqueue
+    if e == "baselines":
+        a = cfg.ablation
+        points = [("unsloth-cpt", dict(UNSLOTH_CPT)),
+                  ("ablation-defaults", {"rank": a.rank, "learning_rate": a.learning_rate,
+                                         "embedding_lr_ratio": a.embedding_lr_ratio})]
+    else:
+        points = [(p.name or f"enqueue[{i}]", {"rank": p.rank, "learning_rate": p.learning_rate,
+                                                "embedding_lr_ratio": p.embedding_lr_ratio}) for i, p in enumerate(e)]
+    for _, params in points:
+        if not cfg.lora.train_embeddings:
+            params.pop("embedding_lr_ratio")
+    return points
+
+
+def enqueue_problems(cfg: Config) -> list[str]:
+    """Each point's values: positive, a rank among the choices (Optuna cannot record a categorical value outside
+    them), and an embedding ratio exactly when the embeddings train."""
+    e, choices, problems = cfg.study.enqueue, cfg.search.rank.choices, []
+    named = e == "baselines"
+    for i, (name, params) in enumerate(enqueued(cfg)):
+        key = "study.enqueue" if named else f"study.enqueue[{i}]"
+        what = f" (baseline {name})" if named else ""
+        if params["rank"] not in choices:
+            problems.append(f"{key}{'' if named else '.rank'}: rank {params['rank']}{what} is not in "
+                            f"search.rank.choices {choices}; Optuna records a rank only among the choices: add it there"
+                            + (", or list the points to run instead of `baselines`" if named else ""))
+        if not params["learning_rate"] > 0:
+            problems.append(f"{key}.learning_rate: must be > 0, got {params['learning_rate']}")
+        ratio = None if named else e[i].embedding_lr_ratio
+        if not named and cfg.lora.train_embeddings and ratio is None:
+            problems.append(f"{key}.embedding_lr_ratio: required while lora.train_embeddings is true, e.g. 0.2")
+        elif not named and not cfg.lora.train_embeddings and ratio is not None:
+            problems.append(f"{key}.embedding_lr_ratio: lora.train_embeddings is false; remove it")
+        elif ratio is not None and not ratio > 0:
+            problems.append(f"{key}.embedding_lr_ratio: must be > 0, got {ratio}")
+    names = [name for name, _ in enqueued(cfg)]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    problems += [f"study.enqueue: the name {n!r} is given twice" for n in twice]
+    return problems
 
 
 def derive(rank: int, lr: float, ratio: float | None, cfg: Config) -> TrialParams:
@@ -63,6 +128,7 @@ def derive(rank: int, lr: float, ratio: float | None, cfg: Config) -> TrialParam
 
 
 SPEED_ONLY = ("time_limit_s", "compile")
+CONSTRAINT_AWARE = ("tpe", "nsga2", "gp")  # samplers that read the trials' forgetting constraint
 
 
 def space_fingerprint(cfg: Config, extra: dict | None = None) -> str:
@@ -87,6 +153,11 @@ def space_payload(cfg: Config, extra: dict | None = None) -> dict[str, Any]:
         "eval": {k: v for k, v in asdict(cfg.eval).items() if k != "test_fraction" or v},
         "objective": cfg.study.objective,
     }
+    s = cfg.study
+    if s.max_forgetting is not None and (s.objective == "constrained" or s.sampler in CONSTRAINT_AWARE):
+        # Only when the budget drives the search (the objective, or a sampler that reads the constraint): studies
+        # that used it only to choose a trial afterwards keep their fingerprint.
+        payload["max_forgetting"] = s.max_forgetting
     if cfg.model.dtype != "auto":  # only then: the studies run before dtype was part of it keep their fingerprint
         payload["dtype"] = cfg.model.dtype
     if extra:

@@ -10,6 +10,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import inspect
+import math
+import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,13 +21,15 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import TrialState
 
-from harness import urls
+from harness import search_space, urls
 from harness.cache import locked
-from harness.config import Config
+from harness.config import Config, ConfigError, StudyConfig
 from harness.urls import StorageError
 
-DIRECTIONS = {"pareto": ["minimize", "minimize"]}  # domain_loss, forgetting
-OBJECTIVE_NAMES = {"pareto": ["domain_loss", "forgetting"]}
+DIRECTIONS = {"pareto": ["minimize", "minimize"], "constrained": ["minimize"]}
+OBJECTIVE_NAMES = {"pareto": ["domain_loss", "forgetting"], "constrained": ["domain_loss"]}
+CONSTRAINT = "forgetting"  # the Optuna constraint every finished trial records: forgetting - max_forgetting (<= 0 ok)
+PRUNED_CAP = 3  # a sweep stops once the study holds PRUNED_CAP x n_trials complete and pruned trials together
 
 
 class StudyMismatch(Exception):
@@ -145,13 +150,117 @@ def _engine(url: str):
     return sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
 
 
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    samplers: dict[str, Callable[[], optuna.samplers.BaseSampler]] = {
-        "tpe": lambda: optuna.samplers.TPESampler(seed=seed, multivariate=True),
-        "random": lambda: optuna.samplers.RandomSampler(seed=seed),
-        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed),
-    }
-    return samplers[name]()
+SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler", "nsga2": "NSGAIISampler", "gp": "GPSampler",
+            "qmc": "QMCSampler"}
+PRUNERS = {"none": "NopPruner", "median": "MedianPruner", "successive_halving": "SuccessiveHalvingPruner",
+           "hyperband": "HyperbandPruner"}
+# Constructor arguments the harness sets itself, and from which key.
+OWNED = {"seed": "study.seed", "constraints_func": "study.max_forgetting (every finished trial records its constraint)"}
+
+
+def startup_trials(n_trials: int) -> int:
+    """Random trials before a model-based sampler takes over: a third of the budget, 4 to 10 (Optuna's 10 alone
+    would make a 12-trial sweep a random search)."""
+    return max(4, min(10, n_trials // 3))
+
+
+def sampler_kwargs(s: StudyConfig, seed: int) -> dict[str, Any]:
+    """The sampler's constructor arguments: the harness's defaults for sweeps of 10-50 trials, then
+    study.sampler_options. Several trials run at once: TPE's constant liar treats running trials as bad results
+    so that it does not propose their neighbours again; GPSampler conditions on the running trials it proposed."""
+    defaults = {
+        "tpe": {"n_startup_trials": startup_trials(s.n_trials), "multivariate": True, "constant_liar": True},
+        "gp": {"n_startup_trials": startup_trials(s.n_trials)},
+        "nsga2": {"population_size": max(4, min(50, s.n_trials // 3))},  # Optuna's 50: never a second generation
+    }.get(s.sampler, {})
+    cls = getattr(optuna.samplers, SAMPLERS[s.sampler])
+    # QMC draws one shared sequence (its position is kept in the study): every worker needs the study's own seed.
+    return {**defaults, **_coerced(cls, s.sampler_options), "seed": s.seed if s.sampler == "qmc" else seed}
+
+
+def make_sampler(s: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
+    cls = getattr(optuna.samplers, SAMPLERS[s.sampler])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # QMCSampler
+        try:
+            return cls(**sampler_kwargs(s, seed))
+        except (TypeError, ValueError) as e:
+            raise ConfigError([f"study.sampler_options: optuna's {cls.__name__} refuses them ({e})"]) from None
+
+
+def pruner_kwargs(cfg: Config) -> dict[str, Any]:
+    """The pruner's constructor arguments. Steps are training steps and a trial reports at each eval checkpoint,
+    so successive halving and hyperband start their first rung at the first checkpoint."""
+    first = min(cfg.train.eval_every, cfg.train.max_steps)
+    defaults = {"successive_halving": {"min_resource": first},
+                "hyperband": {"min_resource": first, "max_resource": cfg.train.max_steps}}.get(cfg.study.pruner, {})
+    cls = getattr(optuna.pruners, PRUNERS[cfg.study.pruner])
+    return {**defaults, **_coerced(cls, cfg.study.pruner_options)}
+
+
+def make_pruner(cfg: Config) -> optuna.pruners.BasePruner:
+    cls = getattr(optuna.pruners, PRUNERS[cfg.study.pruner])
+    try:
+        return cls(**pruner_kwargs(cfg))
+    except (TypeError, ValueError) as e:
+        raise ConfigError([f"study.pruner_options: optuna's {cls.__name__} refuses them ({e})"]) from None
+
+
+def sampler_problems(cfg: Config) -> list[str]:
+    """study.sampler_options checked against the sampler's constructor (and, but for gp, whose constructor
+    imports torch, by building it)."""
+    s = cfg.study
+    cls = getattr(optuna.samplers, SAMPLERS[s.sampler])
+    problems = _option_problems(cls, s.sampler_options, "study.sampler_options", f"sampler {s.sampler}")
+    if not problems and s.sampler != "gp":
+        try:
+            make_sampler(s, s.seed)
+        except ConfigError as e:
+            problems += e.problems
+    return problems
+
+
+def pruner_problems(cfg: Config) -> list[str]:
+    cls = getattr(optuna.pruners, PRUNERS[cfg.study.pruner])
+    problems = _option_problems(cls, cfg.study.pruner_options, "study.pruner_options", f"pruner {cfg.study.pruner}")
+    if not problems:
+        try:
+            make_pruner(cfg)
+        except ConfigError as e:
+            problems += e.problems
+    return problems
+
+
+def _settable(cls) -> dict[str, inspect.Parameter]:
+    """The constructor arguments a sweep file can give: plain values (not callables or Optuna objects), and not
+    those the harness sets itself."""
+    return {name: p for name, p in inspect.signature(cls).parameters.items()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and name not in OWNED
+            and not re.search(r"Callable|Base[A-Z]", str(p.annotation))}
+
+
+def _option_problems(cls, options: dict[str, Any], key: str, what: str) -> list[str]:
+    valid = _settable(cls)
+    problems = []
+    for name in options:
+        if name in OWNED:
+            problems.append(f"{key}.{name}: set by {OWNED[name]}, not here")
+        elif name not in valid:
+            problems.append(f"{key}.{name}: not an option of {what} (optuna's {cls.__name__}); valid: "
+                            + (", ".join(valid) or "none"))
+    return problems
+
+
+def _coerced(cls, options: dict[str, Any]) -> dict[str, Any]:
+    """Options as the constructor wants them: YAML reads 1e-3 (no dot) as a string."""
+    params = inspect.signature(cls).parameters
+    out = {}
+    for name, value in options.items():
+        if isinstance(value, str) and name in params and "float" in str(params[name].annotation):
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        out[name] = value
+    return out
 
 
 def open_study(cfg: Config, fingerprints: dict[str, str], worker: int = 0,
@@ -166,10 +275,12 @@ def open_study(cfg: Config, fingerprints: dict[str, str], worker: int = 0,
         # A resumed sampler is seeded past the trials it already proposed, and each worker differently,
         # so that none repeats another's proposals.
         seed = derived_seed(cfg.study.seed, len(existing.trials), worker)
-        return optuna.load_study(study_name=cfg.study.name, storage=storage, sampler=make_sampler(cfg.study.sampler, seed))
+        return optuna.load_study(study_name=cfg.study.name, storage=storage, sampler=make_sampler(cfg.study, seed),
+                                 pruner=make_pruner(cfg))
     study = optuna.create_study(
         study_name=cfg.study.name, storage=storage, directions=DIRECTIONS[cfg.study.objective],
-        sampler=make_sampler(cfg.study.sampler, derived_seed(cfg.study.seed, 0, worker)), load_if_exists=True,
+        sampler=make_sampler(cfg.study, derived_seed(cfg.study.seed, 0, worker)), pruner=make_pruner(cfg),
+        load_if_exists=True,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -180,7 +291,23 @@ def open_study(cfg: Config, fingerprints: dict[str, str], worker: int = 0,
             study.set_user_attr("fingerprint_inputs", inputs)
     else:  # another process created it between our check and create_study
         _check_fingerprints(study, fingerprints, cfg, inputs)
+    enqueue_once(study, cfg)
     return study
+
+
+def enqueue_once(study: optuna.Study, cfg: Config) -> None:
+    """study.enqueue's points, queued when the study is created (under the claim lock, and marked on the study, so
+    that workers starting at once queue them once): they run before any sampled trial, each with its name as the
+    ``baseline`` user attribute."""
+    points = search_space.enqueued(cfg)
+    if not points:
+        return
+    with claim_lock(cfg.study.storage):
+        if "enqueued" in study.user_attrs:
+            return
+        for name, params in points:
+            study.enqueue_trial(params, user_attrs={"baseline": name}, skip_if_exists=True)
+        study.set_user_attr("enqueued", [name for name, _ in points])
 
 
 def derived_seed(seed: int, n_existing: int, worker: int) -> int:
@@ -241,9 +368,23 @@ def count(study: optuna.Study, *states: TrialState) -> int:
     return len(study.get_trials(deepcopy=False, states=states))
 
 
-def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
+def objective_of(study: optuna.Study) -> str:
+    """pareto (domain loss and forgetting) or constrained (domain loss alone), from the study's directions."""
+    return "pareto" if len(study.directions) == 2 else "constrained"
+
+
+def feasible(trial, max_forgetting: float | None = None) -> bool | None:
+    """Whether the trial's forgetting is within the budget: against ``max_forgetting`` when given, else by the
+    constraint the trial recorded; None when neither says."""
+    if max_forgetting is not None and "forgetting" in trial.user_attrs:
+        return trial.user_attrs["forgetting"] <= max_forgetting
+    constraints = trial.constraints
+    return all(v <= 0 for v in constraints.values()) if constraints else None
+
+
+def trial_rows(study: optuna.Study, max_forgetting: float | None = None) -> list[dict[str, Any]]:
     """Every trial as a flat dict of params, objective values and stored metrics (for tables and reports)."""
-    front = {t.number for t in pareto_front(study)}
+    front = {t.number for t in pareto_front(study, max_forgetting)}
     trials = study.get_trials(deepcopy=False)
     rows = []
     for t in trials:
@@ -254,6 +395,7 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
         elif str(row.get("fail_reason", "")).startswith("worker died"):
             row["fail_reason"] += _retry_text(t, trials)
         row["duration_s"] = t.duration.total_seconds() if t.duration else None
+        row["feasible"] = feasible(t, max_forgetting) if t.state in (TrialState.COMPLETE, TrialState.PRUNED) else None
         rows.append(row)
     return rows
 
@@ -267,8 +409,17 @@ def _retry_text(failed, trials) -> str:
     return f"; retried as trial {numbers[0]}" if numbers else "; not retried (study.max_retries reached, or not yet)"
 
 
-def pareto_front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    if not count(study, TrialState.COMPLETE):
+def pareto_front(study: optuna.Study, max_forgetting: float | None = None) -> list[optuna.trial.FrozenTrial]:
+    """The trials worth keeping. Pareto study: the front of the complete trials within the forgetting budget
+    (``feasible``), or of all of them when none is. Constrained study: the lowest domain loss within the budget, or
+    when none is, the trial that forgot least."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not done:
         return []
-    return study.best_trials
-
+    ok = [t for t in done if feasible(t, max_forgetting) is not False]
+    if objective_of(study) == "constrained":
+        return [min(ok, key=lambda t: t.values[0])] if ok else [
+            min(done, key=lambda t: t.user_attrs.get("forgetting", math.inf))]
+    pool = ok or done
+    dominates = lambda a, b: all(x <= y for x, y in zip(a.values, b.values)) and a.values != b.values  # noqa: E731
+    return [t for t in pool if not any(dominates(u, t) for u in pool)]

@@ -188,7 +188,10 @@ class Plan(Protocol):
 
 
 class SweepPlan:
-    """A sweep: Optuna samples each trial; done when the study holds ``target`` complete trials."""
+    """A sweep: Optuna samples each trial (enqueued points first); done when the study holds ``target`` complete
+    trials. Pruned trials do not count, but bound the sweep: it also stops once the study holds
+    storage.PRUNED_CAP x target complete and pruned trials together, so that a strict budget or pruner cannot
+    keep it running forever."""
 
     job_type = "trial"
 
@@ -203,9 +206,11 @@ class SweepPlan:
         # missed by both counts, and one trial too many would start.
         states = [t.state for t in study.get_trials(deepcopy=False)]
         complete, running = states.count(TrialState.COMPLETE), states.count(TrialState.RUNNING)
-        if complete >= self.target:
+        finished = complete + states.count(TrialState.PRUNED)
+        cap = storage.PRUNED_CAP * self.target
+        if complete >= self.target or finished >= cap:
             return DONE
-        return ask(study) if self.target - complete - running > 0 else None
+        return ask(study) if self.target - complete - running > 0 and finished + running < cap else None
 
     def config_for(self, trial) -> Config:
         return self.cfg
@@ -247,6 +252,8 @@ def work(session: Session, target: int | None = None, log=print, label: str | No
                 if age is not None else "") + f" (claim {time.perf_counter() - asked:.1f} s)")
             first = False
         if trial is DONE:
+            if plan.job_type == "trial" and (why := pruned_out(study, plan.target)):
+                log(f"[sweep] {label}: {why}")
             return
         if trial is None:
             if not waiting_said:
@@ -267,6 +274,19 @@ def work(session: Session, target: int | None = None, log=print, label: str | No
                                    f"{cfg.study.max_failures}); see `cpt-harness report` for their reasons")
 
 
+def pruned_out(study, target: int) -> str | None:
+    """Why a sweep stopped short of ``target`` complete trials: too many were pruned (storage.PRUNED_CAP)."""
+    from optuna.trial import TrialState
+
+    complete = storage.count(study, TrialState.COMPLETE)
+    pruned = storage.count(study, TrialState.PRUNED)
+    if complete >= target or complete + pruned < storage.PRUNED_CAP * target:
+        return None
+    return (f"stopped with {complete} of {target} trials complete: {pruned} were pruned, and the study holds "
+            f"{storage.PRUNED_CAP} x {target} complete and pruned trials; loosen study.max_forgetting, "
+            "study.prune_margin or the pruner, or ask for more trials")
+
+
 def process_age() -> float | None:
     """Seconds since this process started (Linux /proc), or None where that is not known."""
     try:
@@ -280,13 +300,17 @@ def process_age() -> float | None:
 
 
 def _run(study, objective, trial):
-    """One trial with its heartbeat; the state it ended in. Ctrl-C marks it FAIL and goes on up."""
+    """One trial with its heartbeat; the state it ended in. Ctrl-C marks it FAIL and goes on up; a pruned trial
+    (the objective raised optuna.TrialPruned, having recorded its metrics so far) is told PRUNED."""
+    from optuna import TrialPruned
     from optuna.storages._heartbeat import get_heartbeat_thread
     from optuna.trial import TrialState
 
     with get_heartbeat_thread(trial._trial_id, study._storage):
         try:
             values = objective(trial)
+        except TrialPruned:
+            return _tell(study, trial, state=TrialState.PRUNED)
         except KeyboardInterrupt:
             _tell(study, trial, state=TrialState.FAIL)
             raise
@@ -336,7 +360,8 @@ def _fail_stale(study) -> None:
 
 
 def prune_adapters(study, study_dir: Path) -> None:
-    """Keep the adapters of Pareto-front trials only; the rest are deleted to bound disk use."""
+    """Keep the adapters of Pareto-front trials only (a constrained study's best trial); the rest are deleted to
+    bound disk use. (Pruned trials save none.)"""
     front = {t.number for t in storage.pareto_front(study)}
     for t in study.get_trials(deepcopy=False):
         if t.number not in front and t.state.name != "RUNNING":

@@ -40,6 +40,7 @@ class TrialResult:
     adapter_dir: str | None = None
     base_load: str = ""  # "disk", or "copy" of the base the worker keeps loaded (model.keep_loaded)
     evals: Evals | None = None  # per-document results of every eval checkpoint (written to evals.npz)
+    stopped: str | None = None  # why the trial stopped at an eval checkpoint before max_steps (it is pruned)
 
 
 @dataclass
@@ -137,7 +138,9 @@ def batches(blocks: np.ndarray, batch_size: int, seed: int):
 
 
 def run_trial(backend, model_path: str, cfg: Config, params: TrialParams, corpora: Corpora, tracker,
-              adapter_dir: Path | None, progress=None) -> TrialResult:
+              adapter_dir: Path | None, progress=None, checkpoint=None) -> TrialResult:
+    """``checkpoint``: called with each eval point; a reason it returns stops training there (no adapter is
+    saved) and comes back as ``stopped``, the metrics being those of that checkpoint."""
     device = backend.device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     timer = Timer(sync=sync)
@@ -154,10 +157,13 @@ def run_trial(backend, model_path: str, cfg: Config, params: TrialParams, corpor
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.train.max_steps, cfg.train.warmup_ratio))
     evaluation = Evaluation(backend, model_path, cfg, corpora)
     try:
-        result = _loop(model, optimizer, scheduler, backend, cfg, evaluation, corpora, tracker, timer, progress)
+        result = _loop(model, optimizer, scheduler, backend, cfg, evaluation, corpora, tracker, timer, progress,
+                       checkpoint)
     finally:
         evaluation.close()
     result.evals = evaluation.evals()
+    if result.stopped is not None:
+        adapter_dir = None
     if adapter_dir is not None:
         with timer("save"):
             model.save_pretrained(str(adapter_dir))
@@ -196,11 +202,11 @@ def _embedding_names(model) -> tuple[str, ...]:
 
 
 def _loop(model, optimizer, scheduler, backend, cfg: Config, evaluation: Evaluation, corpora: Corpora, tracker,
-          timer: Timer, progress):
+          timer: Timer, progress, checkpoint=None):
     t = cfg.train
     device = backend.device
     stream = batches(corpora.domain_train, t.batch_size, t.seed)
-    tokens_seen, first_loss, curve = 0, None, []
+    tokens_seen, first_loss, curve, stopped = 0, None, [], None
     if cfg.lora.init_adapter:  # where the adapter starts: what this continuation adds is measured from here
         curve.append(_eval_point(evaluation, model, 0, 0, tracker, timer))
     log_every = max(1, t.max_steps // 50)
@@ -234,6 +240,8 @@ def _loop(model, optimizer, scheduler, backend, cfg: Config, evaluation: Evaluat
                              "tokens_seen": tokens_seen, "step": step})
         if step % t.eval_every == 0 or step == t.max_steps:
             curve.append(_eval_point(evaluation, model, step, tokens_seen, tracker, timer))
+            if checkpoint is not None and (stopped := checkpoint(curve[-1])) is not None:
+                break
         if t.time_limit_s is not None and time.perf_counter() - started > t.time_limit_s:
             raise TrialFailed(f"time limit: {time.perf_counter() - started:.0f} s > train.time_limit_s={t.time_limit_s:g} "
                               f"at step {step}/{t.max_steps}")
@@ -244,7 +252,7 @@ def _loop(model, optimizer, scheduler, backend, cfg: Config, evaluation: Evaluat
                "tokens_per_s": tokens_seen / train_time if train_time > 0 else float("nan")}
     if cfg.lora.init_adapter:
         metrics.update(from_start(curve[0], final))
-    return TrialResult(metrics=metrics, curve=curve, audit={}, timings={})
+    return TrialResult(metrics=metrics, curve=curve, audit={}, timings={}, stopped=stopped)
 
 
 def _eval_point(evaluation: Evaluation, model, step: int, tokens_seen: int, tracker, timer: Timer) -> dict:
