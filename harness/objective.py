@@ -45,15 +45,9 @@ class Objective:
 
     def __call__(self, trial) -> tuple[float, float]:
         ctx = self.ctx
-        cfg = ctx.config_for(trial) if ctx.config_for else ctx.cfg
-        params = search_space.suggest(trial, cfg)
-        for key, value in params.as_dict().items():
-            trial.set_user_attr(key, value)
-        trial.set_user_attr("worker", ctx.worker)
-        if outside := search_space.outside(params, cfg):  # an enqueued point beyond the ranges runs as given
-            trial.set_user_attr("outside_search_space", outside)
         trial_dir = ctx.study_dir / f"trial-{trial.number:04d}"
-        try:
+        try:  # suggesting is inside: a trial whose parameters cannot be drawn says why too
+            cfg, params = self._params(trial)
             return self._train(trial, cfg, params, trial_dir)
         except TrialPruned:  # not a failure: its metrics so far are recorded, its W&B run finished cleanly
             raise
@@ -66,6 +60,18 @@ class Objective:
             raise
         finally:
             _free_memory()
+
+    def _params(self, trial):
+        """The trial's config (an ablation arm's, a confirmation's) and its parameters, recorded on the trial."""
+        ctx = self.ctx
+        cfg = ctx.config_for(trial) if ctx.config_for else ctx.cfg
+        params = search_space.suggest(trial, cfg)
+        for key, value in params.as_dict().items():
+            trial.set_user_attr(key, value)
+        trial.set_user_attr("worker", ctx.worker)
+        if outside := search_space.outside(params, cfg):  # an enqueued point beyond the ranges runs as given
+            trial.set_user_attr("outside_search_space", outside)
+        return cfg, params
 
     def _train(self, trial, cfg: Config, params, trial_dir: Path) -> float | tuple[float, float]:
         from harness import train

@@ -220,3 +220,15 @@ def test_a_dead_workers_trial_says_why_it_failed_and_which_trial_retries_it(tiny
     assert [t.state for t in study.get_trials()] == [TrialState.FAIL] * 2
     assert storage.trial_rows(study)[1]["fail_reason"].startswith(
         "worker died (no heartbeat for over 2 s); not retried (study.max_retries reached")
+
+def test_a_trial_whose_parameters_cannot_be_drawn_says_why(tiny_cfg, tmp_path):
+    from harness.objective import Objective, TrialContext
+    from harness.tracking import Tracker
+
+    ctx = TrialContext(tiny_cfg, backend=None, model_path="", corpora=None, base={}, tracker=Tracker(),
+                       study_dir=tmp_path)
+    trial = optuna.trial.FixedTrial({"learning_rate": 2e-3})  # no rank: suggesting it fails
+    with pytest.raises(ValueError):
+        Objective(ctx)(trial)
+    assert trial.user_attrs["fail_reason"].startswith("ValueError:") and "rank" in trial.user_attrs["fail_reason"]
+    assert (tmp_path / f"trial-{trial.number:04d}" / "error.log").is_file()
