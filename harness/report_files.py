@@ -590,7 +590,8 @@ def _frontier_sections(study, cfg, out: Path) -> list[str]:
         figures += ["## Dose–response", "", "![dose-response](dose.png)", ""]
     _curves_figure(study, out / "curves.png", group_by="arm")
     figures += ["## Eval curves per arm", "", "![curves](curves.png)", ""]
-    (out / "effects.json").write_text(json.dumps([_result_json(r) for r in results], indent=2))
+    (out / "effects.json").write_text(json.dumps([{**_result_json(r), "domain": cfg.data.domain.path,
+                                                    "conditions": conditions} for r in results], indent=2))
     return lines + figures + ["## Trials", "", "```", report.table(study, study.user_attrs.get("base")), "```", ""]
 
 

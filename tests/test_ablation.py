@@ -360,3 +360,14 @@ def test_rank_x_rslora_frontier_ablation_runs_every_arm_at_its_rank(tiny_overrid
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert len(done) == 16 and all(t.params["rank"] == int(t.user_attrs["level:rank"]) for t in done)
     assert {(t.user_attrs["level:rslora"], t.user_attrs["use_rslora"]) for t in done} == {("on", True), ("off", False)}
+
+
+def test_the_readme_claims_table_is_what_the_committed_reports_say():
+    import subprocess
+    import sys
+
+    script = ROOT / "scripts" / "readme_claims_table.py"
+    done = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    readme = (ROOT / "README.md").read_text()
+    assert "| leaving gate_proj out of the LoRA targets speeds up forgetting | builtin:legal | **" in readme
