@@ -34,10 +34,10 @@ def healed_base(model_path: str, cfg: Config, backend, log=print) -> str:
     key = hashlib.sha256(json.dumps([models.fingerprint(model_path), asdict(h), cfg.model.max_seq_length, split,
                                      "validation"], sort_keys=True).encode()).hexdigest()[:16]
     final = cache_dir() / "models" / f"healed-{key}"
-    return str(build_once(final, lambda tmp: _heal(model_path, cfg, backend, tmp, log)))
+    return str(build_once(final, lambda tmp: _heal(model_path, cfg, backend, tmp, log, key)))
 
 
-def _heal(model_path: str, cfg: Config, backend, out: Path, log) -> None:
+def _heal(model_path: str, cfg: Config, backend, out: Path, log, recipe: str) -> None:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -86,7 +86,7 @@ def _heal(model_path: str, cfg: Config, backend, out: Path, log) -> None:
     losses_after = held_out_losses(merged)
     merged.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    provenance = {**models.provenance(model_path), "healed_from": model_path,
+    provenance = {**models.provenance(model_path), "healed_from": model_path, "recipe": recipe,
                   "heal": {**asdict(h), "data": h.data.path + (" (training documents only)" if heals_on_general(cfg)
                                                                else "")},
                   "heal_loss_first_last": [losses[0], losses[-1]] if losses else None,

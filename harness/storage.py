@@ -264,14 +264,16 @@ def _coerced(cls, options: dict[str, Any]) -> dict[str, Any]:
 
 
 def open_study(cfg: Config, fingerprints: dict[str, str], worker: int = 0,
-               inputs: dict | None = None) -> optuna.Study:
+               inputs: dict | None = None, provenance: dict | None = None) -> optuna.Study:
     """Create the study, or load it and check that it measures the same thing. Safe when several workers
     start at once: creation is load-if-exists, and the fingerprints they write are identical. ``inputs``: what
-    the search-space fingerprint hashes, stored so that a refused resume names the keys that changed."""
+    the search-space fingerprint hashes, stored so that a refused resume names the keys that changed.
+    ``provenance``: the model's (models.provenance), which lets a healed base rebuilt on another machine resume
+    its study (``rebuilt_heal``)."""
     storage = storage_for(cfg)
     existing = load_if_exists(storage, cfg.study.name)
     if existing is not None:
-        _check_fingerprints(existing, fingerprints, cfg, inputs)
+        _check_fingerprints(existing, fingerprints, cfg, inputs, provenance)
         # A resumed sampler is seeded past the trials it already proposed, and each worker differently,
         # so that none repeats another's proposals.
         seed = derived_seed(cfg.study.seed, len(existing.trials), worker)
@@ -290,7 +292,7 @@ def open_study(cfg: Config, fingerprints: dict[str, str], worker: int = 0,
         if inputs is not None:
             study.set_user_attr("fingerprint_inputs", inputs)
     else:  # another process created it between our check and create_study
-        _check_fingerprints(study, fingerprints, cfg, inputs)
+        _check_fingerprints(study, fingerprints, cfg, inputs, provenance)
     enqueue_once(study, cfg)
     return study
 
@@ -325,9 +327,53 @@ def load_if_exists(storage, name: str) -> optuna.Study | None:
         return None
 
 
-def _check_fingerprints(study: optuna.Study, current: dict[str, str], cfg: Config, inputs: dict | None = None) -> None:
+# How far a healed base rebuilt from the same recipe may be from the study's, in held-out general loss (nats), and
+# still resume it: GPU training is not bitwise reproducible, so every fresh GPU machine heals to slightly
+# different weights (two H200 heals of sweeps/gpu-ablation.yaml differed by 4e-5 nats). A fifth of the
+# smallest effect the ablations call a verdict (ablation.min_effect, 0.01).
+HEAL_TOLERANCE = 0.002
+
+
+def rebuilt_heal(stored: dict | None, current: dict | None) -> float | None:
+    """The largest difference in general loss (held-out and validation, after healing) between two healed bases
+    built by the same recipe (same base weights, heal settings and data), or None when they are not two heals of
+    one recipe. The domain losses are not compared: a healed base is shared by studies of every domain."""
+    if not stored or not current or not all("heal" in p and "heal_held_out" in p for p in (stored, current)):
+        return None
+    same = [stored.get(k) == current.get(k) for k in ("sha256", "heal", "dtype")]
+    if "recipe" in stored and "recipe" in current:  # heals before 2026-11-28 did not record their recipe key
+        same.append(stored["recipe"] == current["recipe"])
+    if not all(same) or Path(str(stored.get("healed_from"))).name != Path(str(current.get("healed_from"))).name:
+        return None
+    try:
+        pairs = [(stored["heal_held_out"]["general_loss"], current["heal_held_out"]["general_loss"]),
+                 (stored["heal_validation"]["general_loss"], current["heal_validation"]["general_loss"])]
+        if any(a[0] != b[0] for a, b in pairs):  # before healing: not the same base or held-out documents
+            return None
+        return max(abs(a[1] - b[1]) for a, b in pairs)
+    except (KeyError, TypeError, IndexError):
+        return None
+
+
+def _check_fingerprints(study: optuna.Study, current: dict[str, str], cfg: Config, inputs: dict | None = None,
+                        provenance: dict | None = None) -> None:
     stored = study.user_attrs.get("fingerprints", {})
     changed = [k for k in current if k in stored and stored[k] != current[k]]
+    if changed == ["model"] and provenance is not None:
+        delta = rebuilt_heal(study.user_attrs.get("model_provenance"), provenance)
+        seen = {r["model"] for r in study.user_attrs.get("rebuilt_heals", [])}
+        if delta is not None and delta <= HEAL_TOLERANCE:
+            if current["model"] not in seen:  # which trials ran on which rebuild: from the trial count on
+                record = {"model": current["model"], "general_loss_delta": delta, "from_trial": len(study.trials)}
+                study.set_user_attr("rebuilt_heals", [*study.user_attrs.get("rebuilt_heals", []), record])
+            return
+        if delta is not None:
+            raise StudyMismatch(
+                f"study {cfg.study.name!r} in {urls.redact(cfg.study.storage)}: the healed base was rebuilt here "
+                f"(same recipe: model.heal and the base weights) but its held-out general loss differs from the "
+                f"study's by {delta:.4f} nats, more than the {HEAL_TOLERANCE} a rebuild may differ by. Its trials "
+                "would not be comparable: carry the healed model folder from the first machine "
+                "($CPT_HARNESS_CACHE/models/healed-*), or use a new study.name.")
     if changed:
         keys = changed_keys(study.user_attrs.get("fingerprint_inputs"), inputs)
         what = ("; ".join(keys[:8]) + ("; ..." if len(keys) > 8 else "")) if keys else (

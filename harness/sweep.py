@@ -66,8 +66,12 @@ def setup(cfg: Config, backend=None, log=print, worker: int = 0, study_attrs: di
         f"{corpora.describe()} ({time.perf_counter() - t:.0f} s)")
     fingerprints = {"model": models.fingerprint(model_path), "data": corpora.fingerprint,
                     "search_space": search_space.space_fingerprint(cfg, extra=study_attrs)}
-    study = storage.open_study(cfg, fingerprints, worker=worker,
+    study = storage.open_study(cfg, fingerprints, worker=worker, provenance=models.provenance(model_path),
                                inputs={"search_space": search_space.space_payload(cfg, extra=study_attrs)})
+    if rebuilt := [r for r in study.user_attrs.get("rebuilt_heals", []) if r["model"] == fingerprints["model"]]:
+        log(f"[setup] the healed base was rebuilt on this machine (GPU training is not bitwise reproducible): its "
+            f"general loss is within {rebuilt[0]['general_loss_delta']:.5f} nats of the study's "
+            f"(tolerance {storage.HEAL_TOLERANCE}); resuming")
     for key, value in (study_attrs or {}).items():
         if key not in study.user_attrs:
             study.set_user_attr(key, value)
