@@ -121,16 +121,24 @@ def read_base(study_dir: Path) -> Evals | None:
     return read(path) if path.is_file() else None
 
 
-def collect(study, study_dir: Path, out: Path, dtype=np.float32) -> Path:
+def collect(study, study_dir: Path, out: Path, dtype=np.float32, previous: Path | None = None) -> Path:
     """Every complete trial's per-document results, and the base's, in one compressed .npz.
 
     Keys: the shared ``domain_tokens``, ``general_tokens``, ``general_corpus``, ``general_names``; ``trials``
     (int64, the trial numbers present); ``base/<key>`` and ``<number>/<key>`` for ``step``, ``tokens_seen``,
-    ``domain_nll``, ``general_nll``, ``general_kl`` (sums in ``dtype``). ``read_collected`` reads it back."""
-    base = read_base(study_dir)
-    found = {t.number: read_trial(study_dir, t) for t in study.get_trials(deepcopy=False)
-             if t.state.name == "COMPLETE" and t.user_attrs.get("evals_file")}
+    ``domain_nll``, ``general_nll``, ``general_kl`` (sums in ``dtype``). ``read_collected`` reads it back.
+    ``previous``: an earlier ``collect`` file of this study, whose complete trials (and base) fill in what the
+    folder lacks: a study resumed on another machine has only the new block's trial folders there."""
+    earlier_base, earlier = read_collected(previous) if previous is not None else (None, {})
+    base = read_base(study_dir) if (study_dir / BASE_FILE).is_file() else earlier_base
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    found = {t.number: read_trial(study_dir, t) for t in complete
+             if t.user_attrs.get("evals_file") and (study_dir / t.user_attrs["evals_file"]).is_file()}
     found = {n: e for n, e in found.items() if e is not None}
+    found |= {t.number: earlier[t.number] for t in complete if t.number not in found and t.number in earlier}
+    if missing := [t.number for t in complete if t.user_attrs.get("evals_file") and t.number not in found]:
+        raise FileNotFoundError(f"{study_dir}: no per-document results for trials {missing[:5]}"
+                                + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
     everything = ([base] if base is not None else []) + list(found.values())
     if not everything:
         raise FileNotFoundError(f"no per-document eval files under {study_dir}")

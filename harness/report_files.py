@@ -632,8 +632,9 @@ def _doc_results(study, cfg, out: Path, leave_out=()):
     from harness import claims, evals
 
     collected, fresh = out / "evals.npz", out / "evals.new.npz"  # np.savez wants the .npz suffix
-    try:  # the study's own folder, where it is here: fresher than a copy
-        evals.collect(study, Path(cfg.study.output_dir) / study.study_name, fresh)
+    previous = collected if collected.is_file() and _same_base(study, evals.read_collected(collected)[0]) else None
+    try:  # the study's own folder, where it is here: fresher than a copy; trials only in the copy are kept
+        evals.collect(study, Path(cfg.study.output_dir) / study.study_name, fresh, previous=previous)
         if _same_base(study, evals.read_collected(fresh)[0]):
             fresh.replace(collected)
     except (FileNotFoundError, ValueError):
@@ -732,7 +733,7 @@ def _save(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
 
 

@@ -97,3 +97,18 @@ def test_trials_write_per_document_results_and_the_base_writes_once(two_general,
         np.testing.assert_allclose(e.general_nll, full.general_nll, rtol=1e-6)
     np.testing.assert_allclose(base_c.domain_nll, base.domain_nll, rtol=1e-6)
     assert out.stat().st_size < 100_000
+
+    # A study resumed on another machine: the first block's trial folders (and base) are gone, only its collected
+    # file is left; the new block's folder holds trial 2. Collecting keeps both; with neither, it refuses.
+    import shutil
+    for number in (0, 1):
+        shutil.rmtree(study_dir / f"trial-{number:04d}")
+    base_file.unlink()
+    with pytest.raises(FileNotFoundError, match=r"trials \[0, 1\]"):
+        evals.collect(study, study_dir, tmp_path / "report" / "again.npz")
+    merged = evals.collect(study, study_dir, tmp_path / "report" / "merged.npz", previous=out)
+    base_m, trials_m = evals.read_collected(merged)
+    assert sorted(trials_m) == sorted(trials)
+    for number, e in trials_m.items():
+        np.testing.assert_array_equal(e.general_nll, trials[number].general_nll)
+    np.testing.assert_array_equal(base_m.domain_nll, base_c.domain_nll)
