@@ -84,22 +84,33 @@ def read_runs(wandb_dir: Path) -> list[OfflineRun]:
     return [read_run(p) for p in sorted(Path(wandb_dir).rglob("offline-run-*/run-*.wandb"))]
 
 
-def summaries(wandb_dir: Path) -> list[dict]:
-    """Per run: name, group, job type, exit code, Optuna params, summary and eval curve (for reports/)."""
+# --brief: the final results only (the study database holds the curves and the audit)
+BRIEF = ("domain_loss", "general_loss", "general_kl", "forgetting", "train_loss", "tokens_per_s", "tokens_seen",
+         "train_time_s", "peak_memory_gb")
+
+
+def summaries(wandb_dir: Path, brief: bool = False) -> list[dict]:
+    """Per run: name, group, job type, exit code, Optuna params, summary and eval curve (for reports/); ``brief``:
+    without the curve, and the summary's final results only (BRIEF and their per-corpus forms)."""
     out = []
     for run in read_runs(wandb_dir):
         curve = [{k: v for k, v in row.items() if k == "tokens_seen" or k.startswith("eval/")}
                  for row in run.history if any(k.startswith("eval/") for k in row)]
+        summary = {k: v for k, v in run.summary.items() if not k.startswith("_")
+                   and (not brief or k.split("/")[0] in BRIEF)}
         out.append({"run": run.name, "group": run.group, "job_type": run.job_type, "tags": run.tags,
                     "exit_code": run.exit_code, "optuna_params": run.config.get("optuna_params"),
                     "arm": run.config.get("arm"), "seed": run.config.get("seed"),
-                    "summary": {k: v for k, v in run.summary.items() if not k.startswith("_")}, "eval_curve": curve})
+                    "summary": summary, **({} if brief else {"eval_curve": curve})})
     return out
 
 
-if __name__ == "__main__":  # python -m harness.wandb_files WANDB_DIR > summaries.json
+if __name__ == "__main__":  # python -m harness.wandb_files WANDB_DIR [--brief] > summaries.json
     import sys
 
-    if len(sys.argv) != 2 or not Path(sys.argv[1]).is_dir():
-        sys.exit("usage: python -m harness.wandb_files WANDB_DIR  (a study's W&B folder, e.g. runs/<study>/wandb)")
-    print(json.dumps(summaries(Path(sys.argv[1])), indent=1, default=str))
+    args = [a for a in sys.argv[1:] if a != "--brief"]
+    if len(args) != 1 or not Path(args[0]).is_dir():
+        sys.exit("usage: python -m harness.wandb_files WANDB_DIR [--brief]  (a study's W&B folder, e.g. "
+                 "runs/<study>/wandb)")
+    brief = "--brief" in sys.argv
+    print(json.dumps(summaries(Path(args[0]), brief), indent=None if brief else 1, default=str))

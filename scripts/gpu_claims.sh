@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The claims of issue 13 (reports/README.md) on one GPU host, in two lanes that share every GPU:
+#
+#   bash scripts/gpu_claims.sh MODEL [GPUS] [PER_GPU_PER_LANE]    # e.g. /tmp/smollm2/smollm2.gguf 0,1,2,3 8
+#
+# Lane "legal" (sweeps/gpu-ablation.yaml) and lane "french" (sweeps/gpu-ablation-french.yaml) each run three
+# frontier ablations one after another, in this order: gate_proj x embeddings, rsLoRA (rank {16, 256} x
+# scaling), the embedding-LR ratio (dose-response). Both lanes place PER_GPU_PER_LANE trials on every GPU, so
+# while one lane's study waits for its last trials, the other lane's trials run faster on the freed GPU.
+# Each study lives in runs/<db> and resumes where a previous block stopped (the same command adds only the
+# missing trials). To stop early: `touch runs/STOP` (no new study starts), then SIGINT the `ablate` parents
+# (`pkill -INT -f "harness ablate"`): running trials are recorded as interrupted and rerun on resume.
+set -uf  # -f: the --set values hold brackets, never globs
+MODEL=$1
+GPUS=${2:-0,1,2,3}
+K=${3:-8}
+mkdir -p runs
+say() { echo "[claims] $(date -u +%T) $*" | tee -a runs/claims.log; }
+
+claim_args() {  # $1 lane (legal|french), $2 claim: the --set overrides of that study
+  case $2 in
+    gate) ;;
+    rslora) echo "--set ablation.factors=[rslora] --set ablation.rank=16 --set ablation.study_name=gpu-$1-ablation-rslora
+                  --set study.storage=sqlite:///runs/gpu-ablation-$1-rslora.db" ;;
+    ratio) echo "--set ablation.factors=[embedding_lr_ratio] --set ablation.study_name=gpu-$1-ablation-ratio
+                 --set study.storage=sqlite:///runs/gpu-ablation-$1-ratio.db" ;;
+  esac
+}
+
+lane() {  # $1 lane, $2 config
+  for claim in gate rslora ratio; do
+    [ -e runs/STOP ] && { say "$1: stop asked, $claim not started"; return; }
+    say "$1 $claim: start"
+    # shellcheck disable=SC2046  # claim_args is a list of words by design
+    python3 -m harness ablate "$2" --gpus "$GPUS" --trials-per-gpu "$K" --set "model.name=$MODEL" \
+        $(claim_args "$1" "$claim") >>"runs/claims-$1-$claim.log" 2>&1
+    say "$1 $claim: rc=$?"
+  done
+}
+
+say "model $MODEL, GPUs $GPUS, $K trials per GPU per lane"
+lane legal sweeps/gpu-ablation.yaml &
+sleep 30  # the first lane takes the heal's build lock; the second finds the healed base cached
+lane french sweeps/gpu-ablation-french.yaml &
+wait
+say "both lanes done"

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Watch scripts/gpu_claims.sh for SECONDS (progress every 60 s), then pack what a later block or the reports
+# need into OUTDIR: every study database, the logs and each trial's per-document results (claims.tgz), and the
+# W&B offline run files (wandb.tgz). With --stop, first stop the run (no new study, running trials interrupted):
+# the stop and the packing are kept inside SECONDS too (75 s of it), so that the call ends within its limit.
+#
+#   bash scripts/gpu_watch.sh SECONDS OUTDIR [--stop]
+set -u
+SECONDS_LEFT=$1
+OUTDIR=$2
+counts() {
+  python3 - <<'PY'
+import glob, sqlite3
+for db in sorted(glob.glob("runs/*.db")):
+    try:
+        rows = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30).execute(
+            "SELECT state, count(*) FROM trials GROUP BY state").fetchall()
+        print(f"  {db}: " + ", ".join(f"{s} {n}" for s, n in rows))
+    except sqlite3.Error as e:
+        print(f"  {db}: {e}")
+PY
+}
+[ "${3:-}" = "--stop" ] && SECONDS_LEFT=$(( SECONDS_LEFT > 75 ? SECONDS_LEFT - 75 : 0 ))
+end=$(( $(date +%s) + SECONDS_LEFT ))
+while [ "$(date +%s)" -lt "$end" ]; do
+  echo "[watch] $(date -u +%T)"; counts; tail -n 2 runs/claims.log 2>/dev/null
+  pgrep -f "harness ablate" >/dev/null || { echo "[watch] no ablate running"; break; }
+  sleep $(( end - $(date +%s) < 60 ? (end - $(date +%s) > 0 ? end - $(date +%s) : 0) : 60 ))
+done
+if [ "${3:-}" = "--stop" ]; then
+  touch runs/STOP
+  pkill -INT -f "harness ablate"
+  for _ in $(seq 55); do pgrep -f "python3 -m harness" >/dev/null || break; sleep 1; done
+  echo "[watch] stopped; still running: $(pgrep -fc 'python3 -m harness')"
+fi
+counts
+mkdir -p "$OUTDIR"
+tar czf "$OUTDIR/claims.tgz" runs/*.db runs/*.log \
+    $(find runs -name evals.npz -o -name base_evals.npz -o -name error.log | sort) 2>/dev/null
+find runs -name '*.wandb' -print0 | tar czf "$OUTDIR/wandb.tgz" --null -T - 2>/dev/null
+ls -la "$OUTDIR"
