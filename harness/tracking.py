@@ -56,7 +56,8 @@ class WandbTracker(Tracker):
 
     def start(self, name, config, tags, job_type="trial", resume_id=None):
         """``resume_id``: the run of a trial whose worker died; the retry resumes it instead of leaving it open
-        (offline, the retry writes a second folder with the same run id, and ``wandb sync`` joins them)."""
+        (offline, the retry writes a second folder with the same run id marked ``resume``, and ``wandb sync``
+        replays the folders of one run id in order of start time, resuming it: README, "Weights & Biases")."""
         self.dir.mkdir(parents=True, exist_ok=True)
         config = redact_tree(config)  # a storage URL's password never reaches W&B
         kwargs = dict(project=self.cfg.project, entity=self.cfg.entity, group=self.group, job_type=job_type, name=name,
