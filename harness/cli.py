@@ -6,6 +6,7 @@
     cpt-harness ablate [CONFIG] [--from-study CONFIG [--trial N]] [--workers N | --gpus ...] [--set key=value ...]
     cpt-harness confirm [CONFIG] [--top K] [--seeds S] [--workers N | --gpus ...] [--set key=value ...]
     cpt-harness report [CONFIG] [--out DIR] [--ablation] [--set key=value ...]
+    cpt-harness dashboard [CONFIG] [--port N] [--reports DIR] | --wandb [--out FILE] [--set key=value ...]
 
 CONFIG defaults to sweeps/demo.yaml. Exit codes: 0 ok, 1 the run failed, 2 bad input, 130 interrupted.
 """
@@ -81,6 +82,14 @@ def _parser() -> argparse.ArgumentParser:
     r = command("report", "Write the study's report (report.md, report.html, figures) and print its table.")
     r.add_argument("--out", help="folder for the report (default: reports/<study>)")
     r.add_argument("--ablation", action="store_true", help="report CONFIG's ablation study instead of its sweep")
+    d = command("dashboard", "optuna-dashboard on 127.0.0.1 over the study, its confirmation and its ablation (the "
+                "reports as notes, the figures as artifacts); with --wandb, the study's W&B workspace instead.")
+    d.add_argument("--port", type=int, default=8080, help="port of optuna-dashboard (default 8080; 0: any free one)")
+    d.add_argument("--reports", default="reports", help="where `cpt-harness report` wrote reports/<study>/ "
+                   "(default: reports)")
+    d.add_argument("--wandb", action="store_true", help="build the W&B workspace: saved to W&B when online, else "
+                   "written as a spec file with the command that saves it later")
+    d.add_argument("--out", help="with --wandb offline: the spec file (default: <reports>/<study>/wandb-workspace.json)")
     return p
 
 
@@ -164,6 +173,8 @@ def _run(args, cfg) -> int:
             sweep.run_worker(cfg, args.n_trials, args.label, args.index, ablation=args.ablation)
         elif args.command == "report":
             return _report(cfg, args.out, args.ablation)
+        elif args.command == "dashboard":
+            return _dashboard(cfg, args)
     except (BackendUnavailable, ConfigError, DataError, ModelNotFound, StudyMismatch, StorageError, ImportError) as e:
         _error(e)
         return 2
@@ -174,6 +185,60 @@ def _run(args, cfg) -> int:
         print("\ninterrupted: the study is intact and the running trial is marked FAIL (interrupted); "
               "run the same command again to resume", file=sys.stderr)
         return 130
+    return 0
+
+
+def _dashboard(cfg, args) -> int:
+    """optuna-dashboard until Ctrl-C, or (--wandb) the W&B workspace saved or written."""
+    if not 0 <= args.port <= 65535:
+        raise ConfigError([f"--port: must be 0-65535, got {args.port}"], "dashboard")
+    studies = _dashboard_studies(cfg)
+    if args.wandb:
+        return _workspace(cfg, args, studies)
+    from harness import dashboard
+
+    try:
+        dashboard.run(cfg, args.port, Path(args.reports))
+    except KeyboardInterrupt:
+        print("\n[dashboard] stopped")
+    except OSError as e:  # the port is taken, or not ours to bind
+        raise ConfigError([f"--port {args.port}: cannot listen on 127.0.0.1:{args.port} ({e.strerror or e}); "
+                           "choose another port, or --port 0 for any free one"], "dashboard") from None
+    return 0
+
+
+def _dashboard_studies(cfg) -> list[str]:
+    """The names of CONFIG's studies that exist (sweep, confirmation, ablation); none is an error."""
+    from harness import ablation, confirm
+
+    names = []
+    for name in dict.fromkeys([cfg.study.name, confirm.study_name(cfg), ablation.study_name(cfg)]):
+        try:
+            load_study(cfg, name)
+            names.append(name)
+        except ConfigError as e:
+            if "no study database" in e.problems[0] or "study.storage:" in e.problems[0]:
+                raise
+    if not names:
+        raise ConfigError([f"no study {cfg.study.name!r} (nor its confirmation or ablation) in "
+                           f"{urls.redact(cfg.study.storage)}; run `cpt-harness sweep` (or `ablate`) first"], "study")
+    return names
+
+
+def _workspace(cfg, args, studies: list[str]) -> int:
+    from harness import ablation, workspace
+    from harness.tracking import resolve_mode
+
+    spec = workspace.spec(cfg, studies, arms=studies == [ablation.study_name(cfg)])
+    if resolve_mode(cfg.tracking.wandb.mode) == "online":
+        print(f"[dashboard] W&B workspace saved: {workspace.save(spec)}")
+        return 0
+    path = workspace.write_spec(spec, Path(args.out) if args.out else Path(args.reports) / studies[0] /
+                                "wandb-workspace.json")
+    entity = spec["entity"] or "the default entity of the W&B user who saves it (tracking.wandb.entity sets one)"
+    print(f"[dashboard] offline: W&B workspace spec written to {path} ({sum(len(s['panels']) for s in spec['sections'])}"
+          f" panels over W&B groups {', '.join(studies)}; entity: {entity}).\n"
+          f"Once logged in (wandb login), after `wandb sync` of the runs: python -m harness.workspace {path}")
     return 0
 
 

@@ -227,6 +227,10 @@ class WandbConfig:
         "auto: online with an API key, else offline run files under WANDB_DIR.", "auto"
     )
     tags: list[str] = _help("Extra tags on every run.", factory=list)
+    log_adapters: bool = _help(
+        "Log every saved adapter as a W&B artifact of type model, by reference (file:// URIs and checksums: no copy "
+        "of the weights), with the trial's config and the base model's provenance; `cpt-harness report` adds the "
+        "aliases pareto, chosen and confirmed.", True)
 
 
 @dataclass

@@ -18,8 +18,9 @@ from optuna import TrialPruned
 
 from harness import evals, pruning, search_space
 from harness.config import Config
-from harness.urls import redact
 from harness.data import Corpora
+from harness.tracking import artifact_name
+from harness.urls import redact, redact_tree
 
 
 @dataclass
@@ -84,16 +85,17 @@ class Objective:
             resume_id = trial.user_attrs.get("wandb_run_id")  # the dead worker's run: resume it, not a new one
         started = time.perf_counter()
         arm = trial.user_attrs.get("arm")
+        config = trial_config(ctx, cfg, trial, params)
         ctx.tracker.start(name=f"{cfg.study.name}-t{trial.number:03d}" + (f" {arm}" if arm else ""),
-                          config=trial_config(ctx, cfg, trial, params), tags=_tags(params, trial.user_attrs),
-                          resume_id=resume_id, job_type=ctx.job_type)
+                          config=config, tags=_tags(params, trial.user_attrs), resume_id=resume_id,
+                          job_type=ctx.job_type)
         trial.set_user_attr("wandb_run_id", ctx.tracker.run_id)
         tracker_s = time.perf_counter() - started
         adapter_dir = trial_dir / "adapter" if cfg.study.keep_adapters != "none" else None
         progress = ctx.progress(trial.number, cfg.train.max_steps) if ctx.progress else None
         try:
             result = train.run_trial(ctx.backend, ctx.model_path, cfg, params, ctx.corpora, ctx.tracker, adapter_dir,
-                                     progress, checkpoint=pruning.Checkpoint(trial, cfg, ctx.base))
+                                     progress, checkpoint=pruning.Checkpoint(trial, cfg, ctx.base), base=ctx.base)
         finally:
             if progress is not None:
                 progress.close()
@@ -105,6 +107,11 @@ class Objective:
                                                     "pruned_step": result.curve[-1]["step"]}
         ctx.tracker.summary({**metrics, **params.as_dict(), "rule_violations": ", ".join(params.rule_violations),
                              **pruned, "state": "PRUNED" if pruned else "COMPLETE"})
+        if result.adapter_dir is not None:
+            adapter = Path(result.adapter_dir)
+            write_trial_config(adapter, config)
+            ctx.tracker.log_adapter(adapter, artifact_name(cfg.study.name, trial.number),
+                                    adapter_metadata(config, metrics, _provenance(ctx.model_path)))
         ctx.tracker.finish()
         result.timings["log"] = result.timings.get("log", 0.0) + tracker_s + time.perf_counter() - started
         for key, value in metrics.items():
@@ -161,6 +168,37 @@ def trial_config(ctx: TrialContext, cfg: Config, trial, params) -> dict[str, Any
         "runtime": ctx.backend.describe(),
         "data_stats": ctx.corpora.stats,
     }
+
+
+TRIAL_CONFIG = "trial_config.yaml"  # beside the adapter's weights: an adapter found on disk says how it was trained
+
+
+def write_trial_config(adapter_dir: Path, config: dict[str, Any]) -> Path:
+    """The trial's resolved config (what its W&B run records), passwords redacted, inside its adapter folder."""
+    import yaml
+
+    path = adapter_dir / TRIAL_CONFIG
+    path.write_text("# The resolved config of the trial that trained this adapter (written by cpt-harness).\n"
+                    + yaml.safe_dump(redact_tree(config), sort_keys=False))
+    return path
+
+
+def _provenance(model_path: str) -> dict[str, Any]:
+    from harness import models
+
+    return models.provenance(model_path)
+
+
+def adapter_metadata(config: dict[str, Any], metrics: dict[str, Any], provenance: dict[str, Any]) -> dict[str, Any]:
+    """What a W&B adapter artifact says of itself: the trial, its parameters and results, and the base model it
+    adapts (its name, and the provenance the harness recorded when it prepared it)."""
+    keys = ("domain_loss", "forgetting", "domain_gain", "general_loss", "general_kl", "test_domain_loss",
+            "test_forgetting", "test_domain_gain", "tokens_seen")
+    return {"study": config["study"]["name"], "trial": config["trial"]["number"], "params": config["trial"],
+            "metrics": {k: metrics[k] for k in keys if k in metrics},
+            **({"arm": config["arm"], "seed": config.get("seed")} if "arm" in config else {}),
+            "base_model": {"name": config["model"]["name"], "provenance": provenance},
+            "config": config}
 
 
 def _tags(params, attrs: dict) -> list[str]:

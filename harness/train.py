@@ -138,9 +138,11 @@ def batches(blocks: np.ndarray, batch_size: int, seed: int):
 
 
 def run_trial(backend, model_path: str, cfg: Config, params: TrialParams, corpora: Corpora, tracker,
-              adapter_dir: Path | None, progress=None, checkpoint=None) -> TrialResult:
+              adapter_dir: Path | None, progress=None, checkpoint=None, base: dict[str, float] | None = None
+              ) -> TrialResult:
     """``checkpoint``: called with each eval point; a reason it returns stops training there (no adapter is
-    saved) and comes back as ``stopped``, the metrics being those of that checkpoint."""
+    saved) and comes back as ``stopped``, the metrics being those of that checkpoint. ``base``: the base model's
+    losses; with them every eval point also logs eval/forgetting and eval/domain_gain."""
     device = backend.device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     timer = Timer(sync=sync)
@@ -158,7 +160,7 @@ def run_trial(backend, model_path: str, cfg: Config, params: TrialParams, corpor
     evaluation = Evaluation(backend, model_path, cfg, corpora)
     try:
         result = _loop(model, optimizer, scheduler, backend, cfg, evaluation, corpora, tracker, timer, progress,
-                       checkpoint)
+                       checkpoint, base)
     finally:
         evaluation.close()
     result.evals = evaluation.evals()
@@ -202,13 +204,13 @@ def _embedding_names(model) -> tuple[str, ...]:
 
 
 def _loop(model, optimizer, scheduler, backend, cfg: Config, evaluation: Evaluation, corpora: Corpora, tracker,
-          timer: Timer, progress, checkpoint=None):
+          timer: Timer, progress, checkpoint=None, base=None):
     t = cfg.train
     device = backend.device
     stream = batches(corpora.domain_train, t.batch_size, t.seed)
     tokens_seen, first_loss, curve, stopped = 0, None, [], None
     if cfg.lora.init_adapter:  # where the adapter starts: what this continuation adds is measured from here
-        curve.append(_eval_point(evaluation, model, 0, 0, tracker, timer))
+        curve.append(_eval_point(evaluation, model, 0, 0, tracker, timer, base))
     log_every = max(1, t.max_steps // 50)
     trainable = [p for p in model.parameters() if p.requires_grad]
     started = time.perf_counter()
@@ -239,7 +241,7 @@ def _loop(model, optimizer, scheduler, backend, cfg: Config, evaluation: Evaluat
                              "train/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
                              "tokens_seen": tokens_seen, "step": step})
         if step % t.eval_every == 0 or step == t.max_steps:
-            curve.append(_eval_point(evaluation, model, step, tokens_seen, tracker, timer))
+            curve.append(_eval_point(evaluation, model, step, tokens_seen, tracker, timer, base))
             if checkpoint is not None and (stopped := checkpoint(curve[-1])) is not None:
                 break
         if t.time_limit_s is not None and time.perf_counter() - started > t.time_limit_s:
@@ -255,11 +257,16 @@ def _loop(model, optimizer, scheduler, backend, cfg: Config, evaluation: Evaluat
     return TrialResult(metrics=metrics, curve=curve, audit={}, timings={}, stopped=stopped)
 
 
-def _eval_point(evaluation: Evaluation, model, step: int, tokens_seen: int, tracker, timer: Timer) -> dict:
+def _eval_point(evaluation: Evaluation, model, step: int, tokens_seen: int, tracker, timer: Timer,
+                base: dict[str, float] | None = None) -> dict:
+    """One eval checkpoint, logged; with the base losses known, forgetting and domain gain are curves too."""
+    from harness.objective import with_forgetting
+
     with timer("eval"):
         point = evaluation(model, step, tokens_seen)
     with timer("log"):
-        tracker.log({**{f"eval/{k}": v for k, v in point.items() if k not in ("step", "tokens_seen")},
+        logged = with_forgetting(point, base) if base else point
+        tracker.log({**{f"eval/{k}": v for k, v in logged.items() if k not in ("step", "tokens_seen")},
                      "tokens_seen": tokens_seen, "step": step})
     return point
 

@@ -51,6 +51,22 @@ class OfflineRun:
     history: list[dict] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
     exit_code: int | None = None
+    run_id: str = ""
+    resume: bool = False  # wandb.init(resume=...) was set: `wandb sync` resumes the run this file continues
+    metrics: dict = field(default_factory=dict)  # define_metric: name -> {step_metric, summary: [min, last, ...]}
+    artifacts: list[dict] = field(default_factory=list)  # log_artifact: name, type, aliases, metadata, manifest
+
+
+def _artifact(rec) -> dict:
+    return {"name": rec.name, "type": rec.type, "aliases": list(rec.aliases), "digest": rec.digest,
+            "metadata": json.loads(rec.metadata) if rec.metadata else {},
+            "manifest": [{"path": e.path, "ref": e.ref, "size": e.size, "digest": e.digest, "local_path": e.local_path}
+                         for e in rec.manifest.contents]}
+
+
+def _metric(rec) -> dict:
+    summary = [f.name for f, v in rec.summary.ListFields() if v is True]
+    return {"step_metric": rec.step_metric, "summary": summary}
 
 
 def _key(item) -> str:
@@ -67,7 +83,7 @@ def read_run(path: Path) -> OfflineRun:
         kind = rec.WhichOneof("record_type")
         if kind == "run":
             run.name, run.group, run.job_type = rec.run.display_name, rec.run.run_group, rec.run.job_type
-            run.tags = list(rec.run.tags)
+            run.tags, run.run_id, run.resume = list(rec.run.tags), rec.run.run_id, rec.run.resume
             run.config.update({_key(i): json.loads(i.value_json) for i in rec.run.config.update})
         elif kind == "config":
             run.config.update({_key(i): json.loads(i.value_json) for i in rec.config.update})
@@ -75,6 +91,10 @@ def read_run(path: Path) -> OfflineRun:
             run.history.append({_key(i): json.loads(i.value_json) for i in rec.history.item})
         elif kind == "summary":
             run.summary.update({_key(i): json.loads(i.value_json) for i in rec.summary.update if _key(i)})
+        elif kind == "metric" and rec.metric.name:
+            run.metrics[rec.metric.name] = _metric(rec.metric)
+        elif kind == "artifact":
+            run.artifacts.append(_artifact(rec.artifact))
         elif kind == "exit":
             run.exit_code = rec.exit.exit_code
     return run
@@ -101,7 +121,8 @@ def summaries(wandb_dir: Path, brief: bool = False) -> list[dict]:
         out.append({"run": run.name, "group": run.group, "job_type": run.job_type, "tags": run.tags,
                     "exit_code": run.exit_code, "optuna_params": run.config.get("optuna_params"),
                     "arm": run.config.get("arm"), "seed": run.config.get("seed"),
-                    "summary": summary, **({} if brief else {"eval_curve": curve})})
+                    "summary": summary, **({} if brief else {"eval_curve": curve}),
+                    "artifacts": [{k: a[k] for k in ("name", "type", "aliases", "digest")} for a in run.artifacts]})
     return out
 
 
