@@ -461,20 +461,12 @@ def _importances(study, path: Path) -> str:
 # ------------------------------------------------------------------------------------------ ablations
 
 
-def ablation_rows(study) -> list[dict[str, Any]]:
-    return [{"seed": t.user_attrs["seed"], "arm": t.user_attrs["arm"],
-             **{k: v for k, v in t.user_attrs.items() if k.startswith("level:")},
-             "domain_loss": t.user_attrs["domain_loss"], "forgetting": t.user_attrs["forgetting"],
-             "tokens_per_s": t.user_attrs.get("tokens_per_s")}
-            for t in study.get_trials(deepcopy=False, states=[_complete()]) if "arm" in t.user_attrs]
-
-
 def _ablation_sections(study, cfg, out: Path) -> list[str]:
     design = study.user_attrs["design"]
     if "learning_rates" in design:
         return _frontier_sections(study, cfg, out)
     factors = list(design["factors"])
-    rows = ablation_rows(study)
+    rows = ablation.rows(study)
     effects = ablation.effects(rows, factors)
     lines = _header(study, "Ablation")[:2]
     lines += ["**Fixed-LR design**: every arm ran at one learning rate, where an arm that learns less usually also "

@@ -263,12 +263,13 @@ def _coerced(cls, options: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def open_study(cfg: Config, fingerprints: dict[str, str], worker: int = 0,
-               inputs: dict | None = None) -> optuna.Study:
+def open_study(cfg: Config, fingerprints: dict[str, str], worker: int = 0, inputs: dict | None = None,
+               storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:
     """Create the study, or load it and check that it measures the same thing. Safe when several workers
     start at once: creation is load-if-exists, and the fingerprints they write are identical. ``inputs``: what
-    the search-space fingerprint hashes, stored so that a refused resume names the keys that changed."""
-    storage = storage_for(cfg)
+    the search-space fingerprint hashes, stored so that a refused resume names the keys that changed.
+    ``storage``: the study's database as ``storage_for`` opens it (the caller keeps it to beat heartbeats)."""
+    storage = storage or storage_for(cfg)
     existing = load_if_exists(storage, cfg.study.name)
     if existing is not None:
         _check_fingerprints(existing, fingerprints, cfg, inputs)
