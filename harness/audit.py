@@ -13,11 +13,9 @@ from typing import Any
 
 import torch
 
+from harness.errors import AuditError
+
 LORA_MARKERS = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector")
-
-
-class AuditError(Exception):
-    pass
 
 
 def classify(name: str, embedding_names: tuple[str, ...]) -> str:

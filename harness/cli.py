@@ -7,7 +7,8 @@
     cpt-harness confirm [CONFIG] [--top K] [--seeds S] [--workers N | --gpus ...] [--set key=value ...]
     cpt-harness report [CONFIG] [--out DIR] [--ablation] [--set key=value ...]
 
-CONFIG defaults to sweeps/demo.yaml. Exit codes: 0 ok, 1 the run failed, 2 bad input, 130 interrupted.
+CONFIG defaults to sweeps/demo.yaml. Exit codes: 0 ok, 1 the run stopped (harness.errors.RunAborted), 2 bad input
+(harness.errors.UserError), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import sys
 from pathlib import Path
 
 from harness import urls
-from harness.config import ConfigError, load_config, summary
+from harness.config import load_config, summary
+from harness.errors import ConfigError, HarnessError, SweepAborted
 
 DEFAULT_CONFIG = "sweeps/demo.yaml"
 
@@ -89,27 +91,42 @@ def main(argv: list[str] | None = None) -> int:
     # Parsed: from here on, whatever reads this process's arguments (W&B records them with every run) sees
     # them with passwords redacted.
     sys.argv[:] = [urls.redact(a) for a in sys.argv]
+    try:
+        return _command(args)
+    except HarnessError as e:  # bad input exits 2, a run that stopped 1 (harness/errors.py)
+        _error(e, "sweep stopped: " if isinstance(e, SweepAborted) else "")
+        return e.exit_code
+    except ImportError as e:  # an optional package a setting needs (the message names it)
+        _error(e)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: the study is intact and the running trial is marked FAIL (interrupted); "
+              "run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def _command(args) -> int:
     path = _config_path(args.config)
     args.overrides += _parallel_overrides(args)
     if os.environ.get(urls.ENV_STORAGE):  # the storage URL, kept off command lines (parallel workers get it so)
         args.overrides.append(f"study.storage={json.dumps(os.environ[urls.ENV_STORAGE])}")
-    try:
-        if getattr(args, "from_study", None):
-            args.overrides += _from_study(args.from_study, args.trial)
-        cfg = load_config(path, args.overrides)
-        if getattr(args, "n_trials", None) is not None and args.n_trials < 1:
-            raise ConfigError([f"--n-trials: must be >= 1, got {args.n_trials}"], str(path))
-        if getattr(args, "top", 1) < 1 or getattr(args, "seeds", 2) < 2:
-            raise ConfigError([f"--top: must be >= 1, got {args.top}" if args.top < 1 else
-                               f"--seeds: a 95% interval needs at least 2 seeds (3 or more advised), got {args.seeds}"],
-                              str(path))
-    except ConfigError as e:
-        _error(e)
-        return 2
+    if getattr(args, "from_study", None):
+        args.overrides += _from_study(args.from_study, args.trial)
+    cfg = load_config(path, args.overrides)
+    _check_counts(args, path)
     if args.command == "validate":
         print(f"ok: {path}: {summary(cfg)}")
         return 0
     return _run(args, cfg)
+
+
+def _check_counts(args, path: Path) -> None:
+    if getattr(args, "n_trials", None) is not None and args.n_trials < 1:
+        raise ConfigError([f"--n-trials: must be >= 1, got {args.n_trials}"], str(path))
+    if getattr(args, "top", 1) < 1 or getattr(args, "seeds", 2) < 2:
+        raise ConfigError([f"--top: must be >= 1, got {args.top}" if args.top < 1 else
+                           f"--seeds: a 95% interval needs at least 2 seeds (3 or more advised), got {args.seeds}"],
+                          str(path))
 
 
 def _parallel_overrides(args) -> list[str]:
@@ -125,55 +142,37 @@ def _parallel_overrides(args) -> list[str]:
 
 
 def _run(args, cfg) -> int:
-    from harness.backends import BackendUnavailable
-    from harness.data import DataError
-    from harness.models import ModelNotFound
-    from harness.storage import StudyMismatch
-    from harness.sweep import SweepAborted
-    from harness.urls import StorageError
+    if args.command in ("sweep", "ablate", "confirm") and (cfg.parallel.gpus or cfg.parallel.workers > 1):
+        from harness import parallel
 
-    try:
-        if args.command in ("sweep", "ablate", "confirm") and (cfg.parallel.gpus or cfg.parallel.workers > 1):
-            from harness import parallel
+        return parallel.run(cfg, str(_config_path(args.config)), _without_parallel(args.overrides),
+                            getattr(args, "n_trials", None), ablation=args.command == "ablate",
+                            confirm=_confirm_job(cfg, args) if args.command == "confirm" else None)
+    if args.command == "sweep":
+        from harness import sweep
 
-            return parallel.run(cfg, str(_config_path(args.config)), _without_parallel(args.overrides),
-                                getattr(args, "n_trials", None), ablation=args.command == "ablate",
-                                confirm=_confirm_job(cfg, args) if args.command == "confirm" else None)
-        if args.command == "sweep":
-            from harness import sweep
+        sweep.run(cfg, n_trials=args.n_trials)
+    elif args.command == "ablate":
+        from harness import sweep
 
-            sweep.run(cfg, n_trials=args.n_trials)
-        elif args.command == "ablate":
-            from harness import sweep
+        sweep.run_ablation(cfg)
+    elif args.command == "confirm":
+        from harness import confirm
 
-            sweep.run_ablation(cfg)
-        elif args.command == "confirm":
-            from harness import confirm
+        confirm.run(cfg, load_study(cfg, cfg.study.name), args.top, args.seeds)
+    elif args.command == "worker" and args.confirm:
+        import socket
 
-            confirm.run(cfg, load_study(cfg, cfg.study.name), args.top, args.seeds)
-        elif args.command == "worker" and args.confirm:
-            import socket
+        from harness import confirm
 
-            from harness import confirm
+        confirm.run_worker(cfg, load_study(cfg, cfg.study.name), args.label or socket.gethostname(), args.index,
+                           args.top, args.seeds)
+    elif args.command == "worker":
+        from harness import sweep
 
-            confirm.run_worker(cfg, load_study(cfg, cfg.study.name), args.label or socket.gethostname(), args.index,
-                               args.top, args.seeds)
-        elif args.command == "worker":
-            from harness import sweep
-
-            sweep.run_worker(cfg, args.n_trials, args.label, args.index, ablation=args.ablation)
-        elif args.command == "report":
-            return _report(cfg, args.out, args.ablation)
-    except (BackendUnavailable, ConfigError, DataError, ModelNotFound, StudyMismatch, StorageError, ImportError) as e:
-        _error(e)
-        return 2
-    except SweepAborted as e:
-        _error(e, "sweep stopped: ")
-        return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted: the study is intact and the running trial is marked FAIL (interrupted); "
-              "run the same command again to resume", file=sys.stderr)
-        return 130
+        sweep.run_worker(cfg, args.n_trials, args.label, args.index, ablation=args.ablation)
+    elif args.command == "report":
+        return _report(cfg, args.out, args.ablation)
     return 0
 
 
@@ -239,11 +238,7 @@ def _report(cfg, out: str | None, ablation: bool) -> int:
     from harness import report, report_files
 
     name = ablation_mod.study_name(cfg) if ablation else cfg.study.name
-    try:
-        study = load_study(cfg, name)
-    except ConfigError as e:
-        print(f"error: {urls.redact(e.problems[0])}", file=sys.stderr)
-        return 2
+    study = load_study(cfg, name)
     print(report.table(study, study.user_attrs.get("base"), None if ablation else cfg.study.max_forgetting))
     print()
     print(report.effects_text(study, cfg.ablation.min_effect) if ablation else report.timing_table(study))

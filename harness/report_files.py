@@ -14,7 +14,6 @@ import html
 import json
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import yaml

@@ -24,16 +24,13 @@ from optuna.trial import TrialState
 from harness import search_space, urls
 from harness.cache import locked
 from harness.config import Config, ConfigError, StudyConfig
+from harness.errors import StudyMismatch
 from harness.urls import StorageError
 
 DIRECTIONS = {"pareto": ["minimize", "minimize"], "constrained": ["minimize"]}
 OBJECTIVE_NAMES = {"pareto": ["domain_loss", "forgetting"], "constrained": ["domain_loss"]}
 CONSTRAINT = "forgetting"  # the Optuna constraint every finished trial records: forgetting - max_forgetting (<= 0 ok)
 PRUNED_CAP = 3  # a sweep stops once the study holds PRUNED_CAP x n_trials complete and pruned trials together
-
-
-class StudyMismatch(Exception):
-    pass
 
 
 def make_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None,

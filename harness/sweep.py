@@ -20,10 +20,7 @@ from pathlib import Path
 
 from harness import backends, data, evals, models, report, search_space, storage, trials
 from harness.config import Config, ConfigError
-
-
-class SweepAborted(Exception):
-    pass
+from harness.errors import SweepAborted
 
 
 @dataclass

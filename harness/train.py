@@ -23,12 +23,9 @@ from harness import metrics as metrics_mod
 from harness.backends.peft_backend import embedding_module_names
 from harness.config import Config
 from harness.data import Corpora
+from harness.errors import TrialFailed
 from harness.evals import Evals
 from harness.search_space import TrialParams
-
-
-class TrialFailed(Exception):
-    """A trial that cannot finish: diverged, over its time limit, failed its audit. The message is the reason."""
 
 
 @dataclass

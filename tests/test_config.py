@@ -209,3 +209,41 @@ def test_general_is_one_source_or_a_list():
     assert "data.general[2]: builtin:brown is listed twice" in ps
     assert problems("data.general=[]") == [
         "data.general: an empty list; name at least one source, e.g. [builtin:brown, builtin:sotu]"]
+
+
+def test_a_check_that_raises_is_reported_not_skipped(monkeypatch, capsys):
+    from harness import config
+
+    def broken(cfg):
+        return cfg.study.no_such_key  # a bug in a check, as a real one would be
+
+    rules = config._rules
+    monkeypatch.setattr(config, "_rules", lambda: rules() + [(("study.n_trials",), broken)])
+    assert main(["validate", str(ROOT / "sweeps" / "demo.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "study.n_trials: could not be checked: its check raised AttributeError" in err
+    assert "bug in cpt-harness" in err and "Traceback" not in err
+
+
+def test_every_error_the_harness_raises_is_a_harness_error():
+    """One tree: an exception class defined anywhere in the package derives from errors.HarnessError (private
+    ones used for control flow inside one function aside)."""
+    import ast
+    import importlib
+
+    from harness import errors
+
+    found = []
+    for path in sorted((ROOT / "harness").rglob("*.py")):
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and not node.name.startswith("_") and any(
+                    "Error" in ast.unparse(b) or "Exception" in ast.unparse(b) for b in node.bases):
+                found.append((module, node.name))
+    assert ("harness.errors", "ConfigError") in found and len(found) > 10
+    for module, name in found:
+        if module == "harness.config" and name == "DuplicateKeys":  # a YAML loader's error, turned into a problem
+            continue
+        cls = getattr(importlib.import_module(module), name)
+        assert issubclass(cls, errors.HarnessError), f"{module}.{name} is not a HarnessError"
+    assert errors.ConfigError([]).exit_code == 2 and errors.SweepAborted().exit_code == 1

@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import sys
 
-from harness.backends.base import Backend, BackendUnavailable
+from harness.backends.base import Backend
+from harness.errors import BackendUnavailable
 from harness.backends.offload import private_offload_folder
 
 if "unsloth" not in sys.modules and any(m in sys.modules for m in ("transformers", "peft", "trl")):
