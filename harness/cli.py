@@ -6,8 +6,12 @@
     cpt-harness ablate [CONFIG] [--from-study CONFIG [--trial N]] [--workers N | --gpus ...] [--set key=value ...]
     cpt-harness confirm [CONFIG] [--top K] [--seeds S] [--workers N | --gpus ...] [--set key=value ...]
     cpt-harness report [CONFIG] [--out DIR] [--ablation] [--set key=value ...]
+    cpt-harness init NAME [--from demo|gpu-legal|gpu-ablation]
+    cpt-harness explain [KEY]
+    cpt-harness env
+    cpt-harness --version
 
-CONFIG defaults to sweeps/demo.yaml. Exit codes: 0 ok, 1 the run stopped (harness.errors.RunAborted), 2 bad input
+CONFIG defaults to sweeps/demo.yaml (here, else the one packaged with cpt-harness). Exit codes: 0 ok, 1 the run stopped (harness.errors.RunAborted), 2 bad input
 (harness.errors.UserError), 130 interrupted.
 """
 
@@ -19,26 +23,17 @@ import os
 import sys
 from pathlib import Path
 
-from harness import urls
+from harness import __version__, sweep_files, urls
 from harness.config import load_config, summary
 from harness.errors import ConfigError, HarnessError, SweepAborted
 
 DEFAULT_CONFIG = "sweeps/demo.yaml"
-
-
-def _config_path(arg: str | None) -> Path:
-    """A path as given; else sweeps/demo.yaml here or in the source checkout the package runs from."""
-    if arg:
-        path = Path(arg)
-        if not path.exists() and not path.suffix and (Path("sweeps") / f"{arg}.yaml").exists():
-            return Path("sweeps") / f"{arg}.yaml"  # `cpt-harness sweep demo`
-        return path
-    here = Path(DEFAULT_CONFIG)
-    return here if here.exists() else Path(__file__).resolve().parent.parent / DEFAULT_CONFIG
+_config_path = sweep_files.config_path
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cpt-harness", description="Sweeps for continued pretraining with LoRA.")
+    p.add_argument("--version", action="version", version=f"cpt-harness {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
@@ -83,6 +78,14 @@ def _parser() -> argparse.ArgumentParser:
     r = command("report", "Write the study's report (report.md, report.html, figures) and print its table.")
     r.add_argument("--out", help="folder for the report (default: reports/<study>)")
     r.add_argument("--ablation", action="store_true", help="report CONFIG's ablation study instead of its sweep")
+    i = sub.add_parser("init", help="Start a sweep file: write ./NAME.yaml from a packaged one, its study named NAME.")
+    i.add_argument("name", metavar="NAME", help="the new file's (and study's) name")
+    i.add_argument("--from", dest="source", default=sweep_files.DEFAULT, metavar="SWEEP",
+                   help=f"the packaged file to start from: {', '.join(sweep_files.INIT_SOURCES)} (default "
+                        f"{sweep_files.DEFAULT})")
+    e = sub.add_parser("explain", help="Every config key (or KEY, or a section) with its type, default and help.")
+    e.add_argument("key", nargs="?", metavar="KEY", help="e.g. study.n_trials, or a section such as search")
+    sub.add_parser("env", help="What results depend on here: package versions, CUDA, GPUs, Unsloth.")
     return p
 
 
@@ -106,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _command(args) -> int:
+    if args.command in ("init", "explain", "env"):  # no sweep file to read
+        return _no_config_command(args)
     path = _config_path(args.config)
     args.overrides += _parallel_overrides(args)
     if os.environ.get(urls.ENV_STORAGE):  # the storage URL, kept off command lines (parallel workers get it so)
@@ -127,6 +132,22 @@ def _check_counts(args, path: Path) -> None:
         raise ConfigError([f"--top: must be >= 1, got {args.top}" if args.top < 1 else
                            f"--seeds: a 95% interval needs at least 2 seeds (3 or more advised), got {args.seeds}"],
                           str(path))
+
+
+def _no_config_command(args) -> int:
+    if args.command == "init":
+        out = sweep_files.init(args.name, args.source)
+        print(f"wrote {out} (from the packaged {args.source}.yaml); check it with `cpt-harness validate {out}`, "
+              f"run it with `cpt-harness sweep {out}`; `cpt-harness explain` describes every key")
+    elif args.command == "explain":
+        from harness import explain
+
+        print(explain.text(explain.select(args.key)))
+    else:
+        from harness import environment
+
+        print(environment.text())
+    return 0
 
 
 def _parallel_overrides(args) -> list[str]:

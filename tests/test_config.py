@@ -247,3 +247,28 @@ def test_every_error_the_harness_raises_is_a_harness_error():
         cls = getattr(importlib.import_module(module), name)
         assert issubclass(cls, errors.HarnessError), f"{module}.{name} is not a HarnessError"
     assert errors.ConfigError([]).exit_code == 2 and errors.SweepAborted().exit_code == 1
+
+
+def test_explain_shows_every_key_with_its_help_and_refuses_unknown_ones(capsys):
+    from harness import explain
+
+    every = explain.keys()
+    assert all(k.help for k in every), [k.key for k in every if not k.help]
+    assert {"study.n_trials", "search.learning_rate.low", "data.domain.path", "lora.use_rslora"} <= {k.key for k in every}
+    assert main(["explain", "search.learning_rate"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("search.learning_rate:  Base learning rate.")
+    assert "search.learning_rate.low  (number; default 5.0e-05)" in out and "study." not in out
+    assert main(["explain", "lora.use_rslor"]) == 2
+    assert "lora.use_rslor: unknown key (did you mean lora.use_rslora?)" in capsys.readouterr().err
+
+
+def test_init_names_the_study_and_refuses_a_bad_name(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["init", "ablate-me", "--from", "gpu-ablation"]) == 0
+    cfg = load_config(tmp_path / "ablate-me.yaml")
+    assert cfg.study.name == "ablate-me" and cfg.ablation.factors == load_config(
+        ROOT / "sweeps" / "gpu-ablation.yaml").ablation.factors
+    assert main(["init", "../up", "--from", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "NAME:" in err and "--from: no packaged sweep file 'nope' (packaged: demo, " in err
