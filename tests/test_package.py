@@ -40,10 +40,12 @@ def installed(tmp_path_factory) -> Path:
     assert {f"{PACKAGE}/sweeps/{p.name}" for p in (ROOT / "sweeps").glob("*.yaml")} <= names
     venv = tmp / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    # --ignore-installed: pip runs from this environment and sees its (editable) install, which it would keep.
+    subprocess.run(pip + ["--python", str(venv / "bin" / "python"), "install", "--no-deps", "--no-index",
+                          "--ignore-installed", str(wheel)], check=True, capture_output=True)
     (purelib,) = (venv / "lib").glob("python3*/site-packages")
+    assert (purelib / PACKAGE / "sweeps" / "demo.yaml").is_file()
     (purelib / "deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-    subprocess.run(pip + ["--python", str(venv / "bin" / "python"), "install", "--no-deps", "--no-index", str(wheel)],
-                   check=True, capture_output=True)
     return venv / "bin"
 
 
