@@ -6,6 +6,7 @@
     cpt-harness ablate [CONFIG] [--from-study CONFIG [--trial N]] [--workers N | --gpus ...] [--set key=value ...]
     cpt-harness confirm [CONFIG] [--top K] [--seeds S] [--workers N | --gpus ...] [--set key=value ...]
     cpt-harness report [CONFIG] [--out DIR] [--ablation] [--set key=value ...]
+    cpt-harness export CONFIG OUT [--trial N | --chosen] [--merge] [--set key=value ...]
     cpt-harness init NAME [--from demo|gpu-legal|gpu-ablation]
     cpt-harness explain [KEY]
     cpt-harness env
@@ -78,6 +79,16 @@ def _parser() -> argparse.ArgumentParser:
     r = command("report", "Write the study's report (report.md, report.html, figures) and print its table.")
     r.add_argument("--out", help="folder for the report (default: reports/<study>)")
     r.add_argument("--ablation", action="store_true", help="report CONFIG's ablation study instead of its sweep")
+    x = sub.add_parser("export", help="Copy the recommended trial's adapter (or trial N's) to OUT with the sweep "
+                       "file that trains it again; --merge: a standalone model folder that transformers loads.")
+    x.add_argument("config", metavar="CONFIG", help="the sweep's file")
+    x.add_argument("out", metavar="OUT", help="a new (or empty) folder")
+    which = x.add_mutually_exclusive_group()
+    which.add_argument("--trial", type=int, help="this complete trial of the sweep")
+    which.add_argument("--chosen", action="store_true", help="the report's recommendation (the default)")
+    x.add_argument("--merge", action="store_true", help="merge the adapter into the base model")
+    x.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, as for the other commands")
     i = sub.add_parser("init", help="Start a sweep file: write ./NAME.yaml from a packaged one, its study named NAME.")
     i.add_argument("name", metavar="NAME", help="the new file's (and study's) name")
     i.add_argument("--from", dest="source", default=sweep_files.DEFAULT, metavar="SWEEP",
@@ -194,6 +205,10 @@ def _run(args, cfg) -> int:
         sweep.run_worker(cfg, args.n_trials, args.label, args.index, ablation=args.ablation)
     elif args.command == "report":
         return _report(cfg, args.out, args.ablation)
+    elif args.command == "export":
+        from harness import export
+
+        export.export(cfg, load_study(cfg, cfg.study.name), Path(args.out), args.trial, args.merge)
     return 0
 
 

@@ -335,7 +335,8 @@ def chosen_how(study, trial, max_forgetting: float | None) -> str:
             f"no trial has {budget}: the knee of the Pareto front")
 
 
-def chosen_sweep_file(study, cfg, trial, why: str = "") -> str:
+def chosen_sweep_file(study, cfg, trial, why: str = "", written_by: str = "cpt-harness report",
+                      name: str = "chosen.yaml") -> str:
     """A sweep file that reruns ``trial``: the search space collapsed to its values, one trial, a new study.
     ``why``: a line saying why it was chosen (the recommendation), put in its header."""
     d = urls.redact_tree(cfg.to_dict())
@@ -352,7 +353,7 @@ def chosen_sweep_file(study, cfg, trial, why: str = "") -> str:
             d["rules"]["embedding_lr_ratio_range"] = False
     head = (f"# The chosen trial {trial.number} of study {study.study_name}, as a sweep file that trains it again.\n"
             + (f"# {why}\n" if why else "")
-            + "# Written by `cpt-harness report`.   cpt-harness sweep chosen.yaml\n"
+            + f"# Written by `{written_by}`.   cpt-harness sweep {name}\n"
             + ("# study.storage: its password is never written; give it with PGPASSWORD, ~/.pgpass or ${NAME}.\n"
                if d["study"]["storage"] != cfg.study.storage else ""))
     return head + yaml.safe_dump(d, sort_keys=False)
