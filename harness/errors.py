@@ -9,7 +9,7 @@ line catches the base once and exits with the error's ``exit_code``:
     │   ├── BackendUnavailable   the backend cannot run here (what to install)
     │   ├── StorageError         study.storage cannot be opened
     │   └── StudyMismatch        resuming a study with other model, data or settings
-    ├── RunAborted (exit 1): the run started and stopped: SweepAborted (study.max_failures)
+    ├── RunAborted (exit 1): the run started and stopped: SweepAborted (study.max_failures), LockTimeout
     └── TrialFailed: one trial cannot finish (diverged, time limit, AuditError); it is recorded on the trial and
         the sweep goes on, so it reaches the command line only through SweepAborted
 
@@ -70,6 +70,10 @@ class StudyMismatch(UserError):
 
 class SweepAborted(RunAborted):
     pass
+
+
+class LockTimeout(RunAborted):
+    """Another process held a cache or study lock for longer than harness.cache.LOCK_TIMEOUT_S."""
 
 
 class TrialFailed(HarnessError):
