@@ -133,7 +133,8 @@ def _sweep_sections(study, cfg, out: Path) -> list[str]:
     n_done = len(study.get_trials(deepcopy=False, states=[_complete()]))
     lines += ["## Hyperparameter importances", ""] + (
         ["![importances](importances.png)", "", importances, "",
-         f"Estimated from {n_done} complete trials" + (": with so few, treat them as rough." if n_done < 20 else "."),
+         f"Estimated with {IMPORTANCE_EVALUATOR} (Optuna's PedAnovaImportanceEvaluator) from {n_done} complete "
+         "trials" + (": with so few, treat them as rough." if n_done < 20 else "."),
          ""] if importances else
         ["Not enough complete trials with varying parameters to estimate importances.", ""])
     lines += ["## Trials", "", "```", report.table(study, study.user_attrs.get("base"), cfg.study.max_forgetting),
@@ -428,6 +429,16 @@ def _curves_figure(study, path: Path, group_by: str | None) -> None:
     _save(fig, path)
 
 
+IMPORTANCE_EVALUATOR = "PED-ANOVA"  # what the figure and the report say the importances are
+
+
+def _importance_evaluator():
+    """Named, not Optuna's default whatever it is, so that the report's label stays true across upgrades."""
+    import optuna
+
+    return optuna.importance.PedAnovaImportanceEvaluator()
+
+
 def _importances(study, path: Path) -> str:
     import matplotlib.pyplot as plt
     import optuna
@@ -441,7 +452,8 @@ def _importances(study, path: Path) -> str:
     result = {}
     for name in names:
         try:
-            result[name] = optuna.importance.get_param_importances(study, target=lambda t, k=name: t.user_attrs[k])
+            result[name] = optuna.importance.get_param_importances(study, evaluator=_importance_evaluator(),
+                                                                   target=lambda t, k=name: t.user_attrs[k])
         except (RuntimeError, ValueError, KeyError):
             return ""
     params = sorted(varying)
@@ -451,7 +463,7 @@ def _importances(study, path: Path) -> str:
         ax.barh([j + i * width for j in range(len(params))], [result[name].get(p, 0.0) for p in params],
                 height=width, label=name)
     ax.set_yticks([j + width / 2 for j in range(len(params))], params)
-    ax.set_xlabel("importance (Optuna's default evaluator)")
+    ax.set_xlabel(f"importance ({IMPORTANCE_EVALUATOR})")
     ax.legend(fontsize=8)
     _save(fig, path)
     return "| parameter | " + " | ".join(names) + " |\n|---|" + "---|" * len(names) + "\n" + "\n".join(
