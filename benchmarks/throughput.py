@@ -33,6 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from harness.config import DEFAULT_TARGETS  # noqa: E402  (light: no transformers, so unsloth can still go first)
+
 SHAPES = {
     # name: (LlamaConfig kwargs, batch, seq)
     "smollm2-135m": (dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
@@ -46,7 +48,6 @@ SHAPES = {
                   num_key_value_heads=2, vocab_size=512, tie_word_embeddings=True), 4, 64),
 }
 RANK, ALPHA, LR, RATIO = 64, 64.0, 1e-4, 0.2
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}  # dense bf16, SXM parts
 
 
@@ -144,7 +145,8 @@ def run_harness(mode: str, name: str, folder: str, steps: int, warmup: int) -> d
 
 
 def run_raw_unsloth(name: str, folder: str, steps: int, warmup: int) -> dict:
-    """The plain Unsloth recipe with a hand loop: no harness code on the path."""
+    """The plain Unsloth recipe with a hand loop: no harness code on the training path (only the list of LoRA
+    targets, the same for every mode)."""
     os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
     import unsloth  # noqa: F401
     import torch
@@ -154,7 +156,7 @@ def run_raw_unsloth(name: str, folder: str, steps: int, warmup: int) -> dict:
     model, _ = FastLanguageModel.from_pretrained(model_name=folder, max_seq_length=seq, dtype=None,
                                                  load_in_4bit=False, load_in_16bit=True,
                                                  use_gradient_checkpointing="unsloth")
-    model = FastLanguageModel.get_peft_model(model, r=RANK, lora_alpha=ALPHA, target_modules=TARGETS,
+    model = FastLanguageModel.get_peft_model(model, r=RANK, lora_alpha=ALPHA, target_modules=list(DEFAULT_TARGETS),
                                              modules_to_save=["embed_tokens", "lm_head"], use_rslora=False,
                                              use_gradient_checkpointing="unsloth", random_state=0)
     emb = [p for n, p in model.named_parameters() if p.requires_grad and "modules_to_save" in n]

@@ -12,10 +12,13 @@ import copy
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from harness import stats
 from harness.config import EMBEDDING_LR_RATIO_RANGE, Config
+
+if TYPE_CHECKING:  # the protocol module imports optuna: only the plan below needs it
+    from harness.trials import Claim
 
 
 @dataclass(frozen=True)
@@ -198,6 +201,15 @@ class Effect:
         return {1: "supported", -1: "contradicted", 0: "inconclusive"}[self.interval.verdict_sign]
 
 
+def rows(study) -> list[dict]:
+    """One row per complete arm trial of an ablation study: its seed, arm, factor levels and metrics."""
+    return [{"seed": t.user_attrs["seed"], "arm": t.user_attrs["arm"],
+             **{k: v for k, v in t.user_attrs.items() if k.startswith("level:")},
+             "domain_loss": t.user_attrs["domain_loss"], "forgetting": t.user_attrs["forgetting"],
+             "tokens_per_s": t.user_attrs.get("tokens_per_s")}
+            for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and "arm" in t.user_attrs]
+
+
 def effects(rows: list[dict], factor_names: list[str]) -> list[Effect]:
     """Paired effects of every factor on domain loss and forgetting.
 
@@ -271,18 +283,18 @@ class AblationPlan:
         a = t.user_attrs
         return a.get("arm"), a.get("seed"), (a.get("lr") if self.grid else self.lrs[0])
 
-    def claim(self, study):
+    def claim(self, study) -> Claim:
         from optuna.trial import TrialState
 
-        from harness.sweep import DONE, ask
+        from harness import trials as protocol
 
         trials = study.get_trials(deepcopy=False)
         complete = {self._key(t) for t in trials if t.state == TrialState.COMPLETE}
         wanted = [(arm, seed, lr) for seed in self.seeds for lr in self.lrs for arm in self.arms]
         if all((arm.name, s, lr) in complete for arm, s, lr in wanted):
-            return DONE
+            return protocol.DONE
         if any(t.state == TrialState.WAITING for t in trials):
-            return ask(study)  # a dead worker's arm, re-queued
+            return protocol.ask(study)  # a dead worker's arm, re-queued
         busy = complete | {self._key(t) for t in trials if t.state == TrialState.RUNNING}
         for arm, seed, lr in wanted:
             if (arm.name, seed, lr) not in busy:
@@ -290,8 +302,7 @@ class AblationPlan:
                 if self.grid:
                     attrs["lr"] = lr
                 params = enqueue_params(arm_config(self.cfg, arm, seed, lr), arm_rank(self.cfg, arm))
-                study.enqueue_trial(params, user_attrs=attrs)
-                return ask(study)
+                return protocol.enqueue_and_ask(study, params, attrs)
         return None
 
     def config_for(self, trial) -> Config:

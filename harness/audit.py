@@ -1,9 +1,9 @@
-"""Which parameters train, in which optimizer group, at which learning rate: built, then checked.
+"""Which parameters train, in which optimizer group, at which learning rate: checked, never built.
 
-The optimizer is built from the model's trainable parameters (``build_param_groups``) and then audited
-against what the trial asked for (``audit``), reading the optimizer's actual ``param_groups`` rather than
-trusting the construction code. Any mismatch fails the trial with a message naming what is wrong: Unsloth has
-shipped versions where ``lm_head`` silently did not train.
+The training loop builds the optimizer (``train.configure_optimizer``); ``audit`` checks it against what the
+trial asked for, reading the optimizer's actual ``param_groups`` rather than trusting the construction code. Any
+mismatch fails the trial with a message naming what is wrong: Unsloth has shipped versions where ``lm_head``
+silently did not train.
 """
 
 from __future__ import annotations
@@ -13,49 +13,8 @@ from typing import Any
 
 import torch
 
-LORA_MARKERS = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector")
-
-
-class AuditError(Exception):
-    pass
-
-
-def classify(name: str, embedding_names: tuple[str, ...]) -> str:
-    """'lora', 'embedding' or 'other' for a parameter name."""
-    if any(f".{m}." in name for m in LORA_MARKERS):
-        return "lora"
-    parts = name.split(".")
-    if any(e in parts for e in embedding_names):
-        return "embedding"
-    return "other"
-
-
-def build_param_groups(model, learning_rate: float, embedding_lr: float | None, weight_decay: float,
-                       embedding_names: tuple[str, ...]) -> list[dict[str, Any]]:
-    groups: dict[str, list] = {"lora": [], "embedding": [], "other": []}
-    for name, p in model.named_parameters():  # named_parameters yields a tied weight once
-        if p.requires_grad:
-            groups[classify(name, embedding_names)].append(p)
-    if groups["other"]:
-        names = [n for n, p in model.named_parameters() if p.requires_grad and classify(n, embedding_names) == "other"]
-        raise AuditError(f"unexpected trainable parameters (neither LoRA nor embeddings): {names[:5]}")
-    out = [{"name": "lora", "params": groups["lora"], "lr": learning_rate, "weight_decay": weight_decay}]
-    if groups["embedding"]:
-        if embedding_lr is None:
-            raise AuditError("embedding weights are trainable but no embedding LR was set (lora.train_embeddings off?)")
-        out.append({"name": "embedding", "params": groups["embedding"], "lr": embedding_lr, "weight_decay": 0.0})
-    return out
-
-
-def _active_weight(module):
-    """The weight a (possibly PEFT-wrapped) embedding/head module uses in forward."""
-    to_save = getattr(module, "modules_to_save", None)
-    if to_save is not None and len(to_save) > 0:
-        adapter = getattr(module, "active_adapter", None) or next(iter(to_save.keys()))
-        adapter = adapter[0] if isinstance(adapter, (list, tuple)) else adapter
-        return to_save[adapter].weight
-    return module.weight
-
+from harness.errors import AuditError
+from harness.modules import active_weight, classify
 
 def audit(model, optimizer, params, lora_cfg, embedding_names: tuple[str, ...], base_lr: float) -> dict[str, Any]:
     """Check the optimizer's real groups against the trial; return the audit record (logged to W&B)."""
@@ -117,9 +76,9 @@ def _check_lora_coverage(model, targets) -> list[str]:
 
 def _check_embeddings(model, params, lora_cfg, group_of, lr_of, by_id, base_lr) -> list[str]:
     problems = []
-    embed = _active_weight(model.get_input_embeddings())
+    embed = active_weight(model.get_input_embeddings())
     head_module = model.get_output_embeddings()
-    head = _active_weight(head_module) if head_module is not None else None
+    head = active_weight(head_module) if head_module is not None else None
     if not lora_cfg.train_embeddings:
         for label, w in (("embed_tokens", embed), ("lm_head", head)):
             if w is not None and w.requires_grad:

@@ -4,13 +4,21 @@ processes start cold at once: an exclusive file lock, and build-in-a-temp-folder
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+import filelock
+
+from harness.errors import LockTimeout
+
+# The longest a process waits for another's lock: building a cache entry (a model download and conversion, a
+# corpus's tokenization) or measuring a study's base losses on a CPU takes minutes, not an hour. The OS releases
+# a dead process's lock at once, so waiting this long means a live process is stuck.
+LOCK_TIMEOUT_S = 3600.0
 
 
 def cache_dir() -> Path:
@@ -22,15 +30,21 @@ def cache_dir() -> Path:
 
 
 @contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (created if missing) for the duration of the block."""
+def locked(path: Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) for the duration of the block; LockTimeout when
+    another process holds it for over ``timeout`` seconds."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    lock = filelock.FileLock(path, timeout=timeout)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise LockTimeout(f"waited {timeout:g} s for {path}: another cpt-harness process holds it (building this "
+                          "cache entry, or measuring the study's base losses) and has not let go; find it (e.g. "
+                          f"`fuser {path}`) and stop it, or wait for it") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def build_once(final: Path, build) -> Path:

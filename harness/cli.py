@@ -7,8 +7,14 @@
     cpt-harness confirm [CONFIG] [--top K] [--seeds S] [--workers N | --gpus ...] [--set key=value ...]
     cpt-harness report [CONFIG] [--out DIR] [--ablation] [--set key=value ...]
     cpt-harness dashboard [CONFIG] [--port N] [--reports DIR] | --wandb [--out FILE] [--set key=value ...]
+    cpt-harness export CONFIG OUT [--trial N | --chosen] [--merge] [--set key=value ...]
+    cpt-harness init NAME [--from demo|gpu-legal|gpu-ablation]
+    cpt-harness explain [KEY]
+    cpt-harness env
+    cpt-harness --version
 
-CONFIG defaults to sweeps/demo.yaml. Exit codes: 0 ok, 1 the run failed, 2 bad input, 130 interrupted.
+CONFIG defaults to sweeps/demo.yaml (here, else the one packaged with cpt-harness). Exit codes: 0 ok, 1 the run stopped (harness.errors.RunAborted), 2 bad input
+(harness.errors.UserError), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -19,25 +25,17 @@ import os
 import sys
 from pathlib import Path
 
-from harness import urls
-from harness.config import ConfigError, load_config, summary
+from harness import __version__, sweep_files, urls
+from harness.config import load_config, summary
+from harness.errors import ConfigError, HarnessError, SweepAborted
 
 DEFAULT_CONFIG = "sweeps/demo.yaml"
-
-
-def _config_path(arg: str | None) -> Path:
-    """A path as given; else sweeps/demo.yaml here or in the source checkout the package runs from."""
-    if arg:
-        path = Path(arg)
-        if not path.exists() and not path.suffix and (Path("sweeps") / f"{arg}.yaml").exists():
-            return Path("sweeps") / f"{arg}.yaml"  # `cpt-harness sweep demo`
-        return path
-    here = Path(DEFAULT_CONFIG)
-    return here if here.exists() else Path(__file__).resolve().parent.parent / DEFAULT_CONFIG
+_config_path = sweep_files.config_path
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cpt-harness", description="Sweeps for continued pretraining with LoRA.")
+    p.add_argument("--version", action="version", version=f"cpt-harness {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
@@ -90,6 +88,24 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--wandb", action="store_true", help="build the W&B workspace: saved to W&B when online, else "
                    "written as a spec file with the command that saves it later")
     d.add_argument("--out", help="with --wandb offline: the spec file (default: <reports>/<study>/wandb-workspace.json)")
+    x = sub.add_parser("export", help="Copy the recommended trial's adapter (or trial N's) to OUT with the sweep "
+                       "file that trains it again; --merge: a standalone model folder that transformers loads.")
+    x.add_argument("config", metavar="CONFIG", help="the sweep's file")
+    x.add_argument("out", metavar="OUT", help="a new (or empty) folder")
+    which = x.add_mutually_exclusive_group()
+    which.add_argument("--trial", type=int, help="this complete trial of the sweep")
+    which.add_argument("--chosen", action="store_true", help="the report's recommendation (the default)")
+    x.add_argument("--merge", action="store_true", help="merge the adapter into the base model")
+    x.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, as for the other commands")
+    i = sub.add_parser("init", help="Start a sweep file: write ./NAME.yaml from a packaged one, its study named NAME.")
+    i.add_argument("name", metavar="NAME", help="the new file's (and study's) name")
+    i.add_argument("--from", dest="source", default=sweep_files.DEFAULT, metavar="SWEEP",
+                   help=f"the packaged file to start from: {', '.join(sweep_files.INIT_SOURCES)} (default "
+                        f"{sweep_files.DEFAULT})")
+    e = sub.add_parser("explain", help="Every config key (or KEY, or a section) with its type, default and help.")
+    e.add_argument("key", nargs="?", metavar="KEY", help="e.g. study.n_trials, or a section such as search")
+    sub.add_parser("env", help="What results depend on here: package versions, CUDA, GPUs, Unsloth.")
     return p
 
 
@@ -98,27 +114,60 @@ def main(argv: list[str] | None = None) -> int:
     # Parsed: from here on, whatever reads this process's arguments (W&B records them with every run) sees
     # them with passwords redacted.
     sys.argv[:] = [urls.redact(a) for a in sys.argv]
+    try:
+        return _command(args)
+    except HarnessError as e:  # bad input exits 2, a run that stopped 1 (harness/errors.py)
+        _error(e, "sweep stopped: " if isinstance(e, SweepAborted) else "")
+        return e.exit_code
+    except ImportError as e:  # an optional package a setting needs (the message names it)
+        _error(e)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: the study is intact and the running trial is marked FAIL (interrupted); "
+              "run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def _command(args) -> int:
+    if args.command in ("init", "explain", "env"):  # no sweep file to read
+        return _no_config_command(args)
     path = _config_path(args.config)
     args.overrides += _parallel_overrides(args)
     if os.environ.get(urls.ENV_STORAGE):  # the storage URL, kept off command lines (parallel workers get it so)
         args.overrides.append(f"study.storage={json.dumps(os.environ[urls.ENV_STORAGE])}")
-    try:
-        if getattr(args, "from_study", None):
-            args.overrides += _from_study(args.from_study, args.trial)
-        cfg = load_config(path, args.overrides)
-        if getattr(args, "n_trials", None) is not None and args.n_trials < 1:
-            raise ConfigError([f"--n-trials: must be >= 1, got {args.n_trials}"], str(path))
-        if getattr(args, "top", 1) < 1 or getattr(args, "seeds", 2) < 2:
-            raise ConfigError([f"--top: must be >= 1, got {args.top}" if args.top < 1 else
-                               f"--seeds: a 95% interval needs at least 2 seeds (3 or more advised), got {args.seeds}"],
-                              str(path))
-    except ConfigError as e:
-        _error(e)
-        return 2
+    if getattr(args, "from_study", None):
+        args.overrides += _from_study(args.from_study, args.trial)
+    cfg = load_config(path, args.overrides)
+    _check_counts(args, path)
     if args.command == "validate":
         print(f"ok: {path}: {summary(cfg)}")
         return 0
     return _run(args, cfg)
+
+
+def _check_counts(args, path: Path) -> None:
+    if getattr(args, "n_trials", None) is not None and args.n_trials < 1:
+        raise ConfigError([f"--n-trials: must be >= 1, got {args.n_trials}"], str(path))
+    if getattr(args, "top", 1) < 1 or getattr(args, "seeds", 2) < 2:
+        raise ConfigError([f"--top: must be >= 1, got {args.top}" if args.top < 1 else
+                           f"--seeds: a 95% interval needs at least 2 seeds (3 or more advised), got {args.seeds}"],
+                          str(path))
+
+
+def _no_config_command(args) -> int:
+    if args.command == "init":
+        out = sweep_files.init(args.name, args.source)
+        print(f"wrote {out} (from the packaged {args.source}.yaml); check it with `cpt-harness validate {out}`, "
+              f"run it with `cpt-harness sweep {out}`; `cpt-harness explain` describes every key")
+    elif args.command == "explain":
+        from harness import explain
+
+        print(explain.text(explain.select(args.key)))
+    else:
+        from harness import environment
+
+        print(environment.text())
+    return 0
 
 
 def _parallel_overrides(args) -> list[str]:
@@ -134,57 +183,43 @@ def _parallel_overrides(args) -> list[str]:
 
 
 def _run(args, cfg) -> int:
-    from harness.backends import BackendUnavailable
-    from harness.data import DataError
-    from harness.models import ModelNotFound
-    from harness.storage import StudyMismatch
-    from harness.sweep import SweepAborted
-    from harness.urls import StorageError
+    if args.command in ("sweep", "ablate", "confirm") and (cfg.parallel.gpus or cfg.parallel.workers > 1):
+        from harness import parallel
 
-    try:
-        if args.command in ("sweep", "ablate", "confirm") and (cfg.parallel.gpus or cfg.parallel.workers > 1):
-            from harness import parallel
+        return parallel.run(cfg, str(_config_path(args.config)), _without_parallel(args.overrides),
+                            getattr(args, "n_trials", None), ablation=args.command == "ablate",
+                            confirm=_confirm_job(cfg, args) if args.command == "confirm" else None)
+    if args.command == "sweep":
+        from harness import sweep
 
-            return parallel.run(cfg, str(_config_path(args.config)), _without_parallel(args.overrides),
-                                getattr(args, "n_trials", None), ablation=args.command == "ablate",
-                                confirm=_confirm_job(cfg, args) if args.command == "confirm" else None)
-        if args.command == "sweep":
-            from harness import sweep
+        sweep.run(cfg, n_trials=args.n_trials)
+    elif args.command == "ablate":
+        from harness import sweep
 
-            sweep.run(cfg, n_trials=args.n_trials)
-        elif args.command == "ablate":
-            from harness import sweep
+        sweep.run_ablation(cfg)
+    elif args.command == "confirm":
+        from harness import confirm
 
-            sweep.run_ablation(cfg)
-        elif args.command == "confirm":
-            from harness import confirm
+        confirm.run(cfg, load_study(cfg, cfg.study.name), args.top, args.seeds)
+    elif args.command == "worker" and args.confirm:
+        import socket
 
-            confirm.run(cfg, load_study(cfg, cfg.study.name), args.top, args.seeds)
-        elif args.command == "worker" and args.confirm:
-            import socket
+        from harness import confirm
 
-            from harness import confirm
+        confirm.run_worker(cfg, load_study(cfg, cfg.study.name), args.label or socket.gethostname(), args.index,
+                           args.top, args.seeds)
+    elif args.command == "worker":
+        from harness import sweep
 
-            confirm.run_worker(cfg, load_study(cfg, cfg.study.name), args.label or socket.gethostname(), args.index,
-                               args.top, args.seeds)
-        elif args.command == "worker":
-            from harness import sweep
+        sweep.run_worker(cfg, args.n_trials, args.label, args.index, ablation=args.ablation)
+    elif args.command == "report":
+        return _report(cfg, args.out, args.ablation)
+    elif args.command == "export":
+        from harness import export
 
-            sweep.run_worker(cfg, args.n_trials, args.label, args.index, ablation=args.ablation)
-        elif args.command == "report":
-            return _report(cfg, args.out, args.ablation)
-        elif args.command == "dashboard":
-            return _dashboard(cfg, args)
-    except (BackendUnavailable, ConfigError, DataError, ModelNotFound, StudyMismatch, StorageError, ImportError) as e:
-        _error(e)
-        return 2
-    except SweepAborted as e:
-        _error(e, "sweep stopped: ")
-        return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted: the study is intact and the running trial is marked FAIL (interrupted); "
-              "run the same command again to resume", file=sys.stderr)
-        return 130
+        export.export(cfg, load_study(cfg, cfg.study.name), Path(args.out), args.trial, args.merge)
+    elif args.command == "dashboard":
+        return _dashboard(cfg, args)
     return 0
 
 
@@ -304,11 +339,7 @@ def _report(cfg, out: str | None, ablation: bool) -> int:
     from harness import report, report_files
 
     name = ablation_mod.study_name(cfg) if ablation else cfg.study.name
-    try:
-        study = load_study(cfg, name)
-    except ConfigError as e:
-        print(f"error: {urls.redact(e.problems[0])}", file=sys.stderr)
-        return 2
+    study = load_study(cfg, name)
     print(report.table(study, study.user_attrs.get("base"), None if ablation else cfg.study.max_forgetting))
     print()
     print(report.effects_text(study, cfg.ablation.min_effect) if ablation else report.timing_table(study))

@@ -21,6 +21,8 @@ from typing import Any, Callable, Literal, Union
 
 import yaml
 
+from harness.errors import ConfigError
+
 # The Unsloth CPT guidance, as numbers. See README "The rules".
 RSLORA_RANK_THRESHOLD = 64  # rsLoRA for ranks above this
 EMBEDDING_LR_RATIO_RANGE = (0.1, 0.5)  # embedding LR 2-10x smaller than the base LR
@@ -292,15 +294,6 @@ class Config:
         return dataclasses.asdict(self)
 
 
-class ConfigError(Exception):
-    """Every problem found in a config, one per line, each naming its key."""
-
-    def __init__(self, problems: list[str], source: str = "config"):
-        self.problems = problems
-        self.source = source
-        super().__init__(f"{source}: {len(problems)} problem(s)\n" + "\n".join(f"  - {p}" for p in problems))
-
-
 # ---------------------------------------------------------------------------------------------- loading
 
 
@@ -556,8 +549,9 @@ def check(cfg: Config, invalid: set[str] = frozenset()) -> list[str]:
             continue
         try:
             problems += rule(cfg)
-        except Exception as e:  # an odd value must neither hide the other problems nor end in a traceback
-            problems.append(f"{keys[0]}: could not be checked ({type(e).__name__}: {e})")
+        except Exception as e:  # never skipped: an odd value, or a bug in the check, is a problem to see
+            problems.append(f"{keys[0]}: could not be checked: its check raised {type(e).__name__}: {e} (if the "
+                            "value is right, this is a bug in cpt-harness: please report it)")
     return problems
 
 

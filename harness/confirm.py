@@ -26,9 +26,13 @@ import copy
 import math
 import statistics
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from harness import stats
 from harness.config import Config, ConfigError
+
+if TYPE_CHECKING:
+    from harness.trials import Claim
 
 DEFAULT_TOP, DEFAULT_SEEDS = 3, 3
 SUFFIX = "-confirm"
@@ -146,21 +150,20 @@ class ConfirmPlan:
     def _key(t) -> tuple:
         return t.user_attrs.get("setting"), t.user_attrs.get("seed")
 
-    def claim(self, study):
-        from harness.sweep import DONE, ask
+    def claim(self, study) -> Claim:
+        from harness import trials as protocol
 
         trials = study.get_trials(deepcopy=False)
         complete = {self._key(t) for t in trials if t.state.name == "COMPLETE"}
         wanted = [(s["setting"], seed) for seed in self.seeds for s in self.settings]
         if all(w in complete for w in wanted):
-            return DONE
+            return protocol.DONE
         if any(t.state.name == "WAITING" for t in trials):
-            return ask(study)  # a dead worker's trial, re-queued
+            return protocol.ask(study)  # a dead worker's trial, re-queued
         busy = complete | {self._key(t) for t in trials if t.state.name == "RUNNING"}
         for setting, seed in wanted:
             if (setting, seed) not in busy:
-                study.enqueue_trial(dict(self.params[setting]), user_attrs={"setting": setting, "seed": seed})
-                return ask(study)
+                return protocol.enqueue_and_ask(study, dict(self.params[setting]), {"setting": setting, "seed": seed})
         return None
 
     def config_for(self, trial) -> Config:

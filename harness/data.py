@@ -26,6 +26,7 @@ import numpy as np
 from harness import fetched
 from harness.cache import build_once, cache_dir
 from harness.config import DataConfig, DataSource
+from harness.errors import DataError
 
 CORPORA_DIR = Path(__file__).parent / "corpora"
 BUILTIN_CORPORA = {
@@ -44,10 +45,6 @@ _FILE_LIKE = FILE_SUFFIXES + (".csv", ".tsv", ".gz", ".xz", ".bz2", ".zst", ".zi
                               ".text", ".xml", ".html", ".yaml", ".yml", ".pdf", ".docx")
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 HEAD_BYTES = 64 * 1024  # what validate reads of a data file
-
-
-class DataError(Exception):
-    pass
 
 
 def check_source(src: DataSource, key: str) -> list[str]:

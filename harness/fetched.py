@@ -25,12 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.cache import build_once, cache_dir, file_sha256
+from harness.errors import FetchError
 
 EXTRACT_VERSION = 1  # bump when an extractor's output changes: the cache key changes with it
-
-
-class FetchError(Exception):
-    pass
 
 
 @dataclass(frozen=True)

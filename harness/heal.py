@@ -21,9 +21,7 @@ from pathlib import Path
 
 from harness import data, models
 from harness.cache import build_once, cache_dir
-from harness.config import Config
-
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+from harness.config import DEFAULT_TARGETS, Config
 
 
 def healed_base(model_path: str, cfg: Config, backend, log=print) -> str:
@@ -66,7 +64,7 @@ def _heal(model_path: str, cfg: Config, backend, out: Path, log, recipe: str) ->
 
     losses_before = held_out_losses(model)
     torch.manual_seed(0)
-    model = get_peft_model(model, LoraConfig(r=h.rank, lora_alpha=h.rank, target_modules=TARGETS, bias="none"))
+    model = get_peft_model(model, LoraConfig(r=h.rank, lora_alpha=h.rank, target_modules=list(DEFAULT_TARGETS), bias="none"))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=h.learning_rate)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(h.steps, 0.05))
     stream = batches(blocks, h.batch_size, seed=0)

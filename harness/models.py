@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.cache import build_once, cache_dir, file_sha256
+from harness.errors import ModelNotFound
 
 
 @dataclass(frozen=True)
@@ -42,10 +43,6 @@ BUILTIN_MODELS = {
 }
 
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
-
-
-class ModelNotFound(Exception):
-    pass
 
 
 def check_model_name(name: str, key: str) -> list[str]:

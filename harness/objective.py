@@ -79,9 +79,7 @@ class Objective:
 
         ctx = self.ctx
         resume_id = None
-        if (retry_of := _retried_trial(trial)) is not None:
-            trial.set_user_attr("retry_of", retry_of)
-            trial.set_user_attr("fail_reason", None)  # copied from the failed original
+        if trial.user_attrs.get("retry_of") is not None:  # set by harness.trials.run on a dead worker's retry
             resume_id = trial.user_attrs.get("wandb_run_id")  # the dead worker's run: resume it, not a new one
         started = time.perf_counter()
         arm = trial.user_attrs.get("arm")
@@ -121,21 +119,13 @@ class Objective:
         trial.set_user_attr("timings", result.timings)
         trial.set_user_attr("base_load", result.base_load)
         trial.set_user_attr("adapter_dir", result.adapter_dir)
-        trial.set_user_attr("fail_reason", None)  # set by sweep.mark_running in case the worker died
+        trial.set_user_attr("fail_reason", None)  # set by trials.mark_running in case the worker died
         for key, value in pruned.items():
             trial.set_user_attr(key, value)
         pruning.record_constraint(trial, metrics["forgetting"], cfg.study.max_forgetting)
         if pruned:
             raise TrialPruned(result.stopped)
         return pruning.objective_values(cfg, metrics)
-
-
-def _retried_trial(trial) -> int | None:
-    """The number of the dead worker's trial this one re-runs (Optuna's retry callback marks it), if any."""
-    storage = getattr(trial, "storage", None)  # FixedTrial has none
-    if storage is None:
-        return None
-    return storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
 
 
 def with_forgetting(metrics: dict[str, float], base: dict[str, float]) -> dict[str, float]:

@@ -99,7 +99,6 @@ def timing_table(study) -> str:
 def effects_text(study, min_effect: float = 0.01) -> str:
     """The ablation's verdicts and paired effects, for the terminal."""
     from harness import ablation, claims
-    from harness.report_files import ablation_rows
 
     design = study.user_attrs.get("design")
     if not design:
@@ -114,7 +113,7 @@ def effects_text(study, min_effect: float = 0.01) -> str:
             f"  {r.verdict.label:<12} {r.spec.factor:<19} {r.verdict.estimate:+.4f} (n={r.verdict.n}) "
             f"{r.spec.analysis}" for r in results)
     lines = ["effect (alternative - advice), mean over seeds with 95% t-interval:"]
-    for e in ablation.effects(ablation_rows(study), list(design["factors"])):
+    for e in ablation.effects(ablation.rows(study), list(design["factors"])):
         iv = e.interval
         lines.append(f"  {e.factor.name:<19} {e.metric:<12} {iv.mean:+.4f} [{iv.low:+.4f}, {iv.high:+.4f}] n={iv.n}"
                      + (f"  -> {e.verdict}: {e.factor.claim}" if e.verdict else ""))

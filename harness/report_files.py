@@ -134,7 +134,8 @@ def _sweep_sections(study, cfg, out: Path) -> list[str]:
     n_done = len(study.get_trials(deepcopy=False, states=[_complete()]))
     lines += ["## Hyperparameter importances", ""] + (
         ["![importances](importances.png)", "", importances, "",
-         f"Estimated from {n_done} complete trials" + (": with so few, treat them as rough." if n_done < 20 else "."),
+         f"Estimated with {IMPORTANCE_EVALUATOR} (Optuna's PedAnovaImportanceEvaluator) from {n_done} complete "
+         "trials" + (": with so few, treat them as rough." if n_done < 20 else "."),
          ""] if importances else
         ["Not enough complete trials with varying parameters to estimate importances.", ""])
     lines += ["## Trials", "", "```", report.table(study, study.user_attrs.get("base"), cfg.study.max_forgetting),
@@ -336,7 +337,8 @@ def chosen_how(study, trial, max_forgetting: float | None) -> str:
             f"no trial has {budget}: the knee of the Pareto front")
 
 
-def chosen_sweep_file(study, cfg, trial, why: str = "") -> str:
+def chosen_sweep_file(study, cfg, trial, why: str = "", written_by: str = "cpt-harness report",
+                      name: str = "chosen.yaml") -> str:
     """A sweep file that reruns ``trial``: the search space collapsed to its values, one trial, a new study.
     ``why``: a line saying why it was chosen (the recommendation), put in its header."""
     d = urls.redact_tree(cfg.to_dict())
@@ -353,7 +355,7 @@ def chosen_sweep_file(study, cfg, trial, why: str = "") -> str:
             d["rules"]["embedding_lr_ratio_range"] = False
     head = (f"# The chosen trial {trial.number} of study {study.study_name}, as a sweep file that trains it again.\n"
             + (f"# {why}\n" if why else "")
-            + "# Written by `cpt-harness report`.   cpt-harness sweep chosen.yaml\n"
+            + f"# Written by `{written_by}`.   cpt-harness sweep {name}\n"
             + ("# study.storage: its password is never written; give it with PGPASSWORD, ~/.pgpass or ${NAME}.\n"
                if d["study"]["storage"] != cfg.study.storage else ""))
     return head + yaml.safe_dump(d, sort_keys=False)
@@ -428,6 +430,16 @@ def _curves_figure(study, path: Path, group_by: str | None) -> None:
     _save(fig, path)
 
 
+IMPORTANCE_EVALUATOR = "PED-ANOVA"  # what the figure and the report say the importances are
+
+
+def _importance_evaluator():
+    """Named, not Optuna's default whatever it is, so that the report's label stays true across upgrades."""
+    import optuna
+
+    return optuna.importance.PedAnovaImportanceEvaluator()
+
+
 def _importances(study, path: Path) -> str:
     import matplotlib.pyplot as plt
     import optuna
@@ -441,7 +453,8 @@ def _importances(study, path: Path) -> str:
     result = {}
     for name in names:
         try:
-            result[name] = optuna.importance.get_param_importances(study, target=lambda t, k=name: t.user_attrs[k])
+            result[name] = optuna.importance.get_param_importances(study, evaluator=_importance_evaluator(),
+                                                                   target=lambda t, k=name: t.user_attrs[k])
         except (RuntimeError, ValueError, KeyError):
             return ""
     params = sorted(varying)
@@ -451,7 +464,7 @@ def _importances(study, path: Path) -> str:
         ax.barh([j + i * width for j in range(len(params))], [result[name].get(p, 0.0) for p in params],
                 height=width, label=name)
     ax.set_yticks([j + width / 2 for j in range(len(params))], params)
-    ax.set_xlabel("importance (Optuna's default evaluator)")
+    ax.set_xlabel(f"importance ({IMPORTANCE_EVALUATOR})")
     ax.legend(fontsize=8)
     _save(fig, path)
     return "| parameter | " + " | ".join(names) + " |\n|---|" + "---|" * len(names) + "\n" + "\n".join(
@@ -461,20 +474,12 @@ def _importances(study, path: Path) -> str:
 # ------------------------------------------------------------------------------------------ ablations
 
 
-def ablation_rows(study) -> list[dict[str, Any]]:
-    return [{"seed": t.user_attrs["seed"], "arm": t.user_attrs["arm"],
-             **{k: v for k, v in t.user_attrs.items() if k.startswith("level:")},
-             "domain_loss": t.user_attrs["domain_loss"], "forgetting": t.user_attrs["forgetting"],
-             "tokens_per_s": t.user_attrs.get("tokens_per_s")}
-            for t in study.get_trials(deepcopy=False, states=[_complete()]) if "arm" in t.user_attrs]
-
-
 def _ablation_sections(study, cfg, out: Path) -> list[str]:
     design = study.user_attrs["design"]
     if "learning_rates" in design:
         return _frontier_sections(study, cfg, out)
     factors = list(design["factors"])
-    rows = ablation_rows(study)
+    rows = ablation.rows(study)
     effects = ablation.effects(rows, factors)
     lines = _header(study, "Ablation")[:2]
     lines += ["**Fixed-LR design**: every arm ran at one learning rate, where an arm that learns less usually also "

@@ -24,16 +24,13 @@ from optuna.trial import TrialState
 from harness import search_space, urls
 from harness.cache import locked
 from harness.config import Config, ConfigError, StudyConfig
+from harness.errors import StudyMismatch
 from harness.urls import StorageError
 
 DIRECTIONS = {"pareto": ["minimize", "minimize"], "constrained": ["minimize"]}
 OBJECTIVE_NAMES = {"pareto": ["domain_loss", "forgetting"], "constrained": ["domain_loss"]}
 CONSTRAINT = "forgetting"  # the Optuna constraint every finished trial records: forgetting - max_forgetting (<= 0 ok)
 PRUNED_CAP = 3  # a sweep stops once the study holds PRUNED_CAP x n_trials complete and pruned trials together
-
-
-class StudyMismatch(Exception):
-    pass
 
 
 def make_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None,
@@ -263,14 +260,15 @@ def _coerced(cls, options: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def open_study(cfg: Config, fingerprints: dict[str, str], worker: int = 0,
-               inputs: dict | None = None, provenance: dict | None = None) -> optuna.Study:
+def open_study(cfg: Config, fingerprints: dict[str, str], worker: int = 0, inputs: dict | None = None,
+               storage: optuna.storages.BaseStorage | None = None, provenance: dict | None = None) -> optuna.Study:
     """Create the study, or load it and check that it measures the same thing. Safe when several workers
     start at once: creation is load-if-exists, and the fingerprints they write are identical. ``inputs``: what
     the search-space fingerprint hashes, stored so that a refused resume names the keys that changed.
+    ``storage``: the study's database as ``storage_for`` opens it (the caller keeps it to beat heartbeats).
     ``provenance``: the model's (models.provenance), which lets a healed base rebuilt on another machine resume
     its study (``rebuilt_heal``)."""
-    storage = storage_for(cfg)
+    storage = storage or storage_for(cfg)
     existing = load_if_exists(storage, cfg.study.name)
     if existing is not None:
         _check_fingerprints(existing, fingerprints, cfg, inputs, provenance)

@@ -17,14 +17,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
-from harness import backends, data, evals, models, report, search_space, storage
+from harness import backends, data, evals, models, report, search_space, storage, trials
 from harness.config import Config, ConfigError
-
-
-class SweepAborted(Exception):
-    pass
+from harness.errors import SweepAborted
 
 
 @dataclass
@@ -37,6 +33,7 @@ class Session:
     corpora: data.Corpora
     study: object
     base: dict
+    db: object  # the study's storage (optuna.storages.RDBStorage), which its trials' heartbeats go to
 
 
 def setup_inputs(cfg: Config, backend) -> tuple[str, data.Corpora]:
@@ -66,7 +63,8 @@ def setup(cfg: Config, backend=None, log=print, worker: int = 0, study_attrs: di
         f"{corpora.describe()} ({time.perf_counter() - t:.0f} s)")
     fingerprints = {"model": models.fingerprint(model_path), "data": corpora.fingerprint,
                     "search_space": search_space.space_fingerprint(cfg, extra=study_attrs)}
-    study = storage.open_study(cfg, fingerprints, worker=worker, provenance=models.provenance(model_path),
+    db = storage.storage_for(cfg)
+    study = storage.open_study(cfg, fingerprints, worker=worker, storage=db, provenance=models.provenance(model_path),
                                inputs={"search_space": search_space.space_payload(cfg, extra=study_attrs)})
     if rebuilt := [r for r in study.user_attrs.get("rebuilt_heals", []) if r["model"] == fingerprints["model"]]:
         log(f"[setup] the healed base was rebuilt on this machine (GPU training is not bitwise reproducible): its "
@@ -89,7 +87,7 @@ def setup(cfg: Config, backend=None, log=print, worker: int = 0, study_attrs: di
 
     base = storage.ensure_base_losses(study, cfg.study.storage, measure)
     log(f"[setup] base model: domain loss {base['domain_loss']:.4f}, general loss {base['general_loss']:.4f}")
-    return Session(cfg, backend, model_path, corpora, study, base)
+    return Session(cfg, backend, model_path, corpora, study, base, db)
 
 
 def record_split(study, cfg: Config, corpora: data.Corpora) -> None:
@@ -174,23 +172,6 @@ def run_ablation(cfg: Config, log=print) -> Session:
     return session
 
 
-DONE = object()
-
-
-class Plan(Protocol):
-    """What ``work`` runs: a sweep (Optuna samples), an ablation or a confirmation (fixed trials enqueued with
-    user attributes). ``claim`` runs under the study's lock."""
-
-    job_type: str  # W&B job_type of its trials
-    target: int  # complete trials when done
-
-    def claim(self, study):
-        """The next trial to run (``ask`` it), None to wait for others' running trials, or DONE."""
-
-    def config_for(self, trial) -> Config:
-        """The full config the trial trains with."""
-
-
 class SweepPlan:
     """A sweep: Optuna samples each trial (enqueued points first); done when the study holds ``target`` complete
     trials. Pruned trials do not count, but bound the sweep: it also stops once the study holds
@@ -202,7 +183,7 @@ class SweepPlan:
     def __init__(self, cfg: Config, target: int):
         self.cfg, self.target = cfg, target
 
-    def claim(self, study):
+    def claim(self, study) -> trials.Claim:
         """Under the study's lock: the next trial to run, None to wait for others' running trials, or DONE."""
         from optuna.trial import TrialState
 
@@ -213,20 +194,22 @@ class SweepPlan:
         finished = complete + states.count(TrialState.PRUNED)
         cap = storage.PRUNED_CAP * self.target
         if complete >= self.target or finished >= cap:
-            return DONE
-        return ask(study) if self.target - complete - running > 0 and finished + running < cap else None
+            return trials.DONE
+        return trials.ask(study) if self.target - complete - running > 0 and finished + running < cap else None
 
     def config_for(self, trial) -> Config:
         return self.cfg
 
 
 def work(session: Session, target: int | None = None, log=print, label: str | None = None, poll_s: float = 2.0,
-         plan: Plan | None = None) -> None:
+         plan: trials.Plan | None = None) -> None:
     """Claim and run trials until the plan is done (by default: the study holds ``target`` complete trials).
 
     The claim happens under the study's lock, so several workers never start more trials than are missing. A
-    worker with nothing to claim waits while others' trials run: one of them may fail and need a rerun.
+    worker with nothing to claim waits while others' trials run: one of them may fail and need a rerun. (The
+    protocol itself, claim -> run with a heartbeat -> tell, is harness.trials.)
     """
+    import optuna
     from optuna.trial import TrialState
 
     from harness.objective import Objective, TrialContext
@@ -246,16 +229,14 @@ def work(session: Session, target: int | None = None, log=print, label: str | No
     failures, waiting_said, first = 0, False, True
     while True:
         asked = time.perf_counter()
-        with storage.claim_lock(cfg.study.storage):
-            _fail_stale(study)
-            trial = plan.claim(study)
-        if first and worker and trial is not None and trial is not DONE:
+        trial = trials.claim(study, plan, cfg.study.storage)
+        if first and worker and isinstance(trial, optuna.trial.Trial):
             # Where a worker's start-up goes (workers that start late cost a short sweep; benchmarks/RESULTS.md)
             age = process_age()
             log(f"[sweep] {label}: first trial {trial.number} claimed" + (f" {age:.1f} s after this process started"
                 if age is not None else "") + f" (claim {time.perf_counter() - asked:.1f} s)")
             first = False
-        if trial is DONE:
+        if trial is trials.DONE:
             if plan.job_type == "trial" and (why := pruned_out(study, plan.target)):
                 log(f"[sweep] {label}: {why}")
             return
@@ -266,12 +247,12 @@ def work(session: Session, target: int | None = None, log=print, label: str | No
             time.sleep(poll_s)
             continue
         waiting_said = False
-        mark_running(trial, cfg)
-        state = _run(study, objective, trial)
-        log(report.trial_line(study._storage.get_trial(trial._trial_id)))
+        trials.mark_running(trial, cfg)
+        finished = trials.run(study, session.db, objective, trial)
+        log(report.trial_line(finished))
         if cfg.study.keep_adapters == "pareto" and plan.job_type == "trial":
             prune_adapters(study, study_dir)
-        if state == TrialState.FAIL:
+        if finished.state == TrialState.FAIL:
             failures += 1
             if failures >= cfg.study.max_failures:
                 raise SweepAborted(f"{failures} trials failed in this run (study.max_failures="
@@ -301,66 +282,6 @@ def process_age() -> float | None:
         return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
-
-
-def _run(study, objective, trial):
-    """One trial with its heartbeat; the state it ended in. Ctrl-C marks it FAIL and goes on up; a pruned trial
-    (the objective raised optuna.TrialPruned, having recorded its metrics so far) is told PRUNED."""
-    from optuna import TrialPruned
-    from optuna.storages._heartbeat import get_heartbeat_thread
-    from optuna.trial import TrialState
-
-    with get_heartbeat_thread(trial._trial_id, study._storage):
-        try:
-            values = objective(trial)
-        except TrialPruned:
-            return _tell(study, trial, state=TrialState.PRUNED)
-        except KeyboardInterrupt:
-            _tell(study, trial, state=TrialState.FAIL)
-            raise
-        except Exception:
-            return _tell(study, trial, state=TrialState.FAIL)  # the objective recorded the reason on the trial
-    return _tell(study, trial, values)
-
-
-def _tell(study, trial, values=None, state=None):
-    """Record the outcome; a trial another worker already failed (its heartbeat was late) stays failed, and its
-    retry carries on."""
-    from optuna.exceptions import UpdateFinishedTrialError
-    from optuna.trial import TrialState
-
-    try:
-        return study.tell(trial, values, state=state).state
-    except UpdateFinishedTrialError:
-        return TrialState.FAIL
-
-
-def ask(study):
-    """A new trial of ``study`` (an enqueued one first), claimed by this worker."""
-    import warnings
-
-    with warnings.catch_warnings():  # Optuna assumes heartbeats come with optimize(); `_run` beats them itself
-        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-        return study.ask()
-
-
-def mark_running(trial, cfg: Config) -> None:
-    """A running trial says from its start why it would end FAIL without a word from its worker: a finished trial
-    takes no more attributes, so the reason must be there before the worker dies. The objective replaces it
-    with the real outcome; ``storage.trial_rows`` adds which trial retried it."""
-    grace = cfg.study.grace_period or 4 * cfg.study.heartbeat_interval  # as harness.storage sets it
-    trial.set_user_attr("fail_reason", f"worker died (no heartbeat for over {grace} s)")
-
-
-def _fail_stale(study) -> None:
-    """Fail the running trials of dead workers and queue their retries (Optuna's own, public)."""
-    import warnings
-
-    import optuna
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
 
 
 def prune_adapters(study, study_dir: Path) -> None:

@@ -1,4 +1,4 @@
-"""One trial: load, build the two optimizer groups, audit them, train with periodic eval, save the adapter.
+"""One trial: load, build the two optimizer groups (``configure_optimizer``), audit them, train with periodic eval, save the adapter.
 
 The loop is the same for every backend (a backend only supplies the model), so a difference between
 backends is the backend's and nothing else's.
@@ -20,15 +20,12 @@ import torch
 
 from harness import audit as audit_mod
 from harness import metrics as metrics_mod
-from harness.backends.peft_backend import embedding_module_names
 from harness.config import Config
 from harness.data import Corpora
+from harness.errors import TrialFailed
 from harness.evals import Evals
+from harness.modules import classify, embedding_module_names
 from harness.search_space import TrialParams
-
-
-class TrialFailed(Exception):
-    """A trial that cannot finish: diverged, over its time limit, failed its audit. The message is the reason."""
 
 
 @dataclass
@@ -152,8 +149,9 @@ def run_trial(backend, model_path: str, cfg: Config, params: TrialParams, corpor
         model = backend.load_for_training(model_path, cfg, params)
         if not cfg.lora.init_adapter:
             reseed_lora(model, cfg.train.seed)
-        optimizer = _optimizer(model, params, cfg)
-        record = audit_mod.audit(model, optimizer, params, cfg.lora, _embedding_names(model), params.learning_rate)
+        optimizer = configure_optimizer(model, params, cfg)
+        record = audit_mod.audit(model, optimizer, params, cfg.lora, embedding_module_names(model),
+                                 params.learning_rate)
     with timer("log"):
         tracker.log_audit(record)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.train.max_steps, cfg.train.warmup_ratio))
@@ -192,15 +190,27 @@ def reseed_lora(model, seed: int) -> None:
                 linear.weight.copy_(w)
 
 
-def _optimizer(model, params: TrialParams, cfg: Config):
-    groups = audit_mod.build_param_groups(model, params.learning_rate, params.embedding_lr, cfg.train.weight_decay,
-                                          _embedding_names(model))
+def configure_optimizer(model, params: TrialParams, cfg: Config) -> torch.optim.AdamW:
+    """The trial's optimizer (nanoGPT's ``configure_optimizers``): AdamW over two named groups, ``param_groups``.
+    The audit then checks what this built."""
+    groups = param_groups(model, params.learning_rate, params.embedding_lr, cfg.train.weight_decay)
     fused = {"fused": True} if next(model.parameters()).device.type == "cuda" else {}
     return torch.optim.AdamW(groups, betas=(0.9, 0.95), eps=1e-8, **fused)
 
 
-def _embedding_names(model) -> tuple[str, ...]:
-    return tuple(embedding_module_names(model))
+def param_groups(model, learning_rate: float, embedding_lr: float | None, weight_decay: float) -> list[dict]:
+    """``lora``: the LoRA weights at the trial's LR, with weight decay. ``embedding``: embed_tokens and lm_head,
+    trained in full, at embedding_lr = ratio x LR (the Unsloth CPT rule: 2-10x smaller), without weight decay, and
+    only when they train. Any other trainable weight joins no group: the audit names it and fails the trial."""
+    names = embedding_module_names(model)
+    groups: dict[str, list] = {"lora": [], "embedding": [], "other": []}
+    for name, p in model.named_parameters():  # named_parameters yields a tied weight once
+        if p.requires_grad:
+            groups[classify(name, names)].append(p)
+    out = [{"name": "lora", "params": groups["lora"], "lr": learning_rate, "weight_decay": weight_decay}]
+    if groups["embedding"] and embedding_lr is not None:
+        out.append({"name": "embedding", "params": groups["embedding"], "lr": embedding_lr, "weight_decay": 0.0})
+    return out
 
 
 def _loop(model, optimizer, scheduler, backend, cfg: Config, evaluation: Evaluation, corpora: Corpora, tracker,

@@ -17,6 +17,8 @@ import re
 import sqlite3
 from pathlib import Path
 
+from harness.errors import StorageError
+
 ENV_STORAGE = "CPT_HARNESS_STORAGE"  # overrides study.storage; how parallel workers receive the URL
 
 # scheme -> drivers SQLAlchemy may use for it (the first importable one serves the bare scheme)
@@ -35,10 +37,6 @@ INSTALL = {"psycopg2": "pip install 'cpt-harness[postgres]' (psycopg2-binary)", 
 _CREDENTIALS = re.compile(r"(?P<head>\b[a-zA-Z][\w+.-]*://[^:/@\s'\"]*:)(?P<password>[^@\s'\"]*)(?P<at>@)")
 _QUERY_PASSWORD = re.compile(r"(?P<head>[?&](?:password|passwd|pwd)=)(?P<password>[^&\s'\"]*)", re.IGNORECASE)
 _ENV_REF = re.compile(r"\$\{(\w+)\}")
-
-
-class StorageError(Exception):
-    """The study storage cannot be used as given; the message names study.storage and the fix."""
 
 
 def redact(text: str) -> str:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install cpt-harness into .venv (or $VENV): torch first and alone, so pip never pulls a multi-GB CUDA build
-# onto a CPU machine, then the package with its pinned dependencies. Safe to run again (it only adds what is
-# missing). Extras as arguments: `bash scripts/install.sh test`.
+# onto a CPU machine, then the package with the versions the committed results were measured with
+# (constraints.txt; CONSTRAINTS= for none). Safe to run again (it only adds what is missing). Extras as arguments:
+# `bash scripts/install.sh test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -16,4 +17,5 @@ pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
 pin=$(mktemp); trap 'rm -f "$pin"' EXIT
 "$VENV/bin/python" -W ignore -c 'import torch; print("torch==" + torch.__version__)' > "$pin" 2>/dev/null
 extras=$(IFS=,; echo "$*")
-pip install -c "$pin" -e ".${extras:+[$extras]}"
+CONSTRAINTS=${CONSTRAINTS-constraints.txt}
+pip install -c "$pin" ${CONSTRAINTS:+-c "$CONSTRAINTS"} -e ".${extras:+[$extras]}"

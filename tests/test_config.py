@@ -209,3 +209,66 @@ def test_general_is_one_source_or_a_list():
     assert "data.general[2]: builtin:brown is listed twice" in ps
     assert problems("data.general=[]") == [
         "data.general: an empty list; name at least one source, e.g. [builtin:brown, builtin:sotu]"]
+
+
+def test_a_check_that_raises_is_reported_not_skipped(monkeypatch, capsys):
+    from harness import config
+
+    def broken(cfg):
+        return cfg.study.no_such_key  # a bug in a check, as a real one would be
+
+    rules = config._rules
+    monkeypatch.setattr(config, "_rules", lambda: rules() + [(("study.n_trials",), broken)])
+    assert main(["validate", str(ROOT / "sweeps" / "demo.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "study.n_trials: could not be checked: its check raised AttributeError" in err
+    assert "bug in cpt-harness" in err and "Traceback" not in err
+
+
+def test_every_error_the_harness_raises_is_a_harness_error():
+    """One tree: an exception class defined anywhere in the package derives from errors.HarnessError (private
+    ones used for control flow inside one function aside)."""
+    import ast
+    import importlib
+
+    from harness import errors
+
+    found = []
+    for path in sorted((ROOT / "harness").rglob("*.py")):
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and not node.name.startswith("_") and any(
+                    "Error" in ast.unparse(b) or "Exception" in ast.unparse(b) for b in node.bases):
+                found.append((module, node.name))
+    assert ("harness.errors", "ConfigError") in found and len(found) > 10
+    for module, name in found:
+        if module == "harness.config" and name == "DuplicateKeys":  # a YAML loader's error, turned into a problem
+            continue
+        cls = getattr(importlib.import_module(module), name)
+        assert issubclass(cls, errors.HarnessError), f"{module}.{name} is not a HarnessError"
+    assert errors.ConfigError([]).exit_code == 2 and errors.SweepAborted().exit_code == 1
+
+
+def test_explain_shows_every_key_with_its_help_and_refuses_unknown_ones(capsys):
+    from harness import explain
+
+    every = explain.keys()
+    assert all(k.help for k in every), [k.key for k in every if not k.help]
+    assert {"study.n_trials", "search.learning_rate.low", "data.domain.path", "lora.use_rslora"} <= {k.key for k in every}
+    assert main(["explain", "search.learning_rate"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("search.learning_rate:  Base learning rate.")
+    assert "search.learning_rate.low  (number; default 5.0e-05)" in out and "study." not in out
+    assert main(["explain", "lora.use_rslor"]) == 2
+    assert "lora.use_rslor: unknown key (did you mean lora.use_rslora?)" in capsys.readouterr().err
+
+
+def test_init_names_the_study_and_refuses_a_bad_name(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["init", "ablate-me", "--from", "gpu-ablation"]) == 0
+    cfg = load_config(tmp_path / "ablate-me.yaml")
+    assert cfg.study.name == "ablate-me" and cfg.ablation.factors == load_config(
+        ROOT / "sweeps" / "gpu-ablation.yaml").ablation.factors
+    assert main(["init", "../up", "--from", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "NAME:" in err and "--from: no packaged sweep file 'nope' (packaged: demo, " in err

@@ -8,7 +8,7 @@ import torch
 from optuna.trial import TrialState
 from safetensors.torch import load_file
 
-from harness import audit, evals, train
+from harness import evals, modules, train
 from harness.backends.peft_backend import PeftBackend
 from harness.cli import main
 from harness.config import ConfigError, load_config
@@ -56,10 +56,10 @@ def test_continued_training_starts_from_the_adapter_and_trains_on(first_adapter,
     for key in lora_b:  # loaded exactly: the saved key plus PEFT's adapter name
         live = named[key.replace(".weight", ".default.weight")]
         assert live.requires_grad and torch.equal(live.detach().float(), saved[key].float())
-    embed = audit._active_weight(model.get_input_embeddings())
+    embed = modules.active_weight(model.get_input_embeddings())
     saved_embed = next(v for k, v in saved.items() if "embed_tokens" in k)
     assert torch.equal(embed.detach().float(), saved_embed.float())
-    assert embed.data_ptr() == audit._active_weight(model.get_output_embeddings()).data_ptr(), "still one matrix"
+    assert embed.data_ptr() == modules.active_weight(model.get_output_embeddings()).data_ptr(), "still one matrix"
 
     result = train.run_trial(backend, cfg.model.name, cfg, params, corpora_for(cfg, backend), Recorder(),
                              tmp_path / "continued")

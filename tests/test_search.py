@@ -272,6 +272,7 @@ def test_a_constrained_studys_report_chooses_within_the_budget_and_estimates_imp
     assert "(trial 1 of this sweep; the lowest domain loss with forgetting ≤ 0.05" in md, "What to use"
     assert "- **Forgetting budget** (study.max_forgetting = 0.05 nats): 3 of 5 complete trials within it" in md
     assert "| parameter | domain_loss | forgetting |" in md, "importances of both metrics, one objective"
+    assert "Estimated with PED-ANOVA (Optuna's PedAnovaImportanceEvaluator) from" in md
     assert (tmp_path / "report" / "importances.png").is_file() and (tmp_path / "report" / "pareto.png").is_file()
     table = report.table(study)
     assert "'*' marks the best" in table and sum(" over " in line for line in table.splitlines()) == 2

@@ -193,18 +193,19 @@ def test_cold_start_builds_once_across_processes(tmp_path):
 
 
 def test_a_dead_workers_trial_says_why_it_failed_and_which_trial_retries_it(tiny_cfg):
-    from harness import storage, sweep
+    from harness import storage, trials
 
     tiny_cfg.study.heartbeat_interval, tiny_cfg.study.grace_period, tiny_cfg.study.max_retries = 1, 2, 1
-    study = optuna.create_study(study_name="hb", storage=storage.storage_for(tiny_cfg), directions=["minimize"] * 2)
+    db = storage.storage_for(tiny_cfg)
+    study = optuna.create_study(study_name="hb", storage=db, directions=["minimize"] * 2)
     study.enqueue_trial({"x": 1.0})
     dead = study.ask()
     dead.set_user_attr("worker", "gone")
-    sweep.mark_running(dead, tiny_cfg)  # as sweep.work does before running it
+    trials.mark_running(dead, tiny_cfg)  # as sweep.work does before running it
     assert "fail_reason" not in storage.trial_rows(study)[0], "a running trial shows no reason"
-    study._storage.record_heartbeat(dead._trial_id)  # then the worker dies: no more heartbeats
+    db.record_heartbeat(trials.trial_id(db, study, dead.number))  # then the worker dies: no more heartbeats
     time.sleep(3.1)  # SQLite keeps heartbeats to the second: over 2 s old for sure
-    sweep._fail_stale(study)
+    trials.fail_stale(study)
     failed, retry = study.get_trials()
     assert failed.state == TrialState.FAIL and retry.state == TrialState.WAITING and retry.number == 1
     assert storage.trial_rows(study)[0]["fail_reason"] == "worker died (no heartbeat for over 2 s); retried as trial 1"
@@ -213,10 +214,10 @@ def test_a_dead_workers_trial_says_why_it_failed_and_which_trial_retries_it(tiny
 
     again = study.ask()  # the retry, whose worker dies too: study.max_retries=1 is spent
     assert again.number == 1
-    sweep.mark_running(again, tiny_cfg)
-    study._storage.record_heartbeat(again._trial_id)
+    trials.mark_running(again, tiny_cfg)
+    db.record_heartbeat(trials.trial_id(db, study, again.number))
     time.sleep(3.1)  # SQLite keeps heartbeats to the second: over 2 s old for sure
-    sweep._fail_stale(study)
+    trials.fail_stale(study)
     assert [t.state for t in study.get_trials()] == [TrialState.FAIL] * 2
     assert storage.trial_rows(study)[1]["fail_reason"].startswith(
         "worker died (no heartbeat for over 2 s); not retried (study.max_retries reached")

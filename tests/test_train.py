@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from harness import audit, data, train
+from harness import audit, data, modules, train
 from harness.backends.peft_backend import PeftBackend
 from harness.search_space import derive
 from harness.tracking import Tracker
@@ -79,8 +79,8 @@ def test_base_frozen_lora_and_tied_embedding_trained(tiny_cfg, tiny_model, backe
         bs = [p for n, p in named.items() if f"{target}.lora_B" in n]
         assert bs and all(b.abs().sum() > 0 for b in bs), target
     # The tied embedding trained as one matrix: changed, and lm_head reads the very same tensor.
-    embed = audit._active_weight(model.get_input_embeddings())
-    head = audit._active_weight(model.get_output_embeddings())
+    embed = modules.active_weight(model.get_input_embeddings())
+    head = modules.active_weight(model.get_output_embeddings())
     assert embed.data_ptr() == head.data_ptr()
     assert not torch.equal(embed.detach(), before["model.embed_tokens.weight"].float())
     groups = rec.audits[0]["groups"]
@@ -92,8 +92,8 @@ def test_base_frozen_lora_and_tied_embedding_trained(tiny_cfg, tiny_model, backe
 def test_untied_model_trains_both_matrices_in_the_embedding_group(tiny_cfg, tiny_untied_model, backend):
     tiny_cfg.model.name = str(tiny_untied_model)
     model, result, rec, params = trained_model(tiny_cfg, backend)
-    embed = audit._active_weight(model.get_input_embeddings())
-    head = audit._active_weight(model.get_output_embeddings())
+    embed = modules.active_weight(model.get_input_embeddings())
+    head = modules.active_weight(model.get_output_embeddings())
     assert embed.data_ptr() != head.data_ptr()
     assert rec.audits[0]["groups"]["embedding"]["parameters"] == embed.numel() + head.numel()
     before = base_state(tiny_untied_model)
@@ -105,7 +105,7 @@ def test_embedding_group_lr_stays_ratio_times_lr_through_the_schedule(tiny_cfg, 
     lrs = [m["train/lr"] for m in rec.logged if "train/lr" in m]
     assert lrs, "the LR was logged"
     # Rebuild the optimizer the trial used and step its schedule: the ratio holds at every step.
-    opt = train._optimizer(model, params, tiny_cfg)
+    opt = train.configure_optimizer(model, params, tiny_cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, train.lr_lambda(tiny_cfg.train.max_steps, 0.1))
     for _ in range(tiny_cfg.train.max_steps):
         by_name = {g["name"]: g["lr"] for g in opt.param_groups}
@@ -118,7 +118,7 @@ def test_no_embeddings_when_not_requested(tiny_cfg, backend):
     tiny_cfg.lora.train_embeddings = False
     model, result, rec, params = trained_model(tiny_cfg, backend)
     assert set(rec.audits[0]["groups"]) == {"lora"}
-    assert not audit._active_weight(model.get_input_embeddings()).requires_grad
+    assert not modules.active_weight(model.get_input_embeddings()).requires_grad
 
 
 def test_rslora_scaling_is_used_above_64(tiny_cfg, backend):
@@ -163,24 +163,24 @@ def test_audit_catches_a_frozen_or_misgrouped_lm_head(tiny_cfg, tiny_untied_mode
     params = derive(16, 1e-3, 0.2, tiny_cfg)
     model = backend.load_for_training(tiny_cfg.model.name, tiny_cfg, params)
     names = ("embed_tokens", "lm_head")
-    head = audit._active_weight(model.get_output_embeddings())
+    head = modules.active_weight(model.get_output_embeddings())
 
     # lm_head silently left out of training (the Unsloth bug the audit exists for)
     head.requires_grad_(False)
-    opt = torch.optim.AdamW(audit.build_param_groups(model, 1e-3, 2e-4, 0.0, names))
+    opt = torch.optim.AdamW(train.param_groups(model, 1e-3, 2e-4, 0.0))
     with pytest.raises(audit.AuditError, match="lm_head is not trainable"):
         audit.audit(model, opt, params, tiny_cfg.lora, names, 1e-3)
 
     # lm_head trained at the full LR in the LoRA group
     head.requires_grad_(True)
-    groups = audit.build_param_groups(model, 1e-3, 2e-4, 0.0, names)
+    groups = train.param_groups(model, 1e-3, 2e-4, 0.0)
     groups[1]["params"] = [p for p in groups[1]["params"] if p is not head]
     groups[0]["params"].append(head)
     with pytest.raises(audit.AuditError, match="lm_head is in optimizer group 'lora', not 'embedding'"):
         audit.audit(model, torch.optim.AdamW(groups), params, tiny_cfg.lora, names, 1e-3)
 
     # embedding group at the wrong LR
-    opt = torch.optim.AdamW(audit.build_param_groups(model, 1e-3, 1e-3, 0.0, names))
+    opt = torch.optim.AdamW(train.param_groups(model, 1e-3, 1e-3, 0.0))
     with pytest.raises(audit.AuditError, match="embedding group LR is 0.001, expected 0.0002"):
         audit.audit(model, opt, params, tiny_cfg.lora, names, 1e-3)
 
@@ -189,7 +189,7 @@ def test_audit_catches_missing_lora_on_a_requested_module(tiny_cfg, backend):
     params = derive(16, 1e-3, 0.2, tiny_cfg)
     tiny_cfg.lora.target_modules = ["q_proj", "gate_proj"]
     model = backend.load_for_training(tiny_cfg.model.name, tiny_cfg, params)
-    opt = torch.optim.AdamW(audit.build_param_groups(model, 1e-3, 2e-4, 0.0, ("embed_tokens", "lm_head")))
+    opt = torch.optim.AdamW(train.param_groups(model, 1e-3, 2e-4, 0.0))
     tiny_cfg.lora.target_modules = ["q_proj", "gate_proj", "up_proj"]  # asked for, never applied
     with pytest.raises(audit.AuditError, match="2 of 2 up_proj modules carry no LoRA weights"):
         audit.audit(model, opt, params, tiny_cfg.lora, ("embed_tokens", "lm_head"), 1e-3)
@@ -212,6 +212,20 @@ def test_audit_catches_bf16_trainable_weights(tiny_cfg, backend):
     model = backend.load_for_training(tiny_cfg.model.name, tiny_cfg, params)
     lora_a = next(p for n, p in model.named_parameters() if "lora_A" in n)
     lora_a.data = lora_a.data.bfloat16()
-    opt = torch.optim.AdamW(audit.build_param_groups(model, 1e-3, 2e-4, 0.0, ("embed_tokens", "lm_head")))
+    opt = torch.optim.AdamW(train.param_groups(model, 1e-3, 2e-4, 0.0))
     with pytest.raises(audit.AuditError, match=r"trainable weights in \['torch.bfloat16'\]"):
         audit.audit(model, opt, params, tiny_cfg.lora, ("embed_tokens", "lm_head"), 1e-3)
+
+
+def test_a_trainable_base_weight_joins_no_group_and_the_audit_names_it(tiny_cfg, backend):
+    params = derive(16, 1e-3, 0.2, tiny_cfg)
+    model = backend.load_for_training(tiny_cfg.model.name, tiny_cfg, params)
+    leak = next(p for n, p in model.named_parameters() if n.endswith("layers.0.mlp.up_proj.base_layer.weight"))
+    leak.requires_grad_(True)
+    groups = train.param_groups(model, 1e-3, 2e-4, 0.0)
+    assert [g["name"] for g in groups] == ["lora", "embedding"]
+    assert all(p is not leak for g in groups for p in g["params"]), "the optimizer builder does not check"
+    with pytest.raises(audit.AuditError, match=r"trainable but in no optimizer group: \[.*layers\.0\.mlp\.up_proj"
+                                               r"\.base_layer\.weight.*base weights are trainable"):
+        audit.audit(model, torch.optim.AdamW(groups), params, tiny_cfg.lora, modules.embedding_module_names(model),
+                    1e-3)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
-from harness.backends.base import Backend, BackendUnavailable
+from harness.backends.base import Backend
+from harness.errors import BackendUnavailable
 
 _REGISTRY = {
     "peft": "harness.backends.peft_backend:PeftBackend",

@@ -13,10 +13,6 @@ import sys
 from typing import Any, Callable
 
 
-class BackendUnavailable(Exception):
-    """The backend cannot run here; the message says what to install or change."""
-
-
 class Backend:
     name: str = "base"
     _kept: tuple[Any, Any] | None = None  # (key, the untouched base model) while model.keep_loaded

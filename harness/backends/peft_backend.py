@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 
 from harness.backends.base import Backend
+from harness.modules import embedding_module_names
 
 
 class PeftBackend(Backend):
@@ -63,25 +64,13 @@ class PeftBackend(Backend):
         return model.train()
 
 
-def embedding_module_names(model) -> list[str]:
-    """Short names of the input embedding and output head (``embed_tokens``, ``lm_head`` for Llama)."""
-    wanted = [model.get_input_embeddings(), model.get_output_embeddings()]
-    names = []
-    for target in wanted:
-        for name, module in model.named_modules():
-            if module is target:
-                names.append(name.rsplit(".", 1)[-1])
-                break
-    return names
-
-
 def lora_config(model, lora_cfg, params):
     """The PEFT LoraConfig for one trial. Embeddings are trained in full (modules_to_save); a tied embedding
     stays one matrix (``ensure_weight_tying``) instead of two copies that drift apart."""
     from peft import LoraConfig
 
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
-    to_save = embedding_module_names(model) if lora_cfg.train_embeddings else None
+    to_save = list(embedding_module_names(model)) if lora_cfg.train_embeddings else None
     return LoraConfig(
         r=params.rank,
         lora_alpha=params.alpha,

@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import sys
 
-from harness.backends.base import Backend, BackendUnavailable
+from harness.backends.base import Backend
+from harness.errors import BackendUnavailable
+from harness.modules import embedding_module_names
 from harness.backends.offload import private_offload_folder
 
 if "unsloth" not in sys.modules and any(m in sys.modules for m in ("transformers", "peft", "trl")):
@@ -82,13 +84,11 @@ class UnslothBackend(Backend):
             model = PeftModel.from_pretrained(model, cfg.lora.init_adapter, is_trainable=True)
             model = FastLanguageModel.patch_peft_model(model, use_gradient_checkpointing=checkpointing)
         else:
-            from harness.backends.peft_backend import embedding_module_names
-
             with private_offload_folder(model) as folder:
                 model = FastLanguageModel.get_peft_model(
                     model, r=params.rank, lora_alpha=params.alpha, use_rslora=params.use_rslora,
                     target_modules=list(cfg.lora.target_modules), lora_dropout=cfg.lora.dropout, bias="none",
-                    modules_to_save=embedding_module_names(model) if cfg.lora.train_embeddings else None,
+                    modules_to_save=list(embedding_module_names(model)) if cfg.lora.train_embeddings else None,
                     use_gradient_checkpointing=checkpointing, random_state=cfg.train.seed,
                     temporary_location=folder,
                 )
