@@ -96,9 +96,14 @@ class StudyConfig:
 
 @dataclass
 class DataSource:
-    path: str = _help("builtin:NAME, a .txt/.jsonl/.parquet file, a datasets.save_to_disk folder, or a hub id.")
+    path: str = _help("builtin:NAME, a .txt/.jsonl/.parquet file, a folder (a datasets.save_to_disk one, or of .txt "
+                      "files with format: file), or a hub id.")
     text_field: str = _help("Column holding the text (jsonl, parquet, datasets).", "text")
     split: str = _help("Split to read from a hub dataset or a DatasetDict folder.", "train")
+    format: Literal["auto", "paragraphs", "lines", "file"] = _help(
+        "How plain text splits into documents. paragraphs: documents separated by blank lines (what auto means for a "
+        ".txt file); lines: one document a line; file: a folder of .txt files, one document each (a folder is read "
+        "that way only when this is set).", "auto")
 
 
 @dataclass
@@ -144,6 +149,9 @@ class DataConfig:
     )
     eval_fraction: float = _help("Fraction of documents held out for evaluation.", 0.1)
     seed: int = _help("Seed of the document split.", 0)
+    num_proc: Union[int, Literal["auto"]] = _help(
+        "Processes that tokenize and pack the corpora when the data cache is built (auto: the CPUs this process may "
+        "use, at most 8). Not part of any fingerprint: the blocks are the same whatever it is.", "auto")
 
     def general_sources(self) -> list[DataSource]:
         """data.general as a list, whichever form the file used."""
@@ -579,6 +587,7 @@ LIMITS: list[tuple[str, Callable[[Any], bool], str]] = [
     ("model.heal.batch_size", lambda v: v >= 1, "must be >= 1"),
     ("model.heal.learning_rate", lambda v: v > 0, "must be > 0"),
     ("data.eval_fraction", lambda v: 0 < v < 1, "must be in (0, 1)"),
+    ("data.num_proc", lambda v: v == "auto" or v >= 1, "must be >= 1 or auto"),
     ("train.max_steps", lambda v: v > 0, "must be > 0"),
     ("train.batch_size", lambda v: v > 0, "must be > 0"),
     ("train.grad_accum", lambda v: v > 0, "must be > 0"),

@@ -126,15 +126,15 @@ def lr_lambda(max_steps: int, warmup_ratio: float) -> Callable[[int], float]:
 
 
 def batches(blocks: np.ndarray, batch_size: int, seed: int):
-    """Endless shuffled batches; seed k gives the same order in every trial."""
+    """Endless shuffled batches; seed k gives the same order in every trial. ``blocks`` may be memory-mapped:
+    only the rows of a batch are read."""
     g = torch.Generator().manual_seed(seed)
-    data = torch.from_numpy(blocks)
     while True:
-        order = torch.randperm(len(data), generator=g)
+        order = torch.randperm(len(blocks), generator=g).numpy()
         for i in range(0, len(order) - batch_size + 1, batch_size):
-            yield data[order[i : i + batch_size]].long()
+            yield torch.from_numpy(blocks[order[i : i + batch_size]]).long()  # a copy of those rows (memory-mapped)
         if len(order) < batch_size:
-            yield data[order].long()
+            yield torch.from_numpy(blocks[order]).long()
 
 
 def run_trial(backend, model_path: str, cfg: Config, params: TrialParams, corpora: Corpora, tracker,
