@@ -648,6 +648,7 @@ class Corpora:
     general_eval_docs: np.ndarray | None = None  # [k, L] the same over all general corpora
     general_doc_corpus: np.ndarray | None = None  # [general documents] which general corpus each one is from
     general_names: list[str] = field(default_factory=lambda: ["general"])
+    replay_train: np.ndarray | None = None  # [r, L] packed training blocks of data.replay.source (None: no replay)
 
     def describe(self) -> str:
         L = self.domain_train.shape[1]
@@ -699,6 +700,8 @@ def load(folder: Path, cfg: DataConfig, block_len: int, key: str) -> Corpora:
     """A built cache folder as Corpora: the training blocks memory-mapped, the held-out ones in memory."""
     stats = json.loads((folder / "stats.json").read_text())
     arrays = {n: np.load(folder / f"{n}.npy", mmap_mode="r" if n in MAPPED else None) for n in ARRAYS}
+    if (folder / "replay_train.npy").exists():
+        arrays["replay_train"] = np.load(folder / "replay_train.npy", mmap_mode="r")
     general = " + ".join(g.path for g in cfg.general_sources())
     for name, which, path in (("domain_eval", "data.domain", cfg.domain.path), ("general_eval", "data.general", general)):
         if arrays[name].shape[0] == 0:
@@ -797,8 +800,37 @@ def _build(cfg: DataConfig, tokenizer, block_len: int, eval_max_tokens: int, out
     _build_general(cfg, tokenizer, block_len, eval_max_tokens, out, stats, scratch, show)
     stats["sources"] = {"domain": source_label(cfg.domain),
                         "general": " + ".join(source_label(g) for g in cfg.general_sources())}
+    if cfg.replay is not None:
+        stats["replay_train"] = _build_replay(cfg, tokenizer, block_len, out, scratch, show)
+        stats["sources"]["replay"] = source_label(cfg.replay.source)
     (out / "stats.json").write_text(json.dumps(stats, indent=2))
     shutil.rmtree(scratch)
+
+
+def _build_replay(cfg: DataConfig, tokenizer, block_len: int, out: Path, scratch: Path, show: Progress) -> dict:
+    """data.replay.source's training documents (``split_general``'s training part: neither its held-out nor its
+    heal-validation documents), packed into replay_train.npy like the domain's."""
+    store, order, n_eval = _stored_split(cfg.replay.source, "data.replay.source", cfg, scratch, show)
+    if len(order) <= 2 * n_eval:
+        raise DataError(too_few_documents(cfg.replay.source, "data.replay.source", len(order), 2 * n_eval + 1,
+                                          "to hold out a test and a validation part and replay the rest"))
+    train = order[2 * n_eval:]
+    writer = BlockWriter(out / "replay_train.npy", block_len)
+    with (_workers(num_proc(cfg), docs=_Documents(store, train), tokenizer=tokenizer, sep=separator_id(tokenizer))
+          as pmap, show.stage("data.replay.source: tokenize, pack", len(train)) as tick):
+        for ids, n, _ in pmap(_tokenize_range, _ranges(len(train), CHUNK_DOCS)):
+            writer.write(ids)
+            tick(n, len(ids))
+    n_blocks = writer.close()
+    if n_blocks == 0:
+        raise DataError(f"data.replay.source: the training part of {cfg.replay.source.path} ({len(train)} documents) "
+                        f"is shorter than one block of model.max_seq_length={block_len} tokens; add documents")
+    return {"documents": len(train), "blocks": n_blocks, "tokens": n_blocks * block_len}
+
+
+def replayed_corpora(cfg: DataConfig) -> np.ndarray:
+    """Per data.general corpus: whether it is data.replay.source (trained on, so its forgetting flatters)."""
+    return np.array([cfg.replay is not None and g == cfg.replay.source for g in cfg.general_sources()], dtype=bool)
 
 
 def _build_general(cfg: DataConfig, tokenizer, block_len: int, eval_max_tokens: int, out: Path, stats: dict,
@@ -900,6 +932,8 @@ def cache_key(cfg: DataConfig, tokenizer, block_len: int, eval_max_tokens: int) 
     # v2: document ids beside the eval blocks, several general corpora, the contamination filter
     h.update(f"{block_len}/{eval_max_tokens}/{cfg.eval_fraction}/{cfg.seed}/"
              f"{CONTAMINATION_NGRAM}/{CONTAMINATION_THRESHOLD}/v2".encode())
+    if cfg.replay is not None:  # only then: data without replay keeps its key (and its studies their fingerprint)
+        h.update(f"replay:{source_fingerprint(cfg.replay.source)}".encode())
     return h.hexdigest()[:16]
 
 
@@ -908,6 +942,8 @@ def source_fingerprint(src: DataSource) -> str:
     short = name.removeprefix("builtin:")
     path = CORPORA_DIR / f"{short}.jsonl.xz" if name.startswith("builtin:") else Path(name)
     h = hashlib.sha256(f"{name}|{src.text_field}|{src.split}".encode())
+    if text_format(src) not in (None, "paragraphs"):  # only then: what a source read before formats meant is kept
+        h.update(f"|format={text_format(src)}".encode())
     if name.startswith("builtin:") and short in fetched.FETCHED_CORPORA:
         h.update(fetched.cache_key(short).encode())  # the pinned package and extractor: no download needed
     elif path.is_file():
