@@ -130,7 +130,8 @@ def test_training_blocks_are_memory_mapped_and_the_same_in_any_number_of_process
 
 
 def test_prepare_builds_model_and_data_without_training_and_a_sweep_then_finds_them(tiny_overrides, tiny_cfg,
-                                                                                   capsys, monkeypatch):
+                                                                                   capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("CPT_HARNESS_CACHE", str(tmp_path / "cache"))  # not the session's: this test builds it
     sets = [x for o in tiny_overrides for x in ("--set", o)]
     assert main(["prepare", DEMO] + sets) == 0
     captured = capsys.readouterr()
