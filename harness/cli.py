@@ -3,6 +3,7 @@
     cpt-harness sweep [CONFIG] [--n-trials N] [--workers N | --gpus 0,1 --trials-per-gpu K|auto] [--set k=v ...]
     cpt-harness worker [CONFIG] [--n-trials N] [--label NAME] [--set key=value ...]
     cpt-harness validate [CONFIG] [--set key=value ...]
+    cpt-harness prepare [CONFIG] [--set key=value ...]
     cpt-harness ablate [CONFIG] [--from-study CONFIG [--trial N]] [--workers N | --gpus ...] [--set key=value ...]
     cpt-harness confirm [CONFIG] [--top K] [--seeds S] [--workers N | --gpus ...] [--set key=value ...]
     cpt-harness report [CONFIG] [--out DIR] [--ablation] [--set key=value ...]
@@ -77,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--confirm", action="store_true", help="work on CONFIG's confirmation study (with --top, --seeds)")
     confirm_flags(w)
     command("validate", "Check a sweep file (prepares nothing): exit 0 with a summary, or 2 listing every problem.")
+    command("prepare", "Build the model conversion and the data cache (tokenized, packed blocks) without training, "
+            "with progress and a summary: a login node or CPU box prepares what the GPU job then finds cached.")
     r = command("report", "Write the study's report (report.md, report.html, figures) and print its table.")
     r.add_argument("--out", help="folder for the report (default: reports/<study>)")
     r.add_argument("--ablation", action="store_true", help="report CONFIG's ablation study instead of its sweep")
@@ -189,7 +192,11 @@ def _run(args, cfg) -> int:
         return parallel.run(cfg, str(_config_path(args.config)), _without_parallel(args.overrides),
                             getattr(args, "n_trials", None), ablation=args.command == "ablate",
                             confirm=_confirm_job(cfg, args) if args.command == "confirm" else None)
-    if args.command == "sweep":
+    if args.command == "prepare":
+        from harness import prepare
+
+        prepare.run(cfg)
+    elif args.command == "sweep":
         from harness import sweep
 
         sweep.run(cfg, n_trials=args.n_trials)

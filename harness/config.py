@@ -98,9 +98,14 @@ class StudyConfig:
 
 @dataclass
 class DataSource:
-    path: str = _help("builtin:NAME, a .txt/.jsonl/.parquet file, a datasets.save_to_disk folder, or a hub id.")
+    path: str = _help("builtin:NAME, a .txt/.jsonl/.parquet file, a folder (a datasets.save_to_disk one, or of .txt "
+                      "files with format: file), or a hub id.")
     text_field: str = _help("Column holding the text (jsonl, parquet, datasets).", "text")
     split: str = _help("Split to read from a hub dataset or a DatasetDict folder.", "train")
+    format: Literal["auto", "paragraphs", "lines", "file"] = _help(
+        "How plain text splits into documents. paragraphs: documents separated by blank lines (what auto means for a "
+        ".txt file); lines: one document a line; file: a folder of .txt files, one document each (a folder is read "
+        "that way only when this is set).", "auto")
 
 
 @dataclass
@@ -137,6 +142,15 @@ class ModelConfig:
 
 
 @dataclass
+class ReplayConfig:
+    source: DataSource = _help(
+        "General text mixed into the training batches: its training documents only, split as a data.general "
+        "corpus is (never its held-out or heal-validation documents).")
+    fraction: float = _help(
+        "Share of training tokens from the replay source, in [0, 1); search.replay_fraction wins when set.", 0.0)
+
+
+@dataclass
 class DataConfig:
     domain: DataSource = _help("The new domain's text (train + held-out).", factory=lambda: DataSource("builtin:legal"))
     general: Union[DataSource, list[DataSource]] = _help(
@@ -146,6 +160,13 @@ class DataConfig:
     )
     eval_fraction: float = _help("Fraction of documents held out for evaluation.", 0.1)
     seed: int = _help("Seed of the document split.", 0)
+    replay: ReplayConfig | None = _help(
+        "Replay: {source, fraction}, general text mixed into training batches at a token fraction (null: none). "
+        "Forgetting is then also reported on the data.general corpora that are not replayed "
+        "(forgetting_unreplayed).", None)
+    num_proc: Union[int, Literal["auto"]] = _help(
+        "Processes that tokenize and pack the corpora when the data cache is built (auto: the CPUs this process may "
+        "use, at most 8). Not part of any fingerprint: the blocks are the same whatever it is.", "auto")
 
     def general_sources(self) -> list[DataSource]:
         """data.general as a list, whichever form the file used."""
@@ -207,12 +228,21 @@ class FloatSearch:
 
 
 @dataclass
+class LinearSearch:
+    low: float = _help("Lower bound (may be 0).")
+    high: float = _help("Upper bound.")
+
+
+@dataclass
 class SearchConfig:
     rank: RankSearch = _help("LoRA rank.", factory=RankSearch)
     learning_rate: FloatSearch = _help("Base learning rate.", factory=lambda: FloatSearch(5e-5, 5e-4))
     embedding_lr_ratio: FloatSearch = _help(
         "Embedding LR = ratio x learning_rate.", factory=lambda: FloatSearch(0.1, 0.5)
     )
+    replay_fraction: LinearSearch | None = _help(
+        "Replay's token fraction as a search dimension, {low, high} on a linear scale in [0, 1) (needs data.replay; "
+        "wins over data.replay.fraction). null: not searched.", None)
 
 
 @dataclass
@@ -394,7 +424,7 @@ def _apply_override(raw: dict[str, Any], item: str, problems: list[str]) -> None
     node = raw
     parts = key.strip().split(".")
     for part in parts[:-1]:
-        if isinstance(node.get(part), str) and part in ("domain", "general"):
+        if isinstance(node.get(part), str) and part in ("domain", "general", "source"):
             node[part] = {"path": node[part]}  # `data.domain: FILE` is shorthand for {path: FILE}
         if not isinstance(node.get(part), dict):
             node[part] = {} if node.get(part) is None else node[part]
@@ -577,6 +607,7 @@ LIMITS: list[tuple[str, Callable[[Any], bool], str]] = [
     ("model.heal.batch_size", lambda v: v >= 1, "must be >= 1"),
     ("model.heal.learning_rate", lambda v: v > 0, "must be > 0"),
     ("data.eval_fraction", lambda v: 0 < v < 1, "must be in (0, 1)"),
+    ("data.num_proc", lambda v: v == "auto" or v >= 1, "must be >= 1 or auto"),
     ("train.max_steps", lambda v: v > 0, "must be > 0"),
     ("train.batch_size", lambda v: v > 0, "must be > 0"),
     ("train.grad_accum", lambda v: v > 0, "must be > 0"),
@@ -637,6 +668,7 @@ def _rules() -> list[tuple[tuple[str, ...], Callable[[Config], list[str]]]]:
         (("data.domain",), lambda c: data_mod.check_source(c.data.domain, "data.domain")),
         (("data.general",), lambda c: data_mod.check_general(c.data.general, "data.general")),
         (("lora.init_adapter",), _check_init_adapter),
+        (("data.replay", "search.replay_fraction", "data.general"), _check_replay),
         (("model.heal.steps", "model.heal.data", "data.general"), _check_heal),
         (("ablation.factors", "ablation.learning_rates", "ablation.ratios", "ablation.rank", "ablation.high_rank"),
          ablation.check),
@@ -807,6 +839,27 @@ def _check_heal(cfg: Config) -> list[str]:
     return problems
 
 
+def _check_replay(cfg: Config) -> list[str]:
+    from harness import data as data_mod
+
+    r, rng, problems = cfg.data.replay, cfg.search.replay_fraction, []
+    if rng is not None:
+        if r is None:
+            problems.append("search.replay_fraction: needs data.replay: {source: ...}, the general text to mix in")
+        if not 0 <= rng.low <= rng.high < 1:
+            problems.append(f"search.replay_fraction: 0 <= low <= high < 1 must hold, but got (low={rng.low}, "
+                            f"high={rng.high})")
+    if r is None:
+        return problems
+    if not 0 <= r.fraction < 1:
+        problems.append(f"data.replay.fraction: must be in [0, 1), got {r.fraction}")
+    problems += data_mod.check_source(r.source, "data.replay.source")
+    if all(g == r.source for g in cfg.data.general_sources()):
+        problems.append("data.general: every corpus in it is data.replay.source; add one that is not replayed (e.g. "
+                        "builtin:sotu), so that forgetting is also measured on general text no trial trains on")
+    return problems
+
+
 def summary(cfg: Config) -> str:
     """The one line ``validate`` prints for a good file."""
     s = cfg.search
@@ -817,5 +870,7 @@ def summary(cfg: Config) -> str:
         f"model {cfg.model.name}, backend {cfg.backend}, domain {cfg.data.domain.path}, general "
         f"{' + '.join(g.path for g in cfg.data.general_sources())}, ranks {s.rank.choices}, lr [{s.learning_rate.low:g}, {s.learning_rate.high:g}], "
         f"embedding ratio [{s.embedding_lr_ratio.low:g}, {s.embedding_lr_ratio.high:g}], "
+        + (f"replay {cfg.data.replay.source.path} at " + (f"[{s.replay_fraction.low:g}, {s.replay_fraction.high:g}]"
+           if s.replay_fraction else f"{cfg.data.replay.fraction:g}") + ", " if cfg.data.replay else "") +
         f"{cfg.train.max_steps} steps x {cfg.train.batch_size * cfg.train.grad_accum} x {cfg.model.max_seq_length} tokens"
     )

@@ -121,6 +121,8 @@ def setting_config(cfg: Config, params: dict, seed: int) -> Config:
     out.search.learning_rate.low = out.search.learning_rate.high = params["learning_rate"]
     if "embedding_lr_ratio" in params:
         out.search.embedding_lr_ratio.low = out.search.embedding_lr_ratio.high = params["embedding_lr_ratio"]
+    if "replay_fraction" in params and out.search.replay_fraction is not None:
+        out.search.replay_fraction.low = out.search.replay_fraction.high = params["replay_fraction"]
     out.train.seed = seed
     return out
 
@@ -377,6 +379,8 @@ def setting_text(params: dict) -> str:
     out = f"rank {params.get('rank')}, LR {params.get('learning_rate', math.nan):.3g}"
     if "embedding_lr_ratio" in params:
         out += f", embedding-LR ratio {params['embedding_lr_ratio']:.3g}"
+    if "replay_fraction" in params:
+        out += f", replay {params['replay_fraction']:.2f}"
     return out
 
 

@@ -110,24 +110,28 @@ def _doc_hash(seed: int, corpus: str, index: int) -> int:
 
 
 def held_out_metrics(domain: DocLosses, general: DocLosses, general_set: EvalSet,
-                     split: EvalSplit | None) -> dict[str, float]:
+                     split: EvalSplit | None, replayed: np.ndarray | None = None) -> dict[str, float]:
     """One model's held-out metrics from its per-document sums: domain_loss, general_loss (every general corpus,
     token-weighted), general_loss/<name>, and general_kl where there is a start model. With a split these are the
     selection part's, and the test part's follow as test_domain_loss, test_general_loss, ...; forgetting is
-    derived from them against the base's (objective.with_forgetting)."""
+    derived from them against the base's (objective.with_forgetting). ``replayed`` (bool per general corpus, under
+    data.replay): general_loss_unreplayed too, over the corpora no trial trains on."""
     corpus, names = general_set.corpus, general_set.names
     if split is None:
-        return _metrics(domain, general, corpus, names)
+        return _metrics(domain, general, corpus, names, replayed)
     sel, test = ~split.general, split.general
-    selection = _metrics(domain.part(~split.domain), general.part(sel), corpus[sel], names)
-    tested = _metrics(domain.part(split.domain), general.part(test), corpus[test], names)
+    selection = _metrics(domain.part(~split.domain), general.part(sel), corpus[sel], names, replayed)
+    tested = _metrics(domain.part(split.domain), general.part(test), corpus[test], names, replayed)
     return {**selection, **{f"test_{k}": v for k, v in tested.items()}}
 
 
-def _metrics(domain: DocLosses, general: DocLosses, corpus: np.ndarray, names: list[str]) -> dict[str, float]:
+def _metrics(domain: DocLosses, general: DocLosses, corpus: np.ndarray, names: list[str],
+             replayed: np.ndarray | None = None) -> dict[str, float]:
     out = {"domain_loss": domain.loss, "general_loss": general.loss}
     if general.kl is not None:
         out["general_kl"] = general.mean_kl
+    if replayed is not None and replayed.any() and not replayed.all():
+        out["general_loss_unreplayed"] = general.part(~replayed[corpus]).loss
     return {**out, **{f"general_loss/{name}": v for name, v in general.corpus_losses(corpus, names).items()}}
 
 

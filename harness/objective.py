@@ -130,7 +130,8 @@ class Objective:
 
 def with_forgetting(metrics: dict[str, float], base: dict[str, float]) -> dict[str, float]:
     """forgetting = general_loss - base general loss (positive: the model got worse at general text), over all
-    general corpora (token-weighted), and forgetting/<name> for each one; domain_gain = base domain loss -
+    general corpora (token-weighted), forgetting/<name> for each one, and under replay forgetting_unreplayed
+    over the general corpora that are not data.replay.source (replay cannot flatter itself there); domain_gain = base domain loss -
     domain_loss (positive: the model learned the domain). With a selection/test split (eval.test_fraction) the
     same again on the test part, each against the base's test part: test_forgetting, test_domain_gain, ..."""
     out = dict(metrics)
@@ -138,6 +139,8 @@ def with_forgetting(metrics: dict[str, float], base: dict[str, float]) -> dict[s
     for p in prefixes:
         out[f"{p}forgetting"] = metrics[f"{p}general_loss"] - base[f"{p}general_loss"]
         out[f"{p}domain_gain"] = base[f"{p}domain_loss"] - metrics[f"{p}domain_loss"]
+        if f"{p}general_loss_unreplayed" in metrics and f"{p}general_loss_unreplayed" in base:
+            out[f"{p}forgetting_unreplayed"] = metrics[f"{p}general_loss_unreplayed"] - base[f"{p}general_loss_unreplayed"]
         for key, value in metrics.items():
             if key.startswith(f"{p}general_loss/") and key in base:
                 out[f"{p}forgetting/" + key.removeprefix(f"{p}general_loss/")] = value - base[key]

@@ -19,6 +19,8 @@ def trial_line(trial) -> str:
     head += f" lr={_fmt(p.get('learning_rate'), '.2e')}"
     if "embedding_lr_ratio" in p:
         head += f" emb×{p['embedding_lr_ratio']:.2f}"
+    if a.get("replay_fraction") is not None:
+        head += f" replay {a['replay_fraction']:.2f}"
     if "arm" in a:
         head += f" [{a['arm']} seed {a.get('seed')}]"
     if "baseline" in a:
@@ -28,7 +30,9 @@ def trial_line(trial) -> str:
     if trial.state.name != "COMPLETE":
         return f"{head}  ✗ {a.get('fail_reason', 'no reason recorded')}"
     return (f"{head}  domain {a['domain_loss']:.4f} (gain {a['domain_gain']:+.4f})  "
-            f"forgetting {a['forgetting']:+.4f}  scale {a.get('lora_scale', float('nan')):.3g}"
+            f"forgetting {a['forgetting']:+.4f}"
+            + (f" (unreplayed {a['forgetting_unreplayed']:+.4f})" if "forgetting_unreplayed" in a else "")
+            + f"  scale {a.get('lora_scale', float('nan')):.3g}"
             f"{' rsLoRA' if a.get('use_rslora') else ''}  {a.get('tokens_per_s', 0):,.0f} tok/s")
 
 
@@ -38,6 +42,7 @@ COLUMNS = [
     ("domain", "domain_loss", ".4f"), ("gain", "domain_gain", "+.4f"), ("general", "general_loss", ".4f"),
     ("forgetting", "forgetting", "+.4f"), ("tok/s", "tokens_per_s", ",.0f"), ("time s", "duration_s", ".0f"),
 ]
+REPLAY_COLUMNS = [("replay", "replay_fraction", ".2f"), ("forg. unreplayed", "forgetting_unreplayed", "+.4f")]
 
 
 def table(study, base: dict | None = None, max_forgetting: float | None = None) -> str:
@@ -46,11 +51,12 @@ def table(study, base: dict | None = None, max_forgetting: float | None = None) 
     within it. A pruned trial shows its metrics at the checkpoint where it stopped, and why."""
     rows = storage.trial_rows(study, max_forgetting)
     budget = any(r["feasible"] is not None for r in rows)
-    header = ["front"] + [c[0] for c in COLUMNS] + (["budget"] if budget else []) + ["note"]
+    columns = COLUMNS + (REPLAY_COLUMNS if any(r.get("replay_fraction") is not None for r in rows) else [])
+    header = ["front"] + [c[0] for c in columns] + (["budget"] if budget else []) + ["note"]
     body = []
     for r in rows:
         cells = ["*" if r["pareto"] else ""]
-        for _, key, spec in COLUMNS:
+        for _, key, spec in columns:
             v = r.get(key)
             cells.append("-" if v is None else (("yes" if v else "no") if isinstance(v, bool) else format(v, spec)))
         if budget:

@@ -25,6 +25,7 @@ class TrialParams:
     use_rslora: bool
     alpha: float
     rule_violations: tuple[str, ...] = field(default=())
+    replay_fraction: float | None = None  # share of training tokens from data.replay; None: no replay
 
     @property
     def lora_scale(self) -> float:
@@ -38,6 +39,8 @@ class TrialParams:
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.update(lora_scale=self.lora_scale, embedding_lr=self.embedding_lr, rule_violations=list(self.rule_violations))
+        if self.replay_fraction is None:  # a trial without replay records what trials before it did
+            d.pop("replay_fraction")
         return d
 
 
@@ -53,7 +56,10 @@ def suggest(trial: Any, cfg: Config) -> TrialParams:
         if cfg.lora.train_embeddings:
             r = s.embedding_lr_ratio
             ratio = trial.suggest_float("embedding_lr_ratio", r.low, r.high, log=r.log)
-    return derive(rank, lr, ratio, cfg)
+        replay = cfg.data.replay.fraction if cfg.data.replay is not None else None
+        if s.replay_fraction is not None:
+            replay = trial.suggest_float("replay_fraction", s.replay_fraction.low, s.replay_fraction.high)
+    return derive(rank, lr, ratio, cfg, replay)
 
 
 def outside(params: TrialParams, cfg: Config) -> list[str]:
@@ -116,7 +122,7 @@ def enqueue_problems(cfg: Config) -> list[str]:
     return problems
 
 
-def derive(rank: int, lr: float, ratio: float | None, cfg: Config) -> TrialParams:
+def derive(rank: int, lr: float, ratio: float | None, cfg: Config, replay: float | None = None) -> TrialParams:
     use_rslora = rank > RSLORA_RANK_THRESHOLD if cfg.lora.use_rslora == "auto" else bool(cfg.lora.use_rslora)
     violations = []
     if rank > RSLORA_RANK_THRESHOLD and not use_rslora:
@@ -124,7 +130,7 @@ def derive(rank: int, lr: float, ratio: float | None, cfg: Config) -> TrialParam
     lo, hi = EMBEDDING_LR_RATIO_RANGE
     if ratio is not None and not lo <= ratio <= hi:
         violations.append(f"embedding_lr_ratio {ratio:.3g} outside [{lo}, {hi}]")
-    return TrialParams(rank, lr, ratio, use_rslora, cfg.lora.alpha, tuple(violations))
+    return TrialParams(rank, lr, ratio, use_rslora, cfg.lora.alpha, tuple(violations), replay)
 
 
 SPEED_ONLY = ("time_limit_s", "compile")
@@ -145,7 +151,8 @@ def space_payload(cfg: Config, extra: dict | None = None) -> dict[str, Any]:
     """What ``space_fingerprint`` hashes, kept on the study so that a refused resume can name the key."""
     train = {k: v for k, v in asdict(cfg.train).items() if k not in SPEED_ONLY}
     payload = {
-        "search": asdict(cfg.search),
+        # replay only when set: studies run before it keep their fingerprint
+        "search": {k: v for k, v in asdict(cfg.search).items() if k != "replay_fraction" or v is not None},
         "rules": asdict(cfg.rules),
         "lora": asdict(cfg.lora),
         "train": train,
@@ -158,6 +165,8 @@ def space_payload(cfg: Config, extra: dict | None = None) -> dict[str, Any]:
         # Only when the budget drives the search (the objective, or a sampler that reads the constraint): studies
         # that used it only to choose a trial afterwards keep their fingerprint.
         payload["max_forgetting"] = s.max_forgetting
+    if cfg.data.replay is not None:  # its source is in the data fingerprint; the fraction is the protocol's
+        payload["replay_fraction"] = cfg.data.replay.fraction
     if cfg.model.dtype != "auto":  # only then: the studies run before dtype was part of it keep their fingerprint
         payload["dtype"] = cfg.model.dtype
     if extra:

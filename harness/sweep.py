@@ -44,7 +44,7 @@ def setup_inputs(cfg: Config, backend) -> tuple[str, data.Corpora]:
         from harness import heal
 
         model_path = heal.healed_base(model_path, cfg, backend)
-    with _loading(cfg):
+    with model_loading(cfg):
         tokenizer = backend.load_tokenizer(model_path)
     return model_path, data.prepare(cfg.data, tokenizer, cfg.model.max_seq_length, cfg.eval.max_tokens)
 
@@ -103,7 +103,7 @@ def record_split(study, cfg: Config, corpora: data.Corpora) -> None:
 
 
 @contextlib.contextmanager
-def _loading(cfg: Config):
+def model_loading(cfg: Config):
     """A model that does not load is bad input: one line naming model.name (exit 2), not a traceback."""
     try:
         yield
@@ -126,7 +126,7 @@ def measure_base(backend, model_path: str, cfg: Config, corpora: data.Corpora, l
     from harness import metrics
 
     log("[setup] measuring the base model's held-out losses (once per study)")
-    with _loading(cfg):
+    with model_loading(cfg):
         model = backend.load_base(model_path, cfg.model)
     domain_set, general_set = corpora.domain_set(), corpora.general_set()
     b, device = cfg.eval.batch_size, backend.device
@@ -137,7 +137,8 @@ def measure_base(backend, model_path: str, cfg: Config, corpora: data.Corpora, l
         evals.write(evals_dir / evals.BASE_FILE,
                     evals.Evals.from_checkpoints([(0, 0, domain, general)], general_set.corpus, general_set.names))
     split = metrics.EvalSplit.of(domain_set, general_set, cfg.eval.test_fraction, cfg.data.seed)
-    return metrics.held_out_metrics(domain, general, general_set, split)  # with a split: both parts
+    replayed = data.replayed_corpora(cfg.data) if cfg.data.replay is not None else None
+    return metrics.held_out_metrics(domain, general, general_set, split, replayed)  # with a split: both parts
 
 
 def run(cfg: Config, n_trials: int | None = None, log=print) -> Session:

@@ -6,6 +6,7 @@ backends is the backend's and nothing else's.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 import zlib
@@ -21,7 +22,7 @@ import torch
 from harness import audit as audit_mod
 from harness import metrics as metrics_mod
 from harness.config import Config
-from harness.data import Corpora
+from harness.data import Corpora, DataError, replayed_corpora
 from harness.errors import TrialFailed
 from harness.evals import Evals
 from harness.modules import classify, embedding_module_names
@@ -71,6 +72,7 @@ class Evaluation:
         self.backend, self.model_path, self.cfg = backend, model_path, cfg
         self.domain, self.general = corpora.domain_set(), corpora.general_set()
         self.split = metrics_mod.EvalSplit.of(self.domain, self.general, cfg.eval.test_fraction, cfg.data.seed)
+        self.replayed = replayed_corpora(cfg.data) if cfg.data.replay is not None else None
         self.checkpoints: list = []
         self._start = None
 
@@ -82,7 +84,7 @@ class Evaluation:
         general = metrics_mod.doc_losses(model, self.general, b, device, autocast, start=self._start)
         self.checkpoints.append((step, tokens_seen, domain, general))
         return {"step": step, "tokens_seen": tokens_seen,
-                **metrics_mod.held_out_metrics(domain, general, self.general, self.split)}
+                **metrics_mod.held_out_metrics(domain, general, self.general, self.split, self.replayed)}
 
     def evals(self) -> Evals | None:
         if not self.checkpoints:
@@ -123,15 +125,45 @@ def lr_lambda(max_steps: int, warmup_ratio: float) -> Callable[[int], float]:
 
 
 def batches(blocks: np.ndarray, batch_size: int, seed: int):
-    """Endless shuffled batches; seed k gives the same order in every trial."""
+    """Endless shuffled batches; seed k gives the same order in every trial. ``blocks`` may be memory-mapped:
+    only the rows of a batch are read."""
     g = torch.Generator().manual_seed(seed)
-    data = torch.from_numpy(blocks)
     while True:
-        order = torch.randperm(len(data), generator=g)
+        order = torch.randperm(len(blocks), generator=g).numpy()
         for i in range(0, len(order) - batch_size + 1, batch_size):
-            yield data[order[i : i + batch_size]].long()
+            yield torch.from_numpy(blocks[order[i : i + batch_size]]).long()  # a copy of those rows (memory-mapped)
         if len(order) < batch_size:
-            yield data[order].long()
+            yield torch.from_numpy(blocks[order]).long()
+
+
+def mixed_batches(domain: np.ndarray, replay: np.ndarray, fraction: float, batch_size: int, seed: int):
+    """Endless batches of which ``fraction`` of the blocks (so of the tokens: every block is as long) come from
+    ``replay``: after n batches exactly floor(fraction x batch_size x n) replay blocks have been drawn, so the
+    fraction holds to within one block at any step. Each corpus is drawn in its own seeded shuffled order."""
+    dom, rep = _rows(len(domain), seed), _rows(len(replay), seed + 1)
+    drawn = 0
+    for n in itertools.count(1):
+        k = math.floor(fraction * batch_size * n + 1e-9) - drawn
+        drawn += k
+        rows = [domain[[next(dom) for _ in range(batch_size - k)]], replay[[next(rep) for _ in range(k)]]]
+        yield torch.from_numpy(np.concatenate(rows)).long()
+
+
+def _rows(n: int, seed: int):
+    """Endless row indices: a fresh seeded permutation of range(n) per epoch."""
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        yield from torch.randperm(n, generator=g).tolist()
+
+
+def training_batches(corpora: Corpora, params: TrialParams, batch_size: int, seed: int):
+    """The trial's batches: the domain's alone, or mixed with replay at the trial's replay fraction."""
+    fraction = params.replay_fraction or 0.0
+    if fraction <= 0:
+        return batches(corpora.domain_train, batch_size, seed)
+    if corpora.replay_train is None:
+        raise DataError("a replay fraction without replay blocks: set data.replay.source")
+    return mixed_batches(corpora.domain_train, corpora.replay_train, fraction, batch_size, seed)
 
 
 def run_trial(backend, model_path: str, cfg: Config, params: TrialParams, corpora: Corpora, tracker,
@@ -157,7 +189,8 @@ def run_trial(backend, model_path: str, cfg: Config, params: TrialParams, corpor
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.train.max_steps, cfg.train.warmup_ratio))
     evaluation = Evaluation(backend, model_path, cfg, corpora)
     try:
-        result = _loop(model, optimizer, scheduler, backend, cfg, evaluation, corpora, tracker, timer, progress,
+        stream = training_batches(corpora, params, cfg.train.batch_size, cfg.train.seed)
+        result = _loop(model, optimizer, scheduler, backend, cfg, evaluation, stream, tracker, timer, progress,
                        checkpoint, base)
     finally:
         evaluation.close()
@@ -213,11 +246,10 @@ def param_groups(model, learning_rate: float, embedding_lr: float | None, weight
     return out
 
 
-def _loop(model, optimizer, scheduler, backend, cfg: Config, evaluation: Evaluation, corpora: Corpora, tracker,
+def _loop(model, optimizer, scheduler, backend, cfg: Config, evaluation: Evaluation, stream, tracker,
           timer: Timer, progress, checkpoint=None, base=None):
     t = cfg.train
     device = backend.device
-    stream = batches(corpora.domain_train, t.batch_size, t.seed)
     tokens_seen, first_loss, curve, stopped = 0, None, [], None
     if cfg.lora.init_adapter:  # where the adapter starts: what this continuation adds is measured from here
         curve.append(_eval_point(evaluation, model, 0, 0, tracker, timer, base))

