@@ -14,7 +14,7 @@ converted SmolLM2 tokenizer (``builtin:smollm2-135m-instruct``, converted first 
 Measured per build, each in a fresh process (a sampler thread reads /proc every 0.2 s): wall time, training
 tokens / s, the peak RSS of the largest process of the build (the main one or a tokenizing worker), the peak
 summed PSS of the whole process tree (what the build costs the machine), and the cache's disk use. The baseline is
-harness/data.py as of commit d24f500 (before the streamed path), on the first --baseline-mb of the same corpus.
+cpt_harness/data.py as of commit d24f500 (before the streamed path), on the first --baseline-mb of the same corpus.
 The attach test tiles the built training blocks to 10^9 tokens (4 GB), starts --workers processes that memory-map
 it and read every block, and reads each one's RSS and PSS (/proc/PID/smaps_rollup) while all hold it.
 """
@@ -42,7 +42,7 @@ def build_corpus(path: Path, gb: float) -> int:
         return path.stat().st_size
     docs = []
     for name in ("legal", "brown", "sotu", "austen"):
-        with lzma.open(ROOT / "harness" / "corpora" / f"{name}.jsonl.xz", "rt") as fh:
+        with lzma.open(ROOT / "cpt_harness" / "corpora" / f"{name}.jsonl.xz", "rt") as fh:
             docs += [" ".join(json.loads(line)["text"].split()) for line in fh]
     size, r = 0, 0
     with open(path, "w") as out:
@@ -73,7 +73,7 @@ BUILD = """
 import json, sys, time
 sys.path.insert(0, {root!r})
 {import_data}
-from harness.config import DataConfig, DataSource
+from cpt_harness.config import DataConfig, DataSource
 from transformers import AutoTokenizer
 tok = AutoTokenizer.from_pretrained({model!r})
 cfg = DataConfig(domain=DataSource({corpus!r}), general=DataSource("builtin:brown"))
@@ -88,14 +88,14 @@ def measure_build(corpus: Path, cache: Path, model: str, baseline: bool, num_pro
     """Build the data cache for ``corpus`` in a fresh process, sampling its process tree's memory."""
     if baseline:
         old = cache / "old_data.py"
-        old.write_bytes(subprocess.check_output(["git", "-C", str(ROOT), "show", f"{BASELINE_COMMIT}:harness/data.py"]))
+        old.write_bytes(subprocess.check_output(["git", "-C", str(ROOT), "show", f"{BASELINE_COMMIT}:cpt_harness/data.py"]))
         import_data = (f"import importlib.util; s = importlib.util.spec_from_file_location('old_data', {str(old)!r}); "
                        "data = importlib.util.module_from_spec(s); sys.modules['old_data'] = data; "
                        "s.loader.exec_module(data); from pathlib import Path; "
-                       f"data.CORPORA_DIR = Path({str(ROOT / 'harness' / 'corpora')!r})")
+                       f"data.CORPORA_DIR = Path({str(ROOT / 'cpt_harness' / 'corpora')!r})")
         procs = ""
     else:
-        import_data = "from harness import data"
+        import_data = "from cpt_harness import data"
         procs = "" if num_proc == "auto" else f"cfg.num_proc = {int(num_proc)}"
     script = BUILD.format(root=str(ROOT), import_data=import_data, model=model, corpus=str(corpus), num_proc=procs)
     env = {**os.environ, "CPT_HARNESS_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(args.tmp)
     tmp.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(ROOT))
-    from harness import models
+    from cpt_harness import models
 
     model = models.resolve("builtin:smollm2-135m-instruct")
     corpus = tmp / "corpus.txt"

@@ -24,19 +24,19 @@ rm -f runs/smoke-frontier.db runs/cost-frontier.db
 
 step "smoke on GPU 0, cost batch on GPU 1"
 start=$(date +%s)
-CUDA_VISIBLE_DEVICES=0 python3 -m harness ablate sweeps/gpu-ablation.yaml --gpus 0 --trials-per-gpu 8 \
+CUDA_VISIBLE_DEVICES=0 python3 -m cpt_harness ablate sweeps/gpu-ablation.yaml --gpus 0 --trials-per-gpu 8 \
     "${COMMON[@]}" "${SMOKE[@]}" >"$OUT/smoke.log" 2>&1 &
 smoke=$!
 sleep 20  # the smoke's parent takes the heal's build lock first; the cost batch finds the healed base cached
-CUDA_VISIBLE_DEVICES=1 python3 -m harness ablate sweeps/gpu-ablation.yaml --gpus 0 --trials-per-gpu 8 \
+CUDA_VISIBLE_DEVICES=1 python3 -m cpt_harness ablate sweeps/gpu-ablation.yaml --gpus 0 --trials-per-gpu 8 \
     "${COMMON[@]}" "${COST[@]}" >"$OUT/cost.log" 2>&1 &
 cost=$!
 wait $smoke; step "smoke: rc=$? after $(($(date +%s) - start)) s"
-python3 -m harness report sweeps/gpu-ablation.yaml --ablation "${COMMON[@]}" "${SMOKE[@]}" \
+python3 -m cpt_harness report sweeps/gpu-ablation.yaml --ablation "${COMMON[@]}" "${SMOKE[@]}" \
     --out "$OUT/smoke-report" >"$OUT/smoke-report.log" 2>&1
 step "smoke report: rc=$?"
 wait $cost; step "cost: rc=$? after $(($(date +%s) - start)) s"
-python3 -m harness report sweeps/gpu-ablation.yaml --ablation "${COMMON[@]}" "${COST[@]}" \
+python3 -m cpt_harness report sweeps/gpu-ablation.yaml --ablation "${COMMON[@]}" "${COST[@]}" \
     --out "$OUT/cost-report" >"$OUT/cost-report.log" 2>&1
 step "cost report: rc=$?"
 python3 - "$OUT" <<'PY' >>"$OUT/progress.log" 2>&1

@@ -42,7 +42,7 @@ if has smoke || has heal; then
     step "smoke (GPU 0), heal check (GPU 1)"
     if has smoke; then
         rm -f runs/smoke.db
-        on_gpu 0 smoke python3 -m harness sweep sweeps/gpu-legal.yaml --n-trials 2 --set train.max_steps=5 \
+        on_gpu 0 smoke python3 -m cpt_harness sweep sweeps/gpu-legal.yaml --n-trials 2 --set train.max_steps=5 \
             --set train.eval_every=5 --set study.name=smoke --set study.storage=sqlite:///runs/smoke.db \
             --set study.keep_adapters=none --set tracking.wandb.mode=disabled &
     fi
@@ -72,11 +72,11 @@ fi
 if has ablate; then
     rm -f runs/gpu-ablation.db runs/gpu-ablation-ratio.db runs/gpu-ablation-rslora.db
     step "default ablation on GPU 0; embedding-LR ratio and rsLoRA ablations on GPU 1"
-    on_gpu 0 ablation python3 -m harness ablate sweeps/gpu-ablation.yaml --gpus 0 --trials-per-gpu 10 &
-    on_gpu 1 ablation-ratio python3 -m harness ablate sweeps/gpu-ablation.yaml --gpus 0 --trials-per-gpu 10 \
+    on_gpu 0 ablation python3 -m cpt_harness ablate sweeps/gpu-ablation.yaml --gpus 0 --trials-per-gpu 10 &
+    on_gpu 1 ablation-ratio python3 -m cpt_harness ablate sweeps/gpu-ablation.yaml --gpus 0 --trials-per-gpu 10 \
         --set "ablation.factors=[embedding_lr_ratio]" --set ablation.study_name=gpu-legal-ablation-ratio \
         --set study.storage=sqlite:///runs/gpu-ablation-ratio.db &
-    on_gpu 1 ablation-rslora python3 -m harness ablate sweeps/gpu-ablation.yaml --gpus 0 --trials-per-gpu 10 \
+    on_gpu 1 ablation-rslora python3 -m cpt_harness ablate sweeps/gpu-ablation.yaml --gpus 0 --trials-per-gpu 10 \
         --set "ablation.factors=[rslora]" --set ablation.study_name=gpu-legal-ablation-rslora \
         --set study.storage=sqlite:///runs/gpu-ablation-rslora.db &
     wait
@@ -106,8 +106,8 @@ fi
 if has main; then
     rm -f runs/gpu-legal.db runs/gpu-ablation.db
     step "sweep on GPU 0, ablation on GPU 1"
-    on_gpu 0 sweep python3 -m harness sweep sweeps/gpu-legal.yaml --gpus 0 --trials-per-gpu 6 &
-    on_gpu 1 ablation python3 -m harness ablate sweeps/gpu-ablation.yaml --gpus 0 --trials-per-gpu 10 &
+    on_gpu 0 sweep python3 -m cpt_harness sweep sweeps/gpu-legal.yaml --gpus 0 --trials-per-gpu 6 &
+    on_gpu 1 ablation python3 -m cpt_harness ablate sweeps/gpu-ablation.yaml --gpus 0 --trials-per-gpu 10 &
     wait
     cp runs/gpu-legal.db runs/gpu-ablation.db "$OUT/"
     tar czf "$OUT/main-runs.tgz" --exclude=adapter runs/gpu-legal runs/gpu-legal-ablation 2>/dev/null

@@ -6,12 +6,12 @@ validation documents and on its held-out (test) documents, and the held-out doma
         --candidate builtin:austen,100,1e-4 --candidate builtin:brown,100,1e-4 --set model.name=/path/to/model.gguf
 
 A candidate is DATA,STEPS,LR; rank and batch size are the config's model.heal ones. When DATA is the config's
-data.general, healing reads only its training documents (harness.heal). The heals land in the harness cache, so
+data.general, healing reads only its training documents (cpt_harness.heal). The heals land in the harness cache, so
 an ablation run afterwards with the chosen settings reuses the healed base instead of healing again.
 
 The chosen candidate is the one that lowered the general loss on the *validation* documents most: the heal that
 best repairs general text. Validation documents are split off data.general's training documents
-(harness.data.split_general), disjoint from the held-out documents forgetting is measured on, and never healed on,
+(cpt_harness.data.split_general), disjoint from the held-out documents forgetting is measured on, and never healed on,
 so the choice does not fit the base to the test text. The test change is recorded beside it, for the report.
 --args-out gets the chosen candidate's --set overrides.
 """
@@ -38,8 +38,8 @@ def heal_sets(candidate: str) -> list[str]:
 
 def heal_one(config: str, overrides: list[str]) -> dict:
     """In this process: heal with the config's settings (cached) and return what the heal measured."""
-    from harness import backends, heal, models
-    from harness.config import load_config
+    from cpt_harness import backends, heal, models
+    from cpt_harness.config import load_config
 
     cfg = load_config(config, overrides + ["backend=peft"])  # healing is plain transformers + PEFT either way
     backend = backends.load(cfg.backend)

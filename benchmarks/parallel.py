@@ -48,8 +48,8 @@ def measure(config: str, overrides: list[str], label: str, k: int, gpus: list[in
     """One run: a fresh study named after ``label``, n_trials trials, K per GPU (or K CPU workers)."""
     import optuna
 
-    from harness import parallel
-    from harness.config import load_config
+    from cpt_harness import parallel
+    from cpt_harness.config import load_config
 
     overrides = overrides + [f"study.name=bench-{label}", f"study.n_trials={n_trials}"]
     par = ([f"parallel.gpus=[{','.join(map(str, gpus))}]", f"parallel.trials_per_gpu={k}"] if gpus
@@ -151,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                                     storage=storage))}))
         return 0
 
-    from harness import backends
-    from harness.config import load_config
+    from cpt_harness import backends
+    from cpt_harness.config import load_config
 
     backends.load(load_config(args.config, args.overrides).backend)  # unsloth before transformers
     gpus = None if args.workers else [int(g) for g in args.gpus.split(",")]

@@ -22,14 +22,14 @@ sys.path.insert(0, str(ROOT))
 
 
 def worker(backend_name: str, config: str, overrides: list[str], rank: int, lr: float, ratio: float) -> dict:
-    from harness import backends
+    from cpt_harness import backends
 
     backend = backends.load(backend_name)  # first: unsloth before transformers
-    from harness.config import load_config
-    from harness.search_space import derive
-    from harness.sweep import setup_inputs, measure_base
-    from harness.tracking import Tracker
-    from harness.train import run_trial
+    from cpt_harness.config import load_config
+    from cpt_harness.search_space import derive
+    from cpt_harness.sweep import setup_inputs, measure_base
+    from cpt_harness.tracking import Tracker
+    from cpt_harness.train import run_trial
 
     cfg = load_config(config, overrides)
     model_path, corpora = setup_inputs(cfg, backend)

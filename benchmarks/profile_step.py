@@ -28,16 +28,16 @@ def main() -> None:
     ap.add_argument("--folder", help="existing model folder (else a random-init one is made)")
     ap.add_argument("--no-profile", action="store_true")
     a = ap.parse_args()
-    from harness import backends
+    from cpt_harness import backends
 
     backend = backends.load(a.backend)  # first: unsloth before transformers
     import torch
 
-    from harness.config import Config
-    from harness.data import Corpora
-    from harness.search_space import derive
-    from harness.tracking import Tracker
-    from harness.train import run_trial
+    from cpt_harness.config import Config
+    from cpt_harness.data import Corpora
+    from cpt_harness.search_space import derive
+    from cpt_harness.tracking import Tracker
+    from cpt_harness.train import run_trial
     from throughput import SHAPES, make_model, synthetic_blocks
 
     folder = a.folder or tempfile.mkdtemp()

@@ -5,7 +5,7 @@
     python benchmarks/startup.py --backend unsloth --n 16 --own-compile-dir --profile prof.txt
     python benchmarks/startup.py --backend peft --n 1,2          # CPU smoke run
 
-For each N, N copies of ``python -c 'harness.backends.load(BACKEND)'`` start together in the current directory
+For each N, N copies of ``python -c 'cpt_harness.backends.load(BACKEND)'`` start together in the current directory
 (where Unsloth keeps its generated-module cache, ``unsloth_compiled_cache/``, shared by every worker of a sweep).
 Reported: each process's import time (measured inside it) and the spread between the first and the last.
 --own-compile-dir gives each process its own UNSLOTH_COMPILE_LOCATION instead, to test whether the shared cache
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHILD = """
 import json, time
 t = time.perf_counter()
-from harness import backends
+from cpt_harness import backends
 backends.load({backend!r})
 print("STARTUP " + json.dumps({{"import_s": time.perf_counter() - t}}), flush=True)
 """
@@ -43,7 +43,7 @@ def run_batch(backend: str, n: int, own_dir: bool, tmp: Path, profile: Path | No
     t0 = time.perf_counter()
     for i in range(n):
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // n))  # as harness.parallel sets it
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // n))  # as cpt_harness.parallel sets it
         if own_dir:
             env["UNSLOTH_COMPILE_LOCATION"] = str(tmp / f"compile-{n}-{i}")
         cmd = [sys.executable]

@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.config import DEFAULT_TARGETS  # noqa: E402  (light: no transformers, so unsloth can still go first)
+from cpt_harness.config import DEFAULT_TARGETS  # noqa: E402  (light: no transformers, so unsloth can still go first)
 
 SHAPES = {
     # name: (LlamaConfig kwargs, batch, seq)
@@ -95,14 +95,14 @@ def synthetic_blocks(vocab: int, n: int, seq: int, seed: int):
 
 
 def run_harness(mode: str, name: str, folder: str, steps: int, warmup: int) -> dict:
-    from harness import backends
+    from cpt_harness import backends
 
     backend = backends.load(mode)  # first: unsloth before transformers
-    from harness.config import Config
-    from harness.data import Corpora
-    from harness.search_space import derive
-    from harness.tracking import make_tracker
-    from harness.train import run_trial
+    from cpt_harness.config import Config
+    from cpt_harness.data import Corpora
+    from cpt_harness.search_space import derive
+    from cpt_harness.tracking import make_tracker
+    from cpt_harness.train import run_trial
 
     shape, batch, seq = SHAPES[name]
     cfg = Config()

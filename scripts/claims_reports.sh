@@ -16,9 +16,9 @@ report() {  # folder, config, study name, extra --set overrides...
   [ -f "$dir/study.db" ] || { echo "[claims] $dir: no study.db, skipped"; return; }
   local sets=(--set "study.storage=sqlite:///$dir/study.db" --set "ablation.study_name=$study")
   [ -n "$RUNS" ] && sets+=(--set "study.output_dir=$RUNS")
-  "$PY" -m harness report "$cfg" --ablation "${sets[@]}" "$@" --out "$dir" | grep -A4 "^verdicts" || true
+  "$PY" -m cpt_harness report "$cfg" --ablation "${sets[@]}" "$@" --out "$dir" | grep -A4 "^verdicts" || true
   if [ -n "$RUNS" ] && [ -d "$RUNS/$study/wandb" ]; then
-    "$PY" -m harness.wandb_files "$RUNS/$study/wandb" --brief > "$dir/wandb-summaries.json"
+    "$PY" -m cpt_harness.wandb_files "$RUNS/$study/wandb" --brief > "$dir/wandb-summaries.json"
     "$PY" - "$dir" "$study" <<'PY'
 import json, sys
 import optuna

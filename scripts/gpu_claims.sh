@@ -32,7 +32,7 @@ lane() {  # $1 lane, $2 config
     [ -e runs/STOP ] && { say "$1: stop asked, $claim not started"; return; }
     say "$1 $claim: start"
     # shellcheck disable=SC2046  # claim_args is a list of words by design
-    python3 -m harness ablate "$2" --gpus "$GPUS" --trials-per-gpu "$K" --set "model.name=$MODEL" \
+    python3 -m cpt_harness ablate "$2" --gpus "$GPUS" --trials-per-gpu "$K" --set "model.name=$MODEL" \
         $(claim_args "$1" "$claim") >>"runs/claims-$1-$claim.log" 2>&1
     say "$1 $claim: rc=$?"
   done

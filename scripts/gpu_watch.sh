@@ -30,8 +30,8 @@ done
 if [ "${3:-}" = "--stop" ]; then
   touch runs/STOP
   pkill -INT -f "harness ablate"
-  for _ in $(seq 55); do pgrep -f "python3 -m harness" >/dev/null || break; sleep 1; done
-  echo "[watch] stopped; still running: $(pgrep -fc 'python3 -m harness')"
+  for _ in $(seq 55); do pgrep -f "python3 -m cpt_harness" >/dev/null || break; sleep 1; done
+  echo "[watch] stopped; still running: $(pgrep -fc 'python3 -m cpt_harness')"
 fi
 counts
 mkdir -p "$OUTDIR"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-CORPORA = ROOT / "harness" / "corpora"
+CORPORA = ROOT / "cpt_harness" / "corpora"
 
 
 def builtin_docs(name: str, n: int) -> list[str]:
@@ -89,6 +89,6 @@ def tiny_overrides(tiny_model, tiny_corpora, tmp_path) -> list[str]:
 
 @pytest.fixture
 def tiny_cfg(tiny_overrides):
-    from harness.config import load_config
+    from cpt_harness.config import load_config
 
     return load_config(ROOT / "sweeps" / "demo.yaml", tiny_overrides)

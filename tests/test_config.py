@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import main
-from harness.config import ConfigError, load_config
+from cpt_harness.cli import main
+from cpt_harness.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "sweeps" / "demo.yaml"
@@ -100,7 +100,7 @@ def test_validate_exit_codes_and_messages(capsys, tmp_path):
 
 def test_validate_imports_no_torch_and_needs_no_model():
     """validate must work on a fresh install: it prepares nothing and loads no ML stack."""
-    code = ("import sys; from harness.cli import main; rc = main(['validate', %r]); "
+    code = ("import sys; from cpt_harness.cli import main; rc = main(['validate', %r]); "
             "assert 'torch' not in sys.modules, 'validate imported torch'; sys.exit(rc)" % str(DEMO))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
@@ -108,7 +108,7 @@ def test_validate_imports_no_torch_and_needs_no_model():
 
 
 def test_console_script_runs(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "harness", "validate", str(DEMO), "--set", "train.max_steps=0"],
+    proc = subprocess.run([sys.executable, "-m", "cpt_harness", "validate", str(DEMO), "--set", "train.max_steps=0"],
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert "train.max_steps: must be > 0, got 0" in proc.stderr
@@ -128,7 +128,7 @@ def _float_keys(cls=None, prefix=""):
     import dataclasses
     import typing
 
-    from harness.config import Config
+    from cpt_harness.config import Config
 
     cls = cls or Config
     for f in dataclasses.fields(cls):
@@ -197,7 +197,7 @@ def test_a_binary_or_non_utf8_config_names_the_file(tmp_path):
 
 
 def test_general_is_one_source_or_a_list():
-    from harness.config import summary
+    from cpt_harness.config import summary
 
     single = load_config(DEMO, [])
     assert single.data.general_sources() == [single.data.general] and single.data.general.path == "builtin:brown"
@@ -212,7 +212,7 @@ def test_general_is_one_source_or_a_list():
 
 
 def test_a_check_that_raises_is_reported_not_skipped(monkeypatch, capsys):
-    from harness import config
+    from cpt_harness import config
 
     def broken(cfg):
         return cfg.study.no_such_key  # a bug in a check, as a real one would be
@@ -231,18 +231,18 @@ def test_every_error_the_harness_raises_is_a_harness_error():
     import ast
     import importlib
 
-    from harness import errors
+    from cpt_harness import errors
 
     found = []
-    for path in sorted((ROOT / "harness").rglob("*.py")):
+    for path in sorted((ROOT / "cpt_harness").rglob("*.py")):
         module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ClassDef) and not node.name.startswith("_") and any(
                     "Error" in ast.unparse(b) or "Exception" in ast.unparse(b) for b in node.bases):
                 found.append((module, node.name))
-    assert ("harness.errors", "ConfigError") in found and len(found) > 10
+    assert ("cpt_harness.errors", "ConfigError") in found and len(found) > 10
     for module, name in found:
-        if module == "harness.config" and name == "DuplicateKeys":  # a YAML loader's error, turned into a problem
+        if module == "cpt_harness.config" and name == "DuplicateKeys":  # a YAML loader's error, turned into a problem
             continue
         cls = getattr(importlib.import_module(module), name)
         assert issubclass(cls, errors.HarnessError), f"{module}.{name} is not a HarnessError"
@@ -250,7 +250,7 @@ def test_every_error_the_harness_raises_is_a_harness_error():
 
 
 def test_explain_shows_every_key_with_its_help_and_refuses_unknown_ones(capsys):
-    from harness import explain
+    from cpt_harness import explain
 
     every = explain.keys()
     assert all(k.help for k in every), [k.key for k in every if not k.help]

@@ -14,8 +14,8 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from harness import confirm, evals, stats
-from harness.cli import main
+from cpt_harness import confirm, evals, stats
+from cpt_harness.cli import main
 from tests.conftest import ROOT, builtin_docs
 
 DEMO = str(ROOT / "sweeps" / "demo.yaml")

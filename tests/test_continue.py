@@ -8,11 +8,11 @@ import torch
 from optuna.trial import TrialState
 from safetensors.torch import load_file
 
-from harness import evals, modules, train
-from harness.backends.peft_backend import PeftBackend
-from harness.cli import main
-from harness.config import ConfigError, load_config
-from harness.search_space import derive
+from cpt_harness import evals, modules, train
+from cpt_harness.backends.peft_backend import PeftBackend
+from cpt_harness.cli import main
+from cpt_harness.config import ConfigError, load_config
+from cpt_harness.search_space import derive
 from tests.conftest import ROOT
 from tests.test_train import Recorder, corpora_for
 

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from harness import data
-from harness.config import DataConfig, DataSource
+from cpt_harness import data
+from cpt_harness.config import DataConfig, DataSource
 from tests.conftest import builtin_docs
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import data
-from harness.cli import main
-from harness.config import DataConfig, DataSource
+from cpt_harness import data
+from cpt_harness.cli import main
+from cpt_harness.config import DataConfig, DataSource
 from tests.conftest import ROOT, builtin_docs
 
 DEMO = str(ROOT / "sweeps" / "demo.yaml")

@@ -10,9 +10,9 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from harness import data, train
-from harness.cli import main
-from harness.config import load_config
+from cpt_harness import data, train
+from cpt_harness.cli import main
+from cpt_harness.config import load_config
 from tests.conftest import ROOT
 
 DEMO = str(ROOT / "sweeps" / "demo.yaml")

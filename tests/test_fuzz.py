@@ -19,7 +19,7 @@ from typing import Callable
 
 import pytest
 
-from harness.cli import main
+from cpt_harness.cli import main
 from tests.conftest import ROOT, builtin_docs
 
 DEMO = str(ROOT / "sweeps" / "demo.yaml")

@@ -7,8 +7,8 @@ import shutil
 import optuna
 import pytest
 
-from harness import storage
-from harness.config import load_config
+from cpt_harness import storage
+from cpt_harness.config import load_config
 from tests.conftest import ROOT
 
 STUDY = "gpu-legal-ablation"

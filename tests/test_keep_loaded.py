@@ -8,11 +8,11 @@ import copy
 import pytest
 import torch
 
-from harness import data, train
-from harness.backends import base as backend_base
-from harness.backends.peft_backend import PeftBackend
-from harness.search_space import derive
-from harness.tracking import Tracker
+from cpt_harness import data, train
+from cpt_harness.backends import base as backend_base
+from cpt_harness.backends.peft_backend import PeftBackend
+from cpt_harness.search_space import derive
+from cpt_harness.tracking import Tracker
 
 
 class Quiet(Tracker):

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from harness import metrics, train
-from harness.backends.peft_backend import PeftBackend
-from harness.config import DataSource
+from cpt_harness import metrics, train
+from cpt_harness.backends.peft_backend import PeftBackend
+from cpt_harness.config import DataSource
 from tests.test_train import corpora_for
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import ROOT
 
-PACKAGE = "harness"
+PACKAGE = "cpt_harness"
 
 
 @pytest.fixture(scope="module")

@@ -21,11 +21,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from harness import storage
-from harness.cli import main
-from harness.config import ConfigError
-from harness.parallel import auto_trials_per_gpu, physical_gpu
-from harness.wandb_files import read_runs
+from cpt_harness import storage
+from cpt_harness.cli import main
+from cpt_harness.config import ConfigError
+from cpt_harness.parallel import auto_trials_per_gpu, physical_gpu
+from cpt_harness.wandb_files import read_runs
 from tests.conftest import ROOT, builtin_docs
 
 DEMO = str(ROOT / "sweeps" / "demo.yaml")
@@ -36,10 +36,10 @@ def _sets(overrides):
 
 
 def _worker(overrides, label, index, n_trials, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "harness", "worker", DEMO, "--n-trials", str(n_trials), "--label", label,
+    cmd = [sys.executable, "-m", "cpt_harness", "worker", DEMO, "--n-trials", str(n_trials), "--label", label,
            "--index", str(index)] + _sets(overrides)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    env.pop("WANDB_SERVICE", None)  # as harness.parallel does: not this pytest process's W&B service
+    env.pop("WANDB_SERVICE", None)  # as cpt_harness.parallel does: not this pytest process's W&B service
     return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
 
 

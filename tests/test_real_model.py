@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import data, models
-from harness.backends.peft_backend import PeftBackend
-from harness.config import DataSource, ModelConfig
-from harness.train import evaluate
+from cpt_harness import data, models
+from cpt_harness.backends.peft_backend import PeftBackend
+from cpt_harness.config import DataSource, ModelConfig
+from cpt_harness.train import evaluate
 
 
 @pytest.mark.slow

@@ -11,9 +11,9 @@ import optuna
 import pytest
 import torch
 
-from harness import data, search_space, train
-from harness.cli import main
-from harness.config import DataConfig, DataSource, ReplayConfig, load_config
+from cpt_harness import data, search_space, train
+from cpt_harness.cli import main
+from cpt_harness.config import DataConfig, DataSource, ReplayConfig, load_config
 from tests.conftest import ROOT
 
 DEMO = str(ROOT / "sweeps" / "demo.yaml")

@@ -12,11 +12,11 @@ import pytest
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
-from harness import pruning, report, report_files, search_space, storage
-from harness.cli import main
-from harness.config import load_config
-from harness.search_space import space_fingerprint
-from harness.wandb_files import read_runs
+from cpt_harness import pruning, report, report_files, search_space, storage
+from cpt_harness.cli import main
+from cpt_harness.config import load_config
+from cpt_harness.search_space import space_fingerprint
+from cpt_harness.wandb_files import read_runs
 from tests.conftest import ROOT
 
 DEMO = str(ROOT / "sweeps" / "demo.yaml")

@@ -19,8 +19,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from harness import storage, urls
-from harness.cli import main
+from cpt_harness import storage, urls
+from cpt_harness.cli import main
 from tests.conftest import ROOT
 
 DEMO = str(ROOT / "sweeps" / "demo.yaml")

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness import metrics
-from harness.cli import main
-from harness.data import DataError, EvalSet
+from cpt_harness import metrics
+from cpt_harness.cli import main
+from cpt_harness.data import DataError, EvalSet
 from tests.conftest import ROOT
 
 DEMO = str(ROOT / "sweeps" / "demo.yaml")

@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from harness import stats
-from harness.stats import CONTRADICTED, INCONCLUSIVE, NEGLIGIBLE, SUPPORTED, Claim
+from cpt_harness import stats
+from cpt_harness.stats import CONTRADICTED, INCONCLUSIVE, NEGLIGIBLE, SUPPORTED, Claim
 
 
 def upper_tail_df2(t: float) -> float:

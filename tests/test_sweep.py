@@ -14,11 +14,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from harness import train
-from harness.cache import build_once
-from harness.cli import main
+from cpt_harness import train
+from cpt_harness.cache import build_once
+from cpt_harness.cli import main
 from tests.conftest import ROOT
-from harness.wandb_files import read_runs
+from cpt_harness.wandb_files import read_runs
 
 DEMO = str(ROOT / "sweeps" / "demo.yaml")
 
@@ -79,8 +79,8 @@ def test_saved_adapter_loads_and_reproduces_the_domain_loss(tiny_overrides, tiny
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from harness import data
-    from harness.config import load_config
+    from cpt_harness import data
+    from cpt_harness.config import load_config
 
     assert main(["sweep", DEMO, "--n-trials", "1", "--set", "study.keep_adapters=all"]
                 + [x for o in tiny_overrides for x in ("--set", o)]) == 0
@@ -150,7 +150,7 @@ def test_ctrl_c_leaves_the_study_intact(tiny_overrides, tmp_path):
     sets = [x for o in tiny_overrides + ["train.max_steps=100000", "train.eval_every=100000"] for x in ("--set", o)]
     # SIG_DFL in the child: a shell that started the test suite in the background left SIGINT ignored, and an
     # ignored signal stays ignored across exec; a terminal's Ctrl-C is what this test stands for.
-    proc = subprocess.Popen([sys.executable, "-m", "harness", "sweep", DEMO] + sets, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "cpt_harness", "sweep", DEMO] + sets, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
@@ -193,7 +193,7 @@ def test_cold_start_builds_once_across_processes(tmp_path):
 
 
 def test_a_dead_workers_trial_says_why_it_failed_and_which_trial_retries_it(tiny_cfg):
-    from harness import storage, trials
+    from cpt_harness import storage, trials
 
     tiny_cfg.study.heartbeat_interval, tiny_cfg.study.grace_period, tiny_cfg.study.max_retries = 1, 2, 1
     db = storage.storage_for(tiny_cfg)
@@ -223,8 +223,8 @@ def test_a_dead_workers_trial_says_why_it_failed_and_which_trial_retries_it(tiny
         "worker died (no heartbeat for over 2 s); not retried (study.max_retries reached")
 
 def test_a_trial_whose_parameters_cannot_be_drawn_says_why(tiny_cfg, tmp_path):
-    from harness.objective import Objective, TrialContext
-    from harness.tracking import Tracker
+    from cpt_harness.objective import Objective, TrialContext
+    from cpt_harness.tracking import Tracker
 
     ctx = TrialContext(tiny_cfg, backend=None, model_path="", corpora=None, base={}, tracker=Tracker(),
                        study_dir=tmp_path)

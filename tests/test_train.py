@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from harness import audit, data, modules, train
-from harness.backends.peft_backend import PeftBackend
-from harness.search_space import derive
-from harness.tracking import Tracker
+from cpt_harness import audit, data, modules, train
+from cpt_harness.backends.peft_backend import PeftBackend
+from cpt_harness.search_space import derive
+from cpt_harness.tracking import Tracker
 
 
 class Recorder(Tracker):

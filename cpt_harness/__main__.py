@@ -1,0 +1,5 @@
+import sys
+
+from cpt_harness.cli import main
+
+sys.exit(main())

@@ -1,0 +1,178 @@
+"""What Optuna samples, and what follows from it under the Unsloth CPT rules.
+
+``suggest`` takes any Optuna trial (a real one, or ``optuna.trial.FixedTrial`` in tests) and returns the
+trial's hyperparameters with the derived values: rsLoRA on or off, the effective LoRA scale, the embedding LR,
+and which rules (if any) the trial breaks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cpt_harness.config import EMBEDDING_LR_RATIO_RANGE, RSLORA_RANK_THRESHOLD, Config
+
+
+@dataclass(frozen=True)
+class TrialParams:
+    rank: int
+    learning_rate: float
+    embedding_lr_ratio: float | None  # None when embeddings are not trained
+    use_rslora: bool
+    alpha: float
+    rule_violations: tuple[str, ...] = field(default=())
+    replay_fraction: float | None = None  # share of training tokens from data.replay; None: no replay
+
+    @property
+    def lora_scale(self) -> float:
+        """The factor LoRA's update is multiplied by: alpha/r, or alpha/sqrt(r) under rsLoRA."""
+        return self.alpha / (math.sqrt(self.rank) if self.use_rslora else self.rank)
+
+    @property
+    def embedding_lr(self) -> float | None:
+        return None if self.embedding_lr_ratio is None else self.embedding_lr_ratio * self.learning_rate
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(lora_scale=self.lora_scale, embedding_lr=self.embedding_lr, rule_violations=list(self.rule_violations))
+        if self.replay_fraction is None:  # a trial without replay records what trials before it did
+            d.pop("replay_fraction")
+        return d
+
+
+def suggest(trial: Any, cfg: Config) -> TrialParams:
+    s = cfg.search
+    with warnings.catch_warnings():
+        # An enqueued point (study.enqueue) may lie outside the ranges: Optuna runs it as given, with this warning;
+        # the objective records it as the trial's outside_search_space instead.
+        warnings.filterwarnings("ignore", message="Fixed parameter .* is out of range")
+        rank = trial.suggest_categorical("rank", list(s.rank.choices))
+        lr = trial.suggest_float("learning_rate", s.learning_rate.low, s.learning_rate.high, log=s.learning_rate.log)
+        ratio = None
+        if cfg.lora.train_embeddings:
+            r = s.embedding_lr_ratio
+            ratio = trial.suggest_float("embedding_lr_ratio", r.low, r.high, log=r.log)
+        replay = cfg.data.replay.fraction if cfg.data.replay is not None else None
+        if s.replay_fraction is not None:
+            replay = trial.suggest_float("replay_fraction", s.replay_fraction.low, s.replay_fraction.high)
+    return derive(rank, lr, ratio, cfg, replay)
+
+
+def outside(params: TrialParams, cfg: Config) -> list[str]:
+    """Which of an enqueued point's values lie outside the search ranges (it still runs, as given)."""
+    s, out = cfg.search, []
+    for name, value in (("learning_rate", params.learning_rate), ("embedding_lr_ratio", params.embedding_lr_ratio)):
+        rng = getattr(s, name)
+        if value is not None and not rng.low <= value <= rng.high:
+            out.append(f"{name} {value:g} outside search.{name} [{rng.low:g}, {rng.high:g}]")
+    return out
+
+
+# Unsloth's continued-pretraining recipe (its CPT notebooks and docs): r = 128 with rsLoRA, learning rate 5e-5, the
+# embeddings at 5e-6, i.e. a ratio of 0.1.
+UNSLOTH_CPT = {"rank": 128, "learning_rate": 5e-5, "embedding_lr_ratio": 0.1}
+
+
+def enqueued(cfg: Config) -> list[tuple[str, dict[str, Any]]]:
+    """study.enqueue as (name, Optuna params) pairs: the listed points, or `baselines`: Unsloth's CPT recipe and
+    the ablation's defaults (ablation.rank, learning_rate, embedding_lr_ratio)."""
+    e = cfg.study.enqueue
+    if e == "baselines":
+        a = cfg.ablation
+        points = [("unsloth-cpt", dict(UNSLOTH_CPT)),
+                  ("ablation-defaults", {"rank": a.rank, "learning_rate": a.learning_rate,
+                                         "embedding_lr_ratio": a.embedding_lr_ratio})]
+    else:
+        points = [(p.name or f"enqueue[{i}]", {"rank": p.rank, "learning_rate": p.learning_rate,
+                                                "embedding_lr_ratio": p.embedding_lr_ratio}) for i, p in enumerate(e)]
+    for _, params in points:
+        if not cfg.lora.train_embeddings:
+            params.pop("embedding_lr_ratio")
+    return points
+
+
+def enqueue_problems(cfg: Config) -> list[str]:
+    """Each point's values: positive, a rank among the choices (Optuna cannot record a categorical value outside
+    them), and an embedding ratio exactly when the embeddings train."""
+    e, choices, problems = cfg.study.enqueue, cfg.search.rank.choices, []
+    named = e == "baselines"
+    for i, (name, params) in enumerate(enqueued(cfg)):
+        key = "study.enqueue" if named else f"study.enqueue[{i}]"
+        what = f" (baseline {name})" if named else ""
+        if params["rank"] not in choices:
+            problems.append(f"{key}{'' if named else '.rank'}: rank {params['rank']}{what} is not in "
+                            f"search.rank.choices {choices}; Optuna records a rank only among the choices: add it there"
+                            + (", or list the points to run instead of `baselines`" if named else ""))
+        if not params["learning_rate"] > 0:
+            problems.append(f"{key}.learning_rate: must be > 0, got {params['learning_rate']}")
+        ratio = None if named else e[i].embedding_lr_ratio
+        if not named and cfg.lora.train_embeddings and ratio is None:
+            problems.append(f"{key}.embedding_lr_ratio: required while lora.train_embeddings is true, e.g. 0.2")
+        elif not named and not cfg.lora.train_embeddings and ratio is not None:
+            problems.append(f"{key}.embedding_lr_ratio: lora.train_embeddings is false; remove it")
+        elif ratio is not None and not ratio > 0:
+            problems.append(f"{key}.embedding_lr_ratio: must be > 0, got {ratio}")
+    names = [name for name, _ in enqueued(cfg)]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    problems += [f"study.enqueue: the name {n!r} is given twice" for n in twice]
+    return problems
+
+
+def derive(rank: int, lr: float, ratio: float | None, cfg: Config, replay: float | None = None) -> TrialParams:
+    use_rslora = rank > RSLORA_RANK_THRESHOLD if cfg.lora.use_rslora == "auto" else bool(cfg.lora.use_rslora)
+    violations = []
+    if rank > RSLORA_RANK_THRESHOLD and not use_rslora:
+        violations.append(f"rank {rank} > {RSLORA_RANK_THRESHOLD} without rsLoRA")
+    lo, hi = EMBEDDING_LR_RATIO_RANGE
+    if ratio is not None and not lo <= ratio <= hi:
+        violations.append(f"embedding_lr_ratio {ratio:.3g} outside [{lo}, {hi}]")
+    return TrialParams(rank, lr, ratio, use_rslora, cfg.lora.alpha, tuple(violations), replay)
+
+
+SPEED_ONLY = ("time_limit_s", "compile")
+CONSTRAINT_AWARE = ("tpe", "nsga2", "gp")  # samplers that read the trials' forgetting constraint
+
+
+def space_fingerprint(cfg: Config, extra: dict | None = None) -> str:
+    """Identifies what a trial's numbers mean: search space, rules, LoRA layout, training and eval protocol, and
+    the weights' dtype where one is set.
+
+    A study resumed with a different fingerprint would mix incomparable trials. The sampler, trial count,
+    failure budget, time limit and speed-only switches are left out: they do not change what a trial measures.
+    """
+    return _digest(space_payload(cfg, extra))
+
+
+def space_payload(cfg: Config, extra: dict | None = None) -> dict[str, Any]:
+    """What ``space_fingerprint`` hashes, kept on the study so that a refused resume can name the key."""
+    train = {k: v for k, v in asdict(cfg.train).items() if k not in SPEED_ONLY}
+    payload = {
+        # replay only when set: studies run before it keep their fingerprint
+        "search": {k: v for k, v in asdict(cfg.search).items() if k != "replay_fraction" or v is not None},
+        "rules": asdict(cfg.rules),
+        "lora": asdict(cfg.lora),
+        "train": train,
+        # test_fraction only when set: studies run before it (no split) keep their fingerprint at 0
+        "eval": {k: v for k, v in asdict(cfg.eval).items() if k != "test_fraction" or v},
+        "objective": cfg.study.objective,
+    }
+    s = cfg.study
+    if s.max_forgetting is not None and (s.objective == "constrained" or s.sampler in CONSTRAINT_AWARE):
+        # Only when the budget drives the search (the objective, or a sampler that reads the constraint): studies
+        # that used it only to choose a trial afterwards keep their fingerprint.
+        payload["max_forgetting"] = s.max_forgetting
+    if cfg.data.replay is not None:  # its source is in the data fingerprint; the fraction is the protocol's
+        payload["replay_fraction"] = cfg.data.replay.fraction
+    if cfg.model.dtype != "auto":  # only then: the studies run before dtype was part of it keep their fingerprint
+        payload["dtype"] = cfg.model.dtype
+    if extra:
+        payload["extra"] = extra
+    return json.loads(json.dumps(payload, default=str))
+
+
+def _digest(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]

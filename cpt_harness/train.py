@@ -1,0 +1,339 @@
+"""One trial: load, build the two optimizer groups (``configure_optimizer``), audit them, train with periodic eval, save the adapter.
+
+The loop is the same for every backend (a backend only supplies the model), so a difference between
+backends is the backend's and nothing else's.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+import zlib
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from cpt_harness import audit as audit_mod
+from cpt_harness import metrics as metrics_mod
+from cpt_harness.config import Config
+from cpt_harness.data import Corpora, DataError, replayed_corpora
+from cpt_harness.errors import TrialFailed
+from cpt_harness.evals import Evals
+from cpt_harness.modules import classify, embedding_module_names
+from cpt_harness.search_space import TrialParams
+
+
+@dataclass
+class TrialResult:
+    metrics: dict[str, float]
+    curve: list[dict[str, float]]
+    audit: dict[str, Any]
+    timings: dict[str, float]
+    adapter_dir: str | None = None
+    base_load: str = ""  # "disk", or "copy" of the base the worker keeps loaded (model.keep_loaded)
+    evals: Evals | None = None  # per-document results of every eval checkpoint (written to evals.npz)
+    stopped: str | None = None  # why the trial stopped at an eval checkpoint before max_steps (it is pruned)
+
+
+@dataclass
+class Timer:
+    """Wall time per phase. Phases that end in a host sync anyway (a training step ends with ``loss.item()``)
+    pass ``sync=False``, so timing adds no extra GPU stalls to the hot loop."""
+
+    totals: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    sync: Callable[[], None] = lambda: None
+
+    @contextmanager
+    def __call__(self, name: str, sync: bool = True):
+        if sync:
+            self.sync()
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            if sync:
+                self.sync()
+            self.totals[name] += time.perf_counter() - t
+
+
+class Evaluation:
+    """A trial's held-out evaluation: at each checkpoint the domain and general losses (each general corpus's
+    too) and general_kl, from per-document sums that are kept for evals.npz; with eval.test_fraction, on the
+    selection part, and the test part's beside them (metrics.held_out_metrics). The start model general_kl
+    compares against is the backend's kept base, or loaded at the first checkpoint and freed by ``close``."""
+
+    def __init__(self, backend, model_path: str, cfg: Config, corpora: Corpora):
+        self.backend, self.model_path, self.cfg = backend, model_path, cfg
+        self.domain, self.general = corpora.domain_set(), corpora.general_set()
+        self.split = metrics_mod.EvalSplit.of(self.domain, self.general, cfg.eval.test_fraction, cfg.data.seed)
+        self.replayed = replayed_corpora(cfg.data) if cfg.data.replay is not None else None
+        self.checkpoints: list = []
+        self._start = None
+
+    def __call__(self, model, step: int, tokens_seen: int) -> dict[str, float]:
+        if self._start is None:
+            self._start, _ = self.backend.start_model(self.model_path, self.cfg.model)
+        b, device, autocast = self.cfg.eval.batch_size, self.backend.device, self.backend.autocast
+        domain = metrics_mod.doc_losses(model, self.domain, b, device, autocast)
+        general = metrics_mod.doc_losses(model, self.general, b, device, autocast, start=self._start)
+        self.checkpoints.append((step, tokens_seen, domain, general))
+        return {"step": step, "tokens_seen": tokens_seen,
+                **metrics_mod.held_out_metrics(domain, general, self.general, self.split, self.replayed)}
+
+    def evals(self) -> Evals | None:
+        if not self.checkpoints:
+            return None
+        return Evals.from_checkpoints(self.checkpoints, self.general.corpus, self.general.names)
+
+    def close(self) -> None:
+        self._start = None  # a start model loaded for this trial goes with it; a kept one stays with the backend
+
+
+def evaluate(model, blocks: np.ndarray, batch_size: int, device, autocast) -> float:
+    """Mean next-token cross-entropy (nats/token) over all blocks; every block has the same length. (Trials
+    use ``Evaluation``, per document; this is the plain mean, for healing and as a reference.)"""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad(), autocast():
+        for i in range(0, len(blocks), batch_size):
+            x = torch.from_numpy(blocks[i : i + batch_size]).long().to(device)
+            loss = model(input_ids=x, labels=x).loss
+            total += loss.float().item() * x.shape[0]
+            count += x.shape[0]
+    model.train(was_training)
+    return total / count
+
+
+def lr_lambda(max_steps: int, warmup_ratio: float) -> Callable[[int], float]:
+    """Linear warmup over ``warmup_ratio`` of the steps, then cosine decay to zero."""
+    warmup = int(round(warmup_ratio * max_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, max_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def batches(blocks: np.ndarray, batch_size: int, seed: int):
+    """Endless shuffled batches; seed k gives the same order in every trial. ``blocks`` may be memory-mapped:
+    only the rows of a batch are read."""
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(len(blocks), generator=g).numpy()
+        for i in range(0, len(order) - batch_size + 1, batch_size):
+            yield torch.from_numpy(blocks[order[i : i + batch_size]]).long()  # a copy of those rows (memory-mapped)
+        if len(order) < batch_size:
+            yield torch.from_numpy(blocks[order]).long()
+
+
+def mixed_batches(domain: np.ndarray, replay: np.ndarray, fraction: float, batch_size: int, seed: int):
+    """Endless batches of which ``fraction`` of the blocks (so of the tokens: every block is as long) come from
+    ``replay``: after n batches exactly floor(fraction x batch_size x n) replay blocks have been drawn, so the
+    fraction holds to within one block at any step. Each corpus is drawn in its own seeded shuffled order."""
+    dom, rep = _rows(len(domain), seed), _rows(len(replay), seed + 1)
+    drawn = 0
+    for n in itertools.count(1):
+        k = math.floor(fraction * batch_size * n + 1e-9) - drawn
+        drawn += k
+        rows = [domain[[next(dom) for _ in range(batch_size - k)]], replay[[next(rep) for _ in range(k)]]]
+        yield torch.from_numpy(np.concatenate(rows)).long()
+
+
+def _rows(n: int, seed: int):
+    """Endless row indices: a fresh seeded permutation of range(n) per epoch."""
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        yield from torch.randperm(n, generator=g).tolist()
+
+
+def training_batches(corpora: Corpora, params: TrialParams, batch_size: int, seed: int):
+    """The trial's batches: the domain's alone, or mixed with replay at the trial's replay fraction."""
+    fraction = params.replay_fraction or 0.0
+    if fraction <= 0:
+        return batches(corpora.domain_train, batch_size, seed)
+    if corpora.replay_train is None:
+        raise DataError("a replay fraction without replay blocks: set data.replay.source")
+    return mixed_batches(corpora.domain_train, corpora.replay_train, fraction, batch_size, seed)
+
+
+def run_trial(backend, model_path: str, cfg: Config, params: TrialParams, corpora: Corpora, tracker,
+              adapter_dir: Path | None, progress=None, checkpoint=None, base: dict[str, float] | None = None
+              ) -> TrialResult:
+    """``checkpoint``: called with each eval point; a reason it returns stops training there (no adapter is
+    saved) and comes back as ``stopped``, the metrics being those of that checkpoint. ``base``: the base model's
+    losses; with them every eval point also logs eval/forgetting and eval/domain_gain."""
+    device = backend.device
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    timer = Timer(sync=sync)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with timer("load"):
+        model = backend.load_for_training(model_path, cfg, params)
+        if not cfg.lora.init_adapter:
+            reseed_lora(model, cfg.train.seed)
+        optimizer = configure_optimizer(model, params, cfg)
+        record = audit_mod.audit(model, optimizer, params, cfg.lora, embedding_module_names(model),
+                                 params.learning_rate)
+    with timer("log"):
+        tracker.log_audit(record)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.train.max_steps, cfg.train.warmup_ratio))
+    evaluation = Evaluation(backend, model_path, cfg, corpora)
+    try:
+        stream = training_batches(corpora, params, cfg.train.batch_size, cfg.train.seed)
+        result = _loop(model, optimizer, scheduler, backend, cfg, evaluation, stream, tracker, timer, progress,
+                       checkpoint, base)
+    finally:
+        evaluation.close()
+    result.evals = evaluation.evals()
+    if result.stopped is not None:
+        adapter_dir = None
+    if adapter_dir is not None:
+        with timer("save"):
+            model.save_pretrained(str(adapter_dir))
+    result.audit = record
+    result.timings = dict(timer.totals)
+    result.adapter_dir = str(adapter_dir) if adapter_dir is not None else None
+    result.base_load = backend.last_load
+    result.metrics.update(_memory(device))
+    result.metrics["trainable_lora"] = record["trainable_parameters"].get("lora", 0)
+    result.metrics["trainable_embedding"] = record["trainable_parameters"].get("embedding", 0)
+    return result
+
+
+def reseed_lora(model, seed: int) -> None:
+    """LoRA A matrices initialised from (seed, module name) alone: trials with the same seed start from the same
+    init on every module they share, whatever else they target and whichever backend built them. B stays zero,
+    as PEFT initialises it, so the model still starts as the base model."""
+    for name, module in model.named_modules():
+        for adapter, linear in getattr(module, "lora_A", {}).items():
+            g = torch.Generator().manual_seed(zlib.crc32(f"{seed}/{name}/{adapter}".encode()))
+            w = torch.empty(linear.weight.shape, dtype=torch.float32)
+            torch.nn.init.kaiming_uniform_(w, a=math.sqrt(5), generator=g)  # PEFT's default for lora_A
+            with torch.no_grad():
+                linear.weight.copy_(w)
+
+
+def configure_optimizer(model, params: TrialParams, cfg: Config) -> torch.optim.AdamW:
+    """The trial's optimizer (nanoGPT's ``configure_optimizers``): AdamW over two named groups, ``param_groups``.
+    The audit then checks what this built."""
+    groups = param_groups(model, params.learning_rate, params.embedding_lr, cfg.train.weight_decay)
+    fused = {"fused": True} if next(model.parameters()).device.type == "cuda" else {}
+    return torch.optim.AdamW(groups, betas=(0.9, 0.95), eps=1e-8, **fused)
+
+
+def param_groups(model, learning_rate: float, embedding_lr: float | None, weight_decay: float) -> list[dict]:
+    """``lora``: the LoRA weights at the trial's LR, with weight decay. ``embedding``: embed_tokens and lm_head,
+    trained in full, at embedding_lr = ratio x LR (the Unsloth CPT rule: 2-10x smaller), without weight decay, and
+    only when they train. Any other trainable weight joins no group: the audit names it and fails the trial."""
+    names = embedding_module_names(model)
+    groups: dict[str, list] = {"lora": [], "embedding": [], "other": []}
+    for name, p in model.named_parameters():  # named_parameters yields a tied weight once
+        if p.requires_grad:
+            groups[classify(name, names)].append(p)
+    out = [{"name": "lora", "params": groups["lora"], "lr": learning_rate, "weight_decay": weight_decay}]
+    if groups["embedding"] and embedding_lr is not None:
+        out.append({"name": "embedding", "params": groups["embedding"], "lr": embedding_lr, "weight_decay": 0.0})
+    return out
+
+
+def _loop(model, optimizer, scheduler, backend, cfg: Config, evaluation: Evaluation, stream, tracker,
+          timer: Timer, progress, checkpoint=None, base=None):
+    t = cfg.train
+    device = backend.device
+    tokens_seen, first_loss, curve, stopped = 0, None, [], None
+    if cfg.lora.init_adapter:  # where the adapter starts: what this continuation adds is measured from here
+        curve.append(_eval_point(evaluation, model, 0, 0, tracker, timer, base))
+    log_every = max(1, t.max_steps // 50)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    started = time.perf_counter()
+    for step in range(1, t.max_steps + 1):
+        with timer("data", sync=False):
+            micro = [next(stream).to(device, non_blocking=True) for _ in range(t.grad_accum)]
+        with timer("train", sync=False):
+            loss_sum = 0.0
+            for x in micro:
+                with backend.autocast():
+                    loss = model(input_ids=x, labels=x).loss
+                (loss / t.grad_accum).backward()
+                loss_sum += loss.detach()
+                tokens_seen += x.numel()
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, t.max_grad_norm) if t.max_grad_norm > 0 else None
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            # The one host sync per step: the divergence check needs the value, and so does the progress bar.
+            step_loss = (loss_sum / t.grad_accum).item()
+        first_loss = step_loss if first_loss is None else first_loss
+        _check_divergence(step, step_loss, first_loss, t.divergence_factor)
+        if progress is not None:
+            progress(step, step_loss)
+        if step % log_every == 0 or step == t.max_steps:
+            with timer("log"):
+                tracker.log({"train/loss": step_loss, "train/lr": scheduler.get_last_lr()[0],
+                             "train/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+                             "tokens_seen": tokens_seen, "step": step})
+        if step % t.eval_every == 0 or step == t.max_steps:
+            curve.append(_eval_point(evaluation, model, step, tokens_seen, tracker, timer, base))
+            if checkpoint is not None and (stopped := checkpoint(curve[-1])) is not None:
+                break
+        if t.time_limit_s is not None and time.perf_counter() - started > t.time_limit_s:
+            raise TrialFailed(f"time limit: {time.perf_counter() - started:.0f} s > train.time_limit_s={t.time_limit_s:g} "
+                              f"at step {step}/{t.max_steps}")
+    final = curve[-1]
+    train_time = timer.totals["train"]
+    metrics = {**{k: v for k, v in final.items() if k not in ("step", "tokens_seen")},
+               "train_loss": step_loss, "tokens_seen": tokens_seen, "train_time_s": train_time,
+               "tokens_per_s": tokens_seen / train_time if train_time > 0 else float("nan")}
+    if cfg.lora.init_adapter:
+        metrics.update(from_start(curve[0], final))
+    return TrialResult(metrics=metrics, curve=curve, audit={}, timings={}, stopped=stopped)
+
+
+def _eval_point(evaluation: Evaluation, model, step: int, tokens_seen: int, tracker, timer: Timer,
+                base: dict[str, float] | None = None) -> dict:
+    """One eval checkpoint, logged; with the base losses known, forgetting and domain gain are curves too."""
+    from cpt_harness.objective import with_forgetting
+
+    with timer("eval"):
+        point = evaluation(model, step, tokens_seen)
+    with timer("log"):
+        logged = with_forgetting(point, base) if base else point
+        tracker.log({**{f"eval/{k}": v for k, v in logged.items() if k not in ("step", "tokens_seen")},
+                     "tokens_seen": tokens_seen, "step": step})
+    return point
+
+
+def from_start(start: dict[str, float], final: dict[str, float]) -> dict[str, float]:
+    """A continuation (lora.init_adapter) measured from the adapter it started from, beside the metrics that
+    compare against the raw base: the start's losses, domain_gain_from_start = start domain loss - domain_loss,
+    forgetting_from_start = general_loss - start general loss."""
+    return {"domain_loss_start": start["domain_loss"], "general_loss_start": start["general_loss"],
+            "general_kl_start": start["general_kl"],
+            "domain_gain_from_start": start["domain_loss"] - final["domain_loss"],
+            "forgetting_from_start": final["general_loss"] - start["general_loss"]}
+
+
+def _check_divergence(step: int, loss: float, first: float, factor: float) -> None:
+    if not math.isfinite(loss):
+        raise TrialFailed(f"loss is {loss} at step {step}: training diverged (lower the learning rate)")
+    if loss > factor * first:
+        raise TrialFailed(f"loss exploded at step {step}: {loss:.3f} > {factor:g} x first loss {first:.3f} "
+                          "(lower the learning rate or raise train.divergence_factor)")
+
+
+def _memory(device) -> dict[str, float]:
+    if device.type == "cuda":
+        return {"peak_memory_gb": torch.cuda.max_memory_allocated(device) / 2**30}
+    import resource
+
+    return {"peak_memory_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}  # process peak RSS, KiB
