@@ -8,8 +8,15 @@
 # scaling), the embedding-LR ratio (dose-response). Both lanes place PER_GPU_PER_LANE trials on every GPU, so
 # while one lane's study waits for its last trials, the other lane's trials run faster on the freed GPU.
 # Each study lives in runs/<db> and resumes where a previous block stopped (the same command adds only the
-# missing trials). To stop early: `touch runs/STOP` (no new study starts), then SIGINT the `ablate` parents
+# missing trials): a study missing from runs/ starts from its committed database (reports/<lane>-claims*/study.db)
+# when there is one, and a study already complete (60 trials: 4 arms x 3 LRs x 5 seeds) is skipped. To stop early: `touch runs/STOP` (no new study starts), then SIGINT the `ablate` parents
 # (`pkill -INT -f "harness ablate"`): running trials are recorded as interrupted and rerun on resume.
+#
+# How block 2 ran on a lent 4-GPU machine (calls of at most 10 minutes, nothing kept between sessions): the kit's
+# three calls, the tree copied to /tmp/cpt, this script started with `setsid nohup ... &` so that it outlives the
+# call, then `bash scripts/gpu_watch.sh SECONDS $OUT` in each later call (the last with --stop), which brings back
+# claims.tgz (databases, logs, per-document results) and wandb.tgz. The tree is over 10 MB now: re-split the
+# model so that the tree plus one part fits a call's 64 MiB (e.g. `cat .kitm1/* .kitm2/* | split -b 40M`).
 set -uf  # -f: the --set values hold brackets, never globs
 MODEL=$1
 GPUS=${2:-0,1,2,3}
@@ -27,9 +34,28 @@ claim_args() {  # $1 lane (legal|french), $2 claim: the --set overrides of that 
   esac
 }
 
+db_of() {  # $1 lane, $2 claim: the study's database under runs/
+  case $1:$2 in
+    legal:gate) echo runs/gpu-ablation.db ;;
+    french:gate) echo runs/gpu-ablation-french.db ;;
+    *) echo "runs/gpu-ablation-$1-$2.db" ;;
+  esac
+}
+
+complete() {  # the COMPLETE trials in database $1 (0 if there is none)
+  python3 -c 'import sqlite3, sys, os
+p = sys.argv[1]
+print(sqlite3.connect(p).execute("SELECT count(*) FROM trials WHERE state = \"COMPLETE\"").fetchone()[0]
+      if os.path.isfile(p) else 0)' "$1"
+}
+
 lane() {  # $1 lane, $2 config
   for claim in gate rslora ratio; do
     [ -e runs/STOP ] && { say "$1: stop asked, $claim not started"; return; }
+    db=$(db_of "$1" "$claim")
+    committed=reports/$1-claims$([ "$claim" = gate ] || echo "-$claim")/study.db
+    if [ ! -f "$db" ] && [ -f "$committed" ]; then cp "$committed" "$db"; say "$1 $claim: resuming $committed"; fi
+    if [ "$(complete "$db")" -ge 60 ]; then say "$1 $claim: complete, skipped"; continue; fi
     say "$1 $claim: start"
     # shellcheck disable=SC2046  # claim_args is a list of words by design
     python3 -m cpt_harness ablate "$2" --gpus "$GPUS" --trials-per-gpu "$K" --set "model.name=$MODEL" \
