@@ -38,6 +38,11 @@ class Backend:
         ``cfg.lora.init_adapter``, that saved adapter loaded trainable."""
         raise NotImplementedError
 
+    def healer(self) -> "Backend":
+        """The backend that heals the base (cpt_harness.heal): loads it with ``load_for_training`` in the settings
+        ``heal.heal_settings`` gives, on this backend's device. This one, unless a backend says otherwise."""
+        return self
+
     def training_base(self, key: Any, load: Callable[[], Any], keep: bool) -> Any:
         """A base model of this process's own for one trial to wrap in LoRA. With ``keep``, a copy of the one
         this process keeps loaded (loaded by ``load`` on first use, or when ``key`` changes); else ``load()``."""

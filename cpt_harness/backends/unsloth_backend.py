@@ -52,6 +52,14 @@ class UnslothBackend(Backend):
 
         return torch.autocast("cuda", dtype=torch.bfloat16)
 
+    def healer(self) -> Backend:
+        """The peft backend on this GPU. A heal merges LoRA into a float32 base (bf16 autocast does the math), as
+        every committed heal was made, so a heal's recipe key keeps naming one procedure; Unsloth loads the 16-bit
+        and 4-bit bases trials train on, and its float32 loading is neither used nor measured here."""
+        from cpt_harness.backends.peft_backend import PeftBackend
+
+        return PeftBackend()
+
     def _from_pretrained(self, model_path, model_cfg, gradient_checkpointing, compile_blocks=False):
         import torch
 
