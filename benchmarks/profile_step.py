@@ -1,7 +1,8 @@
 """Where a training step's time goes: one harness trial on a random-init model shape, with per-step wall times
 and a torch.profiler table over a few steady-state steps. A diagnostic, not a benchmark of record.
 
-    python benchmarks/profile_step.py --backend unsloth --shape smollm2-135m --batch 16 --seq 512
+    python -m benchmarks.profile_step --backend unsloth --shape smollm2-135m --batch 16 --seq 512
+    python -m benchmarks.profile_step --backend peft --shape tiny --batch 4 --seq 64 --steps 12   # CPU smoke run
 """
 
 from __future__ import annotations
@@ -9,13 +10,9 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main() -> None:
@@ -38,7 +35,7 @@ def main() -> None:
     from cpt_harness.search_space import derive
     from cpt_harness.tracking import Tracker
     from cpt_harness.train import run_trial
-    from throughput import SHAPES, make_model, synthetic_blocks
+    from benchmarks.throughput import SHAPES, make_model, synthetic_blocks
 
     folder = a.folder or tempfile.mkdtemp()
     if not a.folder:
