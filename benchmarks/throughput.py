@@ -89,17 +89,14 @@ def synthetic_blocks(vocab: int, n: int, seq: int, seed: int):
     return np.random.default_rng(seed).integers(3, vocab, size=(n, seq), dtype=np.int32)
 
 
-def run_harness(mode: str, name: str, folder: str, steps: int, warmup: int) -> dict:
-    from cpt_harness import backends
-
-    backend = backends.load(mode)  # first: unsloth before transformers
+def synthetic_trial(name: str, folder: str, batch: int, seq: int, steps: int):
+    """(config, corpora, params) of one harness trial on the model in ``folder`` (of shape ``name``): ``steps``
+    steps of ``batch`` x ``seq`` random tokens, one eval at the end, gradient checkpointing, no warm-up, rank
+    RANK, LR, embedding ratio RATIO. Import the backend first: this imports cpt_harness.data."""
     from cpt_harness.config import Config
     from cpt_harness.data import Corpora
     from cpt_harness.search_space import derive
-    from cpt_harness.tracking import make_tracker
-    from cpt_harness.train import run_trial
 
-    shape, batch, seq = SHAPES[name]
     cfg = Config()
     cfg.model.name, cfg.model.max_seq_length = folder, seq
     cfg.train.max_steps, cfg.train.batch_size, cfg.train.eval_every = steps, batch, steps
@@ -108,10 +105,21 @@ def run_harness(mode: str, name: str, folder: str, steps: int, warmup: int) -> d
     cfg.eval.max_tokens, cfg.eval.batch_size = batch * seq, batch
     cfg.lora.alpha = ALPHA
     cfg.tracking.wandb.mode = "offline"
-    V = shape["vocab_size"]
+    V = SHAPES[name][0]["vocab_size"]
     corpora = Corpora(domain_train=synthetic_blocks(V, batch * steps, seq, 0), domain_eval=synthetic_blocks(V, batch, seq, 1),
                       general_eval=synthetic_blocks(V, batch, seq, 2), fingerprint="synthetic", stats={})
-    params = derive(RANK, LR, RATIO, cfg)
+    return cfg, corpora, derive(RANK, LR, RATIO, cfg)
+
+
+def run_harness(mode: str, name: str, folder: str, steps: int, warmup: int) -> dict:
+    from cpt_harness import backends
+
+    backend = backends.load(mode)  # first: unsloth before transformers
+    from cpt_harness.tracking import make_tracker
+    from cpt_harness.train import run_trial
+
+    _, batch, seq = SHAPES[name]
+    cfg, corpora, params = synthetic_trial(name, folder, batch, seq, steps)
     stamps: list[float] = []
 
     class Progress:
