@@ -2,7 +2,7 @@
 cache from a >= 1 GB text corpus, against the data path before issue 17; and the memory of 8 workers attached to
 one 10^9-token packed file.
 
-    python benchmarks/data_prepare.py [--gb 1.0] [--baseline-mb 100] [--workers 8] [--num-proc auto]
+    python -m benchmarks.data_prepare [--gb 1.0] [--baseline-mb 100] [--workers 8] [--num-proc auto]
                                       [--tmp /tmp/cpt-data-bench] [--out benchmarks/results/cpu-DATE-data-prepare.json]
 
 The corpus is built under --tmp (never in the repository) from the shipped corpora (legal, Brown, SOTU, Austen),
@@ -26,13 +26,16 @@ import json
 import lzma
 import os
 import platform
+import re
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks import common
+from benchmarks.common import ROOT
+
 BASELINE_COMMIT = "d24f500"
 
 
@@ -71,7 +74,6 @@ def head(src: Path, dst: Path, mb: float) -> None:
 
 BUILD = """
 import json, sys, time
-sys.path.insert(0, {root!r})
 {import_data}
 from cpt_harness.config import DataConfig, DataSource
 from transformers import AutoTokenizer
@@ -80,7 +82,7 @@ cfg = DataConfig(domain=DataSource({corpus!r}), general=DataSource("builtin:brow
 {num_proc}
 t = time.perf_counter()
 c = data.prepare(cfg, tok, 2048, 16384)
-print(json.dumps({{"seconds": time.perf_counter() - t, "fingerprint": c.fingerprint, "stats": c.stats}}))
+print({marker!r} + json.dumps({{"seconds": time.perf_counter() - t, "fingerprint": c.fingerprint, "stats": c.stats}}))
 """
 
 
@@ -88,7 +90,9 @@ def measure_build(corpus: Path, cache: Path, model: str, baseline: bool, num_pro
     """Build the data cache for ``corpus`` in a fresh process, sampling its process tree's memory."""
     if baseline:
         old = cache / "old_data.py"
-        old.write_bytes(subprocess.check_output(["git", "-C", str(ROOT), "show", f"{BASELINE_COMMIT}:cpt_harness/data.py"]))
+        source = subprocess.check_output(["git", "-C", str(ROOT), "show", f"{BASELINE_COMMIT}:harness/data.py"], text=True)
+        # The package was named harness then: its imports point at today's cpt_harness, as they did at today's harness
+        old.write_text(re.sub(r"^from harness([. ])", r"from cpt_harness\1", source, flags=re.MULTILINE))
         import_data = (f"import importlib.util; s = importlib.util.spec_from_file_location('old_data', {str(old)!r}); "
                        "data = importlib.util.module_from_spec(s); sys.modules['old_data'] = data; "
                        "s.loader.exec_module(data); from pathlib import Path; "
@@ -97,10 +101,10 @@ def measure_build(corpus: Path, cache: Path, model: str, baseline: bool, num_pro
     else:
         import_data = "from cpt_harness import data"
         procs = "" if num_proc == "auto" else f"cfg.num_proc = {int(num_proc)}"
-    script = BUILD.format(root=str(ROOT), import_data=import_data, model=model, corpus=str(corpus), num_proc=procs)
-    env = {**os.environ, "CPT_HARNESS_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
+    script = BUILD.format(import_data=import_data, model=model, corpus=str(corpus), num_proc=procs,
+                          marker=common.MARKER)
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+    proc = common.start([sys.executable, "-c", script], common.worker_env(CPT_HARNESS_CACHE=str(cache)))
     peaks = {"max_process_rss": 0, "tree_pss": 0, "tree_rss": 0}
     done = threading.Event()
 
@@ -117,12 +121,11 @@ def measure_build(corpus: Path, cache: Path, model: str, baseline: bool, num_pro
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
-    out, _ = proc.communicate()
+    result, out = common.finish(proc)
     done.set()
     thread.join()
-    if proc.returncode != 0:
-        raise SystemExit(f"build failed ({proc.returncode})")
-    result = json.loads(out.strip().splitlines()[-1])
+    if result is None:
+        raise SystemExit(f"build failed (exit status {proc.returncode}):\n{out[-3000:]}")
     folder = cache / "data" / result["fingerprint"]
     tokens = result["stats"]["domain_train"]["tokens"]
     return {"corpus": str(corpus), "corpus_bytes": corpus.stat().st_size, "wall_s": time.perf_counter() - started,
@@ -199,13 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--num-proc", default="auto")
     p.add_argument("--tmp", default="/tmp/cpt-data-bench")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / f"cpu-{time.strftime('%Y-%m-%d')}-data-prepare.json"))
+    p.add_argument("--out", default=str(common.results_path("data-prepare.json", "cpu")))
     p.add_argument("--skip", default="", help="comma-separated parts to skip: baseline,small,large,attach")
     args = p.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
     tmp = Path(args.tmp)
     tmp.mkdir(parents=True, exist_ok=True)
-    sys.path.insert(0, str(ROOT))
     from cpt_harness import models
 
     model = models.resolve("builtin:smollm2-135m-instruct")
@@ -215,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     head(corpus, small, args.baseline_mb)
     result = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                           "cpu": _cpu_name(), "memory_gb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30},
-              "date": time.strftime("%Y-%m-%d"), "corpus_bytes": size, "builds": {}}
+              "date": common.today(), "corpus_bytes": size, "builds": {}}
     runs = [("baseline", small, True), ("small", small, False), ("large", corpus, False)]
     for name, path, baseline in runs:
         if name in skip:
@@ -233,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         result["attach"] = measure_attach(Path(b["large"]["folder"]) / "domain_train.npy", tmp / "tokens-1e9.npy",
                                           args.workers)
         print(json.dumps(result["attach"], indent=1), flush=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    common.write_json(args.out, result)
     print(f"[bench] wrote {args.out}")
     return 0
 

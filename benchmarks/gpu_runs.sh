@@ -8,13 +8,13 @@
 # STEPS (default "smoke heal ablate bench"):
 #   smoke   two 5-step unsloth trials in one process on GPU 0: the second must start from a copy of the kept
 #           base (model.keep_loaded). If it does not complete, every later step runs with model.keep_loaded=false.
-#   heal    at the same time on GPU 1: benchmarks/heal_check.py heals the base with 4 candidate settings and
+#   heal    at the same time on GPU 1: python3 -m benchmarks.heal_check heals the base with 4 candidate settings and
 #           picks the one that lowers held-out general loss most; the ablations use it (and find it cached).
 #   ablate  at once: the default ablation (gate_proj x embeddings) on GPU 0; the embedding-LR ratio {0.1, 1.0}
 #           and rsLoRA {on, off} at r = 256 ablations on GPU 1, each in its own study. 10 trials per study at a time.
-#   bench   benchmarks/parallel.py: trials/hour for K = 1, 2, 4, 8 trials on GPU 0, then the best K on GPUs 0, 1
+#   bench   python3 -m benchmarks.parallel: trials/hour for K = 1, 2, 4, 8 trials on GPU 0, then the best K on GPUs 0, 1
 #           (KS=8 WAVES=6: only K = 8, six trials per worker, so the workers' start-up weighs less).
-#   startup benchmarks/startup.py: import time of the unsloth backend with 1, 8 and 16 processes started at once
+#   startup python3 -m benchmarks.startup: import time of the unsloth backend with 1, 8 and 16 processes started at once
 #           sharing ./unsloth_compiled_cache, then 16 with a compile cache each (cProfile of one process each time).
 #   main    (the 2026-11-27 runs) the sweep sweeps/gpu-legal.yaml on GPU 0 (6 at a time) next to the default
 #           ablation on GPU 1 (10 at a time).
@@ -47,7 +47,7 @@ if has smoke || has heal; then
             --set study.keep_adapters=none --set tracking.wandb.mode=disabled &
     fi
     if has heal; then
-        on_gpu 1 heal-check python3 benchmarks/heal_check.py sweeps/gpu-ablation.yaml --out "$OUT/heal-check.json" \
+        on_gpu 1 heal-check python3 -m benchmarks.heal_check sweeps/gpu-ablation.yaml --out "$OUT/heal-check.json" \
             --args-out "$OUT/heal-args.txt" --candidate builtin:austen,300,2e-4 --candidate builtin:austen,100,1e-4 \
             --candidate builtin:brown,100,1e-4 --candidate builtin:brown,300,2e-4 &
     fi
@@ -87,16 +87,16 @@ fi
 
 if has startup; then
     step "worker start-up probe"
-    python3 benchmarks/startup.py --n 1,8,16 --profile "$OUT/startup-profile-shared.txt" --out "$OUT/startup.json" \
+    python3 -m benchmarks.startup --n 1,8,16 --profile "$OUT/startup-profile-shared.txt" --out "$OUT/startup.json" \
         >"$OUT/startup.log" 2>&1
-    python3 benchmarks/startup.py --n 16 --own-compile-dir --profile "$OUT/startup-profile-own.txt" \
+    python3 -m benchmarks.startup --n 16 --own-compile-dir --profile "$OUT/startup-profile-own.txt" \
         --out "$OUT/startup.json" >>"$OUT/startup.log" 2>&1
     step "start-up probe: rc=$?"
 fi
 
 if has bench; then
     step "parallel benchmark"
-    python3 benchmarks/parallel.py sweeps/gpu-legal.yaml --ks "${KS:-1,2,4,8}" --gpus 0,1 --steps 60 --waves "${WAVES:-2}" \
+    python3 -m benchmarks.parallel sweeps/gpu-legal.yaml --ks "${KS:-1,2,4,8}" --gpus 0,1 --steps 60 --waves "${WAVES:-2}" \
         --set "model.name=$MODEL" "${KEEP[@]}" --out "$OUT/parallel.json" >"$OUT/parallel.log" 2>&1
     step "parallel benchmark: rc=$?"
     tar czf "$OUT/parallel-worker-logs.tgz" /tmp/cpt-bench-parallel-*/runs/*/workers /tmp/cpt-bench-parallel-*/bench.db \

@@ -2,7 +2,7 @@
 candidate, spread over --gpus) and records each one's general loss before and after on data.general's
 validation documents and on its held-out (test) documents, and the held-out domain loss.
 
-    python benchmarks/heal_check.py sweeps/gpu-ablation.yaml --gpus 0,1 --out heal.json --args-out chosen.txt \\
+    python -m benchmarks.heal_check sweeps/gpu-ablation.yaml --gpus 0,1 --out heal.json --args-out chosen.txt \\
         --candidate builtin:austen,100,1e-4 --candidate builtin:brown,100,1e-4 --set model.name=/path/to/model.gguf
 
 A candidate is DATA,STEPS,LR; rank and batch size are the config's model.heal ones. When DATA is the config's
@@ -19,16 +19,14 @@ so the choice does not fit the base to the test text. The test change is recorde
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from benchmarks import common
+
+MARKER = "[heal-check] "
 
 
 def heal_sets(candidate: str) -> list[str]:
@@ -41,7 +39,7 @@ def heal_one(config: str, overrides: list[str]) -> dict:
     from cpt_harness import backends, heal, models
     from cpt_harness.config import load_config
 
-    cfg = load_config(config, overrides + ["backend=peft"])  # healing is plain transformers + PEFT either way
+    cfg = load_config(config, overrides + ["backend=peft"])  # healing is transformers + PEFT either way (heal.py)
     backend = backends.load(cfg.backend)
     started = time.perf_counter()
     path = heal.healed_base(models.resolve(cfg.model.name), cfg, backend)
@@ -62,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: heal one candidate in this process
     args = p.parse_args(argv)
     if args.one:
-        print("[heal-check] " + json.dumps(heal_one(args.config, args.overrides + heal_sets(args.one))), flush=True)
+        common.emit(heal_one(args.config, args.overrides + heal_sets(args.one)), MARKER)
         return 0
     if not args.candidate:
         p.error("name at least one --candidate DATA,STEPS,LR")
@@ -74,20 +72,18 @@ def main(argv: list[str] | None = None) -> int:
     gpus = [g for g in args.gpus.split(",") if g]
     procs = []
     for i, c in enumerate(args.candidate):
-        env = dict(os.environ)
-        if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
-        cmd = [sys.executable, __file__, args.config, "--one", c] + [x for o in args.overrides for x in ("--set", o)]
-        procs.append((c, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)))
+        env = common.worker_env(**({"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]} if gpus else {}))
+        cmd = common.command("benchmarks.heal_check", args.config, "--one", c,
+                             *[x for o in args.overrides for x in ("--set", o)])
+        procs.append((c, common.start(cmd, env)))
     rows = []
     for c, proc in procs:
-        out, _ = proc.communicate()
-        line = next((ln for ln in out.splitlines() if ln.startswith("[heal-check] ")), None)
-        if proc.returncode != 0 or line is None:
+        result, out = common.finish(proc, MARKER)
+        if result is None:
             rows.append({"candidate": c, "error": out[-2000:]})
             print(f"[heal-check] {c}: failed (rc={proc.returncode})\n{out[-2000:]}", file=sys.stderr)
             continue
-        row = {"candidate": c, **json.loads(line.removeprefix("[heal-check] "))}
+        row = {"candidate": c, **result}
         v0, v1 = row["validation"]["general_loss"]
         (g0, g1), (d0, d1) = row["held_out"]["general_loss"], row["held_out"]["domain_loss"]
         row["validation_change"] = round(v1 - v0, 4)
@@ -97,19 +93,14 @@ def main(argv: list[str] | None = None) -> int:
               f"({g1 - g0:+.4f}) on test; domain {d0:.4f} -> {d1:.4f} ({d1 - d0:+.4f}), {row['seconds']} s", flush=True)
     ok = [r for r in rows if "error" not in r]
     chosen = min(ok, key=lambda r: r["validation_change"]) if ok else None
-    results = {"date": datetime.date.today().isoformat(), "config": args.config, "overrides": args.overrides,
+    results = {"date": common.today(), "config": args.config, "overrides": args.overrides,
                "rule": "the candidate that lowered the general loss on the validation documents most (test "
                        "documents recorded, not chosen on)", "candidates": rows,
                "chosen": chosen["candidate"] if chosen else None}
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            results["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    except ImportError:
-        pass
+    if common.cards():
+        results["gpus"] = common.cards()
     if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        common.write_json(args.out, results)
     if chosen is None:
         return 1
     print(f"[heal-check] chosen: {chosen['candidate']}")

@@ -1,9 +1,9 @@
 """Complete trials per hour with K concurrent trials on one GPU, and on several GPUs at the best K.
 Results: benchmarks/RESULTS.md.
 
-    python benchmarks/parallel.py sweeps/gpu-legal.yaml --ks 1,2,4,8 --gpus 0,1 --out results.json \\
+    python -m benchmarks.parallel sweeps/gpu-legal.yaml --ks 1,2,4,8 --gpus 0,1 --out results.json \\
         --set model.name=/path/to/SmolLM2.gguf
-    python benchmarks/parallel.py sweeps/demo.yaml --ks 1,2 --workers --steps 4    # CPU smoke run
+    python -m benchmarks.parallel sweeps/demo.yaml --ks 1,2 --workers --steps 4    # CPU smoke run
 
 Every trial has the same size: the search space is collapsed to one point (rank --rank, LR --lr, embedding ratio
 --ratio), each trial trains --steps steps of the sweep file's batch x sequence length and evaluates once at the
@@ -22,7 +22,6 @@ The setup of the first run also converts the model into the cache; later runs re
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import sys
@@ -30,8 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from benchmarks import common
 
 
 def _fixed_size_overrides(args, tmp: Path) -> list[str]:
@@ -116,9 +114,9 @@ def summarize(study) -> dict:
 def _environment() -> dict:
     import torch
 
-    env = {"date": datetime.date.today().isoformat(), "torch": torch.__version__, "cpu_count": os.cpu_count()}
-    if torch.cuda.is_available():
-        env["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    env = {"date": common.today(), "torch": torch.__version__, "cpu_count": os.cpu_count()}
+    if common.cards():
+        env["gpus"] = common.cards()
         env["gpu_memory_mib"] = [torch.cuda.get_device_properties(i).total_memory // 2**20
                                  for i in range(torch.cuda.device_count())]
     if "unsloth" in sys.modules:  # imported by the backend when it is the unsloth one
@@ -166,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         results["runs"].append(row)
         print("[bench] " + json.dumps(row), flush=True)
         if args.out:
-            Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+            common.write_json(args.out, results)
 
     one = None if gpus is None else gpus[:1]
     for k in ks:
@@ -191,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                   / best["steady_trials_per_hour"], 2)
     results["best_k"] = best["k"]
     if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        common.write_json(args.out, results)
     print(json.dumps({k: v for k, v in results.items() if k != "runs"}, indent=2))
     for r in results["runs"]:
         print(f"{r['label']:>12}: {r.get('trials_per_hour', 'n/a')} trials/h, {r['complete']}/{r['n_trials']} "

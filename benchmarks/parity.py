@@ -1,6 +1,6 @@
 """Backend parity: one trial config, trained once with the peft backend and once with unsloth, on the same GPU.
 
-    python benchmarks/parity.py sweeps/gpu-legal.yaml [--set key=value ...] [--rank 64 --lr 2e-4 --ratio 0.2]
+    python -m benchmarks.parity sweeps/gpu-legal.yaml [--set key=value ...] [--rank 64 --lr 2e-4 --ratio 0.2]
 
 Each backend runs in its own process (Unsloth must be imported before transformers and must not patch the
 PEFT run). Both measure the base model's held-out losses (must agree within 1%) and then train the same trial
@@ -11,14 +11,9 @@ a markdown table.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from benchmarks import common
 
 
 def worker(backend_name: str, config: str, overrides: list[str], rank: int, lr: float, ratio: float) -> dict:
@@ -53,21 +48,16 @@ def main() -> None:
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
-        print("RESULT " + json.dumps(worker(a.worker, a.config, a.overrides, a.rank, a.lr, a.ratio)), flush=True)
+        common.emit(worker(a.worker, a.config, a.overrides, a.rank, a.lr, a.ratio))
         return
     runs = {}
     for name in ("peft", "unsloth"):
-        cmd = [sys.executable, __file__, a.config, "--worker", name, "--rank", str(a.rank), "--lr", str(a.lr),
-               "--ratio", str(a.ratio)] + [x for o in a.overrides for x in ("--set", o)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-        if line is None:
-            print(proc.stdout[-2000:], proc.stderr[-6000:], file=sys.stderr)
-            runs[name] = {"error": (proc.stderr.strip().splitlines() or ["no result"])[-1]}
-            continue
-        runs[name] = json.loads(line.removeprefix("RESULT "))
-    out = {"config": a.config, "overrides": a.overrides, "rank": a.rank, "lr": a.lr, "ratio": a.ratio, "runs": runs}
-    Path(a.out).write_text(json.dumps(out, indent=2))
+        runs[name] = common.run(common.command(
+            "benchmarks.parity", a.config, "--worker", name, "--rank", str(a.rank), "--lr", str(a.lr),
+            "--ratio", str(a.ratio), *[x for o in a.overrides for x in ("--set", o)]))
+    out = {"config": a.config, "overrides": a.overrides, "rank": a.rank, "lr": a.lr, "ratio": a.ratio,
+           "date": common.today(), "card": common.card(), "runs": runs}
+    common.write_json(a.out, out)
     print(markdown(out))
 
 

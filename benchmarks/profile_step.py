@@ -1,21 +1,17 @@
-"""Where a training step's time goes: one harness trial on a random-init model shape, with per-step wall times
+"""Where a training step's time goes: the harness trial benchmarks.throughput times (``synthetic_trial``), with per-step wall times
 and a torch.profiler table over a few steady-state steps. A diagnostic, not a benchmark of record.
 
-    python benchmarks/profile_step.py --backend unsloth --shape smollm2-135m --batch 16 --seq 512
+    python -m benchmarks.profile_step --backend unsloth --shape smollm2-135m --batch 16 --seq 512
+    python -m benchmarks.profile_step --backend peft --shape tiny --batch 4 --seq 64 --steps 12   # CPU smoke run
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main() -> None:
@@ -33,25 +29,14 @@ def main() -> None:
     backend = backends.load(a.backend)  # first: unsloth before transformers
     import torch
 
-    from cpt_harness.config import Config
-    from cpt_harness.data import Corpora
-    from cpt_harness.search_space import derive
+    from benchmarks.throughput import make_model, synthetic_trial
     from cpt_harness.tracking import Tracker
     from cpt_harness.train import run_trial
-    from throughput import SHAPES, make_model, synthetic_blocks
 
     folder = a.folder or tempfile.mkdtemp()
     if not a.folder:
         make_model(a.shape, Path(folder))
-    V = SHAPES[a.shape][0]["vocab_size"]
-    cfg = Config()
-    cfg.model.name, cfg.model.max_seq_length = folder, a.seq
-    cfg.train.max_steps, cfg.train.batch_size, cfg.train.eval_every = a.steps, a.batch, a.steps
-    cfg.train.gradient_checkpointing, cfg.train.warmup_ratio = True, 0.0
-    cfg.train.compile = os.environ.get("UNSLOTH_BLOCK_COMPILE", "1") != "0"  # as run: Unsloth's default unless set
-    cfg.eval.max_tokens = a.batch * a.seq
-    corpora = Corpora(synthetic_blocks(V, a.batch * a.steps, a.seq, 0), synthetic_blocks(V, a.batch, a.seq, 1),
-                      synthetic_blocks(V, a.batch, a.seq, 2), "synthetic", {})
+    cfg, corpora, params = synthetic_trial(a.shape, folder, a.batch, a.seq, a.steps)
     stamps: list[float] = []
     prof = None if a.no_profile else torch.profiler.profile(
         activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA],
@@ -69,7 +54,7 @@ def main() -> None:
     if prof is not None:
         prof.start()
     t0 = time.perf_counter()
-    result = run_trial(backend, folder, cfg, derive(64, 1e-4, 0.2, cfg), corpora, Tracker(), None, Progress())
+    result = run_trial(backend, folder, cfg, params, corpora, Tracker(), None, Progress())
     if prof is not None:
         prof.stop()
     gaps = [b - c for b, c in zip(stamps[1:], stamps[:-1])]

@@ -1,8 +1,8 @@
 """Replay search strategies over a recorded study: which sampler x pruner finds a good setting for the least GPU time.
 
-    python benchmarks/replay_search.py STUDY_DB [--study NAME] [--seeds 20] [--n-trials N] [--max-forgetting F]
-                                       [--samplers random,tpe,gp,qmc] [--pruners none,median,successive_halving,hyperband]
-                                       [--modes single,pareto] [--out PREFIX]
+    python -m benchmarks.replay_search STUDY_DB [--study NAME] [--seeds 20] [--n-trials N] [--max-forgetting F]
+                                        [--samplers random,tpe,gp,qmc] [--pruners none,median,successive_halving,hyperband]
+                                        [--modes single,pareto] [--out PREFIX]
 
 No training happens: the recorded study is the world. Each strategy runs a fresh in-memory Optuna study whose
 objective is a *lookup*: the sampler proposes params, the replay answers with the recorded trial nearest to them in
@@ -18,14 +18,13 @@ trial's recorded eval curve, checkpoint by checkpoint, so the pruner decides on 
 - pareto mode (domain loss and forgetting; Optuna's pruners do not take multi-objective studies, so no pruning):
   quality is the hypervolume of the completed trials' front as a share of the recorded set's.
 
-Writes PREFIX.json and PREFIX.md (default: benchmarks/results/replay-<study>). A recorded study of 12 trials only
+Writes PREFIX.json and PREFIX.md (default: benchmarks/results/cpu-<date>-replay-<study>). A recorded study of 12 trials only
 shows the harness working: with fewer trials than a model-based sampler's start-up, every sampler is random there.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -36,6 +35,8 @@ from pathlib import Path
 import numpy as np
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+from benchmarks import common
 
 SAMPLERS = ("random", "tpe", "gp", "qmc")
 PRUNERS = ("none", "median", "successive_halving", "hyperband")
@@ -276,15 +277,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samplers", default=",".join(SAMPLERS))
     p.add_argument("--pruners", default=",".join(PRUNERS))
     p.add_argument("--modes", default="single,pareto")
-    p.add_argument("--out", help="output prefix (default benchmarks/results/replay-<study>)")
+    p.add_argument("--out", help="output prefix (default benchmarks/results/cpu-<date>-replay-<study>)")
     a = p.parse_args(argv)
     split = lambda s, known: [x for x in s.split(",") if x] if all(x in known for x in s.split(",") if x) else \
         sys.exit(f"error: choose from {', '.join(known)}; got {s}")  # noqa: E731
     result = run(a.db, a.study, a.seeds, a.n_trials, a.max_forgetting, split(a.samplers, SAMPLERS),
                  split(a.pruners, PRUNERS), split(a.modes, ("single", "pareto")))
-    prefix = Path(a.out or Path(__file__).parent / "results" / f"replay-{result['study']}")
+    prefix = Path(a.out or common.results_path(f"replay-{result['study']}", "cpu"))
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{prefix}.json").write_text(json.dumps(result, indent=2) + "\n")
+    common.write_json(f"{prefix}.json", result)
     Path(f"{prefix}.md").write_text(markdown(result))
     print(f"[replay] wrote {prefix}.json and {prefix}.md")
     return 0

@@ -1,9 +1,9 @@
 """Worker start-up: how long N processes started at once take to import a training backend (the first thing a
 `cpt-harness worker` does). Results: benchmarks/RESULTS.md.
 
-    python benchmarks/startup.py --backend unsloth --n 1,8,16 --out startup.json
-    python benchmarks/startup.py --backend unsloth --n 16 --own-compile-dir --profile prof.txt
-    python benchmarks/startup.py --backend peft --n 1,2          # CPU smoke run
+    python -m benchmarks.startup --backend unsloth --n 1,8,16 --out startup.json
+    python -m benchmarks.startup --backend unsloth --n 16 --own-compile-dir --profile prof.txt
+    python -m benchmarks.startup --backend peft --n 1,2          # CPU smoke run
 
 For each N, N copies of ``python -c 'cpt_harness.backends.load(BACKEND)'`` start together in the current directory
 (where Unsloth keeps its generated-module cache, ``unsloth_compiled_cache/``, shared by every worker of a sweep).
@@ -16,49 +16,46 @@ Reported: each process's import time (measured inside it) and the spread between
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks import common
 
+MARKER = "STARTUP "
 CHILD = """
 import json, time
 t = time.perf_counter()
 from cpt_harness import backends
 backends.load({backend!r})
-print("STARTUP " + json.dumps({{"import_s": time.perf_counter() - t}}), flush=True)
+print({marker!r} + json.dumps({{"import_s": time.perf_counter() - t}}), flush=True)
 """
 
 
 def run_batch(backend: str, n: int, own_dir: bool, tmp: Path, profile: Path | None) -> dict:
     script = tmp / "child.py"
-    script.write_text(CHILD.format(backend=backend))
+    script.write_text(CHILD.format(backend=backend, marker=MARKER))
     procs = []
     t0 = time.perf_counter()
     for i in range(n):
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // n))  # as cpt_harness.parallel sets it
+        env = common.worker_env(OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // n)))  # as cpt_harness.parallel
         if own_dir:
             env["UNSLOTH_COMPILE_LOCATION"] = str(tmp / f"compile-{n}-{i}")
         cmd = [sys.executable]
         if profile is not None and i == 0:
             cmd += ["-m", "cProfile", "-o", str(profile)]
         cmd += [str(script)]
-        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env))
+        procs.append(common.start(cmd, env))
     rows = []
     for i, p in enumerate(procs):
-        out, _ = p.communicate()
+        result, out = common.finish(p, MARKER)
         exited = time.perf_counter() - t0
-        line = next((x for x in out.splitlines() if x.startswith("STARTUP ")), None)
         row = {"process": i, "rc": p.returncode, "exited_after_s": round(exited, 2)}
-        if line:
-            row["import_s"] = round(json.loads(line[len("STARTUP "):])["import_s"], 2)
+        if result is not None:
+            row["import_s"] = round(result["import_s"], 2)
         else:
             row["tail"] = out[-2000:]
         rows.append(row)
@@ -101,13 +98,9 @@ def main(argv=None) -> int:
             if prof is not None and prof.exists():
                 args.profile.write_text(top_functions(prof))
     if args.out:
-        import torch
-
         old = json.loads(args.out.read_text()) if args.out.exists() else []
-        card = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-        stamp = {"date": datetime.date.today().isoformat(), "device": card, "cpus": os.cpu_count(),
-                 "backend": args.backend}
-        args.out.write_text(json.dumps(old + [{**stamp, **r} for r in results], indent=1))
+        stamp = {"date": common.today(), "device": common.card(), "cpus": os.cpu_count(), "backend": args.backend}
+        common.write_json(args.out, old + [{**stamp, **r} for r in results])
     return 0 if all(r["ok"] == r["n"] for r in results) else 1
 
 

@@ -1,8 +1,9 @@
 """Training throughput: the harness's peft and unsloth backends and a raw Unsloth loop (no harness), on the same
 model shape, batch and sequence length, on one GPU. Results: benchmarks/RESULTS.md.
 
-    python benchmarks/throughput.py --out results.json            # both shapes, all three modes
-    python benchmarks/throughput.py --shapes smollm2-135m --steps 20
+    python -m benchmarks.throughput --out results.json            # both shapes, all three modes
+    python -m benchmarks.throughput --shapes smollm2-135m --steps 20
+    python -m benchmarks.throughput --shapes tiny --modes harness-peft --steps 6 --warmup 2   # CPU smoke run
 
 Each measurement runs in its own process (Unsloth must be imported before transformers, and must not patch the
 PEFT baseline). Models are random-init Llama shapes in bf16, so no weights are needed.
@@ -21,19 +22,13 @@ The PEFT baseline is a fair one: bf16 weights, bf16 autocast, SDPA attention and
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from cpt_harness.config import DEFAULT_TARGETS  # noqa: E402  (light: no transformers, so unsloth can still go first)
+from benchmarks import common
+from cpt_harness.config import DEFAULT_TARGETS  # light: no transformers, so unsloth can still go first
 
 SHAPES = {
     # name: (LlamaConfig kwargs, batch, seq)
@@ -94,17 +89,14 @@ def synthetic_blocks(vocab: int, n: int, seq: int, seed: int):
     return np.random.default_rng(seed).integers(3, vocab, size=(n, seq), dtype=np.int32)
 
 
-def run_harness(mode: str, name: str, folder: str, steps: int, warmup: int) -> dict:
-    from cpt_harness import backends
-
-    backend = backends.load(mode)  # first: unsloth before transformers
+def synthetic_trial(name: str, folder: str, batch: int, seq: int, steps: int):
+    """(config, corpora, params) of one harness trial on the model in ``folder`` (of shape ``name``): ``steps``
+    steps of ``batch`` x ``seq`` random tokens, one eval at the end, gradient checkpointing, no warm-up, rank
+    RANK, LR, embedding ratio RATIO. Import the backend first: this imports cpt_harness.data."""
     from cpt_harness.config import Config
     from cpt_harness.data import Corpora
     from cpt_harness.search_space import derive
-    from cpt_harness.tracking import make_tracker
-    from cpt_harness.train import run_trial
 
-    shape, batch, seq = SHAPES[name]
     cfg = Config()
     cfg.model.name, cfg.model.max_seq_length = folder, seq
     cfg.train.max_steps, cfg.train.batch_size, cfg.train.eval_every = steps, batch, steps
@@ -113,10 +105,21 @@ def run_harness(mode: str, name: str, folder: str, steps: int, warmup: int) -> d
     cfg.eval.max_tokens, cfg.eval.batch_size = batch * seq, batch
     cfg.lora.alpha = ALPHA
     cfg.tracking.wandb.mode = "offline"
-    V = shape["vocab_size"]
+    V = SHAPES[name][0]["vocab_size"]
     corpora = Corpora(domain_train=synthetic_blocks(V, batch * steps, seq, 0), domain_eval=synthetic_blocks(V, batch, seq, 1),
                       general_eval=synthetic_blocks(V, batch, seq, 2), fingerprint="synthetic", stats={})
-    params = derive(RANK, LR, RATIO, cfg)
+    return cfg, corpora, derive(RANK, LR, RATIO, cfg)
+
+
+def run_harness(mode: str, name: str, folder: str, steps: int, warmup: int) -> dict:
+    from cpt_harness import backends
+
+    backend = backends.load(mode)  # first: unsloth before transformers
+    from cpt_harness.tracking import make_tracker
+    from cpt_harness.train import run_trial
+
+    _, batch, seq = SHAPES[name]
+    cfg, corpora, params = synthetic_trial(name, folder, batch, seq, steps)
     stamps: list[float] = []
 
     class Progress:
@@ -200,33 +203,29 @@ def main() -> None:
     if args.worker:
         fn = run_raw_unsloth if args.worker == "raw-unsloth" else (
             lambda *a: run_harness(args.worker.removeprefix("harness-"), *a))
-        print("RESULT " + json.dumps(fn(args.shape, args.folder, args.steps, args.warmup)), flush=True)
+        common.emit(fn(args.shape, args.folder, args.steps, args.warmup))
         return
     import torch
 
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    results = {"card": gpu, "date": datetime.date.today().isoformat(), "torch": torch.__version__, "runs": []}
+    results = {"card": common.card(), "date": common.today(), "torch": torch.__version__, "runs": []}
     for name in args.shapes.split(","):
         with tempfile.TemporaryDirectory() as folder:
             make_model(name, Path(folder))
             for mode in args.modes.split(","):
                 results["runs"].append(_spawn(mode, name, folder, args))
-                Path(args.out).write_text(json.dumps(results, indent=2))
+                common.write_json(args.out, results)
     _summarise(results)
-    Path(args.out).write_text(json.dumps(results, indent=2))
+    common.write_json(args.out, results)
     print(markdown(results))
 
 
 def _spawn(mode: str, name: str, folder: str, args) -> dict:
-    cmd = [sys.executable, __file__, "--worker", mode, "--shape", name, "--folder", folder,
-           "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    cmd = common.command("benchmarks.throughput", "--worker", mode, "--shape", name, "--folder", folder,
+                         "--steps", str(args.steps), "--warmup", str(args.warmup))
     t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-    if line is None:
-        print(proc.stdout[-3000:], proc.stderr[-5000:], file=sys.stderr)
-        return {"mode": mode, "shape": name, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "no result"}
-    out = json.loads(line.removeprefix("RESULT "))
+    out = common.run(cmd)
+    if "error" in out:
+        return {"mode": mode, "shape": name, **out}
     out["process_wall_s"] = time.perf_counter() - t
     print(f"{mode:>16} {name:>14}: {out['tokens_per_s']:>9,.0f} tok/s, {out['peak_memory_gb']:.1f} GiB", flush=True)
     return out

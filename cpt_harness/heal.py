@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from cpt_harness import data, models
 from cpt_harness.cache import build_once, cache_dir
 from cpt_harness.config import DEFAULT_TARGETS, Config
+from cpt_harness.search_space import TrialParams
 
 
 def healed_base(model_path: str, cfg: Config, backend, log=print) -> str:
@@ -37,14 +38,13 @@ def healed_base(model_path: str, cfg: Config, backend, log=print) -> str:
 
 def _heal(model_path: str, cfg: Config, backend, out: Path, log, recipe: str) -> None:
     import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cpt_harness.train import batches, evaluate, lr_lambda
+    from cpt_harness.train import adamw, batches, evaluate, lr_lambda, param_groups, train_step
 
     h = cfg.model.heal
+    healer = backend.healer()
     log(f"[heal] {h.steps} LoRA steps (r={h.rank}) on {h.data.path}, merged into the base (once)")
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer = healer.load_tokenizer(model_path)
     docs = heal_documents(cfg)
     blocks = data.pack(docs, tokenizer, cfg.model.max_seq_length)
     log(f"[heal] {len(docs)} documents, {blocks.size:,} tokens; {h.steps} steps x {h.batch_size} blocks = "
@@ -53,31 +53,24 @@ def _heal(model_path: str, cfg: Config, backend, out: Path, log, recipe: str) ->
     # validation documents; the held-out (test) and domain losses are recorded beside, never chosen on.
     held_out = data.prepare(cfg.data, tokenizer, cfg.model.max_seq_length, cfg.eval.max_tokens)
     validation = data.validation_blocks(cfg.data, tokenizer, cfg.model.max_seq_length, cfg.eval.max_tokens)
-    device = backend.device
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(device)
+    device = healer.device
+    heal_cfg, params = heal_settings(cfg)
+    model = healer.load_for_training(model_path, heal_cfg, params)
 
     def held_out_losses(m) -> dict:
-        return {name: evaluate(m, b, cfg.eval.batch_size, device, backend.autocast)
+        return {name: evaluate(m, b, cfg.eval.batch_size, device, healer.autocast)
                 for name, b in (("general_loss", held_out.general_eval), ("domain_loss", held_out.domain_eval),
                                 ("validation_general_loss", validation))}
 
-    losses_before = held_out_losses(model)
-    torch.manual_seed(0)
-    model = get_peft_model(model, LoraConfig(r=h.rank, lora_alpha=h.rank, target_modules=list(DEFAULT_TARGETS), bias="none"))
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=h.learning_rate)
+    with model.disable_adapter():  # the base as loaded
+        losses_before = held_out_losses(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = adamw(model, param_groups(model, h.learning_rate, None, HEAL_WEIGHT_DECAY), betas=HEAL_BETAS)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(h.steps, 0.05))
     stream = batches(blocks, h.batch_size, seed=0)
     losses = []
     for _ in range(h.steps):
-        x = next(stream).to(device)
-        with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
-            loss = model(input_ids=x, labels=x).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        loss, _ = train_step(model, opt, sched, [next(stream).to(device)], healer.autocast, trainable, 1.0)
         losses.append(loss.item())
     merged = model.merge_and_unload()
     merged.to(torch.bfloat16 if _saved_dtype(model_path) == "bfloat16" else torch.float32)
@@ -102,6 +95,27 @@ def _heal(model_path: str, cfg: Config, backend, out: Path, log, recipe: str) ->
         log(f"[heal] warning: healing raised the validation general loss by {g1 - g0:.4f}: it shifted the base toward "
             f"{h.data.path} instead of repairing it, and forgetting will be measured against that shifted base. "
             "Try fewer model.heal.steps, a lower model.heal.learning_rate or other model.heal.data.")
+
+
+# AdamW as healing has always used it (torch's defaults), so a heal's recipe key still names the same heal.
+HEAL_BETAS, HEAL_WEIGHT_DECAY = (0.9, 0.999), 0.01
+
+
+def heal_settings(cfg: Config) -> tuple[Config, TrialParams]:
+    """What the backend loads for healing, in the terms it loads a trial in: the base in float32 (LoRA merged into
+    full-precision weights; autocast does the GPU math), from disk, LoRA of rank = alpha = model.heal.rank on the
+    default targets, no dropout, no rsLoRA, the embeddings frozen, initialised from seed 0, no gradient
+    checkpointing. Nothing else of the trials' settings (lora.*, train.*) reaches the heal, whose recipe key
+    (``healed_base``) holds only model.heal, the base weights, the block length and the held-out split."""
+    rank = cfg.model.heal.rank
+    heal_cfg = replace(
+        cfg,
+        model=replace(cfg.model, dtype="float32", load_in_4bit=False, keep_loaded=False),
+        lora=replace(cfg.lora, target_modules=list(DEFAULT_TARGETS), train_embeddings=False, dropout=0.0,
+                     use_rslora=False, alpha=float(rank), init_adapter=None),
+        train=replace(cfg.train, seed=0, gradient_checkpointing=False, compile=False))
+    return heal_cfg, TrialParams(rank=rank, learning_rate=cfg.model.heal.learning_rate, embedding_lr_ratio=None,
+                                 use_rslora=False, alpha=float(rank))
 
 
 def heals_on_general(cfg: Config) -> bool:

@@ -227,8 +227,13 @@ def configure_optimizer(model, params: TrialParams, cfg: Config) -> torch.optim.
     """The trial's optimizer (nanoGPT's ``configure_optimizers``): AdamW over two named groups, ``param_groups``.
     The audit then checks what this built."""
     groups = param_groups(model, params.learning_rate, params.embedding_lr, cfg.train.weight_decay)
+    return adamw(model, groups, betas=(0.9, 0.95))
+
+
+def adamw(model, groups: list[dict], betas: tuple[float, float]) -> torch.optim.AdamW:
+    """AdamW over ``groups`` (each with its own lr and weight_decay), fused where the model is on a GPU."""
     fused = {"fused": True} if next(model.parameters()).device.type == "cuda" else {}
-    return torch.optim.AdamW(groups, betas=(0.9, 0.95), eps=1e-8, **fused)
+    return torch.optim.AdamW(groups, betas=betas, eps=1e-8, **fused)
 
 
 def param_groups(model, learning_rate: float, embedding_lr: float | None, weight_decay: float) -> list[dict]:
@@ -260,19 +265,11 @@ def _loop(model, optimizer, scheduler, backend, cfg: Config, evaluation: Evaluat
         with timer("data", sync=False):
             micro = [next(stream).to(device, non_blocking=True) for _ in range(t.grad_accum)]
         with timer("train", sync=False):
-            loss_sum = 0.0
-            for x in micro:
-                with backend.autocast():
-                    loss = model(input_ids=x, labels=x).loss
-                (loss / t.grad_accum).backward()
-                loss_sum += loss.detach()
-                tokens_seen += x.numel()
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, t.max_grad_norm) if t.max_grad_norm > 0 else None
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            loss, grad_norm = train_step(model, optimizer, scheduler, micro, backend.autocast, trainable,
+                                         t.max_grad_norm)
+            tokens_seen += sum(x.numel() for x in micro)
             # The one host sync per step: the divergence check needs the value, and so does the progress bar.
-            step_loss = (loss_sum / t.grad_accum).item()
+            step_loss = loss.item()
         first_loss = step_loss if first_loss is None else first_loss
         _check_divergence(step, step_loss, first_loss, t.divergence_factor)
         if progress is not None:
@@ -297,6 +294,26 @@ def _loop(model, optimizer, scheduler, backend, cfg: Config, evaluation: Evaluat
     if cfg.lora.init_adapter:
         metrics.update(from_start(curve[0], final))
     return TrialResult(metrics=metrics, curve=curve, audit={}, timings={}, stopped=stopped)
+
+
+def train_step(model, optimizer, scheduler, micro: list[torch.Tensor], autocast, trainable: list,
+               max_grad_norm: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One optimizer step, the only one in the codebase (trials and healing take it): forward and backward over
+    the micro-batches (gradients accumulated, each loss divided by their number), the gradient norm of
+    ``trainable`` clipped to ``max_grad_norm`` (0: not clipped), then optimizer, scheduler, zeroed gradients.
+    Returns the mean loss and the norm before clipping (None unclipped) as tensors: the caller decides when to
+    sync with the device."""
+    loss_sum = 0.0
+    for x in micro:
+        with autocast():
+            loss = model(input_ids=x, labels=x).loss
+        (loss / len(micro)).backward()
+        loss_sum += loss.detach()
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm) if max_grad_norm > 0 else None
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum / len(micro), grad_norm
 
 
 def _eval_point(evaluation: Evaluation, model, step: int, tokens_seen: int, tracker, timer: Timer,

@@ -1,26 +1,18 @@
-"""benchmarks/heal_check.py on the tiny model: every candidate heals in its own process, the results are the
+"""benchmarks.heal_check on the tiny model: every candidate heals in its own process, the results are the
 heals' own measurements, and the chosen one is the largest drop in general loss on the validation documents
 (never on the held-out test documents that measure forgetting)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("heal_check", ROOT / "benchmarks" / "heal_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from benchmarks import heal_check
+from tests.conftest import ROOT
 
 
 def test_heal_check_records_every_candidate_and_picks_the_largest_validation_drop(tiny_overrides, tiny_corpora,
                                                                                   tmp_path):
-    heal_check = load_script()
     out, chosen = tmp_path / "heal.json", tmp_path / "chosen.txt"
     sets = [x for o in tiny_overrides + ["model.heal.rank=4", "model.heal.batch_size=2"] for x in ("--set", o)]
     candidates = ["builtin:austen,3,1e-2", f"{tiny_corpora['general']},3,1e-2", "builtin:austen,0x,1e-2"]

@@ -1,11 +1,9 @@
-"""benchmarks/replay_search.py on a small recorded study (reports/gpu-legal: 12 trials with eval curves and
+"""benchmarks.replay_search on a small recorded study (reports/gpu-legal: 12 trials with eval curves and
 timings): the lookup, the GPU-time accounting with and without pruning, and sane quality numbers."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 
 import pytest
 
@@ -16,11 +14,9 @@ DB = ROOT / "reports" / "gpu-legal" / "study.db"
 
 @pytest.fixture(scope="module")
 def replay():
-    spec = importlib.util.spec_from_file_location("replay_search", ROOT / "benchmarks" / "replay_search.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["replay_search"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    from benchmarks import replay_search
+
+    return replay_search
 
 
 def test_lookup_and_cost_of_a_recorded_trial(replay):

@@ -12,6 +12,8 @@ import copy
 import sys
 from typing import Any, Callable
 
+from cpt_harness.modules import embedding_module_names
+
 
 class Backend:
     name: str = "base"
@@ -19,9 +21,11 @@ class Backend:
     _copy_failed: bool = False
     last_load: str = ""  # how the latest trial got its base: "disk" or "copy"
 
+    _device: Any = None  # the torch.device a backend's __init__ picks
+
     @property
     def device(self):
-        raise NotImplementedError
+        return self._device
 
     def load_tokenizer(self, model_path: str) -> Any:
         from transformers import AutoTokenizer
@@ -37,6 +41,11 @@ class Backend:
         plus ``embed_tokens``/``lm_head`` trainable in full when ``cfg.lora.train_embeddings``; or, with
         ``cfg.lora.init_adapter``, that saved adapter loaded trainable."""
         raise NotImplementedError
+
+    def healer(self) -> "Backend":
+        """The backend that heals the base (cpt_harness.heal): loads it with ``load_for_training`` in the settings
+        ``heal.heal_settings`` gives, on this backend's device. This one, unless a backend says otherwise."""
+        return self
 
     def training_base(self, key: Any, load: Callable[[], Any], keep: bool) -> Any:
         """A base model of this process's own for one trial to wrap in LoRA. With ``keep``, a copy of the one
@@ -104,6 +113,23 @@ class Backend:
         if self.device.type == "cuda":
             info["gpu"] = torch.cuda.get_device_name(self.device)
         return info
+
+
+def embeddings_to_train(model, lora_cfg) -> list[str] | None:
+    """The modules a trial trains in full (PEFT's ``modules_to_save``): the input embedding and output head when
+    ``lora.train_embeddings``, else none."""
+    return list(embedding_module_names(model)) if lora_cfg.train_embeddings else None
+
+
+def fp32_masters(model) -> Any:
+    """Trainable weights in float32 (the optimizer's master copies: a 1e-5 step vanishes in bf16 weights);
+    autocast does the bf16 math. Returns ``model``."""
+    import torch
+
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    return model
 
 
 def copy_model(model) -> Any:

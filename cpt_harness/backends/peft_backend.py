@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import contextlib
 
-from cpt_harness.backends.base import Backend
-from cpt_harness.modules import embedding_module_names
+from cpt_harness.backends.base import Backend, embeddings_to_train, fp32_masters
 
 
 class PeftBackend(Backend):
@@ -18,10 +17,6 @@ class PeftBackend(Backend):
         import torch
 
         self._device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-    @property
-    def device(self):
-        return self._device
 
     def dtype(self, model_cfg):
         import torch
@@ -58,10 +53,7 @@ class PeftBackend(Backend):
             model = PeftModel.from_pretrained(model, cfg.lora.init_adapter, is_trainable=True)
         else:
             model = get_peft_model(model, lora_config(model, cfg.lora, params))
-        for p in model.parameters():
-            if p.requires_grad and p.dtype != torch.float32:
-                p.data = p.data.float()  # trainable weights are fp32 masters; autocast does the bf16 math
-        return model.train()
+        return fp32_masters(model).train()
 
 
 def lora_config(model, lora_cfg, params):
@@ -70,7 +62,7 @@ def lora_config(model, lora_cfg, params):
     from peft import LoraConfig
 
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
-    to_save = list(embedding_module_names(model)) if lora_cfg.train_embeddings else None
+    to_save = embeddings_to_train(model, lora_cfg)
     return LoraConfig(
         r=params.rank,
         lora_alpha=params.alpha,

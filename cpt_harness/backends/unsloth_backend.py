@@ -11,9 +11,8 @@ from __future__ import annotations
 import os
 import sys
 
-from cpt_harness.backends.base import Backend
+from cpt_harness.backends.base import Backend, embeddings_to_train, fp32_masters
 from cpt_harness.errors import BackendUnavailable
-from cpt_harness.modules import embedding_module_names
 from cpt_harness.backends.offload import private_offload_folder
 
 if "unsloth" not in sys.modules and any(m in sys.modules for m in ("transformers", "peft", "trl")):
@@ -43,14 +42,18 @@ class UnslothBackend(Backend):
             raise BackendUnavailable("backend unsloth needs a CUDA GPU; use backend: peft (or auto) on a CPU")
         self._device = torch.device("cuda")
 
-    @property
-    def device(self):
-        return self._device
-
     def autocast(self):
         import torch
 
         return torch.autocast("cuda", dtype=torch.bfloat16)
+
+    def healer(self) -> Backend:
+        """The peft backend on this GPU. A heal merges LoRA into a float32 base (bf16 autocast does the math), as
+        every committed heal was made, so a heal's recipe key keeps naming one procedure; Unsloth loads the 16-bit
+        and 4-bit bases trials train on, and its float32 loading is neither used nor measured here."""
+        from cpt_harness.backends.peft_backend import PeftBackend
+
+        return PeftBackend()
 
     def _from_pretrained(self, model_path, model_cfg, gradient_checkpointing, compile_blocks=False):
         import torch
@@ -72,8 +75,6 @@ class UnslothBackend(Backend):
         return model.eval()
 
     def load_for_training(self, model_path, cfg, params):
-        import torch
-
         checkpointing = "unsloth" if cfg.train.gradient_checkpointing else False
         key = (model_path, repr(cfg.model), checkpointing, cfg.train.compile)
         model = self.training_base(key, lambda: self._from_pretrained(model_path, cfg.model, checkpointing,
@@ -88,12 +89,10 @@ class UnslothBackend(Backend):
                 model = FastLanguageModel.get_peft_model(
                     model, r=params.rank, lora_alpha=params.alpha, use_rslora=params.use_rslora,
                     target_modules=list(cfg.lora.target_modules), lora_dropout=cfg.lora.dropout, bias="none",
-                    modules_to_save=list(embedding_module_names(model)) if cfg.lora.train_embeddings else None,
+                    modules_to_save=embeddings_to_train(model, cfg.lora),
                     use_gradient_checkpointing=checkpointing, random_state=cfg.train.seed,
                     temporary_location=folder,
                 )
-        for p in model.parameters():
-            if p.requires_grad and p.dtype != torch.float32:
-                p.data = p.data.float()  # fp32 masters: a 1e-5 step vanishes in bf16 weights
+        fp32_masters(model)
         FastLanguageModel.for_training(model)
         return model
