@@ -346,7 +346,7 @@ def rebuilt_heal(stored: dict | None, current: dict | None) -> float | None:
     try:
         pairs = [(stored["heal_held_out"]["general_loss"], current["heal_held_out"]["general_loss"]),
                  (stored["heal_validation"]["general_loss"], current["heal_validation"]["general_loss"])]
-        if any(a[0] != b[0] for a, b in pairs):  # before healing: not the same base or held-out documents
+        if any(abs(a[0] - b[0]) > 1e-4 for a, b in pairs):  # before healing: another base or other documents
             return None
         return max(abs(a[1] - b[1]) for a, b in pairs)
     except (KeyError, TypeError, IndexError):
