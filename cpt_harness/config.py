@@ -189,6 +189,10 @@ class TrainConfig:
     )
     seed: int = _help("Seed of the data order and LoRA init (the same for every trial).", 0)
     time_limit_s: float | None = _help("Fail a trial that trains longer than this.", None)
+    checkpoint_every: int | None = _help(
+        "Save the trial's training state (trainable weights, optimizer, scheduler, data position, RNG) every N "
+        "steps into its folder (trial-NNNN/resume/): a trial retried after its worker died resumes there and "
+        "ends as an uninterrupted run would. null: off. Not part of the study's fingerprint.", None)
     divergence_factor: float = _help("Fail a trial whose loss exceeds this multiple of its first loss.", 3.0)
 
 
@@ -616,6 +620,7 @@ LIMITS: list[tuple[str, Callable[[Any], bool], str]] = [
     ("train.weight_decay", lambda v: v >= 0, "must be >= 0"),
     ("train.max_grad_norm", lambda v: v >= 0, "must be >= 0 (0: no clipping)"),
     ("train.time_limit_s", lambda v: v is None or v > 0, "must be > 0 or null"),
+    ("train.checkpoint_every", lambda v: v is None or v >= 1, "must be >= 1 (steps) or null (off)"),
     ("train.divergence_factor", lambda v: v > 1, "must be > 1"),
     ("eval.max_tokens", lambda v: v > 0, "must be > 0"),
     ("eval.batch_size", lambda v: v > 0, "must be > 0"),

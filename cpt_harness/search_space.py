@@ -133,7 +133,7 @@ def derive(rank: int, lr: float, ratio: float | None, cfg: Config, replay: float
     return TrialParams(rank, lr, ratio, use_rslora, cfg.lora.alpha, tuple(violations), replay)
 
 
-SPEED_ONLY = ("time_limit_s", "compile")
+SPEED_ONLY = ("time_limit_s", "compile", "checkpoint_every")
 CONSTRAINT_AWARE = ("tpe", "nsga2", "gp")  # samplers that read the trials' forgetting constraint
 
 
