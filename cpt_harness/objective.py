@@ -169,6 +169,8 @@ def with_forgetting(metrics: dict[str, float], base: dict[str, float]) -> dict[s
         for key, value in metrics.items():
             if key.startswith(f"{p}general_loss/") and key in base:
                 out[f"{p}forgetting/" + key.removeprefix(f"{p}general_loss/")] = value - base[key]
+            if key.startswith(f"{p}domain_loss/") and key in base:  # several domain sources
+                out[f"{p}domain_gain/" + key.removeprefix(f"{p}domain_loss/")] = base[key] - value
     return out
 
 

@@ -167,6 +167,8 @@ def space_payload(cfg: Config, extra: dict | None = None) -> dict[str, Any]:
         payload["max_forgetting"] = s.max_forgetting
     if cfg.data.replay is not None:  # its source is in the data fingerprint; the fraction is the protocol's
         payload["replay_fraction"] = cfg.data.replay.fraction
+    if len(cfg.data.domain_sources()) > 1:  # several domain sources: how they mix is the protocol's (one keeps its)
+        payload["domain_weights"] = cfg.data.domain_weights()
     if cfg.model.dtype != "auto":  # only then: the studies run before dtype was part of it keep their fingerprint
         payload["dtype"] = cfg.model.dtype
     if extra:

@@ -85,7 +85,7 @@ class Evaluation:
         general = metrics_mod.doc_losses(model, self.general, b, device, autocast, start=self._start)
         self.checkpoints.append((step, tokens_seen, domain, general))
         return {"step": step, "tokens_seen": tokens_seen,
-                **metrics_mod.held_out_metrics(domain, general, self.general, self.split, self.replayed)}
+                **metrics_mod.held_out_metrics(domain, general, self.general, self.split, self.replayed, self.domain)}
 
     def evals(self) -> Evals | None:
         if not self.checkpoints:
@@ -165,9 +165,11 @@ class MixedBatches:
     ``replay``: after n batches exactly floor(fraction x batch_size x n) replay blocks have been drawn, so the
     fraction holds to within one block at any step. Each corpus is drawn in its own seeded shuffled order."""
 
-    def __init__(self, domain: np.ndarray, replay: np.ndarray, fraction: float, batch_size: int, seed: int):
+    def __init__(self, domain: np.ndarray, replay: np.ndarray | None, fraction: float, batch_size: int, seed: int,
+                 domain_rows: WeightedRows | None = None):
         self.domain, self.replay, self.fraction, self.batch_size = domain, replay, fraction, batch_size
-        self.dom, self.rep = Rows(len(domain), seed), Rows(len(replay), seed + 1)
+        self.dom = domain_rows if domain_rows is not None else Rows(len(domain), seed)
+        self.rep = Rows(len(replay), seed + 1) if replay is not None else None
         self.n = self.drawn = 0
 
     def __iter__(self):
@@ -177,15 +179,19 @@ class MixedBatches:
         self.n += 1
         k = math.floor(self.fraction * self.batch_size * self.n + 1e-9) - self.drawn
         self.drawn += k
-        rows = [self.domain[self.dom.take(self.batch_size - k)], self.replay[self.rep.take(k)]]
+        rows = [self.domain[self.dom.take(self.batch_size - k)]]
+        if self.rep is not None:
+            rows.append(self.replay[self.rep.take(k)])
         return torch.from_numpy(np.concatenate(rows)).long()
 
     def state_dict(self) -> dict:
-        return {"dom": self.dom.state_dict(), "rep": self.rep.state_dict(), "n": self.n, "drawn": self.drawn}
+        return {"dom": self.dom.state_dict(), "rep": self.rep.state_dict() if self.rep is not None else None,
+                "n": self.n, "drawn": self.drawn}
 
     def load_state_dict(self, state: dict) -> None:
         self.dom.load_state_dict(state["dom"])
-        self.rep.load_state_dict(state["rep"])
+        if self.rep is not None:
+            self.rep.load_state_dict(state["rep"])
         self.n, self.drawn = state["n"], state["drawn"]
 
 
@@ -220,13 +226,52 @@ class Rows:
         self.order, self.i = state["order"].tolist(), state["i"]
 
 
+class WeightedRows:
+    """Row indices into the training blocks of several domain sources (source i: rows offsets[i]:offsets[i+1]),
+    each source drawn in its own seeded shuffled order, their shares held to the weights: after T rows, source i
+    has given floor(T x w_i / sum w) or one more (the largest remainders get the spare rows, ties to the first)."""
+
+    def __init__(self, offsets: list[int], weights: list[float], seed: int):
+        self.offsets, self.weights = list(offsets), [w / sum(weights) for w in weights]
+        self.rows = [Rows(offsets[i + 1] - offsets[i], seed + 2 + i) for i in range(len(weights))]
+        self.drawn = [0] * len(weights)
+
+    def take(self, k: int) -> list[int]:
+        total = sum(self.drawn) + k
+        target = [total * w for w in self.weights]
+        counts = [max(0, math.floor(t + 1e-9) - d) for t, d in zip(target, self.drawn)]
+        spare = k - sum(counts)
+        by_remainder = sorted(range(len(counts)), key=lambda i: -(target[i] - self.drawn[i] - counts[i]))
+        for i in by_remainder[:max(0, spare)]:
+            counts[i] += 1
+        out: list[int] = []
+        for i, c in enumerate(counts):
+            out += [self.offsets[i] + r for r in self.rows[i].take(c)]
+            self.drawn[i] += c
+        return out
+
+    def state_dict(self) -> dict:
+        return {"rows": [r.state_dict() for r in self.rows], "drawn": list(self.drawn)}
+
+    def load_state_dict(self, state: dict) -> None:
+        for r, s in zip(self.rows, state["rows"]):
+            r.load_state_dict(s)
+        self.drawn = list(state["drawn"])
+
+
 def training_batches(corpora: Corpora, params: TrialParams, batch_size: int, seed: int):
-    """The trial's batches: the domain's alone, or mixed with replay at the trial's replay fraction."""
+    """The trial's batches: the domain's alone, or mixed with replay at the trial's replay fraction; several
+    domain sources mixed by their weights (data.domain as a list)."""
     fraction = params.replay_fraction or 0.0
+    if fraction > 0 and corpora.replay_train is None:
+        raise DataError("a replay fraction without replay blocks: set data.replay.source")
+    offsets = corpora.domain_train_offsets
+    if offsets is not None and len(offsets) > 2:
+        rows = WeightedRows(offsets, corpora.domain_weights or [1.0] * (len(offsets) - 1), seed)
+        return MixedBatches(corpora.domain_train, corpora.replay_train if fraction > 0 else None, fraction,
+                            batch_size, seed, domain_rows=rows)
     if fraction <= 0:
         return batches(corpora.domain_train, batch_size, seed)
-    if corpora.replay_train is None:
-        raise DataError("a replay fraction without replay blocks: set data.replay.source")
     return mixed_batches(corpora.domain_train, corpora.replay_train, fraction, batch_size, seed)
 
 
