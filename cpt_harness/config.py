@@ -106,6 +106,9 @@ class DataSource:
         "How plain text splits into documents. paragraphs: documents separated by blank lines (what auto means for a "
         ".txt file); lines: one document a line; file: a folder of .txt files, one document each (a folder is read "
         "that way only when this is set).", "auto")
+    weight: float | None = _help(
+        "In a data.domain list only: the source's share of the training blocks, relative to the others' (null: 1).",
+        None)
 
 
 @dataclass
@@ -152,7 +155,11 @@ class ReplayConfig:
 
 @dataclass
 class DataConfig:
-    domain: DataSource = _help("The new domain's text (train + held-out).", factory=lambda: DataSource("builtin:legal"))
+    domain: Union[DataSource, list[DataSource]] = _help(
+        "The new domain's text (train + held-out): one source, or a list of sources mixed into the training batches "
+        "by their weight ([{path: a.jsonl, weight: 2}, {path: b.txt, format: lines}]); each source is split on its "
+        "own and its held-out loss reported too (domain_loss/<name>) beside the pooled domain_loss.",
+        factory=lambda: DataSource("builtin:legal"))
     general: Union[DataSource, list[DataSource]] = _help(
         "General text, one source or a list: the held-out part of each measures forgetting (token-weighted over "
         "all of them, each also reported on its own); a validation part of each one's other documents measures "
@@ -167,6 +174,13 @@ class DataConfig:
     num_proc: Union[int, Literal["auto"]] = _help(
         "Processes that tokenize and pack the corpora when the data cache is built (auto: the CPUs this process may "
         "use, at most 8). Not part of any fingerprint: the blocks are the same whatever it is.", "auto")
+
+    def domain_sources(self) -> list[DataSource]:
+        """data.domain as a list, whichever form the file used."""
+        return list(self.domain) if isinstance(self.domain, list) else [self.domain]
+
+    def domain_weights(self) -> list[float]:
+        return [1.0 if s.weight is None else float(s.weight) for s in self.domain_sources()]
 
     def general_sources(self) -> list[DataSource]:
         """data.general as a list, whichever form the file used."""
@@ -189,6 +203,10 @@ class TrainConfig:
     )
     seed: int = _help("Seed of the data order and LoRA init (the same for every trial).", 0)
     time_limit_s: float | None = _help("Fail a trial that trains longer than this.", None)
+    checkpoint_every: int | None = _help(
+        "Save the trial's training state (trainable weights, optimizer, scheduler, data position, RNG) every N "
+        "steps into its folder (trial-NNNN/resume/): a trial retried after its worker died resumes there and "
+        "ends as an uninterrupted run would. null: off. Not part of the study's fingerprint.", None)
     divergence_factor: float = _help("Fail a trial whose loss exceeds this multiple of its first loss.", 3.0)
 
 
@@ -555,6 +573,10 @@ def _describe(tp: Any) -> str:
         return " or ".join(_describe(t) for t in typing.get_args(tp))
     if origin is Literal:
         return " | ".join(map(str, typing.get_args(tp)))
+    if tp is DataSource:
+        return "a source (PATH or {path: PATH, ...})"
+    if origin is list and typing.get_args(tp) == (DataSource,):
+        return "a list of sources"
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string", type(None): "null"}.get(
         tp, getattr(tp, "__name__", str(tp))
     )
@@ -616,6 +638,7 @@ LIMITS: list[tuple[str, Callable[[Any], bool], str]] = [
     ("train.weight_decay", lambda v: v >= 0, "must be >= 0"),
     ("train.max_grad_norm", lambda v: v >= 0, "must be >= 0 (0: no clipping)"),
     ("train.time_limit_s", lambda v: v is None or v > 0, "must be > 0 or null"),
+    ("train.checkpoint_every", lambda v: v is None or v >= 1, "must be >= 1 (steps) or null (off)"),
     ("train.divergence_factor", lambda v: v > 1, "must be > 1"),
     ("eval.max_tokens", lambda v: v > 0, "must be > 0"),
     ("eval.batch_size", lambda v: v > 0, "must be > 0"),
@@ -665,8 +688,9 @@ def _rules() -> list[tuple[tuple[str, ...], Callable[[Config], list[str]]]]:
         (("ablation.study_name",), lambda c: safe_name_problems(c.ablation.study_name, "ablation.study_name")),
         (("study.output_dir",), lambda c: _check_output_dir(c.study.output_dir)),
         (("model.name",), lambda c: models.check_model_name(c.model.name, "model.name")),
-        (("data.domain",), lambda c: data_mod.check_source(c.data.domain, "data.domain")),
+        (("data.domain",), lambda c: data_mod.check_domain(c.data.domain, "data.domain")),
         (("data.general",), lambda c: data_mod.check_general(c.data.general, "data.general")),
+        (("data.general", "data.replay", "model.heal.data"), _check_weights_only_in_domain),
         (("lora.init_adapter",), _check_init_adapter),
         (("data.replay", "search.replay_fraction", "data.general"), _check_replay),
         (("model.heal.steps", "model.heal.data", "data.general"), _check_heal),
@@ -674,6 +698,17 @@ def _rules() -> list[tuple[tuple[str, ...], Callable[[Config], list[str]]]]:
          ablation.check),
         (("study.storage",), lambda c: urls.check(c.study.storage)),
     ]
+
+
+def _check_weights_only_in_domain(cfg: Config) -> list[str]:
+    general = cfg.data.general
+    keyed = ([("data.general", general)] if not isinstance(general, list) else
+             [(f"data.general[{i}]", g) for i, g in enumerate(general)])
+    keyed += [("model.heal.data", cfg.model.heal.data)]
+    if cfg.data.replay is not None:
+        keyed.append(("data.replay.source", cfg.data.replay.source))
+    return [f"{key}.weight: a weight mixes the sources of a data.domain list; {src.path} here is not one (remove "
+            "the weight)" for key, src in keyed if src.weight is not None]
 
 
 def _check_grace_period(cfg: Config) -> list[str]:
@@ -867,7 +902,7 @@ def summary(cfg: Config) -> str:
         f"study {cfg.study.name!r}: {cfg.study.n_trials} trials ({cfg.study.objective}, {cfg.study.sampler}"
         + (f", pruner {cfg.study.pruner}" if cfg.study.pruner != "none" else "")
         + (f", max forgetting {cfg.study.max_forgetting:g}" if cfg.study.max_forgetting is not None else "") + "), "
-        f"model {cfg.model.name}, backend {cfg.backend}, domain {cfg.data.domain.path}, general "
+        f"model {cfg.model.name}, backend {cfg.backend}, domain {' + '.join(d.path for d in cfg.data.domain_sources())}, general "
         f"{' + '.join(g.path for g in cfg.data.general_sources())}, ranks {s.rank.choices}, lr [{s.learning_rate.low:g}, {s.learning_rate.high:g}], "
         f"embedding ratio [{s.embedding_lr_ratio.low:g}, {s.embedding_lr_ratio.high:g}], "
         + (f"replay {cfg.data.replay.source.path} at " + (f"[{s.replay_fraction.low:g}, {s.replay_fraction.high:g}]"

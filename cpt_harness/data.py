@@ -195,6 +195,24 @@ def _hub_dataset_cached(repo_id: str) -> bool:
         return False
 
 
+def check_domain(domain: DataSource | list[DataSource], key: str) -> list[str]:
+    """data.domain: one source, or a non-empty list of distinct ones, each weight > 0."""
+    import math
+
+    if not isinstance(domain, list):
+        if domain.weight is not None:
+            return [f"{key}.weight: a weight mixes the sources of a list ({key}: [{{path: a.jsonl, weight: 2}}, "
+                    "{path: b.txt}]); one source takes every training block: remove it"]
+        return check_source(domain, key)
+    problems = check_general(domain, key)
+    for i, src in enumerate(domain):
+        w = src.weight
+        if w is not None and (isinstance(w, bool) or not math.isfinite(w) or w <= 0):
+            problems.append(f"{key}[{i}].weight: must be a number > 0 (the source's share of the training blocks, "
+                            f"relative to the others'), got {w!r}")
+    return problems
+
+
 def check_general(general: DataSource | list[DataSource], key: str) -> list[str]:
     """data.general: one source, or a non-empty list of distinct ones."""
     if not isinstance(general, list):
@@ -538,6 +556,15 @@ class BlockWriter:
         self.fh.write(np.ascontiguousarray(ids, dtype=np.int32).tobytes())
         self.tokens += len(ids)
 
+    def cut(self) -> int:
+        """End a source here: the remainder that fills no block is dropped (no block spans two sources); the
+        number of blocks written so far."""
+        n_blocks = self.tokens // self.block_len
+        self.fh.truncate(NPY_HEADER + n_blocks * self.block_len * 4)
+        self.fh.seek(NPY_HEADER + n_blocks * self.block_len * 4)
+        self.tokens = n_blocks * self.block_len
+        return n_blocks
+
     def close(self) -> int:
         """The number of blocks written."""
         n_blocks = self.tokens // self.block_len
@@ -646,19 +673,31 @@ class Corpora:
     general_doc_corpus: np.ndarray | None = None  # [general documents] which general corpus each one is from
     general_names: list[str] = field(default_factory=lambda: ["general"])
     replay_train: np.ndarray | None = None  # [r, L] packed training blocks of data.replay.source (None: no replay)
+    # several data.domain sources: which held-out domain document is from which source, their names, where each
+    # source's training blocks start and end in domain_train ([sources + 1]), and their weights (None: one source)
+    domain_doc_corpus: np.ndarray | None = None
+    domain_names: list[str] = field(default_factory=lambda: ["domain"])
+    domain_train_offsets: list[int] | None = None
+    domain_weights: list[float] | None = None
 
     def describe(self) -> str:
         L = self.domain_train.shape[1]
         general = self.general_set()
         per = np.bincount(general.corpus, weights=general.tokens_per_doc(), minlength=len(general.names))
-        return (f"domain train {self.domain_train.shape[0]} x {L} tokens, domain eval {self.domain_eval.size} tokens, "
+        offsets = self.domain_train_offsets
+        mix = (" (" + ", ".join(f"{n} {offsets[i + 1] - offsets[i]} weight {w:g}" for i, (n, w) in
+                                enumerate(zip(self.domain_names, self.domain_weights or []))) + ")"
+               if offsets is not None and len(offsets) > 2 else "")
+        return (f"domain train {self.domain_train.shape[0]} x {L} tokens{mix}, domain eval {self.domain_eval.size} tokens, "
                 f"general eval {self.general_eval.size} tokens"
                 + (f" ({', '.join(f'{n} {int(t)}' for n, t in zip(general.names, per))} predicted)"
                    if len(general.names) > 1 else ""))
 
     def domain_set(self) -> EvalSet:
         docs = _docs_or_blocks(self.domain_eval, self.domain_eval_docs)
-        return EvalSet(self.domain_eval, docs, np.zeros(int(docs.max()) + 1, np.int32), ["domain"])
+        corpus = self.domain_doc_corpus if self.domain_doc_corpus is not None else np.zeros(int(docs.max()) + 1,
+                                                                                            np.int32)
+        return EvalSet(self.domain_eval, docs, corpus, list(self.domain_names))
 
     def general_set(self) -> EvalSet:
         docs = _docs_or_blocks(self.general_eval, self.general_eval_docs)
@@ -699,18 +738,23 @@ def load(folder: Path, cfg: DataConfig, block_len: int, key: str) -> Corpora:
     arrays = {n: np.load(folder / f"{n}.npy", mmap_mode="r" if n in MAPPED else None) for n in ARRAYS}
     if (folder / "replay_train.npy").exists():
         arrays["replay_train"] = np.load(folder / "replay_train.npy", mmap_mode="r")
+    several = {}
+    if (folder / "domain_doc_corpus.npy").exists():  # several data.domain sources
+        several = {"domain_doc_corpus": np.load(folder / "domain_doc_corpus.npy"), "domain_names": stats["domain_names"],
+                   "domain_train_offsets": stats["domain_train_offsets"], "domain_weights": cfg.domain_weights()}
     general = " + ".join(g.path for g in cfg.general_sources())
-    for name, which, path in (("domain_eval", "data.domain", cfg.domain.path), ("general_eval", "data.general", general)):
+    domain = " + ".join(d.path for d in cfg.domain_sources())
+    for name, which, path in (("domain_eval", "data.domain", domain), ("general_eval", "data.general", general)):
         if arrays[name].shape[0] == 0:
             raise DataError(f"{which}: the held-out part of {path} ({_documents(stats[name])} at "
                             f"data.eval_fraction={cfg.eval_fraction}) is shorter than one block of "
                             f"model.max_seq_length={block_len} tokens; add documents, raise data.eval_fraction or "
                             "lower model.max_seq_length")
     if arrays["domain_train"].shape[0] == 0:
-        raise DataError(f"data.domain: the training part of {cfg.domain.path} ({_documents(stats['domain_train'])}) "
+        raise DataError(f"data.domain: the training part of {domain} ({_documents(stats['domain_train'])}) "
                         f"is shorter than one block of model.max_seq_length={block_len} tokens; add documents, lower "
                         "data.eval_fraction or lower model.max_seq_length")
-    return Corpora(**arrays, fingerprint=key, stats=stats, general_names=stats["general_names"])
+    return Corpora(**arrays, **several, fingerprint=key, stats=stats, general_names=stats["general_names"])
 
 
 MAPPED = ("domain_train",)  # arrays that grow with the corpus: memory-mapped, never read whole
@@ -766,42 +810,94 @@ def _build(cfg: DataConfig, tokenizer, block_len: int, eval_max_tokens: int, out
     scratch = out / "documents"  # Arrow stores of the documents: read by the passes below, gone once they are done
     scratch.mkdir()
     stats: dict = {}
-    store, order, n_eval = _stored_split(cfg.domain, "data.domain", cfg, scratch, show)
-    held_out, train = order[:n_eval], order[n_eval:]
+    sources = cfg.domain_sources()
+    keys = ["data.domain"] if len(sources) == 1 else [f"data.domain[{i}]" for i in range(len(sources))]
+    # Each source split on its own; the held-out documents of every source are looked for in the training text of
+    # every source (a near-copy in another source's training part would flatter the domain loss just the same).
+    splits = [_stored_split(src, key, cfg, scratch, show) for src, key in zip(sources, keys)]
+    held_outs = [(store, order[:n_eval]) for store, order, n_eval in splits]
     procs, sep = num_proc(cfg), separator_id(tokenizer)
-    with _workers(procs, docs=_Documents(store, held_out)) as pmap:
-        hashes = [h for part in pmap(_hash_range, _ranges(len(held_out), CHUNK_DOCS)) for h in part]
+    hashes: list[np.ndarray] = []
+    for store, held_out in held_outs:
+        with _workers(procs, docs=_Documents(store, held_out)) as pmap:
+            hashes += [h for part in pmap(_hash_range, _ranges(len(held_out), CHUNK_DOCS)) for h in part]
     wanted = unique_hashes(hashes)
     found = np.zeros(wanted.size, dtype=bool)
     writer = BlockWriter(out / "domain_train.npy", block_len)
-    with (_workers(procs, docs=_Documents(store, train), tokenizer=tokenizer, sep=sep, wanted=wanted) as pmap,
-          show.stage("data.domain: tokenize, pack", len(train)) as tick):
-        for ids, n, seen in pmap(_tokenize_range, _ranges(len(train), CHUNK_DOCS)):
-            writer.write(ids)
-            found[seen] = True
-            tick(n, len(ids))
+    offsets, n_train = [0], 0
+    for (store, order, n_eval), key in zip(splits, keys):
+        train = order[n_eval:]
+        n_train += len(train)
+        with (_workers(procs, docs=_Documents(store, train), tokenizer=tokenizer, sep=sep, wanted=wanted) as pmap,
+              show.stage(f"{key}: tokenize, pack", len(train)) as tick):
+            for ids, n, seen in pmap(_tokenize_range, _ranges(len(train), CHUNK_DOCS)):
+                writer.write(ids)
+                found[seen] = True
+                tick(n, len(ids))
+        if len(sources) > 1:
+            offsets.append(writer.cut())
+            if offsets[-1] == offsets[-2]:
+                raise DataError(f"{key}: the training part of {sources[len(offsets) - 2].path} "
+                                f"({_documents({'documents': len(train)})}) is shorter than one block of model.max_seq_length={block_len} tokens; "
+                                "add documents, lower data.eval_fraction or lower model.max_seq_length")
     n_blocks = writer.close()
     keep = not_contaminated(hashes, wanted, found)
-    kept, dropped = held_out[keep], int((~keep).sum())
+    dropped = int((~keep).sum())
     stats["contamination"] = {"ngram_words": CONTAMINATION_NGRAM, "threshold": CONTAMINATION_THRESHOLD,
-                              "held_out_documents": len(held_out), "dropped": dropped}
-    if not kept.size:
+                              "held_out_documents": len(keep), "dropped": dropped}
+    if not keep.any():
         raise DataError(f"data.domain: every held-out document is a near-copy of training documents ({dropped} "
-                        f"of {len(held_out)} share >= {CONTAMINATION_THRESHOLD:.0%} of their {CONTAMINATION_NGRAM}-word "
+                        f"of {len(keep)} share >= {CONTAMINATION_THRESHOLD:.0%} of their {CONTAMINATION_NGRAM}-word "
                         "sequences with them); deduplicate the corpus")
-    stats["domain_train"] = {"documents": len(train), "blocks": n_blocks, "tokens": n_blocks * block_len}
-    blocks, docs = pack_documents(_Documents(store, kept), tokenizer, block_len, eval_max_tokens)
-    np.save(out / "domain_eval.npy", blocks)
-    np.save(out / "domain_eval_docs.npy", docs)
-    stats["domain_eval"] = _eval_stats(len(kept), blocks, docs)
+    stats["domain_train"] = {"documents": n_train, "blocks": n_blocks, "tokens": n_blocks * block_len}
+    if len(sources) == 1:  # as before several sources: one pack of eval.max_tokens
+        store, held_out = held_outs[0]
+        blocks, docs = pack_documents(_Documents(store, held_out[keep]), tokenizer, block_len, eval_max_tokens)
+        np.save(out / "domain_eval.npy", blocks)
+        np.save(out / "domain_eval_docs.npy", docs)
+        stats["domain_eval"] = _eval_stats(int(keep.sum()), blocks, docs)
+    else:
+        _domain_eval_per_source(sources, keys, held_outs, keep, offsets, tokenizer, block_len, eval_max_tokens, out,
+                                stats, cfg)
     _build_general(cfg, tokenizer, block_len, eval_max_tokens, out, stats, scratch, show)
-    stats["sources"] = {"domain": source_label(cfg.domain),
+    stats["sources"] = {"domain": " + ".join(source_label(d) for d in sources),
                         "general": " + ".join(source_label(g) for g in cfg.general_sources())}
     if cfg.replay is not None:
         stats["replay_train"] = _build_replay(cfg, tokenizer, block_len, out, scratch, show)
         stats["sources"]["replay"] = source_label(cfg.replay.source)
     (out / "stats.json").write_text(json.dumps(stats, indent=2))
     shutil.rmtree(scratch)
+
+
+def _domain_eval_per_source(sources, keys, held_outs, keep, offsets, tokenizer, block_len, eval_max_tokens, out,
+                            stats, cfg) -> None:
+    """Several data.domain sources: each one's held-out part packed on its own (eval.max_tokens each), then
+    stacked as the general corpora are; document numbers run on across sources (domain_doc_corpus)."""
+    names = corpus_names(sources)
+    all_blocks, all_docs, corpus, per, start = [], [], [], {}, 0
+    for i, ((store, held_out), key, name) in enumerate(zip(held_outs, keys, names)):
+        kept = held_out[keep[start : start + len(held_out)]]
+        start += len(held_out)
+        blocks, docs = pack_documents(_Documents(store, kept), tokenizer, block_len, eval_max_tokens)
+        if blocks.shape[0] == 0:
+            raise DataError(f"{key}: the held-out part of {sources[i].path} ({_documents({'documents': len(kept)})} "
+                            f"at data.eval_fraction={cfg.eval_fraction}, after dropping near-copies) is shorter than "
+                            f"one block of model.max_seq_length={block_len} tokens; add documents, raise "
+                            "data.eval_fraction or lower model.max_seq_length")
+        all_blocks.append(blocks)
+        all_docs.append(docs + len(corpus))
+        corpus += [i] * (int(docs.max()) + 1)
+        per[name] = {"source": source_label(sources[i]), **_eval_stats(len(kept), blocks, docs),
+                     "train_blocks": offsets[i + 1] - offsets[i]}
+    blocks, docs = np.concatenate(all_blocks), np.concatenate(all_docs)
+    np.save(out / "domain_eval.npy", blocks)
+    np.save(out / "domain_eval_docs.npy", docs)
+    np.save(out / "domain_doc_corpus.npy", np.asarray(corpus, dtype=np.int32))
+    stats["domain_eval"] = {"documents": sum(p["documents"] for p in per.values()), "documents_evaluated": len(corpus),
+                            "blocks": int(blocks.shape[0]), "tokens": int(blocks.size)}
+    stats["domain_corpora"] = per
+    stats["domain_names"] = names
+    stats["domain_train_offsets"] = offsets
 
 
 def _build_replay(cfg: DataConfig, tokenizer, block_len: int, out: Path, scratch: Path, show: Progress) -> dict:
@@ -923,7 +1019,10 @@ def _read(src: DataSource, key: str) -> Iterator[str]:
 
 def cache_key(cfg: DataConfig, tokenizer, block_len: int, eval_max_tokens: int) -> str:
     h = hashlib.sha256()
-    for src in (cfg.domain, *cfg.general_sources()):
+    domains = cfg.domain_sources()
+    if len(domains) > 1:  # only then: a single source keeps its key (and its studies their fingerprint)
+        h.update(f"domains:{len(domains)}".encode())
+    for src in (*domains, *cfg.general_sources()):
         h.update(source_fingerprint(src).encode())
     h.update(tokenizer_fingerprint(tokenizer).encode())
     # v2: document ids beside the eval blocks, several general corpora, the contamination filter

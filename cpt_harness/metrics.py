@@ -110,24 +110,35 @@ def _doc_hash(seed: int, corpus: str, index: int) -> int:
 
 
 def held_out_metrics(domain: DocLosses, general: DocLosses, general_set: EvalSet,
-                     split: EvalSplit | None, replayed: np.ndarray | None = None) -> dict[str, float]:
+                     split: EvalSplit | None, replayed: np.ndarray | None = None,
+                     domain_set: EvalSet | None = None) -> dict[str, float]:
     """One model's held-out metrics from its per-document sums: domain_loss, general_loss (every general corpus,
     token-weighted), general_loss/<name>, and general_kl where there is a start model. With a split these are the
     selection part's, and the test part's follow as test_domain_loss, test_general_loss, ...; forgetting is
     derived from them against the base's (objective.with_forgetting). ``replayed`` (bool per general corpus, under
-    data.replay): general_loss_unreplayed too, over the corpora no trial trains on."""
+    data.replay): general_loss_unreplayed too, over the corpora no trial trains on. ``domain_set`` with several
+    sources (a data.domain list): domain_loss/<name> too, each source's."""
     corpus, names = general_set.corpus, general_set.names
+    several = domain_set is not None and len(domain_set.names) > 1
+    dcorpus = domain_set.corpus if several else None
+    dnames = domain_set.names if several else None
     if split is None:
-        return _metrics(domain, general, corpus, names, replayed)
+        return _metrics(domain, general, corpus, names, replayed, dcorpus, dnames)
     sel, test = ~split.general, split.general
-    selection = _metrics(domain.part(~split.domain), general.part(sel), corpus[sel], names, replayed)
-    tested = _metrics(domain.part(split.domain), general.part(test), corpus[test], names, replayed)
+    dsel, dtest = ~split.domain, split.domain
+    selection = _metrics(domain.part(dsel), general.part(sel), corpus[sel], names, replayed,
+                         dcorpus[dsel] if several else None, dnames)
+    tested = _metrics(domain.part(dtest), general.part(test), corpus[test], names, replayed,
+                      dcorpus[dtest] if several else None, dnames)
     return {**selection, **{f"test_{k}": v for k, v in tested.items()}}
 
 
 def _metrics(domain: DocLosses, general: DocLosses, corpus: np.ndarray, names: list[str],
-             replayed: np.ndarray | None = None) -> dict[str, float]:
+             replayed: np.ndarray | None = None, domain_corpus: np.ndarray | None = None,
+             domain_names: list[str] | None = None) -> dict[str, float]:
     out = {"domain_loss": domain.loss, "general_loss": general.loss}
+    if domain_corpus is not None:
+        out.update({f"domain_loss/{name}": v for name, v in domain.corpus_losses(domain_corpus, domain_names).items()})
     if general.kl is not None:
         out["general_kl"] = general.mean_kl
     if replayed is not None and replayed.any() and not replayed.all():

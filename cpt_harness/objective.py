@@ -91,12 +91,18 @@ class Objective:
         tracker_s = time.perf_counter() - started
         adapter_dir = trial_dir / "adapter" if cfg.study.keep_adapters != "none" else None
         progress = ctx.progress(trial.number, cfg.train.max_steps) if ctx.progress else None
+        saver = self._saver(trial, cfg, params)
         try:
             result = train.run_trial(ctx.backend, ctx.model_path, cfg, params, ctx.corpora, ctx.tracker, adapter_dir,
-                                     progress, checkpoint=pruning.Checkpoint(trial, cfg, ctx.base), base=ctx.base)
+                                     progress, checkpoint=pruning.Checkpoint(trial, cfg, ctx.base), base=ctx.base,
+                                     saver=saver)
         finally:
             if progress is not None:
                 progress.close()
+        if saver is not None and saver.skipped:
+            trial.set_user_attr("resume_skipped", saver.skipped)
+        if result.resumed_step is not None:
+            trial.set_user_attr("resumed_from", {"trial": trial.user_attrs["retry_of"], "step": result.resumed_step})
         metrics = with_forgetting(result.metrics, ctx.base)
         if result.evals is not None:  # per-document arrays go to a file; the database holds its path
             trial.set_user_attr("evals_file", evals.write_trial(ctx.study_dir, trial.number, result.evals))
@@ -128,6 +134,25 @@ class Objective:
         return pruning.objective_values(cfg, metrics)
 
 
+    def _saver(self, trial, cfg: Config, params):
+        """train.checkpoint_every: where the trial's training state is saved, the folder of the first trial of its
+        retry chain (a retry after a dead worker resumes what that worker saved). A trial that is no retry
+        starts clean."""
+        from cpt_harness import resume
+
+        if not cfg.train.checkpoint_every:
+            return None
+        retry_of = trial.user_attrs.get("retry_of")
+        chain = trial.number if retry_of is None else retry_of
+        identity = {"params": params.as_dict(), "protocol": search_space.space_payload(cfg),
+                    "data": self.ctx.corpora.fingerprint, "model": self.ctx.model_path}
+        saver = resume.Saver(self.ctx.study_dir / f"trial-{chain:04d}" / resume.FOLDER, cfg.train.checkpoint_every,
+                             identity)
+        if retry_of is None:
+            saver.clear()
+        return saver
+
+
 def with_forgetting(metrics: dict[str, float], base: dict[str, float]) -> dict[str, float]:
     """forgetting = general_loss - base general loss (positive: the model got worse at general text), over all
     general corpora (token-weighted), forgetting/<name> for each one, and under replay forgetting_unreplayed
@@ -144,6 +169,8 @@ def with_forgetting(metrics: dict[str, float], base: dict[str, float]) -> dict[s
         for key, value in metrics.items():
             if key.startswith(f"{p}general_loss/") and key in base:
                 out[f"{p}forgetting/" + key.removeprefix(f"{p}general_loss/")] = value - base[key]
+            if key.startswith(f"{p}domain_loss/") and key in base:  # several domain sources
+                out[f"{p}domain_gain/" + key.removeprefix(f"{p}domain_loss/")] = base[key] - value
     return out
 
 

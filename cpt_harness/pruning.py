@@ -39,6 +39,12 @@ class Checkpoint:
             return f"{s.pruner} pruner: domain loss {point['domain_loss']:.4f} at step {step}"
         return None
 
+    def replay(self, point: dict[str, float]) -> None:
+        """An eval point a resumed trial measured before its worker died: reported as it was then, no decision
+        (it went on from there)."""
+        if self.cfg.study.objective == "constrained" and int(point["step"]) > 0:
+            self.trial.report(point["domain_loss"], int(point["step"]))
+
 
 def record_constraint(trial: Any, forgetting: float, max_forgetting: float | None) -> None:
     """forgetting - max_forgetting as the trial's Optuna constraint (<= 0: feasible), read by tpe, nsga2 and gp."""

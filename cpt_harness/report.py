@@ -52,6 +52,9 @@ def table(study, base: dict | None = None, max_forgetting: float | None = None) 
     rows = storage.trial_rows(study, max_forgetting)
     budget = any(r["feasible"] is not None for r in rows)
     columns = COLUMNS + (REPLAY_COLUMNS if any(r.get("replay_fraction") is not None for r in rows) else [])
+    sources = sorted({k for r in rows for k in r if k.startswith("domain_loss/")})  # several data.domain sources
+    at = [c[1] for c in columns].index("domain_gain")
+    columns = columns[:at] + [(f"domain {k.removeprefix('domain_loss/')}", k, ".4f") for k in sources] + columns[at:]
     header = ["front"] + [c[0] for c in columns] + (["budget"] if budget else []) + ["note"]
     body = []
     for r in rows:
@@ -70,8 +73,10 @@ def table(study, base: dict | None = None, max_forgetting: float | None = None) 
     lines = [f"study {study.study_name}: {len(rows)} trials, {sum(r['state'] == 'COMPLETE' for r in rows)} complete, "
              + (f"{pruned} pruned, " if pruned else "") + marked]
     if base:
-        lines.append(f"base model: domain loss {base['domain_loss']:.4f}, general loss {base['general_loss']:.4f} "
-                     "(forgetting = general loss - base general loss)")
+        per = ", ".join(f"{k.removeprefix('domain_loss/')} {v:.4f}" for k, v in base.items()
+                        if k.startswith("domain_loss/"))
+        lines.append(f"base model: domain loss {base['domain_loss']:.4f}" + (f" ({per})" if per else "")
+                     + f", general loss {base['general_loss']:.4f} (forgetting = general loss - base general loss)")
     lines.append("  ".join(h.rjust(w) for h, w in zip(header, widths)))
     lines += ["  ".join(c.rjust(w) for c, w in zip(cells, widths)) for cells in body]
     return "\n".join(lines)

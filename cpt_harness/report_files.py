@@ -539,7 +539,7 @@ def _conditions(study, cfg, design: dict, seeds: int) -> str:
     tokens = t.max_steps * t.batch_size * t.grad_accum * cfg.model.max_seq_length
     ranks = sorted({int(lv) for lv in design["factors"].get("rank", [design["fixed"]["rank"]])})
     lrs = design["learning_rates"]
-    return (f"{model}; domain {cfg.data.domain.path}; rank {'/'.join(map(str, ranks))}; LR grid "
+    return (f"{model}; domain {' + '.join(d.path for d in cfg.data.domain_sources())}; rank {'/'.join(map(str, ranks))}; LR grid "
             f"{', '.join(f'{lr:g}' for lr in lrs)}; {t.max_steps} steps of {tokens // t.max_steps:,} tokens; "
             f"{seeds} of {design['seeds']} seeds complete")
 
@@ -595,7 +595,7 @@ def _frontier_sections(study, cfg, out: Path) -> list[str]:
         figures += ["## Dose–response", "", "![dose-response](dose.png)", ""]
     _curves_figure(study, out / "curves.png", group_by="arm")
     figures += ["## Eval curves per arm", "", "![curves](curves.png)", ""]
-    (out / "effects.json").write_text(json.dumps([{**_result_json(r), "domain": cfg.data.domain.path,
+    (out / "effects.json").write_text(json.dumps([{**_result_json(r), "domain": ' + '.join(d.path for d in cfg.data.domain_sources()),
                                                     "conditions": conditions} for r in results], indent=2))
     return lines + figures + ["## Trials", "", "```", report.table(study, study.user_attrs.get("base")), "```", ""]
 

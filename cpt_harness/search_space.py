@@ -133,7 +133,7 @@ def derive(rank: int, lr: float, ratio: float | None, cfg: Config, replay: float
     return TrialParams(rank, lr, ratio, use_rslora, cfg.lora.alpha, tuple(violations), replay)
 
 
-SPEED_ONLY = ("time_limit_s", "compile")
+SPEED_ONLY = ("time_limit_s", "compile", "checkpoint_every")
 CONSTRAINT_AWARE = ("tpe", "nsga2", "gp")  # samplers that read the trials' forgetting constraint
 
 
@@ -167,6 +167,8 @@ def space_payload(cfg: Config, extra: dict | None = None) -> dict[str, Any]:
         payload["max_forgetting"] = s.max_forgetting
     if cfg.data.replay is not None:  # its source is in the data fingerprint; the fraction is the protocol's
         payload["replay_fraction"] = cfg.data.replay.fraction
+    if len(cfg.data.domain_sources()) > 1:  # several domain sources: how they mix is the protocol's (one keeps its)
+        payload["domain_weights"] = cfg.data.domain_weights()
     if cfg.model.dtype != "auto":  # only then: the studies run before dtype was part of it keep their fingerprint
         payload["dtype"] = cfg.model.dtype
     if extra:

@@ -138,7 +138,7 @@ def measure_base(backend, model_path: str, cfg: Config, corpora: data.Corpora, l
                     evals.Evals.from_checkpoints([(0, 0, domain, general)], general_set.corpus, general_set.names))
     split = metrics.EvalSplit.of(domain_set, general_set, cfg.eval.test_fraction, cfg.data.seed)
     replayed = data.replayed_corpora(cfg.data) if cfg.data.replay is not None else None
-    return metrics.held_out_metrics(domain, general, general_set, split, replayed)  # with a split: both parts
+    return metrics.held_out_metrics(domain, general, general_set, split, replayed, domain_set)  # with a split: both parts
 
 
 def run(cfg: Config, n_trials: int | None = None, log=print) -> Session:

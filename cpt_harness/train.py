@@ -6,7 +6,6 @@ backends is the backend's and nothing else's.
 
 from __future__ import annotations
 
-import itertools
 import math
 import time
 import zlib
@@ -21,6 +20,7 @@ import torch
 
 from cpt_harness import audit as audit_mod
 from cpt_harness import metrics as metrics_mod
+from cpt_harness import resume
 from cpt_harness.config import Config
 from cpt_harness.data import Corpora, DataError, replayed_corpora
 from cpt_harness.errors import TrialFailed
@@ -39,6 +39,7 @@ class TrialResult:
     base_load: str = ""  # "disk", or "copy" of the base the worker keeps loaded (model.keep_loaded)
     evals: Evals | None = None  # per-document results of every eval checkpoint (written to evals.npz)
     stopped: str | None = None  # why the trial stopped at an eval checkpoint before max_steps (it is pruned)
+    resumed_step: int | None = None  # the saved step it went on from (train.checkpoint_every), if it resumed
 
 
 @dataclass
@@ -84,7 +85,7 @@ class Evaluation:
         general = metrics_mod.doc_losses(model, self.general, b, device, autocast, start=self._start)
         self.checkpoints.append((step, tokens_seen, domain, general))
         return {"step": step, "tokens_seen": tokens_seen,
-                **metrics_mod.held_out_metrics(domain, general, self.general, self.split, self.replayed)}
+                **metrics_mod.held_out_metrics(domain, general, self.general, self.split, self.replayed, self.domain)}
 
     def evals(self) -> Evals | None:
         if not self.checkpoints:
@@ -124,54 +125,164 @@ def lr_lambda(max_steps: int, warmup_ratio: float) -> Callable[[int], float]:
     return factor
 
 
-def batches(blocks: np.ndarray, batch_size: int, seed: int):
+class Batches:
     """Endless shuffled batches; seed k gives the same order in every trial. ``blocks`` may be memory-mapped:
-    only the rows of a batch are read."""
-    g = torch.Generator().manual_seed(seed)
-    while True:
-        order = torch.randperm(len(blocks), generator=g).numpy()
-        for i in range(0, len(order) - batch_size + 1, batch_size):
-            yield torch.from_numpy(blocks[order[i : i + batch_size]]).long()  # a copy of those rows (memory-mapped)
-        if len(order) < batch_size:
-            yield torch.from_numpy(blocks[order]).long()
+    only the rows of a batch are read. Each epoch is a fresh seeded permutation of the blocks cut into full
+    batches (one batch of all the blocks when there are fewer than a batch). ``state_dict``: where the stream
+    is, for a trial that resumes (train.checkpoint_every)."""
+
+    def __init__(self, blocks: np.ndarray, batch_size: int, seed: int):
+        self.blocks, self.batch_size = blocks, batch_size
+        self.g = torch.Generator().manual_seed(seed)
+        self.order: np.ndarray | None = None
+        self.i = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        n, b = len(self.blocks), self.batch_size
+        if self.order is None or (self.i + b > n if n >= b else self.i > 0):
+            self.order, self.i = torch.randperm(n, generator=self.g).numpy(), 0
+        rows = self.order[self.i : self.i + b]
+        self.i += b
+        return torch.from_numpy(self.blocks[rows]).long()  # a copy of those rows (memory-mapped)
+
+    def state_dict(self) -> dict:
+        return {"g": self.g.get_state(), "order": None if self.order is None else self.order.copy(), "i": self.i}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.g.set_state(state["g"])
+        self.order, self.i = state["order"], state["i"]
 
 
-def mixed_batches(domain: np.ndarray, replay: np.ndarray, fraction: float, batch_size: int, seed: int):
+def batches(blocks: np.ndarray, batch_size: int, seed: int) -> Batches:
+    return Batches(blocks, batch_size, seed)
+
+
+class MixedBatches:
     """Endless batches of which ``fraction`` of the blocks (so of the tokens: every block is as long) come from
     ``replay``: after n batches exactly floor(fraction x batch_size x n) replay blocks have been drawn, so the
     fraction holds to within one block at any step. Each corpus is drawn in its own seeded shuffled order."""
-    dom, rep = _rows(len(domain), seed), _rows(len(replay), seed + 1)
-    drawn = 0
-    for n in itertools.count(1):
-        k = math.floor(fraction * batch_size * n + 1e-9) - drawn
-        drawn += k
-        rows = [domain[[next(dom) for _ in range(batch_size - k)]], replay[[next(rep) for _ in range(k)]]]
-        yield torch.from_numpy(np.concatenate(rows)).long()
+
+    def __init__(self, domain: np.ndarray, replay: np.ndarray | None, fraction: float, batch_size: int, seed: int,
+                 domain_rows: WeightedRows | None = None):
+        self.domain, self.replay, self.fraction, self.batch_size = domain, replay, fraction, batch_size
+        self.dom = domain_rows if domain_rows is not None else Rows(len(domain), seed)
+        self.rep = Rows(len(replay), seed + 1) if replay is not None else None
+        self.n = self.drawn = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        self.n += 1
+        k = math.floor(self.fraction * self.batch_size * self.n + 1e-9) - self.drawn
+        self.drawn += k
+        rows = [self.domain[self.dom.take(self.batch_size - k)]]
+        if self.rep is not None:
+            rows.append(self.replay[self.rep.take(k)])
+        return torch.from_numpy(np.concatenate(rows)).long()
+
+    def state_dict(self) -> dict:
+        return {"dom": self.dom.state_dict(), "rep": self.rep.state_dict() if self.rep is not None else None,
+                "n": self.n, "drawn": self.drawn}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.dom.load_state_dict(state["dom"])
+        if self.rep is not None:
+            self.rep.load_state_dict(state["rep"])
+        self.n, self.drawn = state["n"], state["drawn"]
 
 
-def _rows(n: int, seed: int):
-    """Endless row indices: a fresh seeded permutation of range(n) per epoch."""
-    g = torch.Generator().manual_seed(seed)
-    while True:
-        yield from torch.randperm(n, generator=g).tolist()
+def mixed_batches(domain: np.ndarray, replay: np.ndarray, fraction: float, batch_size: int, seed: int
+                  ) -> MixedBatches:
+    return MixedBatches(domain, replay, fraction, batch_size, seed)
+
+
+class Rows:
+    """Endless row indices: a fresh seeded permutation of range(n) per epoch, drawn ``take(k)`` at a time."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.g = n, torch.Generator().manual_seed(seed)
+        self.order: list[int] = []
+        self.i = 0
+
+    def take(self, k: int) -> list[int]:
+        out: list[int] = []
+        while len(out) < k:
+            if self.i >= len(self.order):
+                self.order, self.i = torch.randperm(self.n, generator=self.g).tolist(), 0
+            j = min(len(self.order), self.i + k - len(out))
+            out += self.order[self.i : j]
+            self.i = j
+        return out
+
+    def state_dict(self) -> dict:
+        return {"g": self.g.get_state(), "order": np.asarray(self.order, dtype=np.int64), "i": self.i}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.g.set_state(state["g"])
+        self.order, self.i = state["order"].tolist(), state["i"]
+
+
+class WeightedRows:
+    """Row indices into the training blocks of several domain sources (source i: rows offsets[i]:offsets[i+1]),
+    each source drawn in its own seeded shuffled order, their shares held to the weights: after T rows, source i
+    has given floor(T x w_i / sum w) or one more (the largest remainders get the spare rows, ties to the first)."""
+
+    def __init__(self, offsets: list[int], weights: list[float], seed: int):
+        self.offsets, self.weights = list(offsets), [w / sum(weights) for w in weights]
+        self.rows = [Rows(offsets[i + 1] - offsets[i], seed + 2 + i) for i in range(len(weights))]
+        self.drawn = [0] * len(weights)
+
+    def take(self, k: int) -> list[int]:
+        total = sum(self.drawn) + k
+        target = [total * w for w in self.weights]
+        counts = [max(0, math.floor(t + 1e-9) - d) for t, d in zip(target, self.drawn)]
+        spare = k - sum(counts)
+        by_remainder = sorted(range(len(counts)), key=lambda i: -(target[i] - self.drawn[i] - counts[i]))
+        for i in by_remainder[:max(0, spare)]:
+            counts[i] += 1
+        out: list[int] = []
+        for i, c in enumerate(counts):
+            out += [self.offsets[i] + r for r in self.rows[i].take(c)]
+            self.drawn[i] += c
+        return out
+
+    def state_dict(self) -> dict:
+        return {"rows": [r.state_dict() for r in self.rows], "drawn": list(self.drawn)}
+
+    def load_state_dict(self, state: dict) -> None:
+        for r, s in zip(self.rows, state["rows"]):
+            r.load_state_dict(s)
+        self.drawn = list(state["drawn"])
 
 
 def training_batches(corpora: Corpora, params: TrialParams, batch_size: int, seed: int):
-    """The trial's batches: the domain's alone, or mixed with replay at the trial's replay fraction."""
+    """The trial's batches: the domain's alone, or mixed with replay at the trial's replay fraction; several
+    domain sources mixed by their weights (data.domain as a list)."""
     fraction = params.replay_fraction or 0.0
+    if fraction > 0 and corpora.replay_train is None:
+        raise DataError("a replay fraction without replay blocks: set data.replay.source")
+    offsets = corpora.domain_train_offsets
+    if offsets is not None and len(offsets) > 2:
+        rows = WeightedRows(offsets, corpora.domain_weights or [1.0] * (len(offsets) - 1), seed)
+        return MixedBatches(corpora.domain_train, corpora.replay_train if fraction > 0 else None, fraction,
+                            batch_size, seed, domain_rows=rows)
     if fraction <= 0:
         return batches(corpora.domain_train, batch_size, seed)
-    if corpora.replay_train is None:
-        raise DataError("a replay fraction without replay blocks: set data.replay.source")
     return mixed_batches(corpora.domain_train, corpora.replay_train, fraction, batch_size, seed)
 
 
 def run_trial(backend, model_path: str, cfg: Config, params: TrialParams, corpora: Corpora, tracker,
-              adapter_dir: Path | None, progress=None, checkpoint=None, base: dict[str, float] | None = None
-              ) -> TrialResult:
+              adapter_dir: Path | None, progress=None, checkpoint=None, base: dict[str, float] | None = None,
+              saver: resume.Saver | None = None) -> TrialResult:
     """``checkpoint``: called with each eval point; a reason it returns stops training there (no adapter is
     saved) and comes back as ``stopped``, the metrics being those of that checkpoint. ``base``: the base model's
-    losses; with them every eval point also logs eval/forgetting and eval/domain_gain."""
+    losses; with them every eval point also logs eval/forgetting and eval/domain_gain. ``saver``
+    (train.checkpoint_every): the training state is saved every N steps, and a state saved there before (by a
+    worker that died) is resumed; it is removed once the trial ends with an outcome."""
     device = backend.device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     timer = Timer(sync=sync)
@@ -190,10 +301,20 @@ def run_trial(backend, model_path: str, cfg: Config, params: TrialParams, corpor
     evaluation = Evaluation(backend, model_path, cfg, corpora)
     try:
         stream = training_batches(corpora, params, cfg.train.batch_size, cfg.train.seed)
+        resumed = saver.load() if saver is not None else None
+        if resumed is not None:
+            _restore(resumed, model, optimizer, scheduler, stream, evaluation, timer, checkpoint)
         result = _loop(model, optimizer, scheduler, backend, cfg, evaluation, stream, tracker, timer, progress,
-                       checkpoint, base)
+                       checkpoint, base, saver, resumed)
+    except TrialFailed:  # a failure of its own (divergence, time limit) would only repeat: nothing to resume
+        if saver is not None:
+            saver.clear()
+        raise
     finally:
         evaluation.close()
+    if saver is not None:
+        saver.clear()
+    result.resumed_step = resumed.step if resumed is not None else None
     result.evals = evaluation.evals()
     if result.stopped is not None:
         adapter_dir = None
@@ -251,17 +372,37 @@ def param_groups(model, learning_rate: float, embedding_lr: float | None, weight
     return out
 
 
+def _restore(state: resume.TrainState, model, optimizer, scheduler, stream, evaluation: Evaluation, timer: Timer,
+             checkpoint) -> None:
+    """Put a resumed trial where its saved state was: weights, optimizer, scheduler, data position, the evals so
+    far (re-reported to the pruner, which the retried trial has not seen), timings, and last the RNG states."""
+    resume.load_trainable(model, state.trainable)
+    optimizer.load_state_dict(state.optimizer)
+    scheduler.load_state_dict(state.scheduler)
+    stream.load_state_dict(state.stream)
+    evaluation.checkpoints = list(state.checkpoints)
+    for name, seconds in state.timings.items():
+        timer.totals[name] += seconds
+    if checkpoint is not None and hasattr(checkpoint, "replay"):
+        for point in state.curve:
+            checkpoint.replay(point)
+    resume.set_rng_state(state.rng)
+
+
 def _loop(model, optimizer, scheduler, backend, cfg: Config, evaluation: Evaluation, stream, tracker,
-          timer: Timer, progress, checkpoint=None, base=None):
+          timer: Timer, progress, checkpoint=None, base=None, saver: resume.Saver | None = None,
+          resumed: resume.TrainState | None = None):
     t = cfg.train
     device = backend.device
-    tokens_seen, first_loss, curve, stopped = 0, None, [], None
-    if cfg.lora.init_adapter:  # where the adapter starts: what this continuation adds is measured from here
+    tokens_seen, first_loss, curve, stopped, done = 0, None, [], None, 0
+    if resumed is not None:
+        tokens_seen, first_loss, curve, done = resumed.tokens_seen, resumed.first_loss, list(resumed.curve), resumed.step
+    elif cfg.lora.init_adapter:  # where the adapter starts: what this continuation adds is measured from here
         curve.append(_eval_point(evaluation, model, 0, 0, tracker, timer, base))
     log_every = max(1, t.max_steps // 50)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    started = time.perf_counter()
-    for step in range(1, t.max_steps + 1):
+    started = time.perf_counter() - (resumed.elapsed_s if resumed is not None else 0.0)
+    for step in range(done + 1, t.max_steps + 1):
         with timer("data", sync=False):
             micro = [next(stream).to(device, non_blocking=True) for _ in range(t.grad_accum)]
         with timer("train", sync=False):
@@ -283,6 +424,14 @@ def _loop(model, optimizer, scheduler, backend, cfg: Config, evaluation: Evaluat
             curve.append(_eval_point(evaluation, model, step, tokens_seen, tracker, timer, base))
             if checkpoint is not None and (stopped := checkpoint(curve[-1])) is not None:
                 break
+        if saver is not None and saver.due(step, t.max_steps):
+            with timer("save_state"):
+                saver.save(resume.TrainState(
+                    step=step, tokens_seen=tokens_seen, first_loss=first_loss, curve=list(curve),
+                    checkpoints=list(evaluation.checkpoints), elapsed_s=time.perf_counter() - started,
+                    timings=dict(timer.totals), trainable=resume.trainable_state(model),
+                    optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                    stream=stream.state_dict(), rng=resume.rng_state()))
         if t.time_limit_s is not None and time.perf_counter() - started > t.time_limit_s:
             raise TrialFailed(f"time limit: {time.perf_counter() - started:.0f} s > train.time_limit_s={t.time_limit_s:g} "
                               f"at step {step}/{t.max_steps}")

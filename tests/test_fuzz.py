@@ -161,7 +161,8 @@ CASES = [
     Case("targets-empty", sets=("lora.target_modules=[]",), expect=("lora.target_modules: must not be empty",)),
     Case("range-is-a-list", sets=("search.learning_rate=[1, 2]",), expect=("search.learning_rate: expected a mapping",)),
     Case("range-missing-low", sets=("search.learning_rate={high: 0.1}",), expect=("search.learning_rate.low: required",)),
-    Case("data-is-a-number", sets=("data.domain=3",), expect=("data.domain: expected a mapping, got 3",)),
+    Case("data-is-a-number", sets=("data.domain=3",),
+         expect=("data.domain: expected a source (PATH or {path: PATH, ...}) or a list of sources, got 3",)),
     Case("ablation-factor", sets=("ablation.factors=[nope]",), expect=("ablation.factors: unknown factor 'nope'",)),
     # ---- names that become folders
     Case("study-name-escapes", sets=("study.name=../escape",), expect=("study.name: '../escape' is not a safe name",)),

@@ -215,3 +215,47 @@ def test_gpu_numbers_are_as_this_process_sees_them():
     assert physical_gpu(0, visible="GPU-5f1c") == "GPU-5f1c"
     with pytest.raises(ConfigError, match=r"GPU 2 is not visible.*use 0\.\.1"):
         physical_gpu(2, visible="2,3")
+
+
+def test_a_killed_workers_trial_resumes_from_its_saved_state_and_ends_as_an_uninterrupted_run(tiny_overrides,
+                                                                                           tmp_path):
+    # train.checkpoint_every: the worker is killed (SIGKILL) mid-trial once it has saved a state; the retry goes on
+    # from there and ends with the losses, curve and per-document evals of the same trial run without a death.
+    overrides = tiny_overrides + ["study.heartbeat_interval=1", "study.grace_period=5", "lora.dropout=0.1",
+                                  "train.max_steps=600", "train.eval_every=50", "train.checkpoint_every=50"]
+    state = tmp_path / "runs" / "tiny" / "trial-0000" / "resume" / "state.pt"
+    victim = _worker(overrides, "victim", 0, 1, tmp_path / "victim.log")
+    deadline = time.time() + 300
+    while time.time() < deadline and not state.exists() and victim.poll() is None:
+        time.sleep(0.05)
+    assert state.exists(), (tmp_path / "victim.log").read_text()[-3000:]
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    survivor = _worker(overrides, "survivor", 1, 1, tmp_path / "survivor.log")
+    # The same trial, never interrupted: a study of its own, worker index 0 as the victim (the same sampler seed,
+    # so the same first parameters).
+    reference = _worker(overrides + ["study.name=tiny-ref"], "reference", 0, 1, tmp_path / "reference.log")
+    for name, proc in (("survivor", survivor), ("reference", reference)):
+        assert proc.wait(timeout=600) == 0, (tmp_path / f"{name}.log").read_text()[-3000:]
+
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/study.db")
+    killed, retry = study.trials
+    assert killed.state == TrialState.FAIL and retry.state == TrialState.COMPLETE
+    assert retry.user_attrs["retry_of"] == 0
+    resumed = retry.user_attrs["resumed_from"]
+    assert resumed["trial"] == 0 and resumed["step"] % 50 == 0 and 50 <= resumed["step"] < 600, resumed
+    (ref,) = optuna.load_study(study_name="tiny-ref", storage=f"sqlite:///{tmp_path}/study.db").trials
+    assert ref.state == TrialState.COMPLETE and ref.params == retry.params and "resumed_from" not in ref.user_attrs
+    for key in ("domain_loss", "general_loss", "general_kl", "train_loss", "tokens_seen", "forgetting"):
+        assert retry.user_attrs[key] == ref.user_attrs[key], key
+    assert retry.values == ref.values
+    assert retry.user_attrs["curve"] == ref.user_attrs["curve"] and len(ref.user_attrs["curve"]) == 12
+    import numpy as np
+
+    runs = tmp_path / "runs"  # evals_file: relative to the study's folder
+    with np.load(runs / "tiny" / retry.user_attrs["evals_file"]) as a, \
+            np.load(runs / "tiny-ref" / ref.user_attrs["evals_file"]) as b:
+        assert sorted(a.files) == sorted(b.files)
+        for name in a.files:
+            assert np.array_equal(a[name], b[name]), name
+    assert not state.parent.exists(), "the saved state goes once the trial has completed"
