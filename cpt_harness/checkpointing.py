@@ -17,6 +17,10 @@ trial runs alone (K = 1), so it runs without checkpointing whenever one trial fi
 it are as many as fit that checkpointing-off peak. Both settings therefore favour the faster trial over more
 trials per card; ``gradient_checkpointing: true`` with ``trials_per_gpu: auto`` packs more, slower trials.
 
+The objective resolves ``auto`` for every trial before the backend loads the model (``resolve``); a backend
+handed an unresolved ``auto`` (a direct ``load_for_training`` in a test or benchmark) reads it as the peft backend
+does, off, or as the unsloth backend does, on (a truthy value): resolve first.
+
 It is a speed-only setting: it changes how a trial computes its gradients, not what it measures (tests/
 test_checkpointing.py: identical losses on a CPU), so it is not part of the study's fingerprint.
 """
@@ -146,8 +150,3 @@ def resolve(cfg: Config, device, model_path: str, study=None) -> tuple[Config, C
     out = copy.deepcopy(cfg)
     out.train.gradient_checkpointing = choice.on
     return out, choice
-
-
-def is_on(cfg: Config) -> bool:
-    """For a backend: on only when resolved to true (an unresolved auto, e.g. a direct load in a test, is off)."""
-    return cfg.train.gradient_checkpointing is True

@@ -74,7 +74,7 @@ class UnslothBackend(Backend):
     def load_for_training(self, model_path, cfg, params):
         import torch
 
-        checkpointing = "unsloth" if cfg.train.gradient_checkpointing is True else False  # auto: resolved per trial
+        checkpointing = "unsloth" if cfg.train.gradient_checkpointing else False
         key = (model_path, repr(cfg.model), checkpointing, cfg.train.compile)
         model = self.training_base(key, lambda: self._from_pretrained(model_path, cfg.model, checkpointing,
                                                                       cfg.train.compile), cfg.model.keep_loaded)
