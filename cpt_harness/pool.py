@@ -13,7 +13,8 @@ The pool lives in a folder, ``$CPT_HARNESS_POOL`` or ``$CPT_HARNESS_CACHE/pool``
 - ``pool.json``: the pool's process id, host, backend and worker slots; a submitting command finds the pool by it
   (on the same host, while that process lives).
 - ``jobs/<id>.json``: one job per submitted study, written whole (temporary file, then rename), readable by the
-  user only (it may hold the storage URL). Every worker works on every job in order of submission.
+  user only. It holds the storage URL, never a password: a URL with one is not handed to the pool (``${NAME}``,
+  PGPASSWORD and ~/.pgpass are). Every worker works on every job in order of submission.
 - ``jobs/<id>.left/<worker>.json``: a worker has left the job: the study is done, or why not (exit code, error).
   The submitting command waits until every worker has left, prints progress from the study meanwhile, and
   removes the job.
@@ -300,6 +301,10 @@ def usable(pool: Pool | None, cfg, log=print) -> bool:
     if cfg.backend not in ("auto", pool.backend):
         log(f"[pool] not using the running pool: it trains with backend {pool.backend}, this config with "
             f"{cfg.backend} (start a pool with `--backend {cfg.backend}`, or pass --no-pool)")
+        return False
+    if urls.redact(cfg.study.storage) != cfg.study.storage:  # a job file would hold the password: never written
+        log("[pool] not using the running pool: study.storage holds a password, which a job file would have to "
+            "hold; give it as ${NAME} in the URL, PGPASSWORD or ~/.pgpass to use the pool")
         return False
     return True
 

@@ -145,6 +145,18 @@ def test_without_a_pool_nothing_is_handed_over(tmp_path, monkeypatch, tiny_overr
     assert pool.discover() is None
     assert main(["pool", "--workers", "0"]) == 2
     assert "must be >= 1" in capsys.readouterr().err
+    # a storage URL with a password never goes into a job file: such a command does not use the pool
+    from cpt_harness.config import load_config
+
+    live = pool.Pool(tmp_path, os.getpid(), "peft", [])
+    cfg = load_config(DEMO, tiny_overrides)
+    assert pool.usable(live, cfg)
+    cfg.study.storage = "postgresql://cpt:secret@dbhost/cpt"
+    assert not pool.usable(live, cfg) and "holds a password" in capsys.readouterr().out
+    cfg.study.storage = "postgresql://cpt:${CPT_DB_PASSWORD}@dbhost/cpt"
+    assert pool.usable(live, cfg)
+    cfg.backend = "unsloth"
+    assert not pool.usable(live, cfg)
 
 
 def test_ablate_and_confirm_run_on_the_pool_and_bad_input_exits_2(running_pool, tiny_overrides, tmp_path, capsys):
