@@ -189,3 +189,38 @@ def test_ablate_and_confirm_run_on_the_pool_and_bad_input_exits_2(running_pool, 
     assert main(["sweep", DEMO, "--n-trials", "3", "--workers", "2", "--no-pool"] + _sets(tiny_overrides)) == 0
     assert "handed to the pool" not in capsys.readouterr().out
     assert len(list((tmp_path / "runs" / "tiny" / "workers").glob("*.log"))) == 2
+
+
+def test_ctrl_c_on_a_handed_over_sweep_fails_its_trials_and_the_workers_serve_on(running_pool, tiny_overrides,
+                                                                                 tmp_path):
+    d, _ = running_pool
+    pids = _pids(d)
+    overrides = tiny_overrides + ["train.max_steps=300", "train.eval_every=300"]
+    submit_log = tmp_path / "submit.log"
+    submitter = subprocess.Popen([sys.executable, "-m", "cpt_harness", "sweep", DEMO, "--n-trials", "2"]
+                                 + _sets(overrides), stdout=open(submit_log, "w"), stderr=subprocess.STDOUT,
+                                 env=_env(d))
+    url = f"sqlite:///{tmp_path}/study.db"
+    deadline, running = time.time() + 180, []
+    while time.time() < deadline and not running:
+        time.sleep(0.5)
+        try:
+            running = optuna.load_study(study_name="tiny", storage=url).get_trials(states=[TrialState.RUNNING])
+        except KeyError:
+            continue
+    assert running, submit_log.read_text()[-3000:]
+    time.sleep(1)
+    submitter.send_signal(signal.SIGINT)
+    assert submitter.wait(timeout=120) == 130, submit_log.read_text()[-3000:]
+    deadline = time.time() + 60
+    while time.time() < deadline and any(json.loads(p.read_text())["job"] for p in (d / "workers").glob("*.json")):
+        time.sleep(0.5)
+    study = optuna.load_study(study_name="tiny", storage=url)
+    assert study.get_trials(states=[TrialState.RUNNING]) == []
+    failed = study.get_trials(states=[TrialState.FAIL])
+    assert failed and all(t.user_attrs["fail_reason"] == "interrupted (Ctrl-C)" for t in failed)
+    assert not list((d / "jobs").glob("*.json")), "the job was withdrawn"
+    assert _pids(d) == pids, "the workers were interrupted, not stopped"
+    # and they take the next study at once
+    assert main(["sweep", DEMO, "--n-trials", "1"] + _sets(tiny_overrides + ["study.name=next"])) == 0
+    assert [t.state for t in optuna.load_study(study_name="next", storage=url).trials] == [TrialState.COMPLETE]
