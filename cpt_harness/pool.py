@@ -149,6 +149,7 @@ def serve(gpus: list[int] | None, per_gpu: int, workers: int, backend: str, log=
     try:
         while True:
             time.sleep(1.0)
+            _sweep_left(d)
             for i, proc in list(procs.items()):
                 if proc.poll() is None:
                     continue
@@ -173,6 +174,19 @@ def serve(gpus: list[int] | None, per_gpu: int, workers: int, backend: str, log=
         if info and info.get("pid") == os.getpid():
             (d / "pool.json").unlink(missing_ok=True)
     return 0
+
+
+def _sweep_left(d: Path, age_s: float = 300.0) -> None:
+    """Remove what workers wrote for a job that is gone (withdrawn by Ctrl-C) once nobody can want it."""
+    import shutil
+
+    for left in (d / "jobs").glob("*.left"):
+        job = d / "jobs" / left.name.removesuffix(".left")
+        try:
+            if not job.with_suffix(".json").exists() and time.time() - left.stat().st_mtime > age_s:
+                shutil.rmtree(left, ignore_errors=True)
+        except OSError:
+            pass
 
 
 def stop(log=print) -> int:
