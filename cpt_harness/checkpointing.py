@@ -6,7 +6,8 @@ memory *without* checkpointing fits the card, with headroom, as many times as tr
 
     off  iff  K x (1.2 x peak + 0.8 GiB)  <=  0.85 x the card's total memory
 
-K is ``parallel.trials_per_gpu`` (1 under ``auto``: see below); 1.2 x peak + 0.8 GiB and the 15% are the same
+K is the number of trials placed on the card (``trials_on_card``: what `sweep --gpus` or `cpt-harness pool`
+tells its workers, else ``parallel.trials_per_gpu``, 1 under ``auto``: see below); 1.2 x peak + 0.8 GiB and the 15% are the same
 headroom ``parallel.auto_trials_per_gpu`` places trials by. ``peak`` is the largest peak_memory_gb measured in
 this study by a complete trial that ran with checkpointing off, or else an estimate from the model's shape
 (``estimate_peak_gb``: weights, trained embeddings with their Adam state, LoRA, activations and logits of one
@@ -28,6 +29,7 @@ test_checkpointing.py: identical losses on a CPU), so it is not part of the stud
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,8 +59,16 @@ def fits(peak_gb: float, card_gb: float, trials: int) -> bool:
     return trials * per_trial_gb(peak_gb) <= HEADROOM * card_gb
 
 
+ENV_TRIALS_ON_GPU = "CPT_HARNESS_TRIALS_ON_GPU"  # set for its workers by whoever places them (parallel, pool)
+
+
 def trials_on_card(cfg: Config) -> int:
-    """K: the trials placed on one card. trials_per_gpu auto places them by the first trial's (alone) peak."""
+    """K: the trials placed on this worker's card. Workers started by `sweep --gpus` or `cpt-harness pool` are told
+    (their config's parallel.* keys are the command's, not theirs); otherwise parallel.trials_per_gpu, where auto
+    is 1: trials_per_gpu auto places the others by the first trial's peak, measured alone."""
+    told = os.environ.get(ENV_TRIALS_ON_GPU, "")
+    if told.isdigit() and int(told) >= 1:
+        return int(told)
     k = cfg.parallel.trials_per_gpu
     return 1 if k == "auto" else int(k)
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cpt_harness import report, storage, urls
+from cpt_harness.checkpointing import ENV_TRIALS_ON_GPU
 from cpt_harness.config import Config, ConfigError
 
 
@@ -125,6 +126,8 @@ def _start(cfg, config_path, overrides, target, label, gpu, index, log_dir, n_wo
     env.pop("WANDB_SERVICE", None)  # each worker its own W&B service: a killed worker's runs must not stay "in use"
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = physical_gpu(gpu)
+        # how many trials share its card: train.gradient_checkpointing auto fits them all (cpt_harness.checkpointing)
+        env[ENV_TRIALS_ON_GPU] = str(max(1, n_workers // len(cfg.parallel.gpus or [gpu])))
     # Share the cores instead of every worker spinning on all of them (torchrun does the same). GPU workers too:
     # on a 32-core host, per-trial model load grew from 11 s with one worker to 60 s with 16 (2x H200,
     # 2026-11-27, before this setting); oversubscribed threads are one suspect, not yet measured.

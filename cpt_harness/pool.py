@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cpt_harness import urls
+from cpt_harness.checkpointing import ENV_TRIALS_ON_GPU
 from cpt_harness.errors import ConfigError, RunAborted, UserError
 
 ENV_POOL = "CPT_HARNESS_POOL"
@@ -141,7 +142,7 @@ def serve(gpus: list[int] | None, per_gpu: int, workers: int, backend: str, log=
                                   "started": time.time()})
     log_dir = d / "logs"
     log_dir.mkdir(exist_ok=True)
-    procs = {i: _start_worker(d, s, i, len(slots), backend, log_dir) for i, s in enumerate(slots)}
+    procs = {i: _start_worker(d, s, i, len(slots), backend, log_dir, per_gpu) for i, s in enumerate(slots)}
     log(f"[pool] {len(slots)} workers ({', '.join(s['label'] for s in slots)}), backend {backend}; folder {d}, logs "
         f"in {log_dir}. `cpt-harness sweep|ablate|confirm` on this host now run on this pool. Ctrl-C stops it.")
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -157,7 +158,7 @@ def serve(gpus: list[int] | None, per_gpu: int, workers: int, backend: str, log=
                     continue
                 log(f"[pool] worker {slots[i]['label']} (pid {proc.pid}) exited with {proc.returncode}: restarting it")
                 restarts[i] = time.time()
-                procs[i] = _start_worker(d, slots[i], i, len(slots), backend, log_dir)
+                procs[i] = _start_worker(d, slots[i], i, len(slots), backend, log_dir, per_gpu)
     except KeyboardInterrupt:
         log("\n[pool] stopping: its workers fail their running trials (interrupted) and exit")
     finally:
@@ -207,13 +208,15 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _start_worker(d: Path, slot: dict, index: int, n: int, backend: str, log_dir: Path) -> subprocess.Popen:
+def _start_worker(d: Path, slot: dict, index: int, n: int, backend: str, log_dir: Path,
+                  per_gpu: int = 1) -> subprocess.Popen:
     from cpt_harness.parallel import physical_gpu
 
     env = dict(os.environ, PYTHONUNBUFFERED="1", **{ENV_POOL: str(d)})
     env.pop("WANDB_SERVICE", None)  # each worker its own W&B service, as cpt_harness.parallel starts them
     if slot["gpu"] is not None:
         env["CUDA_VISIBLE_DEVICES"] = physical_gpu(slot["gpu"])
+        env[ENV_TRIALS_ON_GPU] = str(per_gpu)  # train.gradient_checkpointing auto fits this many trials on the card
     threads = str(max(1, (os.cpu_count() or 1) // n))
     env.setdefault("OMP_NUM_THREADS", threads)
     env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", threads)

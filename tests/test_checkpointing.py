@@ -175,3 +175,18 @@ def test_backends_checkpoint_only_when_resolved_true(tiny_cfg):
     assert not backend.load_for_training(tiny_cfg.model.name, tiny_cfg, params).is_gradient_checkpointing
     cfg, choice = checkpointing.resolve(tiny_cfg, torch.device("cpu"), tiny_cfg.model.name)
     assert cfg.train.gradient_checkpointing is False and tiny_cfg.train.gradient_checkpointing == "auto"
+
+
+def test_k_is_what_the_placing_command_says(tiny_cfg, monkeypatch):
+    """`sweep --gpus 0 --trials-per-gpu 4` gives its workers the sweep file's parallel.* (the flags are the
+    command's), so the command tells each GPU worker how many trials share its card."""
+    monkeypatch.delenv(checkpointing.ENV_TRIALS_ON_GPU, raising=False)
+    assert checkpointing.trials_on_card(tiny_cfg) == 1
+    tiny_cfg.parallel.trials_per_gpu = 3
+    assert checkpointing.trials_on_card(tiny_cfg) == 3
+    monkeypatch.setenv(checkpointing.ENV_TRIALS_ON_GPU, "8")
+    assert checkpointing.trials_on_card(tiny_cfg) == 8
+    tiny_cfg.parallel.trials_per_gpu = "auto"
+    assert checkpointing.trials_on_card(tiny_cfg) == 8
+    monkeypatch.setenv(checkpointing.ENV_TRIALS_ON_GPU, "")
+    assert checkpointing.trials_on_card(tiny_cfg) == 1
