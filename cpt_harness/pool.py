@@ -229,14 +229,14 @@ def _start_worker(d: Path, slot: dict, index: int, n: int, backend: str, log_dir
 # ------------------------------------------------------------------------------------------------ a worker
 
 
-class _Stop(Exception):
-    pass
-
-
 def worker_main(d: Path, label: str, index: int, backend: str) -> int:
-    """One pool worker: import the backend once, then run every job, in order, until the pool stops."""
+    """One pool worker: import the backend once, then run every job, in order, until the pool stops (SIGTERM:
+    as Ctrl-C, the running trial is marked FAIL, interrupted; then the worker exits)."""
+    stopping = []
+
     def on_term(signum, frame):
-        raise _Stop
+        stopping.append(signum)
+        raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
     status = d / "workers" / f"{_safe(label)}.json"
@@ -245,6 +245,8 @@ def worker_main(d: Path, label: str, index: int, backend: str) -> int:
     try:
         from cpt_harness import backends
 
+        if stopping:
+            return 0
         backends.keep_backends()
         backends.load(backend)  # the import this pool exists to pay once (unsloth: before transformers)
         print(f"[pool] {label}: backend {backend} imported in {time.perf_counter() - t:.1f} s", flush=True)
@@ -268,7 +270,10 @@ def worker_main(d: Path, label: str, index: int, backend: str) -> int:
             if job is not None:
                 _write_json(d / "jobs" / f"{job['id']}.left" / f"{_safe(label)}.json", {"rc": rc, "error": error})
                 print(f"[pool] {label}: left job {job['id']} (exit {rc}{': ' + error if error else ''})", flush=True)
-    except _Stop:
+            if stopping:
+                print(f"[pool] {label}: stopped", flush=True)
+                return 0
+    except KeyboardInterrupt:  # the pool stopped it while it imported or wrote a file
         print(f"[pool] {label}: stopped", flush=True)
         return 0
     finally:

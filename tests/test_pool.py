@@ -47,8 +47,9 @@ def running_pool(tmp_path, monkeypatch):
         time.sleep(0.5)
     assert len(_imported(d)) == 2, (tmp_path / "pool.log").read_text()
     yield d, proc
-    proc.send_signal(signal.SIGINT)
+    assert main(["pool", "--stop"]) == 0  # SIGTERM, as Ctrl-C: the workers exit, the pool's files go
     assert proc.wait(timeout=120) == 0, (tmp_path / "pool.log").read_text()[-3000:]
+    assert "stopped" in "\n".join(_log_lines(d))
     assert pool.discover(d) is None and not list((d / "workers").glob("*.json"))
 
 
