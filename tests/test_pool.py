@@ -225,3 +225,29 @@ def test_ctrl_c_on_a_handed_over_sweep_fails_its_trials_and_the_workers_serve_on
     # and they take the next study at once
     assert main(["sweep", DEMO, "--n-trials", "1"] + _sets(tiny_overrides + ["study.name=next"])) == 0
     assert [t.state for t in optuna.load_study(study_name="next", storage=url).trials] == [TrialState.COMPLETE]
+
+
+def test_stopping_the_pool_mid_trial_fails_the_trial_and_the_command_says_so(running_pool, tiny_overrides, tmp_path):
+    d, proc = running_pool
+    overrides = tiny_overrides + ["train.max_steps=300", "train.eval_every=300"]
+    submit_log = tmp_path / "submit.log"
+    submitter = subprocess.Popen([sys.executable, "-m", "cpt_harness", "sweep", DEMO, "--n-trials", "2"]
+                                 + _sets(overrides), stdout=open(submit_log, "w"), stderr=subprocess.STDOUT,
+                                 env=_env(d))
+    url = f"sqlite:///{tmp_path}/study.db"
+    deadline, running = time.time() + 180, []
+    while time.time() < deadline and not running:
+        time.sleep(0.5)
+        try:
+            running = optuna.load_study(study_name="tiny", storage=url).get_trials(states=[TrialState.RUNNING])
+        except KeyError:
+            continue
+    assert running, submit_log.read_text()[-3000:]
+    time.sleep(1)
+    assert main(["pool", "--stop"]) == 0
+    assert proc.wait(timeout=120) == 0
+    assert submitter.wait(timeout=120) == 1, submit_log.read_text()[-3000:]
+    study = optuna.load_study(study_name="tiny", storage=url)
+    assert study.get_trials(states=[TrialState.RUNNING]) == [], "no trial is left running"
+    assert all(t.user_attrs["fail_reason"] == "interrupted (Ctrl-C)" for t in study.get_trials(states=[TrialState.FAIL]))
+    assert "run the same command again" in submit_log.read_text() or "trials complete" in submit_log.read_text()
