@@ -358,20 +358,24 @@ def submit(pool: Pool, scfg, config_path: str, overrides: list[str], target: int
            "storage": scfg.study.storage, "args": ["--n-trials", str(target), *extra,
                                                     *[x for o in overrides for x in ("--set", o)]]}
     path, left = d / "jobs" / f"{job_id}.json", d / "jobs" / f"{job_id}.left"
+    # Before the job is there: the study's tables exist when the workers open it (as parallel.run does), and the
+    # trials finished before this command are known, so that every one finished since is printed.
+    db = storage.storage_for(scfg)
+    study = storage.load_if_exists(db, scfg.study.name)
+    seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()} if study else set()
     submitted = time.perf_counter()
     _write_json(path, job, private=True)
     log(f"[pool] study {scfg.study.name!r} handed to the pool ({len(pool.slots)} workers: "
         f"{', '.join(pool.labels)}; logs in {d / 'logs'}); --workers/--gpus are the pool's")
-    db = storage.storage_for(scfg)
-    study, seen, first_said = None, set(), False
+    first_said = False
     last_alive = {label: time.time() for label in pool.labels}
     try:
         while True:
             time.sleep(poll_s)
             alive = _alive_workers(d)
             last_alive.update({label: time.time() for label in alive})
-            if study is None and (study := storage.load_if_exists(db, scfg.study.name)) is not None:
-                seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+            if study is None:
+                study = storage.load_if_exists(db, scfg.study.name)
             if study is not None:
                 if not first_said and (started := _first_start(study, submitted)) is not None:
                     log(f"[pool] first trial started {started:.1f} s after this command handed the study over")
