@@ -46,6 +46,30 @@ RANK, ALPHA, LR, RATIO = 64, 64.0, 1e-4, 0.2
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}  # dense bf16, SXM parts
 
 
+def bench_checkpointing(cfg, folder: str) -> bool:
+    """Gradient checkpointing of a harness mode: CPT_BENCH_CHECKPOINTING=on|off forces it (modes named *-ckpt when
+    on); unset, the harness's default, train.gradient_checkpointing: auto, decides for this card (issue 18)."""
+    forced = os.environ.get("CPT_BENCH_CHECKPOINTING", "auto")
+    if forced in ("on", "off"):
+        return forced == "on"
+    import torch
+
+    from cpt_harness import checkpointing
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cfg.search.rank.choices = [RANK]
+    return checkpointing.resolve(cfg, device, folder)[1].on
+
+
+def raw_checkpointing():
+    """Raw Unsloth at its fastest setting that fits: checkpointing off, unless CPT_BENCH_CHECKPOINTING=on."""
+    return "unsloth" if os.environ.get("CPT_BENCH_CHECKPOINTING") == "on" else False
+
+
+def ckpt_suffix() -> str:
+    return "-ckpt" if os.environ.get("CPT_BENCH_CHECKPOINTING") == "on" else ""
+
+
 def flops_per_token(shape: dict, seq: int) -> float:
     d, i, L, V = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"], shape["vocab_size"]
     kv = d // shape["num_attention_heads"] * shape["num_key_value_heads"]
@@ -100,7 +124,7 @@ def synthetic_trial(name: str, folder: str, batch: int, seq: int, steps: int):
     cfg = Config()
     cfg.model.name, cfg.model.max_seq_length = folder, seq
     cfg.train.max_steps, cfg.train.batch_size, cfg.train.eval_every = steps, batch, steps
-    cfg.train.gradient_checkpointing, cfg.train.warmup_ratio = True, 0.0
+    cfg.train.gradient_checkpointing, cfg.train.warmup_ratio = bench_checkpointing(cfg, folder), 0.0
     cfg.train.compile = os.environ.get("UNSLOTH_BLOCK_COMPILE", "1") != "0"  # Unsloth's own default: on
     cfg.eval.max_tokens, cfg.eval.batch_size = batch * seq, batch
     cfg.lora.alpha = ALPHA
@@ -140,7 +164,8 @@ def run_harness(mode: str, name: str, folder: str, steps: int, warmup: int) -> d
     wall = time.perf_counter() - t0
     tokens = batch * seq
     return {
-        "mode": f"harness-{mode}", "shape": name, "batch": batch, "seq": seq, "steps": steps, "warmup": warmup,
+        "mode": f"harness-{mode}{ckpt_suffix()}", "gradient_checkpointing": cfg.train.gradient_checkpointing,
+        "shape": name, "batch": batch, "seq": seq, "steps": steps, "warmup": warmup,
         "tokens_per_s": tokens * (steps - warmup) / (stamps[-1] - stamps[warmup - 1]),
         "peak_memory_gb": result.metrics["peak_memory_gb"], "trial_wall_s": wall,
         "timings": result.timings, "audit": result.audit,
@@ -158,10 +183,10 @@ def run_raw_unsloth(name: str, folder: str, steps: int, warmup: int) -> dict:
     shape, batch, seq = SHAPES[name]
     model, _ = FastLanguageModel.from_pretrained(model_name=folder, max_seq_length=seq, dtype=None,
                                                  load_in_4bit=False, load_in_16bit=True,
-                                                 use_gradient_checkpointing="unsloth")
+                                                 use_gradient_checkpointing=raw_checkpointing())
     model = FastLanguageModel.get_peft_model(model, r=RANK, lora_alpha=ALPHA, target_modules=list(DEFAULT_TARGETS),
                                              modules_to_save=["embed_tokens", "lm_head"], use_rslora=False,
-                                             use_gradient_checkpointing="unsloth", random_state=0)
+                                             use_gradient_checkpointing=raw_checkpointing(), random_state=0)
     emb = [p for n, p in model.named_parameters() if p.requires_grad and "modules_to_save" in n]
     lora = [p for n, p in model.named_parameters() if p.requires_grad and "modules_to_save" not in n]
     opt = torch.optim.AdamW([{"params": lora, "lr": LR}, {"params": emb, "lr": LR * RATIO}], fused=True)
@@ -180,7 +205,7 @@ def run_raw_unsloth(name: str, folder: str, steps: int, warmup: int) -> dict:
         loss.item()
         stamps.append(time.perf_counter())
     dtypes = sorted({str(p.dtype) for p in lora + emb})
-    return {"mode": "raw-unsloth", "shape": name, "batch": batch, "seq": seq, "steps": steps, "warmup": warmup,
+    return {"mode": f"raw-unsloth{ckpt_suffix()}", "gradient_checkpointing": bool(raw_checkpointing()), "shape": name, "batch": batch, "seq": seq, "steps": steps, "warmup": warmup,
             "tokens_per_s": batch * seq * (steps - warmup) / (stamps[-1] - stamps[warmup - 1]),
             "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30, "trainable_dtypes": dtypes,
             "trainable": {"lora": sum(p.numel() for p in lora), "embedding": sum(p.numel() for p in emb)}}

@@ -6,6 +6,7 @@
     cpt-harness prepare [CONFIG] [--set key=value ...]
     cpt-harness ablate [CONFIG] [--from-study CONFIG [--trial N]] [--workers N | --gpus ...] [--set key=value ...]
     cpt-harness confirm [CONFIG] [--top K] [--seeds S] [--workers N | --gpus ...] [--set key=value ...]
+    cpt-harness pool [--gpus 0,1 --trials-per-gpu K | --workers N] [--backend NAME] | --stop
     cpt-harness report [CONFIG] [--out DIR] [--ablation] [--set key=value ...]
     cpt-harness dashboard [CONFIG] [--port N] [--reports DIR] | --wandb [--out FILE] [--set key=value ...]
     cpt-harness export CONFIG OUT [--trial N | --chosen] [--merge] [--set key=value ...]
@@ -50,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--workers", type=int, help="worker processes on a CPU machine (parallel.workers)")
         c.add_argument("--gpus", help="GPUs to run workers on, e.g. 0,1 (parallel.gpus)")
         c.add_argument("--trials-per-gpu", help="concurrent trials per GPU, or auto (parallel.trials_per_gpu)")
+        c.add_argument("--no-pool", action="store_true",
+                       help="start this command's own workers even while a `cpt-harness pool` runs on this host")
 
     def confirm_flags(c: argparse.ArgumentParser) -> None:
         from cpt_harness.confirm import DEFAULT_SEEDS, DEFAULT_TOP
@@ -77,6 +80,15 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--ablation", action="store_true", help="work on CONFIG's ablation study instead of its sweep")
     w.add_argument("--confirm", action="store_true", help="work on CONFIG's confirmation study (with --top, --seeds)")
     confirm_flags(w)
+    pl = sub.add_parser("pool", help="Start warm workers that serve the studies of `sweep`, `ablate` and `confirm` "
+                        "on this host until Ctrl-C (each imports the training backend once).")
+    pl.add_argument("--gpus", help="GPUs to run workers on, e.g. 0,1 (default: CPU workers)")
+    pl.add_argument("--trials-per-gpu", type=int, default=1, help="workers (concurrent trials) per GPU (default 1)")
+    pl.add_argument("--workers", type=int, default=1, help="worker processes without --gpus (default 1)")
+    pl.add_argument("--backend", default="auto", choices=["auto", "peft", "unsloth"],
+                    help="the backend the workers import once (default auto); studies with another one do not use "
+                         "the pool")
+    pl.add_argument("--stop", action="store_true", help="stop the running pool")
     command("validate", "Check a sweep file (prepares nothing): exit 0 with a summary, or 2 listing every problem.")
     command("prepare", "Build the model conversion and the data cache (tokenized, packed blocks) without training, "
             "with progress and a summary: a login node or CPU box prepares what the GPU job then finds cached.")
@@ -132,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _command(args) -> int:
+    if args.command == "pool":
+        return _pool(args)
     if args.command in ("init", "explain", "env"):  # no sweep file to read
         return _no_config_command(args)
     path = _config_path(args.config)
@@ -185,7 +199,30 @@ def _parallel_overrides(args) -> list[str]:
     return out
 
 
+def _pool(args) -> int:
+    from cpt_harness import pool
+
+    if args.stop:
+        return pool.stop()
+    gpus = None
+    if args.gpus:
+        try:
+            gpus = [int(g) for g in args.gpus.split(",")]
+        except ValueError:
+            raise ConfigError([f"--gpus: a comma-separated list of GPU numbers, e.g. 0,1; got {args.gpus!r}"],
+                              "pool") from None
+    return pool.serve(gpus, args.trials_per_gpu, args.workers, args.backend)
+
+
 def _run(args, cfg) -> int:
+    if args.command in ("sweep", "ablate", "confirm") and not args.no_pool:
+        from cpt_harness import pool
+
+        if pool.usable(running := pool.discover(), cfg):
+            return pool.submit_command(running, cfg, str(_config_path(args.config)),
+                                       _without_parallel(args.overrides), getattr(args, "n_trials", None),
+                                       ablation=args.command == "ablate",
+                                       confirm=_confirm_job(cfg, args) if args.command == "confirm" else None)
     if args.command in ("sweep", "ablate", "confirm") and (cfg.parallel.gpus or cfg.parallel.workers > 1):
         from cpt_harness import parallel
 

@@ -196,7 +196,11 @@ class TrainConfig:
     eval_every: int = _help("Evaluate domain and general loss every N steps (and at the end).", 50)
     weight_decay: float = _help("AdamW weight decay (LoRA group; embeddings get none).", 0.0)
     max_grad_norm: float = _help("Gradient clipping norm; 0 turns it off.", 1.0)
-    gradient_checkpointing: bool = _help("Trade compute for memory (unsloth: its offloaded variant).", False)
+    gradient_checkpointing: Union[bool, Literal["auto"]] = _help(
+        "Trade compute for memory (unsloth: its offloaded variant). auto: off when the trial's measured or estimated "
+        "peak fits the card, with headroom, once per trial placed on it (the --trials-per-gpu of the sweep or pool that "
+        "started the worker, else parallel.trials_per_gpu), on otherwise; "
+        "off on a CPU. Speed only: not part of the study's fingerprint.", "auto")
     compile: bool = _help(
         "unsloth: torch.compile each decoder block. Measured on an H200 (SmolLM2, 16 x 512): no faster per step, "
         "and ~25 s more per trial, so off by default; it may pay off for long trials.", False

@@ -221,7 +221,7 @@ def _check_protocol(cfg: Config, sweep_study) -> None:
     from cpt_harness import search_space, storage
 
     stored = (sweep_study.user_attrs.get("fingerprints") or {}).get("search_space")
-    if stored is not None and stored != search_space.space_fingerprint(cfg):
+    if stored is not None and stored not in search_space.accepted_fingerprints(cfg):
         keys = storage.changed_keys(sweep_study.user_attrs.get("fingerprint_inputs"), search_space.space_payload(cfg))
         raise storage.StudyMismatch(
             f"study {sweep_study.study_name!r} was run with other settings than this config "

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from optuna import TrialPruned
 
-from cpt_harness import evals, pruning, search_space
+from cpt_harness import checkpointing, evals, pruning, search_space
 from cpt_harness.config import Config
 from cpt_harness.data import Corpora
 from cpt_harness.tracking import artifact_name
@@ -83,7 +83,12 @@ class Objective:
             resume_id = trial.user_attrs.get("wandb_run_id")  # the dead worker's run: resume it, not a new one
         started = time.perf_counter()
         arm = trial.user_attrs.get("arm")
-        config = trial_config(ctx, cfg, trial, params)
+        # train.gradient_checkpointing: auto becomes true or false here, per trial, recorded on it and in W&B
+        cfg, choice = checkpointing.resolve(cfg, getattr(ctx.backend, "device", None), ctx.model_path,
+                                            getattr(trial, "study", None))
+        for key, value in choice.as_attrs().items():
+            trial.set_user_attr(key, value)
+        config = {**trial_config(ctx, cfg, trial, params), "gradient_checkpointing": choice.as_attrs()}
         ctx.tracker.start(name=f"{cfg.study.name}-t{trial.number:03d}" + (f" {arm}" if arm else ""),
                           config=config, tags=_tags(params, trial.user_attrs), resume_id=resume_id,
                           job_type=ctx.job_type)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cpt_harness import report, storage, urls
+from cpt_harness.checkpointing import ENV_TRIALS_ON_GPU
 from cpt_harness.config import Config, ConfigError
 
 
@@ -125,6 +126,8 @@ def _start(cfg, config_path, overrides, target, label, gpu, index, log_dir, n_wo
     env.pop("WANDB_SERVICE", None)  # each worker its own W&B service: a killed worker's runs must not stay "in use"
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = physical_gpu(gpu)
+        # how many trials share its card: train.gradient_checkpointing auto fits them all (cpt_harness.checkpointing)
+        env[ENV_TRIALS_ON_GPU] = str(max(1, n_workers // len(cfg.parallel.gpus or [gpu])))
     # Share the cores instead of every worker spinning on all of them (torchrun does the same). GPU workers too:
     # on a 32-core host, per-trial model load grew from 11 s with one worker to 60 s with 16 (2x H200,
     # 2026-11-27, before this setting); oversubscribed threads are one suspect, not yet measured.
@@ -179,7 +182,7 @@ def _report_finished(study, seen: set[int], log) -> set[int]:
     return seen
 
 
-def _status(study, target: int, workers: list[Worker]) -> None:
+def _status(study, target: int, workers: list[Worker], alive: int | None = None) -> None:
     """One line for the whole sweep: done / running / failed, and what runs on each GPU."""
     trials = study.get_trials(deepcopy=False)
     done = sum(t.state.name == "COMPLETE" for t in trials)
@@ -190,7 +193,7 @@ def _status(study, target: int, workers: list[Worker]) -> None:
     for t in running:
         device = str(t.user_attrs.get("worker", "?")).rsplit("/", 1)[0].split("/")[-1]
         by_device[device] = by_device.get(device, 0) + 1
-    alive = sum(w.proc.poll() is None for w in workers)
+    alive = sum(w.proc.poll() is None for w in workers) if alive is None else alive
     line = (f"[parallel] {done}/{target} complete, {len(running)} running, {failed} failed"
             + (f", {pruned} pruned" if pruned else "") + "; "
             + " ".join(f"{d}: {n} running" for d, n in sorted(by_device.items())) + f"; {alive} workers alive")
@@ -216,7 +219,9 @@ def _measured_peak(study) -> float | None:
 def auto_trials_per_gpu(peak_gb: float, free_gb: float, cap: int = 8) -> int:
     """How many trials of a measured peak fit a card's free memory: 15% headroom, and per trial 20% on top of
     the allocator's peak (caching, fragmentation) plus ~0.8 GiB of CUDA context."""
-    return max(1, min(cap, math.floor(0.85 * free_gb / (1.2 * peak_gb + 0.8))))
+    from cpt_harness.checkpointing import HEADROOM, per_trial_gb  # gradient_checkpointing: auto fits by the same
+
+    return max(1, min(cap, math.floor(HEADROOM * free_gb / per_trial_gb(peak_gb))))
 
 
 def _free_gb(gpus: list[int]) -> float:

@@ -133,7 +133,10 @@ def derive(rank: int, lr: float, ratio: float | None, cfg: Config, replay: float
     return TrialParams(rank, lr, ratio, use_rslora, cfg.lora.alpha, tuple(violations), replay)
 
 
-SPEED_ONLY = ("time_limit_s", "compile", "checkpoint_every")
+SPEED_ONLY = ("time_limit_s", "compile", "checkpoint_every", "gradient_checkpointing")
+# Fingerprinted (as true or false) before it was known to be speed-only: a study whose stored fingerprint hashed
+# it still resumes, with any value of it (``accepted_fingerprints``).
+LEGACY_SPEED_ONLY = {"gradient_checkpointing": (False, True)}
 CONSTRAINT_AWARE = ("tpe", "nsga2", "gp")  # samplers that read the trials' forgetting constraint
 
 
@@ -145,6 +148,17 @@ def space_fingerprint(cfg: Config, extra: dict | None = None) -> str:
     failure budget, time limit and speed-only switches are left out: they do not change what a trial measures.
     """
     return _digest(space_payload(cfg, extra))
+
+
+def accepted_fingerprints(cfg: Config, extra: dict | None = None) -> set[str]:
+    """Every search-space fingerprint a study may hold and still match ``cfg``: today's, and the ones studies run
+    before a speed-only key left the fingerprint recorded (that key hashed as each value it could have had)."""
+    payload = space_payload(cfg, extra)
+    out = {_digest(payload)}
+    for key, values in LEGACY_SPEED_ONLY.items():
+        for value in values:
+            out.add(_digest({**payload, "train": {**payload["train"], key: value}}))
+    return out
 
 
 def space_payload(cfg: Config, extra: dict | None = None) -> dict[str, Any]:

@@ -261,17 +261,19 @@ def _coerced(cls, options: dict[str, Any]) -> dict[str, Any]:
 
 
 def open_study(cfg: Config, fingerprints: dict[str, str], worker: int = 0, inputs: dict | None = None,
-               storage: optuna.storages.BaseStorage | None = None, provenance: dict | None = None) -> optuna.Study:
+               storage: optuna.storages.BaseStorage | None = None, provenance: dict | None = None,
+               accepted: dict[str, set[str]] | None = None) -> optuna.Study:
     """Create the study, or load it and check that it measures the same thing. Safe when several workers
     start at once: creation is load-if-exists, and the fingerprints they write are identical. ``inputs``: what
     the search-space fingerprint hashes, stored so that a refused resume names the keys that changed.
     ``storage``: the study's database as ``storage_for`` opens it (the caller keeps it to beat heartbeats).
     ``provenance``: the model's (models.provenance), which lets a healed base rebuilt on another machine resume
-    its study (``rebuilt_heal``)."""
+    its study (``rebuilt_heal``). ``accepted``: other stored fingerprints that match too, by kind
+    (search_space.accepted_fingerprints: those of studies run before a speed-only key left the fingerprint)."""
     storage = storage or storage_for(cfg)
     existing = load_if_exists(storage, cfg.study.name)
     if existing is not None:
-        _check_fingerprints(existing, fingerprints, cfg, inputs, provenance)
+        _check_fingerprints(existing, fingerprints, cfg, inputs, provenance, accepted)
         # A resumed sampler is seeded past the trials it already proposed, and each worker differently,
         # so that none repeats another's proposals.
         seed = derived_seed(cfg.study.seed, len(existing.trials), worker)
@@ -290,7 +292,7 @@ def open_study(cfg: Config, fingerprints: dict[str, str], worker: int = 0, input
         if inputs is not None:
             study.set_user_attr("fingerprint_inputs", inputs)
     else:  # another process created it between our check and create_study
-        _check_fingerprints(study, fingerprints, cfg, inputs, provenance)
+        _check_fingerprints(study, fingerprints, cfg, inputs, provenance, accepted)
     enqueue_once(study, cfg)
     return study
 
@@ -354,9 +356,10 @@ def rebuilt_heal(stored: dict | None, current: dict | None) -> float | None:
 
 
 def _check_fingerprints(study: optuna.Study, current: dict[str, str], cfg: Config, inputs: dict | None = None,
-                        provenance: dict | None = None) -> None:
+                        provenance: dict | None = None, accepted: dict[str, set[str]] | None = None) -> None:
     stored = study.user_attrs.get("fingerprints", {})
-    changed = [k for k in current if k in stored and stored[k] != current[k]]
+    accepted = accepted or {}
+    changed = [k for k in current if k in stored and stored[k] != current[k] and stored[k] not in accepted.get(k, ())]
     if changed == ["model"] and provenance is not None:
         delta = rebuilt_heal(study.user_attrs.get("model_provenance"), provenance)
         seen = {r["model"] for r in study.user_attrs.get("rebuilt_heals", [])}
@@ -390,7 +393,11 @@ def changed_keys(stored: dict | None, current: dict | None) -> list[str]:
         return []
     flat = lambda d, p="": {k2: v2 for k, v in d.items() for k2, v2 in (  # noqa: E731
         flat(v, f"{p}{k}.").items() if isinstance(v, dict) else [(f"{p}{k}", v)])}
+    from cpt_harness.search_space import SPEED_ONLY
+
     a, b = flat(stored), flat(current)
+    for k in SPEED_ONLY:  # once hashed, never the reason a resume is refused
+        a.pop(f"train.{k}", None), b.pop(f"train.{k}", None)
     return [f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in sorted(set(a) | set(b))
             if a.get(k) != b.get(k)]
 

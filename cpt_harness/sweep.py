@@ -65,7 +65,8 @@ def setup(cfg: Config, backend=None, log=print, worker: int = 0, study_attrs: di
                     "search_space": search_space.space_fingerprint(cfg, extra=study_attrs)}
     db = storage.storage_for(cfg)
     study = storage.open_study(cfg, fingerprints, worker=worker, storage=db, provenance=models.provenance(model_path),
-                               inputs={"search_space": search_space.space_payload(cfg, extra=study_attrs)})
+                               inputs={"search_space": search_space.space_payload(cfg, extra=study_attrs)},
+                               accepted={"search_space": search_space.accepted_fingerprints(cfg, extra=study_attrs)})
     if rebuilt := [r for r in study.user_attrs.get("rebuilt_heals", []) if r["model"] == fingerprints["model"]]:
         log(f"[setup] the healed base was rebuilt on this machine (GPU training is not bitwise reproducible): its "
             f"general loss is within {rebuilt[0]['general_loss_delta']:.5f} nats of the study's "

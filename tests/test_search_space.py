@@ -7,7 +7,7 @@ import math
 import optuna
 import pytest
 
-from cpt_harness.search_space import space_fingerprint, suggest
+from cpt_harness.search_space import accepted_fingerprints, space_fingerprint, suggest
 
 
 @pytest.mark.parametrize("rank, rslora", [(16, False), (64, False), (128, True), (256, True)])
@@ -60,8 +60,13 @@ def test_the_committed_gpu_study_can_still_be_resumed():
 
     study = optuna.load_study(study_name="gpu-legal", storage=f"sqlite:///{ROOT}/reports/gpu-legal/study.db")
     cfg = load_config(ROOT / "sweeps" / "gpu-legal.yaml", ["eval.max_tokens=32768", "eval.test_fraction=0"])
-    assert study.user_attrs["fingerprints"]["search_space"] == space_fingerprint(cfg)
-    assert space_fingerprint(load_config(ROOT / "sweeps" / "gpu-legal.yaml")) != space_fingerprint(cfg)
+    # run with gradient_checkpointing: true, hashed then; a speed-only key now (any value resumes it)
+    for value in ("true", "false", "auto"):
+        resumed = load_config(ROOT / "sweeps" / "gpu-legal.yaml", ["eval.max_tokens=32768", "eval.test_fraction=0",
+                                                                  f"train.gradient_checkpointing={value}"])
+        assert study.user_attrs["fingerprints"]["search_space"] in accepted_fingerprints(resumed)
+    assert study.user_attrs["fingerprints"]["search_space"] not in accepted_fingerprints(
+        load_config(ROOT / "sweeps" / "gpu-legal.yaml"))
     split = load_config(ROOT / "sweeps" / "gpu-legal.yaml", ["eval.max_tokens=32768"])
     assert space_fingerprint(split) != space_fingerprint(cfg)
 

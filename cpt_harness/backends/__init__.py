@@ -30,12 +30,27 @@ def resolve_name(name: str) -> str:
     return "unsloth" if torch.cuda.is_available() else "peft"
 
 
+_kept: dict[str, Backend] | None = None  # set by keep_backends: one backend per name for the process's life
+
+
+def keep_backends() -> None:
+    """From now on ``load`` gives this process the same backend object per name (a pool worker, which serves
+    study after study: the backend's kept base model stays loaded between them)."""
+    global _kept
+    _kept = {} if _kept is None else _kept
+
+
 def load(name: str) -> Backend:
     name = resolve_name(name)
     if name not in _REGISTRY:
         raise BackendUnavailable(f"unknown backend {name!r} (known: auto, {', '.join(_REGISTRY)})")
+    if _kept is not None and name in _kept:
+        return _kept[name]
     module, cls = _REGISTRY[name].split(":")
-    return getattr(importlib.import_module(module), cls)()
+    backend = getattr(importlib.import_module(module), cls)()
+    if _kept is not None:
+        _kept[name] = backend
+    return backend
 
 
-__all__ = ["Backend", "BackendUnavailable", "load", "resolve_name"]
+__all__ = ["Backend", "BackendUnavailable", "keep_backends", "load", "resolve_name"]

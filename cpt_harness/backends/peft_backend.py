@@ -45,7 +45,7 @@ class PeftBackend(Backend):
 
         model = self.training_base((model_path, repr(cfg.model)), lambda: self.load_base(model_path, cfg.model),
                                    cfg.model.keep_loaded)
-        if cfg.train.gradient_checkpointing:
+        if cfg.train.gradient_checkpointing is True:  # auto: resolved per trial (cpt_harness.checkpointing)
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
         torch.manual_seed(cfg.train.seed)  # LoRA init: the same for every trial with the same seed and rank
