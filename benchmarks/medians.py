@@ -1,6 +1,6 @@
 """Medians over repeated throughput runs (issue 18: each ratio the median of >= 3 interleaved repeats).
 
-    python benchmarks/medians.py results/throughput-1b-*.json
+    python -m benchmarks.medians results/throughput-1b-*.json
 
 Each file is one ``benchmarks/throughput.py --out`` result (one repeat: every mode once, on one card). For each
 shape and mode: the median tokens/s, MFU and peak memory over the files, and the median over repeats of the
@@ -9,9 +9,9 @@ per-repeat ratio to raw-unsloth (and to raw-unsloth-ckpt for *-ckpt modes) of th
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 
 
@@ -34,10 +34,9 @@ def medians(files: list[Path]) -> list[dict]:
 
 
 def main() -> None:
-    files = [Path(a) for a in sys.argv[1:]]
-    if not files:
-        print("usage: python benchmarks/medians.py RESULT.json [RESULT.json ...]", file=sys.stderr)
-        sys.exit(2)
+    p = argparse.ArgumentParser(description="Medians over repeated throughput results (one file per repeat).")
+    p.add_argument("files", nargs="+", type=Path, metavar="RESULT.json", help="benchmarks.throughput --out files")
+    files = p.parse_args().files
     cards = {json.loads(f.read_text())["card"] for f in files}
     print(f"card(s): {', '.join(sorted(cards))}; {len(files)} repeats\n")
     print("| shape | mode | repeats | tokens/s | MFU | peak memory | vs raw (median of per-repeat ratios) |")

@@ -3,9 +3,9 @@ to its last trial's end (issue 18). Results: benchmarks/RESULTS.md.
 
     # warm: a pool already running on this host, its workers imported (its logs say "imported in")
     cpt-harness pool --gpus 0 --trials-per-gpu 8 &
-    python benchmarks/pool_startup.py sweeps/gpu-legal.yaml --warm --out warm.json --set study.name=bench-warm
+    python -m benchmarks.pool_startup sweeps/gpu-legal.yaml --warm --out warm.json --set study.name=bench-warm
     # cold: the command starts its own workers (each imports the backend), as without a pool
-    python benchmarks/pool_startup.py sweeps/gpu-legal.yaml --cold --gpus 0 --trials-per-gpu 8 --out cold.json \\
+    python -m benchmarks.pool_startup sweeps/gpu-legal.yaml --cold --gpus 0 --trials-per-gpu 8 --out cold.json \\
         --set study.name=bench-cold
 
 Use a new study.name per run (a resumed study has trials already). The first step is taken as the first trial's
@@ -24,8 +24,6 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def measure(config: str, warm: bool, overrides: list[str], gpus: str | None, per_gpu: str | None) -> dict:
