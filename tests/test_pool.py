@@ -192,10 +192,8 @@ def test_ablate_and_confirm_run_on_the_pool_and_bad_input_exits_2(running_pool, 
     assert len(list((tmp_path / "runs" / "tiny" / "workers").glob("*.log"))) == 2
 
 
-def test_ctrl_c_on_a_handed_over_sweep_fails_its_trials_and_the_workers_serve_on(running_pool, tiny_overrides,
-                                                                                 tmp_path):
-    d, _ = running_pool
-    pids = _pids(d)
+def _long_sweep_running(d, tiny_overrides, tmp_path):
+    """A 2-trial sweep of long trials handed to the pool in ``d``, once one of its trials runs: (process, log, URL)."""
     overrides = tiny_overrides + ["train.max_steps=300", "train.eval_every=300"]
     submit_log = tmp_path / "submit.log"
     submitter = subprocess.Popen([sys.executable, "-m", "cpt_harness", "sweep", DEMO, "--n-trials", "2"]
@@ -210,6 +208,14 @@ def test_ctrl_c_on_a_handed_over_sweep_fails_its_trials_and_the_workers_serve_on
         except Exception:  # not created yet (KeyError), or its tables being created by another process
             continue
     assert running, submit_log.read_text()[-3000:]
+    return submitter, submit_log, url
+
+
+def test_ctrl_c_on_a_handed_over_sweep_fails_its_trials_and_the_workers_serve_on(running_pool, tiny_overrides,
+                                                                                 tmp_path):
+    d, _ = running_pool
+    pids = _pids(d)
+    submitter, submit_log, url = _long_sweep_running(d, tiny_overrides, tmp_path)
     time.sleep(1)
     submitter.send_signal(signal.SIGINT)
     assert submitter.wait(timeout=120) == 130, submit_log.read_text()[-3000:]
@@ -229,20 +235,7 @@ def test_ctrl_c_on_a_handed_over_sweep_fails_its_trials_and_the_workers_serve_on
 
 def test_stopping_the_pool_mid_trial_fails_the_trial_and_the_command_says_so(running_pool, tiny_overrides, tmp_path):
     d, proc = running_pool
-    overrides = tiny_overrides + ["train.max_steps=300", "train.eval_every=300"]
-    submit_log = tmp_path / "submit.log"
-    submitter = subprocess.Popen([sys.executable, "-m", "cpt_harness", "sweep", DEMO, "--n-trials", "2"]
-                                 + _sets(overrides), stdout=open(submit_log, "w"), stderr=subprocess.STDOUT,
-                                 env=_env(d))
-    url = f"sqlite:///{tmp_path}/study.db"
-    deadline, running = time.time() + 180, []
-    while time.time() < deadline and not running:
-        time.sleep(0.5)
-        try:
-            running = optuna.load_study(study_name="tiny", storage=url).get_trials(states=[TrialState.RUNNING])
-        except Exception:  # not created yet (KeyError), or its tables being created by another process
-            continue
-    assert running, submit_log.read_text()[-3000:]
+    submitter, submit_log, url = _long_sweep_running(d, tiny_overrides, tmp_path)
     time.sleep(1)
     assert main(["pool", "--stop"]) == 0
     assert proc.wait(timeout=120) == 0
