@@ -249,11 +249,12 @@ def worker_main(d: Path, label: str, index: int, backend: str) -> int:
             return 0
         backends.keep_backends()
         backends.load(backend)  # the import this pool exists to pay once (unsloth: before transformers)
+        _warm_imports()
         print(f"[pool] {label}: backend {backend} imported in {time.perf_counter() - t:.1f} s", flush=True)
         home = os.getcwd()
         while True:
             _write_json(status, {"pid": os.getpid(), "label": label, "job": None})
-            job = None
+            job, half_imported = None, False
             try:
                 job = _next_job(d, label)
                 if job is None:
@@ -263,8 +264,9 @@ def worker_main(d: Path, label: str, index: int, backend: str) -> int:
                     continue
                 _write_json(status, {"pid": os.getpid(), "label": label, "job": job["id"]})
                 rc, error = _run_job(job, label, index)
-            except KeyboardInterrupt:  # a withdrawn job (its command's Ctrl-C): back to waiting
+            except KeyboardInterrupt as e:  # a withdrawn job (its command's Ctrl-C): back to waiting
                 rc, error = 130, "interrupted"
+                half_imported = _interrupted_an_import(e)
             finally:
                 os.chdir(home)
             if job is not None:
@@ -273,11 +275,47 @@ def worker_main(d: Path, label: str, index: int, backend: str) -> int:
             if stopping:
                 print(f"[pool] {label}: stopped", flush=True)
                 return 0
+            if rc == 130 and half_imported:
+                # An import cut short leaves its package's submodules half set up in this process (pandas then
+                # fails every later trial with "partially initialized module"): start afresh, same process id.
+                print(f"[pool] {label}: the interrupt landed in an import; restarting this worker", flush=True)
+                sys.stdout.flush()
+                os.execv(sys.executable, [sys.executable, "-m", "cpt_harness.pool", str(d), label, str(index),
+                                          backend])
     except KeyboardInterrupt:  # the pool stopped it while it imported or wrote a file
         print(f"[pool] {label}: stopped", flush=True)
         return 0
     finally:
         status.unlink(missing_ok=True)
+
+
+# What a trial imports beyond the backend (measured: a PEFT trial in a fresh process loads these on its first trial).
+# Imported when the worker starts, so that the pool pays them once and a Ctrl-C on a job does not cut one short.
+WARM_IMPORTS = ("cpt_harness.cli", "cpt_harness.sweep", "cpt_harness.ablation", "cpt_harness.confirm",
+                "cpt_harness.train", "cpt_harness.data", "cpt_harness.evals", "cpt_harness.tracking", "peft",
+                "datasets", "pandas", "pyarrow", "sqlalchemy", "alembic", "optuna.storages", "wandb")
+
+
+def _warm_imports() -> None:
+    import importlib
+
+    for name in WARM_IMPORTS:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # an optional package this install lacks: the trial says so if it needs it
+            pass
+
+
+def _interrupted_an_import(e: BaseException) -> bool:
+    """Whether the interrupt was raised inside an import: a module's top-level code on its traceback, or importlib's
+    own frames (which Python strips from most import tracebacks, so the module frame is the usual sign)."""
+    tb = e.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_name == "<module>" or code.co_filename.startswith("<frozen importlib"):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _next_job(d: Path, label: str) -> dict | None:

@@ -244,3 +244,41 @@ def test_stopping_the_pool_mid_trial_fails_the_trial_and_the_command_says_so(run
     assert study.get_trials(states=[TrialState.RUNNING]) == [], "no trial is left running"
     assert all(t.user_attrs["fail_reason"] == "interrupted (Ctrl-C)" for t in study.get_trials(states=[TrialState.FAIL]))
     assert "run the same command again" in submit_log.read_text() or "trials complete" in submit_log.read_text()
+
+
+def test_a_worker_whose_job_is_interrupted_inside_an_import_restarts_itself(tmp_path):
+    """A Ctrl-C that cuts an import short leaves the package half set up in the process (pandas then fails every
+    later trial with "partially initialized module"): the worker starts afresh, same process id, and serves on."""
+    d, label = tmp_path / "pool", "test/cpu/0"
+    (d / "jobs").mkdir(parents=True)
+    pool._write_json(d / "pool.json", {"pid": os.getpid(), "host": pool.socket.gethostname(), "backend": "peft",
+                                       "slots": [{"label": label, "gpu": None}]})
+    pool._write_json(d / "jobs" / "1.json", {"id": "1"})
+    started = tmp_path / "importing"
+    (tmp_path / "slow_to_import.py").write_text(f"import time\nopen({str(started)!r}, 'w').close()\ntime.sleep(120)\n")
+    job_that_imports = (f"import sys\nfrom pathlib import Path\nsys.path.insert(0, {str(tmp_path)!r})\n"
+                        "from cpt_harness import pool\n"
+                        "def run_job(job, label, index):\n    import slow_to_import\n"
+                        f"pool._run_job = run_job\nsys.exit(pool.worker_main(Path({str(d)!r}), {label!r}, 0, 'peft'))\n")
+    log = tmp_path / "worker.log"
+    with open(log, "w") as fh:
+        worker = subprocess.Popen([sys.executable, "-c", job_that_imports], stdout=fh, stderr=subprocess.STDOUT,
+                                  env=_env(d))
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not started.exists():
+            assert worker.poll() is None, log.read_text()
+            time.sleep(0.2)
+        worker.send_signal(signal.SIGINT)  # what a withdrawn job's Ctrl-C sends the workers on it
+        while time.time() < deadline and log.read_text().count("imported in") < 2:
+            assert worker.poll() is None, log.read_text()
+            time.sleep(0.2)
+        text = log.read_text()
+        assert "the interrupt landed in an import; restarting this worker" in text and text.count("imported in") == 2
+        assert json.loads((d / "jobs" / "1.left" / "test_cpu_0.json").read_text())["rc"] == 130
+        assert _pids(d) == {label: worker.pid}  # the same process, waiting for the next job
+        (d / "pool.json").unlink()  # the pool is gone: so is its worker
+        assert worker.wait(timeout=30) == 0, log.read_text()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
