@@ -735,11 +735,18 @@ def _dose_figure(runs, path: Path) -> None:
 
 
 def _save(fig, path: Path) -> None:
+    """A 256-colour PNG: a line plot needs no more, and it is a third of the size (reports are committed)."""
+    import io
+
     import matplotlib.pyplot as plt
+    from PIL import Image  # a dependency of matplotlib's
 
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
     plt.close(fig)
+    with Image.open(buf) as im:
+        im.convert("RGB").quantize(256, dither=Image.Dither.NONE).save(path, format="PNG", optimize=True)
 
 
 def _complete():
