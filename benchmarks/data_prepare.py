@@ -12,7 +12,8 @@ filter would drop them all), and the text stays almost all real English and lega
 converted SmolLM2 tokenizer (``builtin:smollm2-135m-instruct``, converted first and not timed).
 
 Measured per build, each in a fresh process (a sampler thread reads /proc every 0.2 s): wall time, training
-tokens / s, the peak RSS of the largest process of the build (the main one or a tokenizing worker), the peak
+tokens / s, the peak RSS of the largest process of the build (the main one or a tokenizing worker) and the peak of
+its anonymous part (heap; the rest is pages of memory-mapped files, which the kernel can drop), the peak
 summed PSS of the whole process tree (what the build costs the machine), and the cache's disk use. The baseline is
 cpt_harness/data.py as of commit d24f500 (before the streamed path), on the first --baseline-mb of the same corpus.
 The attach test tiles the built training blocks to 10^9 tokens (4 GB), starts --workers processes that memory-map
@@ -105,7 +106,7 @@ def measure_build(corpus: Path, cache: Path, model: str, baseline: bool, num_pro
                           marker=common.MARKER)
     started = time.perf_counter()
     proc = common.start([sys.executable, "-c", script], common.worker_env(CPT_HARNESS_CACHE=str(cache)))
-    peaks = {"max_process_rss": 0, "tree_pss": 0, "tree_rss": 0}
+    peaks = {"max_process_rss": 0, "max_process_anon": 0, "tree_pss": 0, "tree_rss": 0}
     done = threading.Event()
 
     def sample() -> None:
@@ -115,6 +116,7 @@ def measure_build(corpus: Path, cache: Path, model: str, baseline: bool, num_pro
             mem = [m for m in mem if m]
             if mem:
                 peaks["max_process_rss"] = max(peaks["max_process_rss"], max(m["rss"] for m in mem))
+                peaks["max_process_anon"] = max(peaks["max_process_anon"], max(m["anon"] for m in mem))
                 peaks["tree_pss"] = max(peaks["tree_pss"], sum(m["pss"] for m in mem))
                 peaks["tree_rss"] = max(peaks["tree_rss"], sum(m["rss"] for m in mem))
             time.sleep(0.2)
@@ -131,6 +133,7 @@ def measure_build(corpus: Path, cache: Path, model: str, baseline: bool, num_pro
     return {"corpus": str(corpus), "corpus_bytes": corpus.stat().st_size, "wall_s": time.perf_counter() - started,
             "build_s": result["seconds"], "train_tokens": tokens, "tokens_per_s": tokens / result["seconds"],
             "peak_rss_gb_largest_process": peaks["max_process_rss"] / 2**30,
+            "peak_anon_gb_largest_process": peaks["max_process_anon"] / 2**30,
             "peak_pss_gb_process_tree": peaks["tree_pss"] / 2**30, "peak_rss_gb_process_tree": peaks["tree_rss"] / 2**30,
             "disk_gb": sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**30,
             "stats": {k: result["stats"][k] for k in ("domain_train", "domain_eval", "contamination")},
@@ -146,13 +149,14 @@ def children(pid: int) -> list[int]:
 
 
 def memory(pid: int) -> dict | None:
-    """RSS and PSS of a process in bytes (smaps_rollup), or None once it is gone."""
+    """RSS, PSS and anonymous memory (heap, not file pages) of a process in bytes (smaps_rollup), or None once
+    it is gone."""
     try:
         text = Path(f"/proc/{pid}/smaps_rollup").read_text()
     except OSError:
         return None
     values = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in text.splitlines()[1:] if line.endswith("kB")}
-    return {"rss": values.get("Rss", 0), "pss": values.get("Pss", 0)}
+    return {"rss": values.get("Rss", 0), "pss": values.get("Pss", 0), "anon": values.get("Anonymous", 0)}
 
 
 ATTACH = """

@@ -208,3 +208,44 @@ def test_several_general_corpora_are_packed_apart_and_numbered_on(tokenizer, tin
     assert both.fingerprint != single.fingerprint
     assert data.corpus_names([DataSource("builtin:brown"), DataSource("/x/brown.txt"), DataSource("org/wiki")]) == [
         "brown", "brown-2", "wiki"]
+
+
+def test_the_vectorised_contamination_share_equals_the_per_document_one():
+    """not_contaminated (one sorted search over all held-out n-grams) decides as the per-document mean would,
+    with documents too short for an n-gram among them, and a share that lands exactly on the threshold."""
+    rng = np.random.default_rng(0)
+    wanted = np.unique(rng.integers(0, 2**62, 5000, dtype=np.int64).astype(np.uint64))
+    found = rng.random(wanted.size) < 0.4
+    hashes = [rng.choice(wanted, size=rng.integers(0, 40)) for _ in range(300)]
+    hashes.append(wanted[np.flatnonzero(found)[:2].tolist() + np.flatnonzero(~found)[:2].tolist()])  # share 0.5
+    naive = [not (h.size and np.mean(found[np.searchsorted(wanted, h)]) >= 0.5) for h in hashes]
+    assert data.not_contaminated(hashes, wanted, found, 0.5).tolist() == naive
+    assert data.not_contaminated(hashes, wanted, found, 0.5, chunk=50).tolist() == naive  # in parts, as at scale
+    assert not data.not_contaminated(hashes, wanted, found, 0.5)[-1] and sum(naive) not in (0, len(naive))
+    assert data.not_contaminated([np.empty(0, np.uint64)] * 3, wanted, found).tolist() == [True] * 3
+    assert data.unique_hashes(hashes).tolist() == np.unique(np.concatenate(hashes)).tolist()
+
+
+def test_ngram_hashes_of_ascii_and_unicode_text_are_those_of_their_lowercased_words():
+    """The fast paths (ASCII text read as bytes, a memo of word hashes shared across documents) hash exactly as
+    the definition: 64-bit blake2b of each lowercased \\w+ word, rolled over 13 words."""
+    import hashlib
+    import re
+
+    def reference(text):
+        words = re.findall(r"\w+", text.lower())
+        ids = [int.from_bytes(hashlib.blake2b(w.encode(), digest_size=8).digest(), "little") for w in words]
+        out = []
+        for i in range(len(words) - 12):
+            h = 0
+            for k in range(13):
+                h = (h * 1099511628211 + ids[i + k]) % 2**64
+            out.append(h)
+        return out
+
+    english = builtin_docs("brown", 1)[0]
+    french = "Au commencement, Dieu créa les cieux et la terre. La terre était informe et vide: il y avait des ténèbres"
+    vocab: dict = {}
+    for text in (english, french, english.upper() + " " + french):  # the memo holds str and bytes words by then
+        assert data.ngram_hashes(text, vocab=vocab).tolist() == reference(text)
+    assert data.ngram_hashes("Café au lait, s'il vous plaît").size == 0

@@ -30,3 +30,13 @@ def test_real_smollm2_loss_on_held_out_general_english_is_plausible():
     loss = evaluate(model, blocks, 4, backend.device, backend.autocast)
     # A 135M model on 1961 American English: well below uniform (ln 49152 = 10.8), plausible under 4.5 nats.
     assert 2.5 < loss < 4.5, loss
+
+
+@pytest.mark.slow
+def test_packing_tokenizes_as_the_tokenizer_itself_does():
+    """data.encode (the fast backend, without offsets) gives SmolLM2's tokenizer's own ids: English, legal and
+    French text, and a document holding the separator's text."""
+    tokenizer = PeftBackend().load_tokenizer(models.resolve("builtin:smollm2-135m-instruct"))
+    docs = (data.read_documents(DataSource("builtin:brown"))[:50] + data.read_documents(DataSource("builtin:legal"))[:50]
+            + ["Au commencement, Dieu créa les cieux et la terre. <|endoftext|> «Que la lumière soit!»", "", " \n"])
+    assert data.encode(tokenizer, docs) == tokenizer(docs, add_special_tokens=False)["input_ids"]
