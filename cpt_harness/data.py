@@ -689,10 +689,11 @@ def _tokenize_range(bounds: tuple[int, int]) -> tuple[np.ndarray, int, np.ndarra
     held-out n-grams (positions in _WORK["wanted"]) they contain, when there are any to look for."""
     w = _WORK
     texts = w["docs"][slice(*bounds)]
-    rows = encode(w["tokenizer"], texts)
-    sep = [w["sep"]]
-    ids = np.fromiter(itertools.chain.from_iterable(r + sep for r in rows), dtype=np.int32,
-                      count=sum(map(len, rows)) + len(rows))
+    ids = np.empty(0, dtype=np.int32)
+    if w.get("tokenizer") is not None:  # without one: only the held-out n-grams are looked for
+        rows = encode(w["tokenizer"], texts)
+        ids = np.fromiter(itertools.chain.from_iterable(r + [w["sep"]] for r in rows), dtype=np.int32,
+                          count=sum(map(len, rows)) + len(rows))
     found = np.empty(0, dtype=np.int64)
     if w.get("wanted") is not None and w["wanted"].size:
         vocab = _vocab()
@@ -701,9 +702,62 @@ def _tokenize_range(bounds: tuple[int, int]) -> tuple[np.ndarray, int, np.ndarra
     return ids, len(texts), found
 
 
-def _hash_range(bounds: tuple[int, int]) -> list[np.ndarray]:
-    vocab = _vocab()
-    return [ngram_hashes(t, vocab=vocab) for t in _WORK["docs"][slice(*bounds)]]
+CHECK_WORDS = 2  # held-out words looked for in training text, per token of the evaluation's budget
+
+
+@dataclass
+class _Checked:
+    """Held-out documents looked for in the training text: the first ones of a source's held-out part, in order."""
+
+    hashes: list[np.ndarray]  # each document's n-gram hashes
+    words: list[int]  # each document's number of words (a lower bound of its tokens)
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+
+def _held_out_hashes(store: _Store, held_out: np.ndarray, procs: int, words: int | None) -> _Checked:
+    """The n-grams of the held-out documents, in order, until they hold ``words`` words (None: all of them)."""
+    checked = _Checked([], [])
+    with _workers(procs, docs=_Documents(store, held_out)) as pmap:
+        for hashes, counts in pmap(_hash_range, _ranges(len(held_out), CHUNK_DOCS)):
+            checked.hashes += hashes
+            checked.words += counts
+            if words is not None and sum(checked.words) >= words:
+                break
+    return checked
+
+
+def _keeps(checked: list[_Checked], wanted: np.ndarray, found: np.ndarray) -> list[np.ndarray]:
+    """Per source: whether each of its checked held-out documents stays (is not a near-copy)."""
+    keep = not_contaminated([h for part in checked for h in part.hashes], wanted, found)
+    bounds = np.cumsum([0] + [len(part) for part in checked])
+    return [keep[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _check_all(short: list[int], checked: list[_Checked], held_outs, splits, keys, procs: int,
+               show: Progress) -> list[np.ndarray]:
+    """Sources ``short`` checked again, every held-out document of them this time, against every source's training
+    text (n-grams only, no tokenizing): the keeps, as ``_keeps``."""
+    for i in short:
+        checked[i] = _held_out_hashes(*held_outs[i], procs, None)
+    wanted = unique_hashes([h for part in checked for h in part.hashes])
+    found = np.zeros(wanted.size, dtype=bool)
+    for (store, order, n_eval), key in zip(splits, keys):
+        with (_workers(procs, docs=_Documents(store, order[n_eval:]), wanted=wanted) as pmap,
+              show.stage(f"{key}: look for held-out text again", len(order) - n_eval) as tick):
+            for _, n, seen in pmap(_tokenize_range, _ranges(len(order) - n_eval, CHUNK_DOCS)):
+                found[seen] = True
+                tick(n, 0)
+    return _keeps(checked, wanted, found)
+
+
+def _hash_range(bounds: tuple[int, int]) -> tuple[list[np.ndarray], list[int]]:
+    """The documents' n-gram hashes, and their numbers of words."""
+    vocab, texts = _vocab(), _WORK["docs"][slice(*bounds)]
+    hashes = [ngram_hashes(t, vocab=vocab) for t in texts]
+    return hashes, [h.size + CONTAMINATION_NGRAM - 1 if h.size else len(_WORD.findall(t.lower()))
+                    for h, t in zip(hashes, texts)]
 
 
 def _vocab(limit: int = 1 << 20) -> dict[str, int]:
@@ -898,11 +952,12 @@ def _build(cfg: DataConfig, tokenizer, block_len: int, eval_max_tokens: int, out
     splits = [_stored_split(src, key, cfg, scratch, show) for src, key in zip(sources, keys)]
     held_outs = [(store, order[:n_eval]) for store, order, n_eval in splits]
     procs, sep = num_proc(cfg), separator_id(tokenizer)
-    hashes: list[np.ndarray] = []
-    for store, held_out in held_outs:
-        with _workers(procs, docs=_Documents(store, held_out)) as pmap:
-            hashes += [h for part in pmap(_hash_range, _ranges(len(held_out), CHUNK_DOCS)) for h in part]
-    wanted = unique_hashes(hashes)
+    # Only the held-out documents that can be evaluated are looked for in the training text: the first ones, in
+    # order, until their words reach twice what eval.max_tokens packs (a word is at least one token). The others
+    # are neither trained on nor evaluated; memory then stays flat however large the held-out part.
+    need = eval_max_tokens + block_len
+    checked = [_held_out_hashes(store, held_out, procs, CHECK_WORDS * need) for store, held_out in held_outs]
+    wanted = unique_hashes([h for part in checked for h in part.hashes])
     found = np.zeros(wanted.size, dtype=bool)
     writer = BlockWriter(out / "domain_train.npy", block_len)
     offsets, n_train = [0], 0
@@ -922,10 +977,17 @@ def _build(cfg: DataConfig, tokenizer, block_len: int, eval_max_tokens: int, out
                                 f"({_documents({'documents': len(train)})}) is shorter than one block of model.max_seq_length={block_len} tokens; "
                                 "add documents, lower data.eval_fraction or lower model.max_seq_length")
     n_blocks = writer.close()
-    keep = not_contaminated(hashes, wanted, found)
+    keeps = _keeps(checked, wanted, found)
+    short = [i for i, (part, keep) in enumerate(zip(checked, keeps))
+             if len(part) < len(held_outs[i][1]) and np.asarray(part.words)[keep].sum() < need]
+    if short:  # so many near-copies that the checked ones cannot fill the evaluation: check every held-out one
+        keeps = _check_all(short, checked, held_outs, splits, keys, procs, show)
+    held_outs = [(store, held_out[: len(keep)]) for (store, held_out), keep in zip(held_outs, keeps)]
+    keep = np.concatenate(keeps)
     dropped = int((~keep).sum())
+    n_held_out = sum(n_eval for _, _, n_eval in splits)
     stats["contamination"] = {"ngram_words": CONTAMINATION_NGRAM, "threshold": CONTAMINATION_THRESHOLD,
-                              "held_out_documents": len(keep), "dropped": dropped}
+                              "held_out_documents": n_held_out, "checked": len(keep), "dropped": dropped}
     if not keep.any():
         raise DataError(f"data.domain: every held-out document is a near-copy of training documents ({dropped} "
                         f"of {len(keep)} share >= {CONTAMINATION_THRESHOLD:.0%} of their {CONTAMINATION_NGRAM}-word "
@@ -936,10 +998,10 @@ def _build(cfg: DataConfig, tokenizer, block_len: int, eval_max_tokens: int, out
         blocks, docs = pack_documents(_Documents(store, held_out[keep]), tokenizer, block_len, eval_max_tokens)
         np.save(out / "domain_eval.npy", blocks)
         np.save(out / "domain_eval_docs.npy", docs)
-        stats["domain_eval"] = _eval_stats(int(keep.sum()), blocks, docs)
+        stats["domain_eval"] = _eval_stats(n_held_out - dropped, blocks, docs)
     else:
         _domain_eval_per_source(sources, keys, held_outs, keep, offsets, tokenizer, block_len, eval_max_tokens, out,
-                                stats, cfg)
+                                stats, cfg, [n_eval for _, _, n_eval in splits])
     _build_general(cfg, tokenizer, block_len, eval_max_tokens, out, stats, scratch, show)
     stats["sources"] = {"domain": " + ".join(source_label(d) for d in sources),
                         "general": " + ".join(source_label(g) for g in cfg.general_sources())}
@@ -951,13 +1013,14 @@ def _build(cfg: DataConfig, tokenizer, block_len: int, eval_max_tokens: int, out
 
 
 def _domain_eval_per_source(sources, keys, held_outs, keep, offsets, tokenizer, block_len, eval_max_tokens, out,
-                            stats, cfg) -> None:
+                            stats, cfg, n_held_out: list[int]) -> None:
     """Several data.domain sources: each one's held-out part packed on its own (eval.max_tokens each), then
     stacked as the general corpora are; document numbers run on across sources (domain_doc_corpus)."""
     names = corpus_names(sources)
     all_blocks, all_docs, corpus, per, start = [], [], [], {}, 0
     for i, ((store, held_out), key, name) in enumerate(zip(held_outs, keys, names)):
         kept = held_out[keep[start : start + len(held_out)]]
+        dropped = len(held_out) - len(kept)
         start += len(held_out)
         blocks, docs = pack_documents(_Documents(store, kept), tokenizer, block_len, eval_max_tokens)
         if blocks.shape[0] == 0:
@@ -968,7 +1031,7 @@ def _domain_eval_per_source(sources, keys, held_outs, keep, offsets, tokenizer, 
         all_blocks.append(blocks)
         all_docs.append(docs + len(corpus))
         corpus += [i] * (int(docs.max()) + 1)
-        per[name] = {"source": source_label(sources[i]), **_eval_stats(len(kept), blocks, docs),
+        per[name] = {"source": source_label(sources[i]), **_eval_stats(n_held_out[i] - dropped, blocks, docs),
                      "train_blocks": offsets[i + 1] - offsets[i]}
     blocks, docs = np.concatenate(all_blocks), np.concatenate(all_docs)
     np.save(out / "domain_eval.npy", blocks)

@@ -47,5 +47,6 @@ def summary(corpora: data.Corpora, folder: Path, seconds: float | None) -> str:
     disk = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
     how = "already cached" if seconds is None else f"built in {seconds:.1f} s"
     return "\n".join([f"[prepare] data {corpora.fingerprint}: {how}; {disk / 2**20:,.1f} MiB in {folder}", *lines,
-                      f"(held-out domain documents dropped as near-copies of training text: {c['dropped']} of "
-                      f"{c['held_out_documents']}; held-out parts are packed up to eval.max_tokens each)"])
+                      f"(held-out domain documents dropped as near-copies of training text: {c['dropped']} of the "
+                      f"{c.get('checked', c['held_out_documents'])} checked, of {c['held_out_documents']}; held-out "
+                      "parts are packed up to eval.max_tokens each, and only as many are checked as can fill it)"])

@@ -68,9 +68,12 @@ def _contamination(study) -> list[str]:
     c = (study.user_attrs.get("data_stats") or {}).get("contamination")
     if not c:
         return []
+    checked = c.get("checked", c["held_out_documents"])  # older caches checked every held-out document
+    of = (f"{checked} checked (the first of {c['held_out_documents']}, enough to fill eval.max_tokens)"
+          if checked < c["held_out_documents"] else f"{checked}")
     return [f"- **Held-out domain documents dropped as near-copies of training documents**: {c['dropped']} of "
-            f"{c['held_out_documents']} (>= {c['threshold']:.0%} of their {c['ngram_words']}-word sequences occur in "
-            "the training documents)"]
+            f"{of} (>= {c['threshold']:.0%} of their {c['ngram_words']}-word sequences occur in the training "
+            "documents)"]
 
 
 def _scales(study, design: dict) -> str:

@@ -249,3 +249,32 @@ def test_ngram_hashes_of_ascii_and_unicode_text_are_those_of_their_lowercased_wo
     for text in (english, french, english.upper() + " " + french):  # the memo holds str and bytes words by then
         assert data.ngram_hashes(text, vocab=vocab).tolist() == reference(text)
     assert data.ngram_hashes("Café au lait, s'il vous plaît").size == 0
+
+
+@pytest.mark.parametrize("check_words", [0, 2])
+def test_only_the_held_out_documents_that_can_be_evaluated_are_checked_and_the_evaluation_is_the_same(
+        tokenizer, tmp_path, monkeypatch, check_words):
+    """The contamination check looks only at the first held-out documents, as many as the evaluation could use
+    (memory flat in the corpus size); when near-copies leave too few of them, every held-out document is checked.
+    Either way the evaluated blocks are those of checking every one."""
+    legal, brown = builtin_docs("legal", 60), builtin_docs("brown", 60)
+    docs = legal + legal + brown  # a legal document held out while its twin trains is a near-copy
+    (tmp_path / "mix.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs))
+    monkeypatch.setattr(data, "CHUNK_DOCS", 4)
+
+    def build(words, name):
+        monkeypatch.setattr(data, "CHECK_WORDS", words)
+        monkeypatch.setenv("CPT_HARNESS_CACHE", str(tmp_path / name))
+        cfg = DataConfig(domain=DataSource(str(tmp_path / "mix.jsonl")), general=DataSource("builtin:brown"),
+                         eval_fraction=0.5)
+        return data.prepare(cfg, tokenizer, block_len=32, eval_max_tokens=20_000)
+
+    every, bounded = build(10**9, "every"), build(check_words, "bounded")
+    assert every.stats["contamination"]["checked"] == every.stats["contamination"]["held_out_documents"] == 90
+    assert np.array_equal(bounded.domain_eval, every.domain_eval)
+    assert np.array_equal(bounded.domain_eval_docs, every.domain_eval_docs)
+    checked = bounded.stats["contamination"]["checked"]
+    if check_words == 0:  # the first 4 documents (~7k words) cannot fill 20k tokens: every one was checked again
+        assert checked == 90
+    else:
+        assert 4 < checked < 90 and bounded.stats["contamination"]["dropped"] < every.stats["contamination"]["dropped"]
