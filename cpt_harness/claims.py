@@ -117,7 +117,7 @@ def doc_runs_from_study(study, evals_by_trial: dict, base_evals,
                                         frontier.Docs(e.general_nll[rows], e.general_tokens)))
     b = base_evals
     return doc_runs, frontier.Base(frontier.Docs(b.domain_nll[0], b.domain_tokens),
-                                   frontier.Docs(b.general_nll[0], b.general_tokens))
+                                   frontier.Docs(b.general_nll[0], b.general_tokens), b.general_corpus)
 
 
 def analyse(factors: dict[str, list[str]], runs: Sequence[frontier.Run], delta: float,

@@ -306,6 +306,7 @@ class DocRun:
 class Base:
     domain: Docs  # [n_domain_docs]
     general: Docs  # [n_general_docs]
+    general_corpus: np.ndarray | None = None  # [n_general_docs] each document's corpus: the bootstrap draws within each
 
 
 def _runs(doc_runs: Sequence[DocRun], base: Base, w_domain: np.ndarray, w_general: np.ndarray) -> list[list[Run]]:
@@ -322,17 +323,25 @@ def runs_from_docs(doc_runs: Sequence[DocRun], base: Base) -> list[Run]:
     return _runs(doc_runs, base, ones(base.domain), ones(base.general))[0]
 
 
-def _draws(rng: np.random.Generator, n_docs: int, replicates: int) -> np.ndarray:
-    """[n_docs, B]: how often each document is drawn when n_docs indices are drawn with replacement, per replicate."""
-    idx = rng.integers(0, n_docs, size=(replicates, n_docs)) + n_docs * np.arange(replicates)[:, None]
-    return np.bincount(idx.ravel(), minlength=n_docs * replicates).reshape(replicates, n_docs).T.astype(float)
+def _draws(rng: np.random.Generator, n_docs: int, replicates: int, groups: np.ndarray | None = None) -> np.ndarray:
+    """[n_docs, B]: how often each document is drawn when n_docs indices are drawn with replacement, per replicate.
+    With ``groups`` (a group per document) of more than one value, each group's documents are drawn among
+    themselves, as many as it has: the eval's make-up (eval.max_tokens per corpus) stays what it was by design."""
+    if groups is None or len(np.unique(groups)) < 2:
+        idx = rng.integers(0, n_docs, size=(replicates, n_docs)) + n_docs * np.arange(replicates)[:, None]
+        return np.bincount(idx.ravel(), minlength=n_docs * replicates).reshape(replicates, n_docs).T.astype(float)
+    draws = np.zeros((n_docs, replicates))
+    for g in np.unique(groups):
+        members = np.flatnonzero(groups == g)
+        draws[members] = _draws(rng, len(members), replicates)
+    return draws
 
 
 def bootstrap(doc_runs: Sequence[DocRun], base: Base, statistic: Callable[[list[Run]], float],
               replicates: int = 200, seed: int = 0) -> np.ndarray:
     """The statistic over bootstrap replicates of the eval documents.
 
-    A replicate draws document indices with replacement once per corpus (domain and general separately) and
+    A replicate draws document indices with replacement once per corpus (domain, and each general corpus) and
     applies that one draw to every trial, checkpoint and the base, so documents stay paired across arms, seeds
     and LRs; it recomputes every loss as Σnll/Σtokens over the drawn documents, then the gains and forgetting,
     then calls ``statistic`` on the runs, which redoes the matching (its level too, unless it fixes one).
@@ -340,7 +349,7 @@ def bootstrap(doc_runs: Sequence[DocRun], base: Base, statistic: Callable[[list[
     """
     rng = np.random.default_rng(seed)
     w_domain = _draws(rng, np.shape(base.domain.tokens)[-1], replicates)
-    w_general = _draws(rng, np.shape(base.general.tokens)[-1], replicates)
+    w_general = _draws(rng, np.shape(base.general.tokens)[-1], replicates, base.general_corpus)
     return np.array([statistic(runs) for runs in _runs(doc_runs, base, w_domain, w_general)])
 
 

@@ -232,3 +232,20 @@ def test_one_draw_serves_every_arm_and_the_base():
     assert frontier.bootstrap(paired, base, lambda runs: final(runs, "in", "forgetting"), 100) == pytest.approx(
         np.full(100, 0.05), abs=1e-9)
     assert frontier.bootstrap(paired, base, lambda runs: final(runs, "in", "gain"), 100).std() > 1e-3
+
+
+def test_the_bootstrap_draws_each_general_corpus_within_itself():
+    """Two general corpora of very different per-token loss: a pooled draw changes their shares and with them the
+    general loss; drawn within each corpus (as the eval was built: eval.max_tokens each) every replicate keeps
+    each corpus's number of documents, and the base's general loss varies far less."""
+    rng = np.random.default_rng(5)
+    corpus = np.repeat([0, 1], [30, 10])
+    tokens = np.full(40, 500.0)
+    nll = np.where(corpus == 0, 2.0, 6.0) * tokens * (1 + 0.01 * rng.normal(size=40))
+    draws = frontier._draws(np.random.default_rng(0), 40, 300, corpus)
+    assert (draws[corpus == 0].sum(0) == 30).all() and (draws[corpus == 1].sum(0) == 10).all()
+    within = Docs(nll, tokens).loss(draws)
+    pooled = Docs(nll, tokens).loss(frontier._draws(np.random.default_rng(0), 40, 300))
+    assert within.std() < pooled.std() / 5
+    one = frontier._draws(np.random.default_rng(0), 40, 300, np.zeros(40, int))  # one corpus: the pooled draw
+    assert np.array_equal(one, frontier._draws(np.random.default_rng(0), 40, 300))
