@@ -53,6 +53,13 @@ def _ratio(cfg: Config, level: str) -> None:
     cfg.rules.embedding_lr_ratio_range = lo <= float(level) <= hi  # outside: the rule's opt-out, on purpose
 
 
+def _replay(cfg: Config, level: str) -> None:
+    """"on": data.replay.fraction as configured; "off": the same data (the replay source stays a general corpus that
+    is not evaluated as unreplayed), nothing replayed."""
+    if level == "off":
+        cfg.data.replay.fraction = 0.0
+
+
 def _rank(cfg: Config, level: str) -> None:
     """The rank itself is enqueued (``enqueue_params``): Optuna refuses one parameter with different choices in
     one study, so every arm keeps the design's ranks as its choices."""
@@ -66,6 +73,8 @@ FACTORS = {
     "rslora": Factor("rslora", ("on", "off"), "rsLoRA helps at high rank", "domain_loss", _rslora),
     "embedding_lr_ratio": Factor("embedding_lr_ratio", ("0.1", "1.0"),
                                  "a lower embedding LR is more stable (less forgetting)", "forgetting", _ratio),
+    "replay": Factor("replay", ("on", "off"), "replaying general text while training lowers forgetting",
+                     "forgetting_unreplayed", _replay),
     # Only in the frontier design, crossed with rslora: the guidance's claim is that a *high rank* pays off under
     # alpha/sqrt(r), which a comparison at one rank and one LR cannot tell from "a larger effective LR helps".
     "rank": Factor("rank", ("16", "256"), "a high rank pays off under rsLoRA (alpha/sqrt(r)), not under alpha/r",
@@ -103,6 +112,15 @@ def check(cfg: Config) -> list[str]:
     if "embedding_lr_ratio" in a.factors and "embeddings" in a.factors:
         problems.append("ablation.factors: embedding_lr_ratio varies the LR of trained embeddings; it cannot be "
                         "crossed with embeddings (frozen arms have no embedding LR): run them as two ablations")
+    if "replay" in a.factors:
+        replay = cfg.data.replay
+        if replay is None or not replay.fraction > 0:
+            problems.append("ablation.factors: replay compares data.replay.fraction (the \"on\" arm) with none; set "
+                            "data.replay: {source: builtin:brown, fraction: 0.25} (a fraction above 0), with another "
+                            "general corpus in data.general to measure forgetting on")
+        if cfg.search.replay_fraction is not None:
+            problems.append("search.replay_fraction: an ablation of replay runs data.replay.fraction against none; "
+                            "remove search.replay_fraction (it would override both arms)")
     return problems + _check_grid(cfg)
 
 
@@ -258,6 +276,12 @@ def design(cfg: Config) -> dict:
            "arms": [arm.name for arm in arms(cfg)],
            "fixed": {"rank": a.high_rank if "rslora" in a.factors else a.rank, "learning_rate": a.learning_rate,
                      "embedding_lr_ratio": a.embedding_lr_ratio}}
+    if "replay" in a.factors and cfg.data.replay is not None:  # forgetting is judged on the other general corpora
+        from cpt_harness.data import corpus_names, replayed_corpora
+
+        names = corpus_names(cfg.data.general_sources())
+        out["replayed"] = [n for n, r in zip(names, replayed_corpora(cfg.data)) if r]
+        out["fixed"]["replay_fraction"] = cfg.data.replay.fraction
     if a.learning_rates:  # the frontier design; without it the stored design stays as fixed-LR studies have it
         out["learning_rates"] = learning_rates(cfg)
         del out["fixed"]["learning_rate"]

@@ -6,7 +6,9 @@ One primary analysis per claim, declared here before any data (and stated in eve
 - rslora: the interaction: the gain from the low to the high rank under alpha/sqrt(r) minus the same under
   alpha/r, each cell at its best LR chosen leave-one-seed-out (it should be *positive*);
 - embedding_lr_ratio: forgetting at matched gain against the ratio, the trend over seeds (per-seed slope against
-  log(ratio), t-test; a lower ratio should forget *less*, so the slope should be *positive*).
+  log(ratio), t-test; a lower ratio should forget *less*, so the slope should be *positive*);
+- replay (not a claim of the guidance; a question users ask): forgetting on the general corpora that are not
+  replayed, at matched domain gain, off − on (replaying general text should forget *less*).
 Verdicts (NEGLIGIBLE, SUPPORTED, CONTRADICTED, INCONCLUSIVE) come from ``stats.verdicts`` over all claims of one
 report (Holm's family), with ``ablation.min_effect`` as the smallest effect that matters; where per-document eval
 results are stored, their bootstrap variance widens every interval.
@@ -45,6 +47,9 @@ SPECS = {
                    "interaction: gain(high rank) − gain(low rank) under alpha/sqrt(r) minus the same under alpha/r, "
                    "each cell at its leave-one-seed-out best LR", "domain gain (nats)", +1,
                    "the same gain difference under alpha/sqrt(r) alone"),
+    "replay": Spec("replay", "replaying general text while training lowers forgetting",
+                   "forgetting on the general corpora not replayed, at matched domain gain, off − on",
+                   "forgetting (nats)", +1, "domain gain at matched unreplayed forgetting, off − on"),
     "embedding_lr_ratio": Spec("embedding_lr_ratio", "a lower embedding LR is more stable (less forgetting)",
                                f"forgetting at matched domain gain against the ratio: {frontier.TREND_TEST}",
                                "forgetting (nats) per unit of ln(ratio)", +1,
@@ -76,14 +81,14 @@ def _arm_trials(study):
 def runs_from_study(study, forgetting: str = "general_loss") -> list[frontier.Run]:
     """Every complete arm trial as a frontier run: (0, 0) at the base, then its eval checkpoints. ``forgetting``
     "general_kl": KL(start || model) on general text in place of the rise in general loss (heal-independent);
-    trials that did not measure it are left out."""
+    "general_loss_unreplayed": the rise in loss on the general corpora not replayed (data.replay). Trials that did
+    not measure it are left out."""
     base = study.user_attrs["base"]
     runs = []
     for t, levels, curve in _arm_trials(study):
-        if forgetting == "general_kl" and not all("general_kl" in p for p in curve):
+        if forgetting != "general_loss" and not all(forgetting in p for p in curve):
             continue
-        rise = [p["general_kl"] if forgetting == "general_kl" else p["general_loss"] - base["general_loss"]
-                for p in curve]
+        rise = [p["general_kl"] if forgetting == "general_kl" else p[forgetting] - base[forgetting] for p in curve]
         runs.append(frontier.Run(levels, t.user_attrs["seed"], t.params["learning_rate"],
                                  np.r_[0.0, [base["domain_loss"] - p["domain_loss"] for p in curve]], np.r_[0.0, rise]))
     return runs
@@ -121,12 +126,16 @@ def doc_runs_from_study(study, evals_by_trial: dict, base_evals,
 
 
 def analyse(factors: dict[str, list[str]], runs: Sequence[frontier.Run], delta: float,
-            kl_runs: Sequence[frontier.Run] = ()) -> list[Result]:
+            kl_runs: Sequence[frontier.Run] = (), unreplayed_runs: Sequence[frontier.Run] = ()) -> list[Result]:
     """The primary analysis of every claim whose factor is in the design. ``kl_runs``: the same trials with
-    general_kl as forgetting; where given, the KL at matched gain is shown beside gate_proj and embeddings."""
+    general_kl as forgetting; where given, the KL at matched gain is shown beside gate_proj and embeddings.
+    ``unreplayed_runs``: the same trials with the forgetting on the general corpora not replayed, what the replay
+    claim is judged on (replayed text would flatter the arm that trains on it)."""
     out = []
     for name in factors:
-        if name == "gate_proj":
+        if name == "replay":
+            out.append(_matched(SPECS[name], unreplayed_runs, "gain", "on", "off", delta))
+        elif name == "gate_proj":
             out.append(_matched(SPECS[name], runs, "gain", "in", "out", delta, kl_runs))
         elif name == "embeddings":
             out.append(_matched(SPECS[name], runs, "forgetting", "trained", "frozen", delta, kl_runs))
@@ -211,16 +220,41 @@ def study_verdicts(study, min_effect: float, doc_results: Callable | None = None
     factors, lrs = design["factors"], design["learning_rates"]
     runs, partial = complete_seeds(runs_from_study(study), factors, lrs)
     kl_runs, _ = complete_seeds(runs_from_study(study, forgetting="general_kl"), factors, lrs)
+    unreplayed = []
+    if "replay" in factors:
+        unreplayed, _ = complete_seeds(runs_from_study(study, forgetting="general_loss_unreplayed"), factors, lrs)
     docs = doc_results(partial) if doc_results else None
-    results = judge(analyse(factors, runs, min_effect, kl_runs), *(docs or (None, None)))
+    doc_sets = {}
+    if docs is not None and "replay" in factors:
+        names = (study.user_attrs.get("data_stats") or {}).get("general_names") or []
+        doc_sets["replay"] = unreplayed_docs(*docs, [names.index(n) for n in design.get("replayed", []) if n in names])
+    results = judge(analyse(factors, runs, min_effect, kl_runs, unreplayed), *(docs or (None, None)),
+                    doc_sets=doc_sets)
     return StudyVerdicts(results, runs, partial, docs is not None)
 
 
-def judge(results: list[Result], doc_runs=None, base=None, replicates: int = 200) -> list[Result]:
-    """Verdicts over the family; with per-document results, each interval includes the document bootstrap."""
+def unreplayed_docs(doc_runs: list[frontier.DocRun], base: frontier.Base,
+                    replayed: Sequence[int]) -> tuple[list[frontier.DocRun], frontier.Base]:
+    """The per-document results with the general documents of the replayed corpora (indices into the general
+    names) left out: the replay claim's bootstrap."""
+    keep = ~np.isin(base.general_corpus, list(replayed))
+
+    def part(docs: frontier.Docs) -> frontier.Docs:
+        tokens = np.asarray(docs.tokens)
+        return frontier.Docs(np.asarray(docs.nll)[..., keep], tokens[..., keep])
+
+    return ([frontier.DocRun(d.levels, d.seed, d.lr, d.domain, part(d.general)) for d in doc_runs],
+            frontier.Base(base.domain, part(base.general), base.general_corpus[keep]))
+
+
+def judge(results: list[Result], doc_runs=None, base=None, replicates: int = 200,
+          doc_sets: dict | None = None) -> list[Result]:
+    """Verdicts over the family; with per-document results, each interval includes the document bootstrap
+    (``doc_sets``: a claim's own (doc_runs, base), where it is judged on part of the documents)."""
     if doc_runs is not None:
         for r in results:
-            r.var_boot = frontier.bootstrap_var(doc_runs, base, r.statistic, replicates)
+            runs, b = (doc_sets or {}).get(r.spec.factor, (doc_runs, base))
+            r.var_boot = frontier.bootstrap_var(runs, b, r.statistic, replicates)
     claims = [stats.Claim(list(r.per_seed.values()), r.spec.direction, r.delta, r.var_boot) for r in results]
     for r, v in zip(results, stats.verdicts(claims)):
         r.verdict = v

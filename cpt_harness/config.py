@@ -295,7 +295,8 @@ class TrackingConfig:
 @dataclass
 class AblationConfig:
     factors: list[str] = _help(
-        "Factors of the factorial design: gate_proj, embeddings (default), rslora, embedding_lr_ratio.",
+        "Factors of the factorial design: gate_proj, embeddings (default), rslora, embedding_lr_ratio, replay "
+        "(data.replay.fraction against none, judged on forgetting on the general corpora not replayed).",
         factory=lambda: ["gate_proj", "embeddings"],
     )
     seeds: int = _help("Seeds per arm; seed k gives every arm the same data order and LoRA init.", 5)

@@ -38,6 +38,7 @@ PY
 report legal-claims sweeps/gpu-ablation.yaml gpu-legal-ablation
 report legal-claims-rslora sweeps/gpu-ablation.yaml gpu-legal-ablation-rslora --set "ablation.factors=[rslora]" --set ablation.rank=16
 report legal-claims-ratio sweeps/gpu-ablation.yaml gpu-legal-ablation-ratio --set "ablation.factors=[embedding_lr_ratio]"
+report legal-claims-replay sweeps/gpu-ablation.yaml gpu-legal-ablation-replay --set "ablation.factors=[replay]" --set data.replay.source=builtin:brown --set data.replay.fraction=0.25
 report french-claims sweeps/gpu-ablation-french.yaml gpu-french-ablation
 report french-claims-rslora sweeps/gpu-ablation-french.yaml gpu-french-ablation-rslora --set "ablation.factors=[rslora]" --set ablation.rank=16
 report french-claims-ratio sweeps/gpu-ablation-french.yaml gpu-french-ablation-ratio --set "ablation.factors=[embedding_lr_ratio]"

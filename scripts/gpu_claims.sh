@@ -5,7 +5,8 @@
 #
 # Lane "legal" (sweeps/gpu-ablation.yaml) and lane "french" (sweeps/gpu-ablation-french.yaml) each run three
 # frontier ablations one after another, in this order: gate_proj x embeddings, rsLoRA (rank {16, 256} x
-# scaling), the embedding-LR ratio (dose-response). Both lanes place PER_GPU_PER_LANE trials on every GPU, so
+# scaling), the embedding-LR ratio (dose-response); the legal lane then replay {0.25 of Brown, none} (issue 17:
+# does replay lower forgetting, on SOTU, at matched domain gain?). Both lanes place PER_GPU_PER_LANE trials on every GPU, so
 # while one lane's study waits for its last trials, the other lane's trials run faster on the freed GPU.
 # Each study lives in runs/<db> and resumes where a previous block stopped (the same command adds only the
 # missing trials): a study missing from runs/ starts from its committed database (reports/<lane>-claims*/study.db)
@@ -31,6 +32,8 @@ claim_args() {  # $1 lane (legal|french), $2 claim: the --set overrides of that 
                   --set study.storage=sqlite:///runs/gpu-ablation-$1-rslora.db" ;;
     ratio) echo "--set ablation.factors=[embedding_lr_ratio] --set ablation.study_name=gpu-$1-ablation-ratio
                  --set study.storage=sqlite:///runs/gpu-ablation-$1-ratio.db" ;;
+    replay) echo "--set ablation.factors=[replay] --set data.replay.source=builtin:brown --set data.replay.fraction=0.25
+                  --set ablation.study_name=gpu-$1-ablation-replay --set study.storage=sqlite:///runs/gpu-ablation-$1-replay.db" ;;
   esac
 }
 
@@ -49,24 +52,27 @@ print(sqlite3.connect(p).execute("SELECT count(*) FROM trials WHERE state = \"CO
       if os.path.isfile(p) else 0)' "$1"
 }
 
-lane() {  # $1 lane, $2 config
-  for claim in gate rslora ratio; do
-    [ -e runs/STOP ] && { say "$1: stop asked, $claim not started"; return; }
-    db=$(db_of "$1" "$claim")
-    committed=reports/$1-claims$([ "$claim" = gate ] || echo "-$claim")/study.db
-    if [ ! -f "$db" ] && [ -f "$committed" ]; then cp "$committed" "$db"; say "$1 $claim: resuming $committed"; fi
-    if [ "$(complete "$db")" -ge 60 ]; then say "$1 $claim: complete, skipped"; continue; fi
-    say "$1 $claim: start"
+lane() {  # $1 lane, $2 config, $3... the claims, in order
+  local name=$1 config=$2
+  shift 2
+  for claim in "$@"; do
+    [ -e runs/STOP ] && { say "$name: stop asked, $claim not started"; return; }
+    db=$(db_of "$name" "$claim")
+    committed=reports/$name-claims$([ "$claim" = gate ] || echo "-$claim")/study.db
+    if [ ! -f "$db" ] && [ -f "$committed" ]; then cp "$committed" "$db"; say "$name $claim: resuming $committed"; fi
+    want=$([ "$claim" = replay ] && echo 30 || echo 60)  # arms x 3 LRs x 5 seeds
+    if [ "$(complete "$db")" -ge "$want" ]; then say "$name $claim: complete, skipped"; continue; fi
+    say "$name $claim: start"
     # shellcheck disable=SC2046  # claim_args is a list of words by design
-    python3 -m cpt_harness ablate "$2" --gpus "$GPUS" --trials-per-gpu "$K" --set "model.name=$MODEL" \
-        $(claim_args "$1" "$claim") >>"runs/claims-$1-$claim.log" 2>&1
-    say "$1 $claim: rc=$?"
+    python3 -m cpt_harness ablate "$config" --gpus "$GPUS" --trials-per-gpu "$K" --set "model.name=$MODEL" \
+        $(claim_args "$name" "$claim") >>"runs/claims-$name-$claim.log" 2>&1
+    say "$name $claim: rc=$?"
   done
 }
 
 say "model $MODEL, GPUs $GPUS, $K trials per GPU per lane"
-lane legal sweeps/gpu-ablation.yaml &
+lane legal sweeps/gpu-ablation.yaml gate rslora ratio replay &
 sleep 30  # the first lane takes the heal's build lock; the second finds the healed base cached
-lane french sweeps/gpu-ablation-french.yaml &
+lane french sweeps/gpu-ablation-french.yaml gate rslora ratio &
 wait
 say "both lanes done"

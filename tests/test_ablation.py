@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from cpt_harness import ablation, data, stats
 from cpt_harness.cli import main
-from cpt_harness.config import load_config
+from cpt_harness.config import ConfigError, load_config
 from cpt_harness.wandb_files import read_runs
 from tests.conftest import ROOT
 
@@ -320,7 +320,6 @@ def test_lr_crossed_ablation_end_to_end_and_its_frontier_report(tiny_overrides, 
 
 
 def test_the_lr_grid_must_span_the_rslora_scale_ratio(tiny_overrides):
-    from cpt_harness.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"ablation.learning_rates: spans 4x.*16x"):
         load_config(DEMO, tiny_overrides + ["ablation.factors=[rslora]", "ablation.rank=16", "ablation.high_rank=256",
@@ -371,3 +370,43 @@ def test_the_readme_claims_table_is_what_the_committed_reports_say():
     assert done.returncode == 0, done.stderr
     readme = (ROOT / "README.md").read_text()
     assert "| leaving gate_proj out of the LoRA targets speeds up forgetting | builtin:legal | **" in readme
+
+
+def test_replay_ablation_judges_forgetting_on_the_general_text_not_replayed(tiny_overrides, tiny_corpora, tmp_path,
+                                                                             capsys):
+    """ablation.factors=[replay]: the "on" arm mixes data.replay.fraction of general text into its batches, the
+    "off" arm none; the claim is judged at matched domain gain on the general corpora that are not replayed, and
+    its bootstrap draws only their documents."""
+    replay = [f"data.general=[{tiny_corpora['general']}, {tiny_corpora['sotu']}]",
+              f"data.replay={{source: {tiny_corpora['general']}, fraction: 0.25}}"]
+    with pytest.raises(ConfigError, match=r"ablation.factors: replay compares data.replay.fraction"):
+        load_config(DEMO, tiny_overrides + ["ablation.factors=[replay]"])
+    with pytest.raises(ConfigError, match=r"search.replay_fraction: an ablation of replay"):
+        load_config(DEMO, tiny_overrides + replay + ["ablation.factors=[replay]",
+                                                     "search.replay_fraction={low: 0, high: 0.5}"])
+    sets = _sets(tiny_overrides + replay + ["ablation.factors=[replay]", "ablation.seeds=2", "eval.max_tokens=2048",
+                                            "ablation.learning_rates=[1e-3, 4e-3]", "ablation.min_effect=0.001"])
+    assert main(["ablate", DEMO] + sets) == 0
+    study = optuna.load_study(study_name="tiny-ablation", storage=f"sqlite:///{tmp_path}/study.db")
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert sorted((t.user_attrs["arm"], t.user_attrs["lr"], t.user_attrs["seed"]) for t in done) == sorted(
+        (f"replay={r}", lr, s) for r in ("on", "off") for lr in (1e-3, 4e-3) for s in range(2))
+    assert {t.user_attrs["arm"]: t.user_attrs["replay_fraction"] for t in done} == {"replay=on": 0.25,
+                                                                                    "replay=off": 0.0}
+    assert study.user_attrs["design"]["replayed"] == ["brown"]
+    assert all("forgetting_unreplayed" in t.user_attrs for t in done)
+
+    out = tmp_path / "report"
+    assert main(["report", DEMO, "--ablation", "--out", str(out)] + sets) == 0
+    (effect,) = json.loads((out / "effects.json").read_text())
+    from cpt_harness import claims, evals, frontier
+
+    runs = claims.runs_from_study(study, forgetting="general_loss_unreplayed")
+    matched = lambda rs: frontier.matched_effect(rs, "gain", "replay", "on", "off").mean  # noqa: E731
+    assert effect["factor"] == "replay" and effect["estimate"] == pytest.approx(matched(runs))
+    base, by_trial = evals.read_collected(out / "evals.npz")
+    doc_runs, doc_base = claims.doc_runs_from_study(study, by_trial, base)
+    sotu_only = claims.unreplayed_docs(doc_runs, doc_base, [0])  # brown, the replayed corpus, is general corpus 0
+    assert (sotu_only[1].general_corpus == 1).all() and len(sotu_only[1].general_corpus) > 1
+    assert effect["var_boot"] == pytest.approx(frontier.bootstrap_var(*sotu_only, matched)) and effect["var_boot"] > 0
+    assert "replaying general text while training lowers forgetting" in (out / "report.md").read_text()
