@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The claims of issue 13 (reports/README.md) on one GPU host, in two lanes that share every GPU:
 #
-#   bash scripts/gpu_claims.sh MODEL [GPUS] [PER_GPU_PER_LANE]    # e.g. /tmp/smollm2/smollm2.gguf 0,1,2,3 8
+#   [RECORD=N] bash scripts/gpu_claims.sh MODEL [GPUS] [PER_GPU_PER_LANE]    # e.g. /tmp/smollm2/smollm2.gguf 0,1,2,3 8
 #
+# RECORD=N adds a third lane: issue 14's recorded study (N random-sampled trials of sweeps/gpu-legal.yaml, 5 eval
+# checkpoints each) for the CPU replay of samplers and pruners.
 # Lane "legal" (sweeps/gpu-ablation.yaml) and lane "french" (sweeps/gpu-ablation-french.yaml) each run three
 # frontier ablations one after another, in this order: gate_proj x embeddings, rsLoRA (rank {16, 256} x
 # scaling), the embedding-LR ratio (dose-response); the legal lane then replay {0.25 of Brown, none} (issue 17:
@@ -70,9 +72,21 @@ lane() {  # $1 lane, $2 config, $3... the claims, in order
   done
 }
 
-say "model $MODEL, GPUs $GPUS, $K trials per GPU per lane"
+record() {  # issue 14's recording: RECORD random-sampled trials of sweeps/gpu-legal.yaml with eval curves, for
+  # `python -m benchmarks.replay_search` (benchmarks/RESULTS.md, "Search strategies"); resumes like the claims
+  local db=runs/gpu-legal-record.db
+  [ "$(complete "$db")" -ge "$RECORD" ] && { say "record: complete, skipped"; return; }
+  say "record: start ($RECORD trials)"
+  python3 -m cpt_harness sweep sweeps/gpu-legal.yaml --gpus "$GPUS" --trials-per-gpu "$K" --n-trials "$RECORD" \
+      --set "model.name=$MODEL" --set study.name=gpu-legal-record --set study.sampler=random \
+      --set train.eval_every=40 --set "study.storage=sqlite:///$db" >>runs/record.log 2>&1
+  say "record: rc=$?"
+}
+
+say "model $MODEL, GPUs $GPUS, $K trials per GPU per lane${RECORD:+, recording $RECORD trials}"
 lane legal sweeps/gpu-ablation.yaml gate rslora ratio replay &
 sleep 30  # the first lane takes the heal's build lock; the second finds the healed base cached
 lane french sweeps/gpu-ablation-french.yaml gate rslora ratio &
+[ "${RECORD:-0}" -gt 0 ] && record &
 wait
 say "both lanes done"
