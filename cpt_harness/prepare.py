@@ -47,6 +47,7 @@ def summary(corpora: data.Corpora, folder: Path, seconds: float | None) -> str:
     disk = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
     how = "already cached" if seconds is None else f"built in {seconds:.1f} s"
     return "\n".join([f"[prepare] data {corpora.fingerprint}: {how}; {disk / 2**20:,.1f} MiB in {folder}", *lines,
-                      f"(held-out domain documents dropped as near-copies of training text: {c['dropped']} of the "
-                      f"{c.get('checked', c['held_out_documents'])} checked, of {c['held_out_documents']}; held-out "
-                      "parts are packed up to eval.max_tokens each, and only as many are checked as can fill it)"])
+                      f"(held-out domain documents dropped as near-copies of training text: {c['dropped']} of "
+                      + (f"{c['held_out_documents']}" if c.get("checked", c["held_out_documents"]) >= c["held_out_documents"]
+                         else f"the first {c['checked']} of {c['held_out_documents']}, as many as can fill eval.max_tokens")
+                      + "; held-out parts are packed up to eval.max_tokens each)"])
