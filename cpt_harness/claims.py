@@ -122,7 +122,7 @@ def doc_runs_from_study(study, evals_by_trial: dict, base_evals,
                                         frontier.Docs(e.general_nll[rows], e.general_tokens)))
     b = base_evals
     return doc_runs, frontier.Base(frontier.Docs(b.domain_nll[0], b.domain_tokens),
-                                   frontier.Docs(b.general_nll[0], b.general_tokens), b.general_corpus)
+                                   frontier.Docs(b.general_nll[0], b.general_tokens), b.general_corpus, b.domain_corpus)
 
 
 def analyse(factors: dict[str, list[str]], runs: Sequence[frontier.Run], delta: float,
@@ -244,7 +244,7 @@ def unreplayed_docs(doc_runs: list[frontier.DocRun], base: frontier.Base,
         return frontier.Docs(np.asarray(docs.nll)[..., keep], tokens[..., keep])
 
     return ([frontier.DocRun(d.levels, d.seed, d.lr, d.domain, part(d.general)) for d in doc_runs],
-            frontier.Base(base.domain, part(base.general), base.general_corpus[keep]))
+            frontier.Base(base.domain, part(base.general), base.general_corpus[keep], base.domain_corpus))
 
 
 def judge(results: list[Result], doc_runs=None, base=None, replicates: int = 200,

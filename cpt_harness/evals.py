@@ -14,6 +14,8 @@ path relative to the study folder), and the base model's results are written onc
     general_tokens  int64   [Dg]
     general_corpus  int32   [Dg]       the corpus of each general document: an index into general_names
     general_names   str     [K]        the general corpora, in data.general's order
+    domain_corpus   int32   [Dd]       the data.domain source of each domain document (files written before it
+                                       was added lack it: one source)
     version         int64   []         FORMAT_VERSION
 
 A mean loss is a ratio of sums: ``domain_nll[c].sum() / domain_tokens.sum()`` is checkpoint c's domain_loss;
@@ -32,6 +34,7 @@ FORMAT_VERSION = 1
 TRIAL_FILE = "evals.npz"
 BASE_FILE = "base_evals.npz"
 SHARED = ("domain_tokens", "general_tokens", "general_corpus", "general_names")  # the same for a whole study
+OPTIONAL = ("domain_corpus",)  # shared too, where every file of a study has it
 PER_MODEL = ("step", "tokens_seen", "domain_nll", "general_nll", "general_kl")
 
 
@@ -48,9 +51,11 @@ class Evals:
     general_tokens: np.ndarray
     general_corpus: np.ndarray
     general_names: np.ndarray
+    domain_corpus: np.ndarray | None = None
 
     @classmethod
-    def from_checkpoints(cls, checkpoints: list, general_corpus: np.ndarray, general_names: list[str]) -> Evals:
+    def from_checkpoints(cls, checkpoints: list, general_corpus: np.ndarray, general_names: list[str],
+                         domain_corpus: np.ndarray | None = None) -> Evals:
         """``checkpoints``: (step, tokens_seen, domain DocLosses, general DocLosses) per eval, in order."""
         _, _, domain, general = checkpoints[0]
         return cls(
@@ -64,6 +69,7 @@ class Evals:
             general_tokens=np.asarray(general.tokens, dtype=np.int64),
             general_corpus=np.asarray(general_corpus, dtype=np.int32),
             general_names=np.asarray(general_names, dtype=str),
+            domain_corpus=None if domain_corpus is None else np.asarray(domain_corpus, dtype=np.int32),
         )
 
     def domain_loss(self) -> np.ndarray:
@@ -91,7 +97,7 @@ class Evals:
 
 def write(path: Path, evals: Evals) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {f.name: getattr(evals, f.name) for f in fields(Evals)}
+    arrays = {f.name: getattr(evals, f.name) for f in fields(Evals) if getattr(evals, f.name) is not None}
     np.savez_compressed(path, version=np.int64(FORMAT_VERSION), **arrays)
     return path
 
@@ -100,7 +106,7 @@ def read(path: Path) -> Evals:
     with np.load(path) as z:
         if int(z["version"]) != FORMAT_VERSION:
             raise ValueError(f"{path}: evals format version {int(z['version'])}, this harness reads {FORMAT_VERSION}")
-        return Evals(**{f.name: z[f.name] for f in fields(Evals)})
+        return Evals(**{f.name: z[f.name] for f in fields(Evals) if f.name in z.files or f.name not in OPTIONAL})
 
 
 def write_trial(study_dir: Path, number: int, evals: Evals) -> str:
@@ -143,8 +149,9 @@ def collect(study, study_dir: Path, out: Path, dtype=np.float32, previous: Path 
     if not everything:
         raise FileNotFoundError(f"no per-document eval files under {study_dir}")
     arrays: dict[str, np.ndarray] = {k: getattr(everything[0], k) for k in SHARED}
+    arrays |= {k: getattr(everything[0], k) for k in OPTIONAL if all(getattr(e, k) is not None for e in everything)}
     for evals in everything[1:]:
-        for k in SHARED:
+        for k in arrays:
             if not np.array_equal(getattr(evals, k), arrays[k]):
                 raise ValueError(f"{study_dir}: the trials were not evaluated on the same documents ({k} differs)")
     arrays["trials"] = np.array(sorted(found), dtype=np.int64)
@@ -160,7 +167,7 @@ def collect(study, study_dir: Path, out: Path, dtype=np.float32, previous: Path 
 def read_collected(path: Path) -> tuple[Evals | None, dict[int, Evals]]:
     """(the base's results or None, {trial number: results}) from a ``collect`` file."""
     with np.load(path) as z:
-        shared = {k: z[k] for k in SHARED}
+        shared = {k: z[k] for k in SHARED + OPTIONAL if k in z.files}
 
         def one(prefix: str) -> Evals:
             return Evals(**shared, **{k: z[f"{prefix}/{k}"] for k in PER_MODEL})

@@ -307,6 +307,7 @@ class Base:
     domain: Docs  # [n_domain_docs]
     general: Docs  # [n_general_docs]
     general_corpus: np.ndarray | None = None  # [n_general_docs] each document's corpus: the bootstrap draws within each
+    domain_corpus: np.ndarray | None = None  # [n_domain_docs] each document's data.domain source: the same
 
 
 def _runs(doc_runs: Sequence[DocRun], base: Base, w_domain: np.ndarray, w_general: np.ndarray) -> list[list[Run]]:
@@ -341,14 +342,14 @@ def bootstrap(doc_runs: Sequence[DocRun], base: Base, statistic: Callable[[list[
               replicates: int = 200, seed: int = 0) -> np.ndarray:
     """The statistic over bootstrap replicates of the eval documents.
 
-    A replicate draws document indices with replacement once per corpus (domain, and each general corpus) and
-    applies that one draw to every trial, checkpoint and the base, so documents stay paired across arms, seeds
-    and LRs; it recomputes every loss as Σnll/Σtokens over the drawn documents, then the gains and forgetting,
+    A replicate draws document indices with replacement once per corpus (each domain source and each general
+    corpus, within its own documents) and applies that one draw to every trial, checkpoint and the base, so
+    documents stay paired across arms, seeds and LRs; it recomputes every loss as Σnll/Σtokens over the drawn documents, then the gains and forgetting,
     then calls ``statistic`` on the runs, which redoes the matching (its level too, unless it fixes one).
     ``statistic``: e.g. ``lambda runs: matched_effect(runs, "gain", "gate_proj", "in", "out").mean``.
     """
     rng = np.random.default_rng(seed)
-    w_domain = _draws(rng, np.shape(base.domain.tokens)[-1], replicates)
+    w_domain = _draws(rng, np.shape(base.domain.tokens)[-1], replicates, base.domain_corpus)
     w_general = _draws(rng, np.shape(base.general.tokens)[-1], replicates, base.general_corpus)
     return np.array([statistic(runs) for runs in _runs(doc_runs, base, w_domain, w_general)])
 

@@ -136,7 +136,8 @@ def measure_base(backend, model_path: str, cfg: Config, corpora: data.Corpora, l
     del model
     if evals_dir is not None:
         evals.write(evals_dir / evals.BASE_FILE,
-                    evals.Evals.from_checkpoints([(0, 0, domain, general)], general_set.corpus, general_set.names))
+                    evals.Evals.from_checkpoints([(0, 0, domain, general)], general_set.corpus, general_set.names,
+                                                 domain_set.corpus))
     split = metrics.EvalSplit.of(domain_set, general_set, cfg.eval.test_fraction, cfg.data.seed)
     replayed = data.replayed_corpora(cfg.data) if cfg.data.replay is not None else None
     return metrics.held_out_metrics(domain, general, general_set, split, replayed, domain_set)  # with a split: both parts

@@ -90,7 +90,7 @@ class Evaluation:
     def evals(self) -> Evals | None:
         if not self.checkpoints:
             return None
-        return Evals.from_checkpoints(self.checkpoints, self.general.corpus, self.general.names)
+        return Evals.from_checkpoints(self.checkpoints, self.general.corpus, self.general.names, self.domain.corpus)
 
     def close(self) -> None:
         self._start = None  # a start model loaded for this trial goes with it; a kept one stays with the backend

@@ -112,3 +112,27 @@ def test_trials_write_per_document_results_and_the_base_writes_once(two_general,
     for number, e in trials_m.items():
         np.testing.assert_array_equal(e.general_nll, trials[number].general_nll)
     np.testing.assert_array_equal(base_m.domain_nll, base_c.domain_nll)
+
+
+def test_several_domain_sources_are_recorded_per_document_and_files_without_them_still_read(tiny_overrides,
+                                                                                           tiny_corpora, tmp_path):
+    """With a data.domain list, every evals file says which source each domain document came from (the document
+    bootstrap draws within each); the committed reports' files, written before, read as one source."""
+    sets = tiny_overrides + [f"data.domain=[{tiny_corpora['domain']}, {tiny_corpora['sotu']}]", "eval.max_tokens=2048"]
+    assert sweep(sets, 1) == 0
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/study.db")
+    study_dir = tmp_path / "runs" / "tiny"
+    (trial,) = study.get_trials(states=[TrialState.COMPLETE])
+    e, base = evals.read_trial(study_dir, trial), evals.read_base(study_dir)
+    assert set(e.domain_corpus) == {0, 1} and np.array_equal(e.domain_corpus, base.domain_corpus)
+    assert len(e.domain_corpus) == len(e.domain_tokens)
+    base_c, trials = evals.read_collected(evals.collect(study, study_dir, tmp_path / "collected.npz"))
+    assert np.array_equal(trials[trial.number].domain_corpus, e.domain_corpus)
+    old_base, old = evals.read_collected(ROOT / "reports" / "legal-claims" / "evals.npz")
+    assert old_base.domain_corpus is None and all(t.domain_corpus is None for t in old.values())
+    # a study resumed past the change: its earlier trials' collected file has no sources, the new folder has them
+    without = evals.Evals(**{k: v for k, v in vars(e).items() if k != "domain_corpus"})
+    assert without.domain_corpus is None
+    evals.write(study_dir / trial.user_attrs["evals_file"], without)
+    mixed = evals.read_collected(evals.collect(study, study_dir, tmp_path / "mixed.npz"))[1][trial.number]
+    assert mixed.domain_corpus is None  # left out, not refused: the bootstrap then draws over all documents
