@@ -4,7 +4,8 @@
 #   [RECORD=N] bash scripts/gpu_claims.sh MODEL [GPUS] [PER_GPU_PER_LANE]    # e.g. /tmp/smollm2/smollm2.gguf 0,1,2,3 8
 #
 # RECORD=N adds a third lane: issue 14's recorded study (N random-sampled trials of sweeps/gpu-legal.yaml, 5 eval
-# checkpoints each) for the CPU replay of samplers and pruners.
+# checkpoints each) for the CPU replay of samplers and pruners, RECORD_K trials per GPU (default PER_GPU_PER_LANE; fewer
+# leaves the claims most of each GPU until they finish).
 # Lane "legal" (sweeps/gpu-ablation.yaml) and lane "french" (sweeps/gpu-ablation-french.yaml) each run three
 # frontier ablations one after another, in this order: gate_proj x embeddings, rsLoRA (rank {16, 256} x
 # scaling), the embedding-LR ratio (dose-response); the legal lane then replay {0.25 of Brown, none} (issue 17:
@@ -77,7 +78,7 @@ record() {  # issue 14's recording: RECORD random-sampled trials of sweeps/gpu-l
   local db=runs/gpu-legal-record.db
   [ "$(complete "$db")" -ge "$RECORD" ] && { say "record: complete, skipped"; return; }
   say "record: start ($RECORD trials)"
-  python3 -m cpt_harness sweep sweeps/gpu-legal.yaml --gpus "$GPUS" --trials-per-gpu "$K" --n-trials "$RECORD" \
+  python3 -m cpt_harness sweep sweeps/gpu-legal.yaml --gpus "$GPUS" --trials-per-gpu "${RECORD_K:-$K}" --n-trials "$RECORD" \
       --set "model.name=$MODEL" --set study.name=gpu-legal-record --set study.sampler=random \
       --set train.eval_every=40 --set "study.storage=sqlite:///$db" >>runs/record.log 2>&1
   say "record: rc=$?"
