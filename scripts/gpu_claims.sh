@@ -14,7 +14,7 @@
 # Each study lives in runs/<db> and resumes where a previous block stopped (the same command adds only the
 # missing trials): a study missing from runs/ starts from its committed database (reports/<lane>-claims*/study.db)
 # when there is one, and a study already complete (60 trials: 4 arms x 3 LRs x 5 seeds) is skipped. To stop early: `touch runs/STOP` (no new study starts), then SIGINT the `ablate` parents
-# (`pkill -INT -f "harness ablate"`): running trials are recorded as interrupted and rerun on resume.
+# (`pkill -INT -f "cpt_harness (ablate|sweep)"`): running trials are recorded as interrupted and rerun on resume.
 #
 # How block 2 ran on a lent 4-GPU machine (calls of at most 10 minutes, nothing kept between sessions): the kit's
 # three calls, the tree copied to /tmp/cpt, this script started with `setsid nohup ... &` so that it outlives the

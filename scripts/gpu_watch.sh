@@ -24,12 +24,12 @@ PY
 end=$(( $(date +%s) + SECONDS_LEFT ))
 while [ "$(date +%s)" -lt "$end" ]; do
   echo "[watch] $(date -u +%T)"; counts; tail -n 2 runs/claims.log 2>/dev/null
-  pgrep -f "harness ablate" >/dev/null || { echo "[watch] no ablate running"; break; }
+  pgrep -f "cpt_harness (ablate|sweep)" >/dev/null || { echo "[watch] no ablate or sweep running"; break; }
   sleep $(( end - $(date +%s) < 60 ? (end - $(date +%s) > 0 ? end - $(date +%s) : 0) : 60 ))
 done
 if [ "${3:-}" = "--stop" ]; then
   touch runs/STOP
-  pkill -INT -f "harness ablate"
+  pkill -INT -f "cpt_harness (ablate|sweep)"
   for _ in $(seq 55); do pgrep -f "python3 -m cpt_harness" >/dev/null || break; sleep 1; done
   echo "[watch] stopped; still running: $(pgrep -fc 'python3 -m cpt_harness')"
 fi
