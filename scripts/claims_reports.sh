@@ -16,8 +16,11 @@ report() {  # folder, config, study name, extra --set overrides...
   [ -f "$dir/study.db" ] || { echo "[claims] $dir: no study.db, skipped"; return; }
   local sets=(--set "study.storage=sqlite:///$dir/study.db" --set "ablation.study_name=$study")
   [ -n "$RUNS" ] && sets+=(--set "study.output_dir=$RUNS")
+  # the block's trial runs, looked for before the report (which logs its own summary run beside them)
+  local trial_runs=
+  [ -n "$RUNS" ] && trial_runs=$(find "$RUNS/$study/wandb" -name '*.wandb' ! -name '*-summary-*' -print -quit 2>/dev/null || true)
   "$PY" -m cpt_harness report "$cfg" --ablation "${sets[@]}" "$@" --out "$dir" | grep -A4 "^verdicts" || true
-  if [ -n "$RUNS" ] && [ -d "$RUNS/$study/wandb" ]; then
+  if [ -n "$trial_runs" ]; then
     "$PY" -m cpt_harness.wandb_files "$RUNS/$study/wandb" --brief > "$dir/wandb-summaries.json"
     "$PY" - "$dir" "$study" <<'PY'
 import json, sys

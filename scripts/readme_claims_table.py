@@ -3,7 +3,8 @@
     python scripts/readme_claims_table.py           # rewrite the table between the markers in README.md
     python scripts/readme_claims_table.py --check   # exit 1 if README.md's table differs from the reports
 
-One row per claim x domain, from every reports/*/effects.json written by a frontier (LR-crossed) ablation report.
+One row per claim x domain, from every reports/*/effects.json written by a frontier (LR-crossed) ablation report: the
+guidance's claims first, then the harness's own questions (replay), marked as such.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import json
 import sys
 from pathlib import Path
 
+from cpt_harness.report_files import claims_of_the_guidance
+
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- claims-table:begin (scripts/readme_claims_table.py) -->", "<!-- claims-table:end -->"
 
@@ -20,14 +23,18 @@ BEGIN, END = "<!-- claims-table:begin (scripts/readme_claims_table.py) -->", "<!
 def rows() -> list[str]:
     out = ["| claim | domain | verdict | matched effect, 95% CI | the other metric | conditions | report |",
            "|---|---|---|---|---|---|---|"]
+    guidance, other = [], []
     for path in sorted(ROOT.glob("reports/*/effects.json")):
         for e in json.loads(path.read_text()):
             if "conditions" not in e:  # a fixed-LR report: not a frontier verdict
                 continue
+            ours = e["factor"] not in claims_of_the_guidance()
             ci = f"[{e['low95']:+.4f}, {e['high95']:+.4f}]" if e["n"] >= 2 else "no interval"
-            out.append(f"| {e['claim']} | {e['domain']} | **{e['verdict']}** | {e['analysis']}: {e['estimate']:+.4f} "
-                       f"{ci}, n = {e['n']} | {e['other']} | {e['conditions']} | `{path.parent.relative_to(ROOT)}` |")
-    return out
+            claim = f"{e['claim']} *(not a claim of the guidance)*" if ours else e["claim"]
+            (other if ours else guidance).append(
+                f"| {claim} | {e['domain']} | **{e['verdict']}** | {e['analysis']}: {e['estimate']:+.4f} "
+                f"{ci}, n = {e['n']} | {e['other']} | {e['conditions']} | `{path.parent.relative_to(ROOT)}` |")
+    return out + guidance + other  # the guidance's claims first, then the harness's own questions (replay)
 
 
 def table() -> str:
