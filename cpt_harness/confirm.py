@@ -222,7 +222,8 @@ def _check_protocol(cfg: Config, sweep_study) -> None:
 
     stored = (sweep_study.user_attrs.get("fingerprints") or {}).get("search_space")
     if stored is not None and stored not in search_space.accepted_fingerprints(cfg):
-        keys = storage.changed_keys(sweep_study.user_attrs.get("fingerprint_inputs"), search_space.space_payload(cfg))
+        stored_inputs = (sweep_study.user_attrs.get("fingerprint_inputs") or {}).get("search_space")
+        keys = storage.changed_keys(stored_inputs, search_space.space_payload(cfg))
         raise storage.StudyMismatch(
             f"study {sweep_study.study_name!r} was run with other settings than this config "
             f"({'; '.join(keys[:8]) or 'search_space fingerprint differs'}); a confirmation must train and evaluate "

@@ -162,3 +162,20 @@ def test_sweep_confirm_and_the_recommendation(split_overrides, tmp_path, capsys)
     rec = confirm.recommend(study, loose, conf)
     means = {c.setting: c.mean("domain_loss") for c in rec.settings}
     assert rec.status == "confirmed" and rec.trial.number == min(means, key=means.get)
+
+
+def test_a_confirmation_with_other_settings_names_the_changed_key(tmp_path):
+    """The sweep's stored fingerprint inputs are compared key by key with the confirmation's config: the message
+    names the changed key (and no speed-only one), not every key of the search space."""
+    from cpt_harness import search_space, storage
+    from cpt_harness.config import load_config
+
+    sets = [f"study.storage=sqlite:///{tmp_path}/study.db", "study.name=s"]
+    cfg = load_config(DEMO, sets)
+    study = storage.open_study(cfg, {"model": "m", "data": "d", "search_space": search_space.space_fingerprint(cfg)},
+                               inputs={"search_space": search_space.space_payload(cfg)})
+    confirm._check_protocol(load_config(DEMO, sets + ["train.gradient_checkpointing=true"]), study)  # speed only
+    with pytest.raises(storage.StudyMismatch) as e:
+        confirm._check_protocol(load_config(DEMO, sets + ["train.max_steps=7", "train.gradient_checkpointing=true"]),
+                                study)
+    assert re.search(r"other settings than this config \(train\.max_steps: \d+ -> 7\); a confirmation", str(e.value))
