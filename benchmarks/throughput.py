@@ -43,6 +43,7 @@ SHAPES = {
                   num_key_value_heads=2, vocab_size=512, tie_word_embeddings=True), 4, 64),
 }
 RANK, ALPHA, LR, RATIO = 64, 64.0, 1e-4, 0.2
+MODES = ("harness-peft", "harness-unsloth", "raw-unsloth", "raw-unsloth-fp32emb")
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}  # dense bf16, SXM parts
 
 
@@ -172,9 +173,12 @@ def run_harness(mode: str, name: str, folder: str, steps: int, warmup: int) -> d
     }
 
 
-def run_raw_unsloth(name: str, folder: str, steps: int, warmup: int) -> dict:
+def run_raw_unsloth(name: str, folder: str, steps: int, warmup: int, fp32_embeddings: bool = False,
+                    on_step=None) -> dict:
     """The plain Unsloth recipe with a hand loop: no harness code on the training path (only the list of LoRA
-    targets, the same for every mode)."""
+    targets, the same for every mode). ``fp32_embeddings`` (mode ``raw-unsloth-fp32emb``): the trained embedding
+    held in float32 as the harness holds it (``backends.base.fp32_masters``), everything else raw, which prices
+    the fp32 masters alone (issue 18, item 2). ``on_step()`` is called after every step (a profiler's)."""
     os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
     import unsloth  # noqa: F401
     import torch
@@ -188,6 +192,9 @@ def run_raw_unsloth(name: str, folder: str, steps: int, warmup: int) -> dict:
                                              modules_to_save=["embed_tokens", "lm_head"], use_rslora=False,
                                              use_gradient_checkpointing=raw_checkpointing(), random_state=0)
     emb = [p for n, p in model.named_parameters() if p.requires_grad and "modules_to_save" in n]
+    if fp32_embeddings:
+        for p in emb:
+            p.data = p.data.float()
     lora = [p for n, p in model.named_parameters() if p.requires_grad and "modules_to_save" not in n]
     opt = torch.optim.AdamW([{"params": lora, "lr": LR}, {"params": emb, "lr": LR * RATIO}], fused=True)
     data = torch.from_numpy(synthetic_blocks(shape["vocab_size"], batch * steps, seq, 0)).long()
@@ -204,8 +211,10 @@ def run_raw_unsloth(name: str, folder: str, steps: int, warmup: int) -> dict:
         opt.zero_grad(set_to_none=True)
         loss.item()
         stamps.append(time.perf_counter())
+        if on_step is not None:
+            on_step()
     dtypes = sorted({str(p.dtype) for p in lora + emb})
-    return {"mode": f"raw-unsloth{ckpt_suffix()}", "gradient_checkpointing": bool(raw_checkpointing()), "shape": name, "batch": batch, "seq": seq, "steps": steps, "warmup": warmup,
+    return {"mode": f"raw-unsloth{'-fp32emb' if fp32_embeddings else ''}{ckpt_suffix()}", "gradient_checkpointing": bool(raw_checkpointing()), "shape": name, "batch": batch, "seq": seq, "steps": steps, "warmup": warmup,
             "tokens_per_s": batch * seq * (steps - warmup) / (stamps[-1] - stamps[warmup - 1]),
             "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30, "trainable_dtypes": dtypes,
             "trainable": {"lora": sum(p.numel() for p in lora), "embedding": sum(p.numel() for p in emb)}}
@@ -217,7 +226,8 @@ def run_raw_unsloth(name: str, folder: str, steps: int, warmup: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shapes", default="smollm2-135m,llama-3.2-1b")
-    ap.add_argument("--modes", default="harness-peft,harness-unsloth,raw-unsloth")
+    ap.add_argument("--modes", default="harness-peft,harness-unsloth,raw-unsloth",
+                    help=f"comma-separated, of {', '.join(MODES)}")
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--out", default="benchmark.json")
@@ -225,9 +235,11 @@ def main() -> None:
     ap.add_argument("--shape", help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if unknown := [m for m in args.modes.split(",") if m not in MODES]:
+        ap.error(f"--modes: unknown {', '.join(unknown)}; choose from {', '.join(MODES)}")
     if args.worker:
-        fn = run_raw_unsloth if args.worker == "raw-unsloth" else (
-            lambda *a: run_harness(args.worker.removeprefix("harness-"), *a))
+        fn = (lambda *a: run_raw_unsloth(*a, fp32_embeddings=args.worker == "raw-unsloth-fp32emb")) \
+            if args.worker.startswith("raw-unsloth") else (lambda *a: run_harness(args.worker.removeprefix("harness-"), *a))
         common.emit(fn(args.shape, args.folder, args.steps, args.warmup))
         return
     import torch

@@ -19,8 +19,11 @@
 # How block 2 ran on a lent 4-GPU machine (calls of at most 10 minutes, nothing kept between sessions): the kit's
 # three calls, the tree copied to /tmp/cpt, this script started with `setsid nohup ... &` so that it outlives the
 # call, then `bash scripts/gpu_watch.sh SECONDS $OUT` in each later call (the last with --stop), which brings back
-# claims.tgz (databases, logs, per-document results) and wandb.tgz. The tree is over 10 MB now: re-split the
-# model so that the tree plus one part fits a call's 64 MiB (e.g. `cat .kitm1/* .kitm2/* | split -b 40M`).
+# claims.tgz (databases, logs, per-document results) and wandb.tgz. The tree is over 10 MB now: split the model
+# so that the tree plus the larger part fits a call's 64 MiB (after block 3 the tree is 14.5 MB: it no longer fits beside
+# make-kit's 54.4 MB second part; 50,000,000 + 48,362,432 bytes leaves room for a 17 MB tree):
+#   cat .kitm1/smollm2.gguf.part1 .kitm2/smollm2.gguf.part2 > /tmp/m.gguf
+#   head -c 50000000 /tmp/m.gguf > .kitm1/smollm2.gguf.part1; tail -c +50000001 /tmp/m.gguf > .kitm2/smollm2.gguf.part2
 set -uf  # -f: the --set values hold brackets, never globs
 MODEL=$1
 GPUS=${2:-0,1,2,3}
