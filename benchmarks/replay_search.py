@@ -9,6 +9,10 @@ objective is a *lookup*: the sampler proposes params, the replay answers with th
 normalized param space (log-scaled floats and ordered categorical choices mapped to [0, 1]) and reports that
 trial's recorded eval curve, checkpoint by checkpoint, so the pruner decides on real curves.
 
+- A replay runs as a sweep does: until ``--n-trials`` trials complete (pruned ones do not count), or until
+  ``storage.PRUNED_CAP`` x that many have completed or been pruned; with ``--max-forgetting``, a trial already over
+  it by ``--prune-margin`` at a checkpoint is pruned (``study.prune_margin``), in either mode, and every finished
+  trial records its constraint (``trial.set_constraint``) for the samplers that read it.
 - GPU time: the trial-seconds the strategy would have spent: a completed trial costs its recorded wall time (the
   sum of its ``timings``, else its duration); a pruned one its load time plus its train, eval, data and log time up to the
   checkpoint where it stopped, in proportion to the tokens seen there.
@@ -29,7 +33,7 @@ import math
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +41,8 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from benchmarks import common
+from cpt_harness import storage
+from cpt_harness.config import StudyConfig
 
 SAMPLERS = ("random", "tpe", "gp", "qmc")
 PRUNERS = ("none", "median", "successive_halving", "hyperband")
@@ -116,23 +122,22 @@ def _suggest(trial, space: dict) -> dict:
     return out
 
 
-def make_sampler(name: str, seed: int, constrained: bool):
-    constraints = (lambda t: t.user_attrs.get("constraint", [0.0])) if constrained else None
-    return {
-        "random": lambda: optuna.samplers.RandomSampler(seed=seed),
-        "tpe": lambda: optuna.samplers.TPESampler(seed=seed, multivariate=True, constraints_func=constraints),
-        "gp": lambda: optuna.samplers.GPSampler(seed=seed, constraints_func=constraints),
-        "qmc": lambda: optuna.samplers.QMCSampler(seed=seed, scramble=True),
-    }[name]()
+def make_sampler(name: str, seed: int, n_trials: int):
+    """The sampler a sweep of ``n_trials`` gets from the harness (``storage.make_sampler``: TPE multivariate with
+    the constant liar, TPE and GP leaving random start-up after a third of the trials, 4 to 10). A budget reaches
+    TPE and GP through ``trial.set_constraint``, as ``cpt_harness.pruning`` records it (Optuna 5 reads
+    ``trial.constraints``)."""
+    return storage.make_sampler(StudyConfig(sampler=name, n_trials=n_trials, seed=seed), seed)
 
 
 def make_pruner(name: str, checkpoints: int):
+    """The harness's pruners (``storage.pruner_kwargs``: Optuna's defaults, the first rung at the first checkpoint),
+    with checkpoints as steps."""
     return {
         "none": lambda: optuna.pruners.NopPruner(),
-        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
-        "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3),
-        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=checkpoints,
-                                                            reduction_factor=3),
+        "median": lambda: optuna.pruners.MedianPruner(),
+        "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=checkpoints),
     }[name]()
 
 
@@ -145,15 +150,26 @@ class Outcome:
     pruned: int
     completed: list[tuple[float, float]]  # (domain loss, forgetting) of the completed trials
     looked_up: list[int]  # the recorded trial each proposal landed on
+    spent: list[float] = field(default_factory=list)  # gpu_s when each completed trial ended (anytime quality)
+
+    def best_within(self, gpu_s: float, max_forgetting: float | None) -> float:
+        """The best feasible domain loss among the trials completed by ``gpu_s`` spent (inf: none)."""
+        return min((d for (d, f), t in zip(self.completed, self.spent) if t <= gpu_s
+                    and (max_forgetting is None or f <= max_forgetting)), default=math.inf)
 
 
 def replay(sampler: str, pruner: str, mode: str, seed: int, space: dict, records: list[Record], n_trials: int,
-           max_forgetting: float | None) -> Outcome:
+           max_forgetting: float | None, prune_margin: float | None = None) -> Outcome:
+    """One strategy, one seed, run as ``cpt_harness.pruning`` and a sweep run it: at each checkpoint but the last, a
+    trial whose forgetting is over ``max_forgetting + prune_margin`` stops (either mode), then the pruner decides
+    (single mode); the run ends at ``n_trials`` complete trials, or ``storage.PRUNED_CAP`` x ``n_trials`` complete
+    and pruned."""
     checkpoints = max(len(r.domain) for r in records)
     pareto = mode == "pareto"
-    study = optuna.create_study(
+    study = optuna.create_study(  # named: HyperbandPruner puts a trial in a bracket by hashing the study's name
+        study_name=f"replay-{mode}-{sampler}-{pruner}-{seed}",
         directions=["minimize", "minimize"] if pareto else ["minimize"],
-        sampler=make_sampler(sampler, seed, max_forgetting is not None),
+        sampler=make_sampler(sampler, seed, n_trials),
         pruner=make_pruner("none" if pareto else pruner, checkpoints))
     out = Outcome(0.0, 0.0, 0, [], [])
 
@@ -161,20 +177,32 @@ def replay(sampler: str, pruner: str, mode: str, seed: int, space: dict, records
         rec = nearest(normalize(_suggest(trial, space), space), records)
         out.looked_up.append(rec.number)
         out.full_gpu_s += rec.cost[-1]
-        for k in range(len(rec.domain)):
+        def constrain(k: int) -> None:  # once, when the trial ends (pruned or complete), as the harness records it
             if max_forgetting is not None:
-                trial.set_user_attr("constraint", [float(rec.forgetting[k] - max_forgetting)])
+                trial.set_constraint(storage.CONSTRAINT, float(rec.forgetting[k] - max_forgetting))
+
+        for k in range(len(rec.domain)):
             if not pareto:
                 trial.report(float(rec.domain[k]), k + 1)
-                if k + 1 < len(rec.domain) and trial.should_prune():
-                    out.gpu_s += rec.cost[k]
-                    out.pruned += 1
-                    raise optuna.TrialPruned()
+            last = k + 1 == len(rec.domain)
+            over = (max_forgetting is not None and prune_margin is not None
+                    and rec.forgetting[k] > max_forgetting + prune_margin)
+            if not last and (over or (not pareto and trial.should_prune())):
+                out.gpu_s += rec.cost[k]
+                out.pruned += 1
+                constrain(k)
+                raise optuna.TrialPruned()
+        constrain(len(rec.domain) - 1)
         out.gpu_s += rec.cost[-1]
         out.completed.append((float(rec.domain[-1]), float(rec.forgetting[-1])))
+        out.spent.append(out.gpu_s)
         return (float(rec.domain[-1]), float(rec.forgetting[-1])) if pareto else float(rec.domain[-1])
 
-    study.optimize(objective, n_trials=n_trials)
+    def stop(study, trial):  # as a sweep stops: n_trials complete, or PRUNED_CAP x n_trials complete and pruned
+        if len(out.completed) >= n_trials or len(out.looked_up) >= storage.PRUNED_CAP * n_trials:
+            study.stop()
+
+    study.optimize(objective, n_trials=storage.PRUNED_CAP * n_trials, callbacks=[stop])
     return out
 
 
@@ -210,6 +238,33 @@ def summarize(outcomes: list[Outcome], mode: str, records: list[Record], max_for
     return row
 
 
+GOAL_SAVING = 0.40  # issue 14: at least 40% less GPU time than random search without pruning, at equal quality
+
+
+def _regrets(outcomes: list[Outcome], gpu_s: float, best: float, max_forgetting: float | None) -> list[float | None]:
+    """Per seed: the regret of the best feasible trial completed within ``gpu_s`` (None: none by then)."""
+    found = [o.best_within(gpu_s, max_forgetting) for o in outcomes]
+    return [v - best if math.isfinite(v) else None for v in found]
+
+
+def against_baseline(regrets: list[float | None], base: list[float | None], budget_s: float) -> dict:
+    """The issue's goal for one single-mode strategy: with (1 - GOAL_SAVING) of the GPU time random search without
+    pruning spends on average (``budget_s``), is the best setting it has found by then (``regrets``, per seed) as
+    good as random search's after all of its time (``base``)? Not worse: the upper end of the 95% interval of the
+    difference in mean regret, Welch's t over seeds, is at most HIT_NATS (the smallest difference in domain loss
+    that matters here). A seed with nothing feasible by then fails the goal outright."""
+    from scipy import stats
+
+    out = {"budget_s": budget_s, "missed": sum(r is None for r in regrets)}
+    if out["missed"] or None in base or len(regrets) < 2 or len(base) < 2:
+        return {**out, "regret_diff": None, "ci95": None, "goal_met": False}
+    va, vb = statistics.variance(regrets) / len(regrets), statistics.variance(base) / len(base)
+    diff, se = statistics.fmean(regrets) - statistics.fmean(base), math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / (len(regrets) - 1) + vb ** 2 / (len(base) - 1)) if va + vb > 0 else 1.0
+    half = float(stats.t.ppf(0.975, df)) * se
+    return {**out, "regret_diff": diff, "ci95": [diff - half, diff + half], "goal_met": diff + half <= HIT_NATS}
+
+
 def _stat(values: list[float]) -> dict:
     if not values:
         return {"mean": None, "sd": None, "n": 0}
@@ -218,7 +273,7 @@ def _stat(values: list[float]) -> dict:
 
 
 def run(db: str, study: str | None, seeds: int, n_trials: int | None, max_forgetting: float | None,
-        samplers: list[str], pruners: list[str], modes: list[str], log=print) -> dict:
+        samplers: list[str], pruners: list[str], modes: list[str], log=print, prune_margin: float | None = None) -> dict:
     import warnings
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -229,41 +284,73 @@ def run(db: str, study: str | None, seeds: int, n_trials: int | None, max_forget
     feasible = [d for d, f in finals if max_forgetting is None or f <= max_forgetting]
     result = {"study": name, "db": str(db), "recorded_trials": len(records), "n_trials": n, "seeds": seeds,
               "checkpoints": max(len(r.domain) for r in records), "max_forgetting": max_forgetting,
+              "prune_margin": prune_margin, "pruned_cap": storage.PRUNED_CAP,
               "best_recorded_feasible_domain_loss": min(feasible) if feasible else None,
               "recorded_gpu_s": float(sum(r.cost[-1] for r in records)), "hit_nats": HIT_NATS, "strategies": []}
+    runs: dict[tuple[str, str, str], list[Outcome]] = {}
     for mode in modes:
         for sampler in samplers:
             for pruner in (pruners if mode == "single" else ["none"]):
                 started = time.perf_counter()
-                outcomes = [replay(sampler, pruner, mode, s, space, records, n, max_forgetting) for s in range(seeds)]
+                outcomes = [replay(sampler, pruner, mode, s, space, records, n, max_forgetting, prune_margin)
+                            for s in range(seeds)]
+                runs[(mode, sampler, pruner)] = outcomes
                 row = {"mode": mode, "sampler": sampler, "pruner": pruner,
                        **summarize(outcomes, mode, records, max_forgetting),
                        "replay_s": time.perf_counter() - started}
                 result["strategies"].append(row)
                 log(f"[replay] {mode:<6} {sampler:<6} {pruner:<18} GPU {row['gpu_s']['mean']:8.0f} s "
                     f"({row['gpu_fraction']['mean']:.0%} of unpruned)")
+    if (base := runs.get(("single", "random", "none"))) is not None and result["best_recorded_feasible_domain_loss"]:
+        best = result["best_recorded_feasible_domain_loss"]
+        budget = (1 - GOAL_SAVING) * statistics.fmean(o.gpu_s for o in base)
+        base_regrets = _regrets(base, math.inf, best, max_forgetting)
+        result["goal_budget_s"] = budget
+        for r in result["strategies"]:
+            if r["mode"] == "single":
+                r["vs_random"] = against_baseline(_regrets(runs[(r["mode"], r["sampler"], r["pruner"])], budget,
+                                                           best, max_forgetting), base_regrets, budget)
     return result
 
 
 def markdown(result: dict) -> str:
     lines = [f"Replay of study `{result['study']}` ({result['recorded_trials']} recorded trials, "
              f"{result['checkpoints']} checkpoints each, {result['recorded_gpu_s']:.0f} trial-seconds recorded): "
-             f"{result['n_trials']} trials per run, {result['seeds']} seeds; feasible: forgetting ≤ "
+             f"each run until {result['n_trials']} trials complete (or {result.get('pruned_cap', 3)} x that many "
+             f"complete and pruned), {result['seeds']} seeds; prune margin "
+             f"{result.get('prune_margin') if result.get('prune_margin') is not None else 'none'}; feasible: forgetting ≤ "
              f"{result['max_forgetting'] if result['max_forgetting'] is not None else '∞'}; best recorded feasible "
              f"domain loss {result['best_recorded_feasible_domain_loss']:.4f}.", "",
              "| mode | sampler | pruner | GPU s (mean ± sd) | of unpruned | pruned | best feasible domain loss | "
-             f"regret | hit rate (≤ {result['hit_nats']} nats) | hypervolume share |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             f"regret | hit rate (≤ {result['hit_nats']} nats) | hypervolume share | with 60% of random's GPU time: "
+             "regret − random's (all of its time), 95% CI | goal |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def ms(s: dict, spec: str) -> str:
         return "—" if s.get("mean") is None else f"{s['mean']:{spec}} ± {s['sd']:{spec}}"
+
+    def goal(r: dict) -> str:
+        v = r.get("vs_random")
+        if v is None:
+            return "— | — |"
+        if v["ci95"] is None:
+            return f"{v['missed']} of {result['seeds']} seeds had found nothing feasible by then | not met |"
+        return (f"{v['regret_diff']:+.4f} [{v['ci95'][0]:+.4f}, {v['ci95'][1]:+.4f}] | "
+                + ("**met**" if v["goal_met"] else "not met") + " |")
 
     for r in result["strategies"]:
         single = r["mode"] == "single"
         lines.append(f"| {r['mode']} | {r['sampler']} | {r['pruner']} | {ms(r['gpu_s'], '.0f')} | "
                      f"{r['gpu_fraction']['mean']:.0%} | {r['pruned']['mean']:.1f} | "
-                     + (f"{ms(r['best_domain_loss'], '.4f')} | {ms(r['regret'], '.4f')} | {r['hit_rate']:.0%} | — |"
-                        if single else f"— | — | — | {ms(r['hypervolume_share'], '.3f')} |"))
+                     + (f"{ms(r['best_domain_loss'], '.4f')} | {ms(r['regret'], '.4f')} | {r['hit_rate']:.0%} | — | "
+                        if single else f"— | — | — | {ms(r['hypervolume_share'], '.3f')} | ") + goal(r))
+    if "goal_budget_s" in result:
+        lines += ["", f"Goal (issue 14): at least {GOAL_SAVING:.0%} less GPU time than random search without pruning, "
+                  f"at equal quality. Each strategy is stopped at {1 - GOAL_SAVING:.0%} of random search's mean GPU "
+                  f"time ({result['goal_budget_s']:.0f} s) and its best feasible trial by then is compared with "
+                  f"random search's after all of its time: met when the 95% interval of the difference in regret "
+                  f"(Welch, over seeds) ends at or below {result['hit_nats']} nats and every seed had found a "
+                  "feasible trial. Random search itself, so stopped, is the first row's comparison."]
     return "\n".join(lines) + "\n"
 
 
@@ -272,8 +359,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("db", help="the recorded study's database: a SQLite file or a storage URL")
     p.add_argument("--study", help="the study's name (needed when the database holds several)")
     p.add_argument("--seeds", type=int, default=20, help="replays per strategy, sampler seeds 0..N-1")
-    p.add_argument("--n-trials", type=int, help="trials per replay (default: as many as were recorded)")
+    p.add_argument("--n-trials", type=int, help="complete trials per replay, as a sweep's study.n_trials (default: "
+                   "as many as were recorded)")
     p.add_argument("--max-forgetting", type=float, help="feasible: final forgetting at most this (default: all)")
+    p.add_argument("--prune-margin", type=float, default=0.05,
+                   help="with --max-forgetting: stop a trial whose forgetting is over it by more than this at a "
+                        "checkpoint, as study.prune_margin does (default 0.05, the harness's; a negative value: never)")
     p.add_argument("--samplers", default=",".join(SAMPLERS))
     p.add_argument("--pruners", default=",".join(PRUNERS))
     p.add_argument("--modes", default="single,pareto")
@@ -282,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     split = lambda s, known: [x for x in s.split(",") if x] if all(x in known for x in s.split(",") if x) else \
         sys.exit(f"error: choose from {', '.join(known)}; got {s}")  # noqa: E731
     result = run(a.db, a.study, a.seeds, a.n_trials, a.max_forgetting, split(a.samplers, SAMPLERS),
-                 split(a.pruners, PRUNERS), split(a.modes, ("single", "pareto")))
+                 split(a.pruners, PRUNERS), split(a.modes, ("single", "pareto")),
+                 prune_margin=a.prune_margin if a.prune_margin >= 0 else None)
     prefix = Path(a.out or common.results_path(f"replay-{result['study']}", "cpu"))
     prefix.parent.mkdir(parents=True, exist_ok=True)
     common.write_json(f"{prefix}.json", result)

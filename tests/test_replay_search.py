@@ -60,6 +60,47 @@ def test_replay_runs_and_its_numbers_are_sane(replay, tmp_path):
     # ... the median pruner stops some trials early and spends less on the same proposals.
     median = rows[("single", "random", "median")]
     assert median["pruned"]["mean"] > 0 and median["gpu_s"]["mean"] < median["full_gpu_s"]["mean"]
-    assert median["full_gpu_s"] == none["full_gpu_s"], "random proposes the same trials whatever the pruner"
+    # ... and, as a sweep does, goes on until n_trials complete: random proposes the same trials whatever the
+    # pruner, so the pruned run's proposals begin with the unpruned run's
+    m = replay.replay("random", "median", "single", 0, space, records, 12, None)
+    assert m.looked_up[:12] == o.looked_up and m.pruned > 0
+    assert len(m.completed) == 12 or len(m.looked_up) == replay.storage.PRUNED_CAP * 12
+    assert len(m.looked_up) == len(m.completed) + m.pruned
+    # A budget with a margin prunes a trial already far over it, without a pruner, in either mode
+    worst = max(records, key=lambda r: r.forgetting[0])
+    budget = float(worst.forgetting[0]) - 0.01
+    for mode in ("single", "pareto"):
+        b = replay.replay("random", "none", mode, 0, space, records, 12, budget, prune_margin=0.005)
+        over = [n for n in b.looked_up if by_number[n].forgetting[0] > budget + 0.005]
+        assert over and b.pruned >= len(over)
     md = (tmp_path / "replay.md").read_text()
     assert md.count("\n| single |") == 4 and md.count("\n| pareto |") == 2
+    # The goal: each strategy stopped at 60% of random search's mean GPU time, against random search's full run
+    budget = result["goal_budget_s"]
+    assert budget == pytest.approx((1 - replay.GOAL_SAVING) * none["gpu_s"]["mean"])
+    for key in rows:
+        v = rows[key].get("vs_random")
+        if key[0] == "pareto":
+            assert v is None
+            continue
+        assert v["budget_s"] == budget
+        if v["ci95"] is not None:
+            assert v["ci95"][0] <= v["regret_diff"] <= v["ci95"][1] and v["missed"] == 0
+            assert v["goal_met"] == (v["ci95"][1] <= replay.HIT_NATS)
+        else:
+            assert not v["goal_met"]
+    assert "Goal (issue 14)" in md
+    # Anytime quality: what a run had found by a point in its spending, never better than at its end
+    full = min(d for d, f in o.completed)
+    assert o.best_within(float("inf"), None) == full and o.best_within(0.0, None) == float("inf")
+    assert o.spent == sorted(o.spent) and o.spent[-1] == pytest.approx(o.gpu_s)
+    assert o.best_within(o.spent[5], None) == min(d for d, f in o.completed[:6])
+
+
+def test_a_replay_is_reproducible_with_hyperband(replay):
+    """HyperbandPruner assigns brackets by hashing the study's name: a replay names its study, so the same command
+    gives the same table."""
+    _, space, records = replay.load_records(str(DB), None)
+    runs = [replay.replay("random", "hyperband", "single", 1, space, records, 12, None) for _ in range(2)]
+    assert runs[0].pruned > 0
+    assert runs[0].looked_up == runs[1].looked_up and runs[0].gpu_s == runs[1].gpu_s

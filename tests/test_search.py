@@ -182,6 +182,10 @@ def test_sampler_and_pruner_defaults_scale_to_the_sweep_and_options_override_the
     assert storage.sampler_kwargs(s, 7) == {"population_size": 4, "seed": 7}
     s.sampler = "qmc"
     assert storage.sampler_kwargs(s, 7)["seed"] == s.seed, "every worker draws the study's one sequence"
+    assert storage.sampler_kwargs(s, 7)["scramble"] is True, "seeded by the study, not the same points for every study"
+    s.sampler_options = {"scramble": False}
+    assert storage.sampler_kwargs(s, 7)["scramble"] is False
+    s.sampler_options = {}
     s.objective, s.max_forgetting, s.pruner = "constrained", 0.1, "hyperband"
     tiny_cfg.train.max_steps, tiny_cfg.train.eval_every = 200, 50
     assert storage.pruner_kwargs(tiny_cfg) == {"min_resource": 50, "max_resource": 200}
