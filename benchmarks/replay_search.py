@@ -253,7 +253,7 @@ def against_baseline(regrets: list[float | None], base: list[float | None], budg
     good as random search's after all of its time (``base``)? Not worse: the upper end of the 95% interval of the
     difference in mean regret, Welch's t over seeds, is at most HIT_NATS (the smallest difference in domain loss
     that matters here). A seed with nothing feasible by then fails the goal outright."""
-    from scipy import stats
+    from cpt_harness.stats import t975
 
     out = {"budget_s": budget_s, "missed": sum(r is None for r in regrets)}
     if out["missed"] or None in base or len(regrets) < 2 or len(base) < 2:
@@ -261,7 +261,7 @@ def against_baseline(regrets: list[float | None], base: list[float | None], budg
     va, vb = statistics.variance(regrets) / len(regrets), statistics.variance(base) / len(base)
     diff, se = statistics.fmean(regrets) - statistics.fmean(base), math.sqrt(va + vb)
     df = (va + vb) ** 2 / (va ** 2 / (len(regrets) - 1) + vb ** 2 / (len(base) - 1)) if va + vb > 0 else 1.0
-    half = float(stats.t.ppf(0.975, df)) * se
+    half = t975(df) * se
     return {**out, "regret_diff": diff, "ci95": [diff - half, diff + half], "goal_met": diff + half <= HIT_NATS}
 
 
