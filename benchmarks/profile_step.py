@@ -97,6 +97,7 @@ def _raw(a) -> None:
     if prof is not None:
         prof.start()
     out = run_raw_unsloth(a.shape, folder, a.steps, 5, fp32_embeddings=a.backend == "raw-unsloth-fp32emb",
+                          masters=a.backend == "raw-unsloth-masters",
                           on_step=None if prof is None else prof.step)
     if prof is not None:
         prof.stop()

@@ -43,7 +43,7 @@ SHAPES = {
                   num_key_value_heads=2, vocab_size=512, tie_word_embeddings=True), 4, 64),
 }
 RANK, ALPHA, LR, RATIO = 64, 64.0, 1e-4, 0.2
-MODES = ("harness-peft", "harness-unsloth", "raw-unsloth", "raw-unsloth-fp32emb")
+MODES = ("harness-peft", "harness-unsloth", "raw-unsloth", "raw-unsloth-fp32emb", "raw-unsloth-masters")
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}  # dense bf16, SXM parts
 
 
@@ -174,11 +174,15 @@ def run_harness(mode: str, name: str, folder: str, steps: int, warmup: int) -> d
 
 
 def run_raw_unsloth(name: str, folder: str, steps: int, warmup: int, fp32_embeddings: bool = False,
-                    on_step=None) -> dict:
+                    on_step=None, masters: bool = False) -> dict:
     """The plain Unsloth recipe with a hand loop: no harness code on the training path (only the list of LoRA
     targets, the same for every mode). ``fp32_embeddings`` (mode ``raw-unsloth-fp32emb``): the trained embedding
     held in float32 as the harness holds it (``backends.base.fp32_masters``), everything else raw, which prices
-    the fp32 masters alone (issue 18, item 2). ``on_step()`` is called after every step (a profiler's)."""
+    the fp32 masters alone (issue 18, item 2). ``masters`` (mode ``raw-unsloth-masters``): the candidate scheme,
+    standard mixed precision for the embedding group: the model computes with raw Unsloth's bf16 embedding, the
+    optimizer steps fp32 master copies (their gradient the bf16 one upcast, their fp32 Adam moments) and the
+    updated masters are copied back into the bf16 weights; the update is as exact as the fp32 path's, the forward
+    and backward are raw Unsloth's. ``on_step()`` is called after every step (a profiler's)."""
     os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
     import unsloth  # noqa: F401
     import torch
@@ -196,7 +200,8 @@ def run_raw_unsloth(name: str, folder: str, steps: int, warmup: int, fp32_embedd
         for p in emb:
             p.data = p.data.float()
     lora = [p for n, p in model.named_parameters() if p.requires_grad and "modules_to_save" not in n]
-    opt = torch.optim.AdamW([{"params": lora, "lr": LR}, {"params": emb, "lr": LR * RATIO}], fused=True)
+    master = [p.detach().float() for p in emb] if masters else emb
+    opt = torch.optim.AdamW([{"params": lora, "lr": LR}, {"params": master, "lr": LR * RATIO}], fused=True)
     data = torch.from_numpy(synthetic_blocks(shape["vocab_size"], batch * steps, seq, 0)).long()
     torch.cuda.reset_peak_memory_stats()
     stamps = []
@@ -206,15 +211,22 @@ def run_raw_unsloth(name: str, folder: str, steps: int, warmup: int, fp32_embedd
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss = model(input_ids=x, labels=x).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(lora + emb, 1.0)
+        if masters:
+            for p, m in zip(emb, master):
+                m.grad, p.grad = (None if p.grad is None else p.grad.float()), None
+        torch.nn.utils.clip_grad_norm_(lora + master, 1.0)
         opt.step()
+        if masters:
+            with torch.no_grad():
+                torch._foreach_copy_(emb, master)
         opt.zero_grad(set_to_none=True)
         loss.item()
         stamps.append(time.perf_counter())
         if on_step is not None:
             on_step()
-    dtypes = sorted({str(p.dtype) for p in lora + emb})
-    return {"mode": f"raw-unsloth{'-fp32emb' if fp32_embeddings else ''}{ckpt_suffix()}", "gradient_checkpointing": bool(raw_checkpointing()), "shape": name, "batch": batch, "seq": seq, "steps": steps, "warmup": warmup,
+    dtypes = sorted({str(p.dtype) for p in lora + master})
+    variant = "-fp32emb" if fp32_embeddings else "-masters" if masters else ""
+    return {"mode": f"raw-unsloth{variant}{ckpt_suffix()}", "model_embedding_dtypes": sorted({str(p.dtype) for p in emb}), "gradient_checkpointing": bool(raw_checkpointing()), "shape": name, "batch": batch, "seq": seq, "steps": steps, "warmup": warmup,
             "tokens_per_s": batch * seq * (steps - warmup) / (stamps[-1] - stamps[warmup - 1]),
             "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30, "trainable_dtypes": dtypes,
             "trainable": {"lora": sum(p.numel() for p in lora), "embedding": sum(p.numel() for p in emb)}}
@@ -238,7 +250,8 @@ def main() -> None:
     if unknown := [m for m in args.modes.split(",") if m not in MODES]:
         ap.error(f"--modes: unknown {', '.join(unknown)}; choose from {', '.join(MODES)}")
     if args.worker:
-        fn = (lambda *a: run_raw_unsloth(*a, fp32_embeddings=args.worker == "raw-unsloth-fp32emb")) \
+        fn = (lambda *a: run_raw_unsloth(*a, fp32_embeddings=args.worker == "raw-unsloth-fp32emb",
+                                         masters=args.worker == "raw-unsloth-masters")) \
             if args.worker.startswith("raw-unsloth") else (lambda *a: run_harness(args.worker.removeprefix("harness-"), *a))
         common.emit(fn(args.shape, args.folder, args.steps, args.warmup))
         return
