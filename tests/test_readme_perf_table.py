@@ -1,0 +1,97 @@
+"""The README's performance table (issue 18's goals) is what the committed GPU results say, and its figures are
+computed from them (scripts/readme_perf_table.py). No GPU needed: it reads benchmarks/results/*.json."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import statistics
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+SCRIPT = ROOT / "scripts" / "readme_perf_table.py"
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("readme_perf_table", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_readme_perf_table_is_what_the_committed_results_say():
+    done = subprocess.run([sys.executable, str(SCRIPT), "--check"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- perf-table:begin (scripts/readme_perf_table.py) -->", 1)[1].split(
+        "<!-- perf-table:end -->", 1)[0]
+    assert block.strip() == "\n".join(_script().rows())
+    assert "| harness ≥ 0.98× raw Unsloth tokens/s, 1B shape (llama-3.2-1b, 8 × 2048)" in block
+
+
+def test_the_perf_rows_carry_the_figures_of_the_result_files():
+    rows = _script().rows()
+    assert len(rows) == 2 + 6
+    harness, masters, warm, cold, k, scaling = rows[2:]
+
+    # 1B throughput: the median over repeats of each file's harness / raw-unsloth tokens/s
+    files = sorted(RESULTS.glob("h200-2026-11-28-throughput-1b-emb-r*.json"))
+    assert len(files) >= 3
+
+    def ratio(mode):
+        per_file = []
+        for f in files:
+            by = {r["mode"]: r["tokens_per_s"] for r in json.loads(f.read_text())["runs"]}
+            per_file.append(by[mode] / by["raw-unsloth"])
+        return statistics.median(per_file)
+
+    vs_raw = ratio("harness-unsloth")
+    assert 0.9 < vs_raw < 1.0
+    assert f"ratio {vs_raw:.3f}×" in harness and ("**met**" in harness) == (round(vs_raw, 3) >= 0.98)
+    tokens = statistics.median(r["tokens_per_s"] for f in files for r in json.loads(f.read_text())["runs"]
+                               if r["mode"] == "harness-unsloth")
+    assert f"harness {tokens:,.0f} tokens/s" in harness
+    assert f"{ratio('raw-unsloth-masters'):.3f}× raw Unsloth" in masters
+    assert all(f"`{f.relative_to(ROOT)}`" in harness for f in files)
+
+    # warm and cold pool start-up
+    [w] = json.loads((RESULTS / "h200-2026-11-28-pool-startup-warm.json").read_text())
+    [c] = json.loads((RESULTS / "h200-2026-11-28-pool-startup-cold.json").read_text())
+    assert f"first step {w['first_step_s']:.1f} s" in warm and ("**met**" in warm) == (w["first_step_s"] <= 20.0)
+    assert f"first step {c['first_step_s']:.1f} s" in cold and f"{c['first_step_s'] / w['first_step_s']:.1f}×" in cold
+
+    # K trials per GPU: every K's trials/hour, the best K against K = 1
+    runs = sorted((r for name in ("h200-2026-11-28-parallel-k1-4.json", "h200-2026-11-28-parallel-k5-8.json")
+                   for r in json.loads((RESULTS / name).read_text())["runs"]), key=lambda r: r["k"])
+    assert [r["k"] for r in runs] == list(range(1, 9))
+    assert all(f"{r['k']} {r['trials_per_hour']:.1f}" in k for r in runs)
+    best = max(runs, key=lambda r: r["trials_per_hour"])
+    assert f"best K = {best['k']}: {best['trials_per_hour'] / runs[0]['trials_per_hour']:.2f}× K = 1" in k
+
+    # 1 -> 4 GPUs at the best K, by trials/hour and by the steady rate, against 3.8x
+    doc = json.loads((RESULTS / "h200x4-2026-11-28-scaling.json").read_text())
+    by = {r["label"]: r for r in doc["runs"]}
+    span = by["k8-gpu4"]["trials_per_hour"] / by["k8-gpu1"]["trials_per_hour"]
+    steady = by["k8-gpu4"]["steady_trials_per_hour"] / by["k8-gpu1"]["steady_trials_per_hour"]
+    assert 3.0 < span < 4.0 and 3.0 < steady < 4.0
+    verdict = lambda x: "met" if round(x, 2) >= 3.8 else "not met"  # noqa: E731
+    assert (f"**{verdict(span)} ({span:.2f}×) by trials/hour; {verdict(steady)} by steady rate ({steady:.2f}×)**"
+            in scaling)
+
+
+def test_a_missing_result_file_is_named(tmp_path, monkeypatch, capsys):
+    module = _script()
+    for f in RESULTS.glob("h200*-2026-11-28-*.json"):
+        (tmp_path / f.name).write_text(f.read_text())
+    monkeypatch.setattr(module, "RESULTS", tmp_path)
+    assert len(module.rows()) == 8  # the copies make the same table
+    (tmp_path / "h200x4-2026-11-28-scaling.json").unlink()
+    with pytest.raises(module.MissingResult, match="h200x4-2026-11-28-scaling.json"):
+        module.rows()
+    assert module.main(["--check"]) == 2
+    assert "no result file" in capsys.readouterr().err
