@@ -22,11 +22,17 @@ def audit(model, optimizer, params, lora_cfg, embedding_names: tuple[str, ...], 
     named = dict(model.named_parameters())
     by_id = {id(p): n for n, p in named.items()}
     trainable = {id(p) for p in named.values() if p.requires_grad}
+    # A weight the model holds in bf16 trains through its fp32 master in the optimizer (train.MasterAdamW): the
+    # group holds the master, which stands for the model's weight here.
+    weight_of, masters = {}, getattr(optimizer, "masters", [])
+    for weight, master in masters:
+        weight_of[id(master)] = weight
+        problems += _check_master(by_id.get(id(weight), "?"), weight, master)
     group_of: dict[int, str] = {}
     record: dict[str, Any] = {"groups": {}}
     for g in optimizer.param_groups:
         gname = g.get("name", f"group{len(record['groups'])}")
-        for p in g["params"]:
+        for p in (weight_of.get(id(t), t) for t in g["params"]):
             if id(p) in group_of:
                 problems.append(f"{by_id.get(id(p), '?')} is in two optimizer groups ({group_of[id(p)]}, {gname})")
             group_of[id(p)] = gname
@@ -36,13 +42,16 @@ def audit(model, optimizer, params, lora_cfg, embedding_names: tuple[str, ...], 
             "lr": g["lr"],
             "tensors": len(g["params"]),
             "parameters": sum(p.numel() for p in g["params"]),
-            "dtypes": sorted({str(p.dtype).removeprefix("torch.") for p in g["params"]}),
+            "dtypes": sorted({str(p.dtype).removeprefix("torch.") for p in g["params"]}),  # what is stepped
+            "model_dtypes": sorted({str(weight_of.get(id(p), p).dtype).removeprefix("torch.") for p in g["params"]}),
             "devices": sorted({str(p.device) for p in g["params"]}),
         }
-    low_precision = sorted({str(p.dtype) for p in named.values() if p.requires_grad and p.dtype != torch.float32})
+    mastered = {id(w) for w, _ in masters}
+    low_precision = sorted({str(p.dtype) for p in named.values()
+                            if p.requires_grad and p.dtype != torch.float32 and id(p) not in mastered})
     if low_precision:
-        problems.append(f"trainable weights in {low_precision}: an update smaller than the weight's precision is lost; "
-                        "keep fp32 master weights")
+        problems.append(f"trainable weights in {low_precision} without an fp32 master in the optimizer: an update "
+                        "smaller than the weight's precision is lost")
     missing = [by_id[i] for i in trainable - set(group_of)]
     if missing:
         problems.append(f"trainable but in no optimizer group: {missing[:5]}")
@@ -58,6 +67,17 @@ def audit(model, optimizer, params, lora_cfg, embedding_names: tuple[str, ...], 
     record["trainable_parameters"] = {k: v["parameters"] for k, v in record["groups"].items()}
     record["total_parameters"] = sum(p.numel() for p in named.values())
     return record
+
+
+def _check_master(name: str, weight, master) -> list[str]:
+    """The master is fp32, on the weight's device, of its shape, and holds its value (rounded to the weight's
+    dtype, the master is the weight): the optimizer steps the weight the model computes with."""
+    if master.dtype != torch.float32 or master.shape != weight.shape or master.device != weight.device:
+        return [f"the optimizer's master of {name} is {master.dtype} {tuple(master.shape)} on {master.device}, "
+                f"not float32 {tuple(weight.shape)} on {weight.device}"]
+    if not torch.equal(master.detach().to(weight.dtype), weight.detach()):
+        return [f"the optimizer's fp32 master of {name} does not hold the model's weight"]
+    return []
 
 
 def _check_lora_coverage(model, targets) -> list[str]:

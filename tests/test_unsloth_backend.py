@@ -60,6 +60,8 @@ def test_unsloth_sweep_trains_audited_trials(tiny_overrides, tmp_path):
         groups = t.user_attrs["audit"]["groups"]
         assert groups["embedding"]["lr"] == pytest.approx(t.params["learning_rate"] * t.params["embedding_lr_ratio"])
         assert groups["lora"]["parameters"] > 0
+        # The embedding stays bf16 in the model (raw Unsloth's speed); the optimizer steps its fp32 master
+        assert groups["embedding"]["model_dtypes"] == ["bfloat16"] and groups["embedding"]["dtypes"] == ["float32"]
         assert t.user_attrs["domain_gain"] > 0
         assert t.user_attrs["use_rslora"] == (t.params["rank"] > 64)
         # Per-document eval through Unsloth's forward: the head's input is its logits' (no fallback), KL > 0

@@ -122,8 +122,9 @@ def embeddings_to_train(model, lora_cfg) -> list[str] | None:
 
 
 def fp32_masters(model) -> Any:
-    """Trainable weights in float32 (the optimizer's master copies: a 1e-5 step vanishes in bf16 weights);
-    autocast does the bf16 math. Returns ``model``."""
+    """Trainable weights in float32 (a 1e-5 step vanishes in bf16 weights); autocast does the bf16 math. The peft
+    backend holds them so; the unsloth backend keeps its embedding in bf16 and the optimizer an fp32 master of it
+    (train.MasterAdamW). Returns ``model``."""
     import torch
 
     for p in model.parameters():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
-from cpt_harness.backends.base import Backend, embeddings_to_train, fp32_masters
+from cpt_harness.backends.base import Backend, embeddings_to_train
 from cpt_harness.errors import BackendUnavailable
 from cpt_harness.backends.offload import private_offload_folder
 
@@ -93,6 +93,7 @@ class UnslothBackend(Backend):
                     use_gradient_checkpointing=checkpointing, random_state=cfg.train.seed,
                     temporary_location=folder,
                 )
-        fp32_masters(model)
+        # The embedding it trains stays bf16, as Unsloth keeps it: the optimizer steps an fp32 master of it
+        # (train.MasterAdamW), and the model's forward and backward run at raw Unsloth's speed (issue 18).
         FastLanguageModel.for_training(model)
         return model
