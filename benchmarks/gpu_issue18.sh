@@ -3,10 +3,12 @@
 # each phase's results land in OUT as soon as it ends (benchmarks/RESULTS.md, issue 18, says what each measures):
 #
 #   bash benchmarks/gpu_issue18.sh MODEL OUT          # MODEL: a local SmolLM2 .gguf; OUT e.g. runs/bench
-#   PHASES="pool parallel" bash benchmarks/gpu_issue18.sh MODEL OUT
+#   PHASES="masters" bash benchmarks/gpu_issue18.sh MODEL OUT
 #
-# PHASES (default "throughput claims pool+parallel scaling"), in this order; `touch runs/STOP` ends the run before
-# the next phase:
+# PHASES, in this order (`touch runs/STOP` ends the run before the next phase). Default "masters scaling-pool",
+# what is left after block 4 (benchmarks/RESULTS.md); block 4 ran "throughput claims pool+parallel scaling":
+#   masters        the harness with train.MasterAdamW against raw Unsloth, 1B shape, 3 repeats at once on GPUs 0-2;
+#                  tests/test_unsloth_backend.py on GPU 3 meanwhile (parity, audit dtypes).
 #   throughput     1B shape: 3 repeats at once on GPUs 0-2 of harness-unsloth, raw-unsloth, raw-unsloth-fp32emb and
 #                  raw-unsloth-masters (each repeat on its own card, so each ratio compares a card with itself);
 #                  the raw loop profiled on GPU 3 meanwhile. Needs no model file (random-init shapes).
@@ -17,17 +19,32 @@
 #                  the host's CPUs (the results say so).
 #   scaling        benchmarks.parallel at the best K of the table on GPU 0, then on GPUs 0-3 (alone on the host).
 #   scaling2       the same on GPUs 0 and 1.
+#   scaling-pool   the scaling runs on warm pools (benchmarks.parallel --pool): K=8 on GPU 0, then GPUs 0-3; then
+#                  K=8 on GPU 0 and GPUs 0, 1 (each run's workers imported before its clock starts).
 # Result files are named CARD-DATE-* (CARD default h200; h200x4 for the 4-GPU scaling).
 set -u
 MODEL=$1
 OUT=$2
-PHASES=${PHASES:-throughput claims pool+parallel scaling}
+PHASES=${PHASES:-masters scaling-pool}
 CARD=${CARD:-h200}
 DATE=$(date -u +%F)
 mkdir -p "$OUT" runs
 say() { echo "[issue18] $(date -u +%T) $*" | tee -a "$OUT/progress.log"; }
 has() { [[ " $PHASES " == *" $1 "* ]] && [ ! -e runs/STOP ]; }
 MODES=harness-unsloth,raw-unsloth,raw-unsloth-fp32emb,raw-unsloth-masters
+
+if has masters; then
+  say "masters: harness-unsloth vs raw-unsloth, 3 repeats on GPUs 0-2; unsloth backend tests on GPU 3"
+  for r in 1 2 3; do
+    CUDA_VISIBLE_DEVICES=$((r - 1)) python3 -m benchmarks.throughput --shapes llama-3.2-1b \
+        --modes harness-unsloth,raw-unsloth --out "$OUT/$CARD-$DATE-throughput-1b-masters-r$r.json" \
+        >"$OUT/masters-r$r.log" 2>&1 &
+  done
+  CUDA_VISIBLE_DEVICES=3 python3 -m pytest -q tests/test_unsloth_backend.py >"$OUT/unsloth-backend-tests.log" 2>&1
+  wait
+  python3 -m benchmarks.medians "$OUT"/$CARD-$DATE-throughput-1b-masters-r*.json >"$OUT/masters-medians.md" 2>&1
+  say "masters: done; tests: $(tail -n 1 "$OUT/unsloth-backend-tests.log")"; cat "$OUT/masters-medians.md"
+fi
 
 if has throughput; then
   say "throughput: 3 repeats on GPUs 0-2, raw profile on GPU 3"
@@ -96,5 +113,13 @@ if has scaling2; then
   python3 -m benchmarks.parallel sweeps/gpu-legal.yaml --set "model.name=$MODEL" --ks "$K" --gpus 0,1 \
       --out "$OUT/${CARD}x2-$DATE-scaling.json" >"$OUT/scaling2.log" 2>&1
   say "scaling2: done"
+fi
+if has scaling-pool; then
+  say "scaling-pool: K=8 on warm pools, GPU 0 then GPUs 0-3"
+  python3 -m benchmarks.parallel sweeps/gpu-legal.yaml --set "model.name=$MODEL" --ks 8 --gpus 0,1,2,3 --pool \
+      --out "$OUT/${CARD}x4-$DATE-scaling-pool.json" >"$OUT/scaling4-pool.log" 2>&1
+  has scaling-pool && python3 -m benchmarks.parallel sweeps/gpu-legal.yaml --set "model.name=$MODEL" --ks 8 \
+      --gpus 0,1 --pool --out "$OUT/${CARD}x2-$DATE-scaling-pool.json" >"$OUT/scaling2-pool.log" 2>&1
+  say "scaling-pool: done"
 fi
 say "all phases done"

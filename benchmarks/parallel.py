@@ -4,12 +4,15 @@ Results: benchmarks/RESULTS.md.
     python -m benchmarks.parallel sweeps/gpu-legal.yaml --ks 1,2,4,8 --gpus 0,1 --out results.json \\
         --set model.name=/path/to/SmolLM2.gguf
     python -m benchmarks.parallel sweeps/demo.yaml --ks 1,2 --workers --steps 4    # CPU smoke run
+    python -m benchmarks.parallel sweeps/gpu-legal.yaml --ks 8 --gpus 0,1,2,3 --pool   # each run on a warm pool
 
 Every trial has the same size: the search space is collapsed to one point (rank --rank, LR --lr, embedding ratio
 --ratio), each trial trains --steps steps of the sweep file's batch x sequence length and evaluates once at the
 end, with the sweep file's W&B logging. For each K, a fresh study on the first GPU of --gpus runs K x --waves
 trials through the same code path as ``cpt-harness sweep --gpus G --trials-per-gpu K``; then the best K runs on
 all of --gpus with (number of GPUs x K x --waves) trials. With --workers, K worker processes on the CPU instead.
+With --pool, each run's workers are a `cpt-harness pool` started for it and warm (imported) before the sweep is
+handed over, so no run pays the workers' import, staggered over 30-45 s with Unsloth, inside its span.
 
 Reported per run:
 - trials/hour = complete trials / (last trial's end - first trial's start) x 3600, from the study's own
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -59,6 +63,53 @@ def measure(config: str, overrides: list[str], label: str, k: int, gpus: list[in
     study = optuna.load_study(study_name=cfg.study.name, storage=cfg.study.storage)
     row = {"label": label, "k": k, "gpus": gpus, "workers": k * len(gpus or [0]), "n_trials": n_trials}
     return {**row, **summarize(study), "rc": rc, "wall_s": round(wall, 1)}
+
+
+def measure_pooled(config: str, overrides: list[str], label: str, k: int, gpus: list[int] | None,
+                   n_trials: int) -> dict:
+    """The same run handed to a warm pool (``--pool``): `cpt-harness pool` with these slots is started in a folder
+    of its own and its workers import the backend before the clock starts; then `cpt-harness sweep` hands it the
+    study, as a user with a running pool would. Its trials/hour has no workers' staggered start-up in it."""
+    import optuna
+
+    from cpt_harness import pool
+    from cpt_harness.config import load_config
+
+    overrides = overrides + [f"study.name=bench-{label}", f"study.n_trials={n_trials}"]
+    cfg = load_config(config, overrides)
+    folder = Path(tempfile.mkdtemp(prefix="cpt-bench-pool-"))
+    env = {**os.environ, pool.ENV_POOL: str(folder)}
+    slots = ["--gpus", ",".join(map(str, gpus)), "--trials-per-gpu", str(k)] if gpus else ["--workers", str(k)]
+    log = open(folder / "pool.out", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "cpt_harness", "pool", *slots, "--backend", cfg.backend], stdout=log,
+                            stderr=subprocess.STDOUT, env=env)
+    try:
+        workers, started = k * len(gpus or [0]), time.perf_counter()
+        while _imported(folder) < workers:
+            if proc.poll() is not None or time.perf_counter() - started > 600:
+                raise RuntimeError(f"the pool did not start {workers} workers: {(folder / 'pool.out').read_text()[-2000:]}")
+            time.sleep(1.0)
+        warm_s = time.perf_counter() - started
+        t0 = time.perf_counter()
+        rc = subprocess.run([sys.executable, "-m", "cpt_harness", "sweep", config,
+                             *[x for o in overrides for x in ("--set", o)]], env=env).returncode
+        wall = time.perf_counter() - t0
+    finally:
+        subprocess.run([sys.executable, "-m", "cpt_harness", "pool", "--stop"], env=env, capture_output=True)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    study = optuna.load_study(study_name=cfg.study.name, storage=cfg.study.storage)
+    row = {"label": label, "k": k, "gpus": gpus, "workers": workers, "n_trials": n_trials, "pool": True,
+           "pool_warm_up_s": round(warm_s, 1)}
+    return {**row, **summarize(study), "rc": rc, "wall_s": round(wall, 1)}
+
+
+def _imported(folder: Path) -> int:
+    """How many of the pool's workers have said they imported the backend (their logs' "imported in" lines)."""
+    return sum(1 for p in (folder / "logs").glob("*.log") for line in p.read_text().splitlines()
+               if line.startswith("[pool]") and "imported in" in line)
 
 
 def summarize(study) -> dict:
@@ -130,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ks", default="1,2,4,8", help="trials per GPU to measure on one GPU")
     p.add_argument("--gpus", default="0", help="GPUs; K runs use the first, the final run all of them")
     p.add_argument("--workers", action="store_true", help="CPU: K worker processes instead of K per GPU")
+    p.add_argument("--pool", action="store_true", help="each run on a warm `cpt-harness pool` started for it (its "
+                   "workers import the backend before the clock starts), as a user with a running pool has it")
     p.add_argument("--waves", type=int, default=2, help="trials per worker in each run")
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--rank", type=int, default=64)
@@ -167,17 +220,19 @@ def main(argv: list[str] | None = None) -> int:
             common.write_json(args.out, results)
 
     one = None if gpus is None else gpus[:1]
+    run = measure_pooled if args.pool else measure
+    suffix = "-pool" if args.pool else ""
     for k in ks:
-        record(measure(args.config, overrides, f"k{k}-{'cpu' if gpus is None else 'gpu1'}", k, one,
-                       k * args.waves))
+        record(run(args.config, overrides, f"k{k}-{'cpu' if gpus is None else 'gpu1'}{suffix}", k, one,
+                   k * args.waves))
     base = next((r for r in results["runs"] if r["k"] == 1 and r.get("trials_per_hour")), None)
     ok = [r for r in results["runs"] if r.get("trials_per_hour")]
     if not ok:
         return 1
     best = max(ok, key=lambda r: r["trials_per_hour"])
     if gpus and len(gpus) > 1:
-        record(measure(args.config, overrides, f"k{best['k']}-gpu{len(gpus)}", best["k"], gpus,
-                       len(gpus) * best["k"] * args.waves))
+        record(run(args.config, overrides, f"k{best['k']}-gpu{len(gpus)}{suffix}", best["k"], gpus,
+                   len(gpus) * best["k"] * args.waves))
     for r in results["runs"]:
         if base and r.get("trials_per_hour"):
             r["vs_k1_one_gpu"] = round(r["trials_per_hour"] / base["trials_per_hour"], 2)
