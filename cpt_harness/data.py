@@ -11,6 +11,7 @@ the block length.
 from __future__ import annotations
 
 import codecs
+import collections
 import contextlib
 import hashlib
 import itertools
@@ -673,8 +674,8 @@ def _workers(num_proc: int, **work):
         before = os.environ.get("TOKENIZERS_PARALLELISM")
         os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker, and no fork warning
         try:
-            with multiprocessing.get_context("fork").Pool(num_proc) as pool:
-                yield lambda fn, items: pool.imap(fn, items)
+            with _bounded_pool(num_proc) as pmap:
+                yield pmap
         finally:
             if before is None:
                 os.environ.pop("TOKENIZERS_PARALLELISM", None)
@@ -682,6 +683,38 @@ def _workers(num_proc: int, **work):
                 os.environ["TOKENIZERS_PARALLELISM"] = before
     finally:
         _WORK.clear()
+
+
+@contextlib.contextmanager
+def _bounded_pool(num_proc: int, timeout_s: float = 600.0):
+    """An ordered ``map`` over a forked pool with at most 2 x num_proc tasks handed out at a time, which the caller
+    may stop reading early (the held-out check stops once it has enough words). On the way out the tasks already
+    handed out finish and the pool is closed, never terminated: ``Pool.terminate`` while a worker is writing a
+    result larger than the pipe's buffer deadlocks (the worker holds the result queue's lock, the pool waits for
+    it), which ``Pool.imap`` with an early ``break`` did."""
+    pool = multiprocessing.get_context("fork").Pool(num_proc)
+    pending: collections.deque = collections.deque()
+
+    def pmap(fn, items):
+        items = iter(items)
+        pending.extend(pool.apply_async(fn, (item,)) for item in itertools.islice(items, 2 * num_proc))
+        while pending:
+            result = pending[0].get()
+            pending.popleft()
+            pending.extend(pool.apply_async(fn, (item,)) for item in itertools.islice(items, 1))
+            yield result
+
+    try:
+        yield pmap
+    finally:
+        deadline = time.monotonic() + timeout_s
+        for task in pending:
+            task.wait(max(0.0, deadline - time.monotonic()))
+        if all(task.ready() for task in pending):
+            pool.close()
+        else:  # a task still running after timeout_s (an interrupt, a hung worker): nothing left to wait for
+            pool.terminate()
+        pool.join()
 
 
 def _tokenize_range(bounds: tuple[int, int]) -> tuple[np.ndarray, int, np.ndarray]:

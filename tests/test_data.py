@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
 
 from cpt_harness import data
 from cpt_harness.config import DataConfig, DataSource
-from tests.conftest import builtin_docs
+from tests.conftest import ROOT, builtin_docs
 
 
 @pytest.fixture(scope="module")
@@ -278,3 +281,29 @@ def test_only_the_held_out_documents_that_can_be_evaluated_are_checked_and_the_e
         assert checked == 90
     else:
         assert 4 < checked < 90 and bounded.stats["contamination"]["dropped"] < every.stats["contamination"]["dropped"]
+
+
+def test_worker_results_left_unread_do_not_hang_the_pool():
+    """The held-out check stops reading its workers' results once it has enough words. Pool.imap left that way and
+    terminated deadlocked whenever a worker was writing a result larger than the pipe's buffer (a flaky hang of
+    this suite; 50 of 50 rounds below hung with it). The pool must close within seconds, in a subprocess here so
+    that a regression fails instead of hanging the suite."""
+    script = textwrap.dedent("""
+        import numpy as np
+        from cpt_harness import data
+
+        def big(i):
+            return [np.full(50_000, i, dtype=np.int64) for _ in range(20)]  # 8 MB a result
+
+        for stop in (0, 3, 10) * 5:
+            with data._workers(2) as pmap:
+                for k, result in enumerate(pmap(big, range(64))):
+                    assert int(result[0][0]) == k  # in order
+                    if k == stop:
+                        break
+        with data._workers(2) as pmap:
+            assert [int(r[0][0]) for r in pmap(big, range(9))] == list(range(9))
+        print("closed")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "closed" in proc.stdout, proc.stderr[-2000:]
