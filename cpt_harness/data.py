@@ -11,7 +11,6 @@ the block length.
 from __future__ import annotations
 
 import codecs
-import collections
 import contextlib
 import hashlib
 import itertools
@@ -23,6 +22,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import struct
 import sys
 import time
@@ -674,7 +674,7 @@ def _workers(num_proc: int, **work):
         before = os.environ.get("TOKENIZERS_PARALLELISM")
         os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker, and no fork warning
         try:
-            with _bounded_pool(num_proc) as pmap:
+            with _forked(num_proc) as pmap:
                 yield pmap
         finally:
             if before is None:
@@ -686,35 +686,74 @@ def _workers(num_proc: int, **work):
 
 
 @contextlib.contextmanager
-def _bounded_pool(num_proc: int, timeout_s: float = 600.0):
-    """An ordered ``map`` over a forked pool with at most 2 x num_proc tasks handed out at a time, which the caller
-    may stop reading early (the held-out check stops once it has enough words). On the way out the tasks already
-    handed out finish and the pool is closed, never terminated: ``Pool.terminate`` while a worker is writing a
-    result larger than the pipe's buffer deadlocks (the worker holds the result queue's lock, the pool waits for
-    it), which ``Pool.imap`` with an early ``break`` did."""
-    pool = multiprocessing.get_context("fork").Pool(num_proc)
-    pending: collections.deque = collections.deque()
-
-    def pmap(fn, items):
-        items = iter(items)
-        pending.extend(pool.apply_async(fn, (item,)) for item in itertools.islice(items, 2 * num_proc))
-        while pending:
-            result = pending[0].get()
-            pending.popleft()
-            pending.extend(pool.apply_async(fn, (item,)) for item in itertools.islice(items, 1))
-            yield result
-
+def _forked(num_proc: int):
+    """An ordered ``map`` over ``num_proc`` forked processes, each with a pipe of its own and at most two tasks
+    handed to it at a time, which the caller may stop reading early (the held-out check stops once it has enough
+    words). On the way out the workers are killed: they hold no lock that anything waits on. (``Pool.imap`` left
+    unread and terminated deadlocked whenever a worker was writing a result larger than the pipe's buffer, under
+    the result queue's lock.) A worker that dies (the OOM killer) is an error here, not a hang."""
+    ctx = multiprocessing.get_context("fork")
+    conns, procs = [], []
     try:
+        for _ in range(num_proc):
+            parent, child = ctx.Pipe()
+            procs.append(ctx.Process(target=_serve, args=(child,), daemon=True))
+            procs[-1].start()
+            child.close()
+            conns.append(parent)
+
+        def died(worker: int) -> DataError:
+            procs[worker].join(timeout=5)
+            return DataError(f"a data preparation worker died (exit code {procs[worker].exitcode}); with little "
+                             "memory, lower data.num_proc")
+
+        def pmap(fn, items):
+            items, sent, done = iter(items), 0, 0
+
+            def hand_out(n: int) -> None:
+                nonlocal sent
+                for item in itertools.islice(items, n):
+                    try:
+                        conns[sent % num_proc].send((fn, item))
+                    except (BrokenPipeError, ConnectionError):
+                        raise died(sent % num_proc) from None
+                    sent += 1
+
+            hand_out(2 * num_proc)
+            while done < sent:
+                try:
+                    ok, value = conns[done % num_proc].recv()
+                except (EOFError, ConnectionError):
+                    raise died(done % num_proc) from None
+                if not ok:
+                    raise value if isinstance(value, BaseException) else RuntimeError(value)
+                done += 1
+                hand_out(1)
+                yield value
+
         yield pmap
     finally:
-        deadline = time.monotonic() + timeout_s
-        for task in pending:
-            task.wait(max(0.0, deadline - time.monotonic()))
-        if all(task.ready() for task in pending):
-            pool.close()
-        else:  # a task still running after timeout_s (an interrupt, a hung worker): nothing left to wait for
-            pool.terminate()
-        pool.join()
+        for proc in procs:
+            proc.kill()
+        for proc in procs:
+            proc.join()
+        for conn in conns:
+            conn.close()
+
+
+def _serve(conn) -> None:
+    """A forked worker of ``_forked``: runs each (fn, item) it receives and sends back (ok, result or error)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it ends the workers
+    while True:
+        fn, item = conn.recv()
+        try:
+            result = (True, fn(item))
+        except Exception as e:  # noqa: BLE001 - handed to the parent, which raises it
+            result = (False, e)
+        try:
+            conn.send(result)
+        except Exception as e:  # noqa: BLE001 - an error that does not pickle
+            conn.send((False, f"{type(result[1]).__name__}: {result[1]}" if not result[0] else repr(e)))
 
 
 def _tokenize_range(bounds: tuple[int, int]) -> tuple[np.ndarray, int, np.ndarray]:

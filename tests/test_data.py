@@ -283,11 +283,12 @@ def test_only_the_held_out_documents_that_can_be_evaluated_are_checked_and_the_e
         assert 4 < checked < 90 and bounded.stats["contamination"]["dropped"] < every.stats["contamination"]["dropped"]
 
 
-def test_worker_results_left_unread_do_not_hang_the_pool():
+def test_data_workers_end_cleanly_however_their_results_are_left():
     """The held-out check stops reading its workers' results once it has enough words. Pool.imap left that way and
     terminated deadlocked whenever a worker was writing a result larger than the pipe's buffer (a flaky hang of
-    this suite; 50 of 50 rounds below hung with it). The pool must close within seconds, in a subprocess here so
-    that a regression fails instead of hanging the suite."""
+    this suite; 50 of 50 rounds below hung with it). The workers must end within seconds whether read to the end,
+    left unread, failed, killed or interrupted; in a subprocess here, so that a regression fails instead of
+    hanging the suite."""
     script = textwrap.dedent("""
         import numpy as np
         from cpt_harness import data
@@ -304,6 +305,41 @@ def test_worker_results_left_unread_do_not_hang_the_pool():
         with data._workers(2) as pmap:
             assert [int(r[0][0]) for r in pmap(big, range(9))] == list(range(9))
         print("closed")
+
+        # a worker's error is raised here, as itself; a worker that dies is an error, not a hang
+        def fails(i):
+            if i == 5:
+                raise ValueError("bad document 5")
+            return i
+
+        def dies(i):
+            if i == 5:
+                import os, signal
+                os.kill(os.getpid(), signal.SIGKILL)
+            return i
+
+        for fn, expected in ((fails, ValueError), (dies, data.DataError)):
+            try:
+                with data._workers(2) as pmap:
+                    list(pmap(fn, range(20)))
+            except expected as e:
+                print(f"raised {type(e).__name__}: {e}")
+
+        # Ctrl-C (the whole process group: the workers get it too) ends the pool at once
+        import os, signal, threading, time
+        start = time.monotonic()
+        threading.Timer(1.0, lambda: os.killpg(os.getpgrp(), signal.SIGINT)).start()
+        try:
+            with data._workers(2) as pmap:
+                for result in pmap(big, range(10**6)):
+                    time.sleep(0.01)
+        except KeyboardInterrupt:
+            print(f"interrupted after {time.monotonic() - start:.1f} s")
     """)
-    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          start_new_session=True)
     assert proc.returncode == 0 and "closed" in proc.stdout, proc.stderr[-2000:]
+    assert "raised ValueError: bad document 5" in proc.stdout
+    assert "raised DataError: a data preparation worker died (exit code -9)" in proc.stdout
+    seconds = float(proc.stdout.split("interrupted after ")[1].split(" s")[0])
+    assert seconds < 30, proc.stdout
