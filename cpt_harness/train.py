@@ -381,6 +381,8 @@ class MasterAdamW(torch.optim.AdamW):
         master = p.detach().float().requires_grad_(True)
 
         def to_master(weight: torch.Tensor) -> None:
+            if weight.grad is None:  # taken by another optimizer's hook on the same weight
+                return
             grad = weight.grad.float()
             master.grad = grad if master.grad is None else master.grad.add_(grad)
             weight.grad = None
