@@ -100,6 +100,7 @@ def measure_pooled(config: str, overrides: list[str], label: str, k: int, gpus: 
             proc.wait(timeout=120)
         except subprocess.TimeoutExpired:
             proc.kill()
+        log.close()
     study = optuna.load_study(study_name=cfg.study.name, storage=cfg.study.storage)
     row = {"label": label, "k": k, "gpus": gpus, "workers": workers, "n_trials": n_trials, "pool": True,
            "pool_warm_up_s": round(warm_s, 1)}

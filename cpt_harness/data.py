@@ -715,7 +715,7 @@ def _forked(num_proc: int):
                 for item in itertools.islice(items, n):
                     try:
                         conns[sent % num_proc].send((fn, item))
-                    except (BrokenPipeError, ConnectionError):
+                    except ConnectionError:  # BrokenPipeError among them
                         raise died(sent % num_proc) from None
                     sent += 1
 
@@ -752,8 +752,8 @@ def _serve(conn) -> None:
             result = (False, e)
         try:
             conn.send(result)
-        except Exception as e:  # noqa: BLE001 - an error that does not pickle
-            conn.send((False, f"{type(result[1]).__name__}: {result[1]}" if not result[0] else repr(e)))
+        except Exception as e:  # noqa: BLE001 - what does not pickle is sent as text
+            conn.send((False, repr(result[1] if not result[0] else e)))
 
 
 def _tokenize_range(bounds: tuple[int, int]) -> tuple[np.ndarray, int, np.ndarray]:
