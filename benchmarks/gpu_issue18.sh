@@ -5,8 +5,8 @@
 #   bash benchmarks/gpu_issue18.sh MODEL OUT          # MODEL: a local SmolLM2 .gguf; OUT e.g. runs/bench
 #   PHASES="masters" bash benchmarks/gpu_issue18.sh MODEL OUT
 #
-# PHASES, in this order (`touch runs/STOP` ends the run before the next phase). Default "masters scaling-pool",
-# what is left after block 4 (benchmarks/RESULTS.md); block 4 ran "throughput claims pool+parallel scaling":
+# PHASES, in this order (`touch runs/STOP` ends the run before the next phase). Default "masters scaling-pool
+# ktable-pool", what block 5 ran (benchmarks/RESULTS.md); block 4 ran "throughput claims pool+parallel scaling":
 #   masters        the harness with train.MasterAdamW against raw Unsloth, 1B shape, 3 repeats at once on GPUs 0-2;
 #                  tests/test_unsloth_backend.py on GPU 3 meanwhile (parity, audit dtypes).
 #   throughput     1B shape: 3 repeats at once on GPUs 0-2 of harness-unsloth, raw-unsloth, raw-unsloth-fp32emb and
@@ -21,11 +21,13 @@
 #   scaling2       the same on GPUs 0 and 1.
 #   scaling-pool   the scaling runs on warm pools (benchmarks.parallel --pool): K=8 on GPU 0, then GPUs 0-3; then
 #                  K=8 on GPU 0 and GPUs 0, 1 (each run's workers imported before its clock starts).
+#   ktable-pool    the K-trials-per-GPU table on warm pools, K = 1..8: K = 1 then 8 on GPU 0, 2 then 7 on GPU 1,
+#                  3 then 6 on GPU 2, 4 then 5 on GPU 3 (the four GPUs at once; about 5.5 minutes).
 # Result files are named CARD-DATE-* (CARD default h200; h200x4 for the 4-GPU scaling).
 set -u
 MODEL=$1
 OUT=$2
-PHASES=${PHASES:-masters scaling-pool}
+PHASES=${PHASES:-masters scaling-pool ktable-pool}
 CARD=${CARD:-h200}
 DATE=$(date -u +%F)
 mkdir -p "$OUT" runs
@@ -121,5 +123,16 @@ if has scaling-pool; then
   has scaling-pool && python3 -m benchmarks.parallel sweeps/gpu-legal.yaml --set "model.name=$MODEL" --ks 8 \
       --gpus 0,1 --pool --out "$OUT/${CARD}x2-$DATE-scaling-pool.json" >"$OUT/scaling2-pool.log" 2>&1
   say "scaling-pool: done"
+fi
+if has ktable-pool; then
+  say "ktable-pool: K=1..8 on warm pools, two K per GPU"
+  gpu=0
+  for ks in 1,8 2,7 3,6 4,5; do
+    python3 -m benchmarks.parallel sweeps/gpu-legal.yaml --set "model.name=$MODEL" --ks "$ks" --gpus "$gpu" --pool \
+        --out "$OUT/$CARD-$DATE-parallel-pool-k${ks/,/-}.json" >"$OUT/ktable-$gpu.log" 2>&1 &
+    gpu=$((gpu + 1))
+  done
+  wait
+  say "ktable-pool: done"
 fi
 say "all phases done"
