@@ -9,14 +9,16 @@ guidance's claims first, then the harness's own questions (replay), marked as su
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from cpt_harness.report_files import claims_of_the_guidance
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+
+import readme_block  # noqa: E402
+from cpt_harness.report_files import claims_of_the_guidance  # noqa: E402
+
 BEGIN, END = "<!-- claims-table:begin (scripts/readme_claims_table.py) -->", "<!-- claims-table:end -->"
 
 
@@ -41,25 +43,9 @@ def table() -> str:
     return "\n".join([BEGIN, *rows(), END])
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--check", action="store_true", help="exit 1 when README.md's table is not what the reports say")
-    args = p.parse_args()
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    if BEGIN not in text or END not in text:
-        print(f"README.md has no {BEGIN} ... {END} markers", file=sys.stderr)
-        return 2
-    head, rest = text.split(BEGIN, 1)
-    new = head + table() + rest.split(END, 1)[1]
-    if args.check:
-        if new != text:
-            print("README.md's claims table differs from reports/*/effects.json: run scripts/readme_claims_table.py",
-                  file=sys.stderr)
-            return 1
-        return 0
-    readme.write_text(new)
-    return 0
+def main(argv: list[str] | None = None) -> int:
+    return readme_block.main(argv, description=__doc__.split("\n")[0], begin=BEGIN, end=END, block=table,
+                             source="reports/*/effects.json", script="scripts/readme_claims_table.py")
 
 
 if __name__ == "__main__":

@@ -10,15 +10,15 @@ thresholds are written here.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
+import readme_block  # noqa: E402
 from benchmarks.medians import medians  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -241,29 +241,9 @@ def table() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--check", action="store_true", help="exit 1 when README.md's table is not what the results say")
-    args = p.parse_args(argv)
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    if BEGIN not in text or END not in text:
-        print(f"README.md has no {BEGIN} ... {END} markers", file=sys.stderr)
-        return 2
-    try:
-        new_table = table()
-    except (MissingResult, ValueError, KeyError) as e:
-        print(f"error: {e.__class__.__name__}: {e}", file=sys.stderr)
-        return 2
-    head, rest = text.split(BEGIN, 1)
-    new = head + new_table + rest.split(END, 1)[1]
-    if args.check:
-        if new != text:
-            print("README.md's performance table differs from benchmarks/results/: run scripts/readme_perf_table.py",
-                  file=sys.stderr)
-            return 1
-        return 0
-    readme.write_text(new)
-    return 0
+    return readme_block.main(argv, description=__doc__.split("\n")[0], begin=BEGIN, end=END, block=table,
+                             source="benchmarks/results/", script="scripts/readme_perf_table.py",
+                             errors=(MissingResult, ValueError, KeyError))
 
 
 if __name__ == "__main__":

@@ -106,3 +106,19 @@ def test_a_missing_result_file_is_named(tmp_path, monkeypatch, capsys):
         module.rows()
     assert module.main(["--check"]) == 2
     assert "no result file" in capsys.readouterr().err
+
+
+def test_a_stale_table_is_found_and_rewritten_in_place(tmp_path, monkeypatch, capsys):
+    module = _script()
+    readme = tmp_path / "README.md"
+    text = (ROOT / "README.md").read_text()
+    stale = text.replace("| **met** (", "| **not met** (", 1)
+    assert stale != text
+    readme.write_text(stale)
+    monkeypatch.setattr(module.readme_block, "README", readme)
+    assert module.main(["--check"]) == 1
+    assert "run scripts/readme_perf_table.py" in capsys.readouterr().err
+    assert readme.read_text() == stale  # --check writes nothing
+    assert module.main([]) == 0 and readme.read_text() == text  # only the block changes
+    readme.write_text(text.replace("<!-- perf-table:end -->", ""))
+    assert module.main(["--check"]) == 2 and "markers" in capsys.readouterr().err
