@@ -3,8 +3,9 @@
     python scripts/readme_perf_table.py           # rewrite the table between the markers in README.md
     python scripts/readme_perf_table.py --check   # exit 1 if README.md's table differs from the results
 
-One row per goal of issue 18, every figure computed from the JSON files in benchmarks/results/ (the throughput
-medians by benchmarks.medians, as `python -m benchmarks.medians` prints them); only the file names and the goals'
+One row per goal of issue 18, and "reported" rows for context (the harness before its fp32 masters, a cold start,
+scaling without a pool); every figure computed from the JSON files in benchmarks/results/ (the throughput medians
+by benchmarks.medians, as `python -m benchmarks.medians` prints them); only the file names and the goals'
 thresholds are written here.
 """
 
