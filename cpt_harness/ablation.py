@@ -109,7 +109,14 @@ def check(cfg: Config) -> list[str]:
         problems.append(f"ablation.factors: name at least one of {', '.join(FACTORS)}")
     if len(set(a.factors)) != len(a.factors):
         problems.append(f"ablation.factors: a factor is listed twice: {a.factors}")
-    if "embedding_lr_ratio" in a.factors and "embeddings" in a.factors:
+    if shared(cfg) and not a.learning_rates:
+        problems.append("ablation.design: shared is a frontier design: set ablation.learning_rates, e.g. "
+                        "[2.5e-4, 1e-3, 4e-3]")
+    if shared(cfg) and "embedding_lr_ratio" in a.factors and not any(
+            math.isclose(a.embedding_lr_ratio, r) for r in a.ratios):
+        problems.append(f"ablation.embedding_lr_ratio: {a.embedding_lr_ratio:g} must be one of ablation.ratios "
+                        f"{a.ratios} in the shared design (the default arm is a cell of every claim)")
+    if "embedding_lr_ratio" in a.factors and "embeddings" in a.factors and not shared(cfg):
         problems.append("ablation.factors: embedding_lr_ratio varies the LR of trained embeddings; it cannot be "
                         "crossed with embeddings (frozen arms have no embedding LR): run them as two ablations")
     if "replay" in a.factors:
@@ -160,9 +167,47 @@ class Arm:
         return ",".join(f"{f}={lv}" for f, lv in self.levels)
 
 
+def shared(cfg: Config) -> bool:
+    """The shared-arms design (ablation.design: shared): one default arm, every factor varied from it alone."""
+    return cfg.ablation.design == "shared"
+
+
+def default_levels(cfg: Config) -> dict[str, str]:
+    """The shared design's default arm: the guidance's advice on every factor, the ratio ablation.embedding_lr_ratio,
+    the LoRA scale that lora.use_rslora gives at ablation.rank (alpha/r at 64 under auto), no replay."""
+    a = cfg.ablation
+    rslora_on = cfg.lora.use_rslora is True or (cfg.lora.use_rslora == "auto" and a.rank > 64)
+    default = {"gate_proj": "in", "embeddings": "trained", "embedding_lr_ratio": f"{a.embedding_lr_ratio:g}",
+               "rank": str(a.rank), "rslora": "on" if rslora_on else "off", "replay": "off"}
+    return {n: default[n] for n in factor_names(cfg)}
+
+
 def arms(cfg: Config) -> list[Arm]:
     names = factor_names(cfg)
-    return [Arm(tuple(zip(names, combo))) for combo in itertools.product(*(levels(cfg, n) for n in names))]
+    if not shared(cfg):
+        return [Arm(tuple(zip(names, combo))) for combo in itertools.product(*(levels(cfg, n) for n in names))]
+    default = default_levels(cfg)
+    cells = [default]
+    for name in names:
+        if name not in ("rank", "rslora"):
+            cells += [{**default, name: lv} for lv in levels(cfg, name) if lv != default[name]]
+    if "rslora" in names:  # the four (rank, scaling) cells, one of which is the default
+        cells += [c for r in levels(cfg, "rank") for sc in ("off", "on")
+                  if (c := {**default, "rank": r, "rslora": sc}) != default]
+    return [Arm(tuple((n, c[n]) for n in names)) for c in cells]
+
+
+def claim_arms(cfg_or_design, factor: str) -> list[dict[str, str]]:
+    """Shared design: the arms a claim compares (the default and its own factor's other levels; rslora: its four
+    cells), as level dicts, from a design dict (``design``)."""
+    d = cfg_or_design
+    default, varied = d["default"], ("rank", "rslora") if factor == "rslora" else (factor,)
+    out = []
+    for name in d["arms"]:
+        lv = dict(pair.split("=", 1) for pair in name.split(","))
+        if all(lv[f] == default[f] for f in default if f not in varied):
+            out.append(lv)
+    return out
 
 
 def learning_rates(cfg: Config) -> list[float]:
@@ -266,6 +311,8 @@ def study_config(cfg: Config) -> Config:
     out.study.objective, out.study.pruner, out.study.pruner_options, out.study.enqueue = "pareto", "none", {}, []
     out.study.max_forgetting = out.study.prune_margin = None
     out.eval.test_fraction = 0.0
+    if out.train.schedule == "auto":  # every frontier point annealed: arms compared like with like
+        out.train.schedule = "wsd"
     return out
 
 
@@ -274,7 +321,8 @@ def design(cfg: Config) -> dict:
     a = cfg.ablation
     out = {"factors": {f: list(levels(cfg, f)) for f in factor_names(cfg)}, "seeds": a.seeds,
            "arms": [arm.name for arm in arms(cfg)],
-           "fixed": {"rank": a.high_rank if "rslora" in a.factors else a.rank, "learning_rate": a.learning_rate,
+           "fixed": {"rank": a.high_rank if "rslora" in a.factors and not shared(cfg) else a.rank,
+                     "learning_rate": a.learning_rate,
                      "embedding_lr_ratio": a.embedding_lr_ratio}}
     if "replay" in a.factors and cfg.data.replay is not None:  # forgetting is judged on the other general corpora
         from cpt_harness.data import corpus_names, replayed_corpora
@@ -285,6 +333,9 @@ def design(cfg: Config) -> dict:
     if a.learning_rates:  # the frontier design; without it the stored design stays as fixed-LR studies have it
         out["learning_rates"] = learning_rates(cfg)
         del out["fixed"]["learning_rate"]
+    if shared(cfg):  # only then: the factorial studies keep their design (and fingerprint)
+        out.update(design="shared", default=default_levels(cfg), lr_extend=a.lr_extend,
+                   max_learning_rates=a.max_learning_rates)
     return {"kind": "ablation", "design": out}
 
 
@@ -307,14 +358,25 @@ class AblationPlan:
         a = t.user_attrs
         return a.get("arm"), a.get("seed"), (a.get("lr") if self.grid else self.lrs[0])
 
+    def grids(self, trials) -> dict[str, list[float]]:
+        """Each arm's LR grid: ablation.learning_rates, extended (``extend_grid``) where the runs so far put the
+        arm's best LR at an edge."""
+        if not self.grid or self.cfg.ablation.lr_extend <= 1:
+            return {arm.name: self.lrs for arm in self.arms}
+        runs = done_runs(trials)
+        return {arm.name: extend_grid(self.lrs, runs.get(arm.name, {}), self.seeds, self.cfg.ablation.lr_extend,
+                                      self.cfg.ablation.max_learning_rates) for arm in self.arms}
+
     def claim(self, study) -> Claim:
         from optuna.trial import TrialState
 
         from cpt_harness import trials as protocol
 
         trials = study.get_trials(deepcopy=False)
-        complete = {self._key(t) for t in trials if t.state == TrialState.COMPLETE}
-        wanted = [(arm, seed, lr) for seed in self.seeds for lr in self.lrs for arm in self.arms]
+        complete = {self._key(t) for t in trials if t.state == TrialState.COMPLETE or _diverged(t)}
+        grids = self.grids(trials)
+        wanted = [(arm, seed, lr) for seed in self.seeds for lr in sorted({x for g in grids.values() for x in g})
+                  for arm in self.arms if lr in grids[arm.name]]
         if all((arm.name, s, lr) in complete for arm, s, lr in wanted):
             return protocol.DONE
         if any(t.state == TrialState.WAITING for t in trials):
@@ -332,3 +394,51 @@ class AblationPlan:
     def config_for(self, trial) -> Config:
         attrs = trial.user_attrs
         return arm_config(self.cfg, self.by_name[attrs["arm"]], attrs["seed"], attrs.get("lr"))
+
+
+# ------------------------------------------------------------------------------------------ LR grid extension
+
+
+def _diverged(t) -> bool:
+    """A trial whose loss diverged (errors.Diverged): in an LR grid, a result that the LR is too high, run once."""
+    return t.state.name == "FAIL" and bool(t.user_attrs.get("diverged"))
+
+
+def done_runs(trials) -> dict[str, dict[float, dict[int, float]]]:
+    """arm -> LR -> seed -> final domain gain of every trial that ran to its end (-inf where it diverged)."""
+    out: dict[str, dict[float, dict[int, float]]] = {}
+    for t in trials:
+        a = t.user_attrs
+        if "arm" not in a or "lr" not in a or not (t.state.name == "COMPLETE" or _diverged(t)):
+            continue
+        gain = -math.inf if _diverged(t) else a.get("domain_gain", -math.inf)
+        out.setdefault(a["arm"], {}).setdefault(a["lr"], {})[a["seed"]] = gain
+    return out
+
+
+def _lr(x: float) -> float:
+    return float(f"{x:.6g}")  # an extension's LR, written the same way by every worker
+
+
+def best_grid_lr(grid: list[float], runs: dict[float, dict[int, float]], seeds) -> float | None:
+    """The grid's LR with the highest mean final domain gain over the seeds that ran every LR of it (ties: the
+    lower LR; a diverged run's gain is -inf); None until one seed has."""
+    complete = [s for s in seeds if all(s in runs.get(lr, {}) for lr in grid)]
+    if not complete:
+        return None
+    means = {lr: sum(runs[lr][s] for s in complete) / len(complete) for lr in grid}
+    return max(grid, key=lambda lr: (means[lr], -lr))
+
+
+def extend_grid(grid: list[float], runs: dict[float, dict[int, float]], seeds, factor: float,
+                max_lrs: int) -> list[float]:
+    """One arm's grid: ``grid`` and, while its best LR (``best_grid_lr``) sits at an edge, the next LR beyond that
+    edge (x factor up, / factor down), until the best is inside, the grid holds ``max_lrs`` LRs, or the seeds have
+    not yet run the newest LR. A diverged LR is never best, so it brackets the one below it."""
+    grid = sorted(grid)
+    while len(grid) < max_lrs:
+        best = best_grid_lr(grid, runs, seeds)
+        if best is None or grid[0] < best < grid[-1]:
+            break
+        grid = sorted(grid + [_lr(best * factor if best == grid[-1] else best / factor)])
+    return grid

@@ -194,6 +194,21 @@ class TrainConfig:
     grad_accum: int = _help("Micro-batches per optimizer step.", 1)
     warmup_ratio: float = _help("Fraction of the steps spent warming the LR up; then cosine decay to 0.", 0.05)
     eval_every: int = _help("Evaluate domain and general loss every N steps (and at the end).", 50)
+    eval_steps: list[int] | None = _help(
+        "Evaluate at exactly these steps (max_steps is always added); when set, takes the place of eval_every and "
+        "eval_schedule.", None)
+    eval_schedule: Literal["every", "log"] = _help(
+        "every: eval_every; log: train.eval_points distinct steps spaced geometrically from step 1 to max_steps "
+        "(rounded, de-duplicated and topped up with the smallest unused steps), so the early, steep part of a run is "
+        "measured rather than interpolated. log takes the place of eval_every.", "every")
+    eval_points: int = _help("With eval_schedule: log, how many eval steps (at most max_steps).", 6)
+    schedule: Literal["auto", "cosine", "wsd"] = _help(
+        "The LR schedule. cosine: warmup, then cosine decay to 0 at max_steps. wsd (warmup-stable-decay): warmup, "
+        "then the stable LR for max_steps; at every eval step k a decay branch copies the training state, trains "
+        "max(1, round(decay_fraction x k)) more steps on the batches the run would see next with the LR decayed "
+        "linearly to 0, is evaluated and discarded (data position and RNG restored): every eval point is the end "
+        "of a complete, annealed schedule of its own length. auto: wsd in `ablate`, cosine elsewhere.", "auto")
+    decay_fraction: float = _help("wsd: each decay branch's length as a fraction of its step k.", 0.2)
     weight_decay: float = _help("AdamW weight decay (LoRA group; embeddings get none).", 0.0)
     max_grad_norm: float = _help("Gradient clipping norm; 0 turns it off.", 1.0)
     gradient_checkpointing: Union[bool, Literal["auto"]] = _help(
@@ -312,7 +327,23 @@ class AblationConfig:
         "ablation.learning_rate (verdicts at one LR, where an arm that learns less also forgets less).", None)
     ratios: list[float] = _help(
         "embedding_lr_ratio factor with learning_rates: its levels (a dose-response; outside [0.1, 0.5] through the "
-        "rule's opt-out).", factory=lambda: [0.03, 0.1, 0.5, 1.0])
+        "rule's opt-out). In the shared design ablation.embedding_lr_ratio must be one of them.",
+        factory=lambda: [0.05, 0.2, 1.0])
+    design: Literal["factorial", "shared"] = _help(
+        "factorial: every combination of the factors' levels. shared (needs learning_rates): one default arm (gate_proj "
+        "in, embeddings trained at ablation.embedding_lr_ratio, the LoRA scale lora.use_rslora gives at ablation.rank, "
+        "no replay) and, per factor, its other levels one at a time (rslora: the four (rank, scaling) cells), so "
+        "every claim of the guidance is judged in one study against the same default runs.", "factorial")
+    lr_extend: float = _help(
+        "Frontier designs: where an arm's best LR (highest mean final domain gain over its complete seeds) is at an "
+        "edge of its grid, the grid is extended on that side by this factor and the new LR run for the arm's seeds, "
+        "until the best LR is inside, the new LR diverges, or the arm has max_learning_rates LRs. 1 or less: never.",
+        4.0)
+    max_learning_rates: int = _help("Frontier designs: the most LRs an arm's grid grows to (ablation.lr_extend).", 6)
+    match_levels: list[float] = _help(
+        "Frontier designs: the levels each claim's effect is computed at, as fractions of the largest level every arm "
+        "reaches in every seed, declared before the data; a verdict holds only where every level agrees. Not part "
+        "of the study's fingerprint.", factory=lambda: [0.25, 0.5, 0.75, 1.0])
     min_effect: float = _help(
         "The smallest effect that matters (nats; 0.01 is about 1% perplexity): a claim whose 90% interval lies "
         "within +-min_effect is NEGLIGIBLE. Not part of the study's fingerprint.", 0.01)
@@ -640,6 +671,10 @@ LIMITS: list[tuple[str, Callable[[Any], bool], str]] = [
     ("train.grad_accum", lambda v: v > 0, "must be > 0"),
     ("train.eval_every", lambda v: v > 0, "must be > 0"),
     ("train.warmup_ratio", lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    ("train.eval_points", lambda v: v >= 1, "must be >= 1"),
+    ("train.eval_steps", lambda v: v is None or (len(v) > 0 and all(isinstance(s, int) and s >= 1 for s in v)),
+     "must be a non-empty list of steps >= 1, e.g. [10, 50, 200], or null"),
+    ("train.decay_fraction", lambda v: 0 < v <= 1, "must be in (0, 1]"),
     ("train.weight_decay", lambda v: v >= 0, "must be >= 0"),
     ("train.max_grad_norm", lambda v: v >= 0, "must be >= 0 (0: no clipping)"),
     ("train.time_limit_s", lambda v: v is None or v > 0, "must be > 0 or null"),
@@ -660,6 +695,9 @@ LIMITS: list[tuple[str, Callable[[Any], bool], str]] = [
     ("ablation.learning_rate", lambda v: v > 0, "must be > 0"),
     ("ablation.embedding_lr_ratio", lambda v: v > 0, "must be > 0"),
     ("ablation.min_effect", lambda v: v >= 0, "must be >= 0 (nats)"),
+    ("ablation.max_learning_rates", lambda v: v >= 2, "must be >= 2"),
+    ("ablation.match_levels", lambda v: len(v) > 0 and all(0 < x <= 1 for x in v),
+     "must be a non-empty list of fractions in (0, 1], e.g. [0.25, 0.5, 0.75, 1.0]"),
 ]
 
 

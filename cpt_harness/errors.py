@@ -80,5 +80,10 @@ class TrialFailed(HarnessError):
     """A trial that cannot finish: diverged, over its time limit, failed its audit. The message is the reason."""
 
 
+class Diverged(TrialFailed):
+    """The loss went non-finite or exploded. In an ablation's LR grid this is a result (the LR is too high), not a
+    failure: the trial is marked ``diverged`` and its (arm, seed, LR) counts as run."""
+
+
 class AuditError(TrialFailed):
     """The trainable parameters or optimizer groups are not what the trial's settings say."""

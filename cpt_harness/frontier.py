@@ -234,6 +234,23 @@ def interaction(runs: Sequence[Run], a: str, a_levels: tuple[str, str], b: str,
                        cells)
 
 
+def interaction_at(runs: Sequence[Run], axis: str, level: float, a: str, a_levels: tuple[str, str], b: str,
+                   b_levels: tuple[str, str]) -> dict[int, float]:
+    """The 2 × 2 interaction on the frontier: per seed, (m[a1, b1] − m[a0, b1]) − (m[a1, b0] − m[a0, b0]) with
+    m a cell's envelope over its LRs at the matched ``level`` (axis "forgetting": gain at matched forgetting).
+    Only seeds where all four cells reach the level."""
+    (a0, a1), (b0, b1) = a_levels, b_levels
+    cells: dict[tuple, list[Run]] = defaultdict(list)
+    for r in runs:
+        cells[(r.seed, r.levels.get(a), r.levels.get(b))].append(r)
+    out = {}
+    for seed in sorted({r.seed for r in runs}):
+        m = {(x, y): envelope(cells.get((seed, x, y), []), axis, level) for x in (a0, a1) for y in (b0, b1)}
+        if level > 0 and all(v is not None for v in m.values()):
+            out[seed] = (m[(a1, b1)] - m[(a0, b1)]) - (m[(a1, b0)] - m[(a0, b0)])
+    return out
+
+
 # ------------------------------------------------------------------------------------------ dose–response
 
 

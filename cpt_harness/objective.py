@@ -19,6 +19,7 @@ from optuna import TrialPruned
 from cpt_harness import checkpointing, evals, pruning, search_space
 from cpt_harness.config import Config
 from cpt_harness.data import Corpora
+from cpt_harness.errors import Diverged
 from cpt_harness.tracking import artifact_name
 from cpt_harness.urls import redact, redact_tree
 
@@ -55,6 +56,8 @@ class Objective:
         except BaseException as e:  # whatever failed, the trial says why, and so does its W&B run
             reason = "interrupted (Ctrl-C)" if isinstance(e, KeyboardInterrupt) else _reason(e)
             trial.set_user_attr("fail_reason", reason)
+            if isinstance(e, Diverged):
+                trial.set_user_attr("diverged", True)
             _write_error(trial_dir, e)
             ctx.tracker.summary({"fail_reason": reason})
             ctx.tracker.finish(failed=True)

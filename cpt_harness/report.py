@@ -107,13 +107,22 @@ def timing_table(study) -> str:
     return "\n".join(lines)
 
 
-def effects_text(study, min_effect: float = 0.01) -> str:
+def effects_text(study, min_effect: float = 0.01, match_levels: list[float] | None = None) -> str:
     """The ablation's verdicts and paired effects, for the terminal."""
     from cpt_harness import ablation, claims
 
     design = study.user_attrs.get("design")
     if not design:
         return ""
+    if design.get("design") == "shared":  # every claim over a grid of match levels
+        from cpt_harness import levels
+
+        judged = levels.study_verdicts(study, min_effect, match_levels or [0.25, 0.5, 0.75, 1.0])
+        head = ("verdicts over the match levels on the learning-forgetting frontier (seed noise only; the report adds "
+                "the document bootstrap)")
+        if judged.partial:
+            head += f"; seeds {judged.partial} are incomplete and left out"
+        return head + ":\n" + "\n".join(f"  {r.label:<15} {r.spec.factor:<19} {r.holds}" for r in judged.results)
     if "learning_rates" in design:  # the frontier design: one verdict per claim (the report adds the bootstrap)
         judged = claims.study_verdicts(study, min_effect)
         results = judged.results

@@ -164,6 +164,14 @@ def accepted_fingerprints(cfg: Config, extra: dict | None = None) -> set[str]:
 def space_payload(cfg: Config, extra: dict | None = None) -> dict[str, Any]:
     """What ``space_fingerprint`` hashes, kept on the study so that a refused resume can name the key."""
     train = {k: v for k, v in asdict(cfg.train).items() if k not in SPEED_ONLY}
+    # The schedule and eval-step keys only where they differ from what studies before them did (cosine, eval_every):
+    # those studies keep their fingerprint.
+    if cfg.train.schedule in ("auto", "cosine"):
+        del train["schedule"], train["decay_fraction"]
+    if cfg.train.eval_steps is None:
+        del train["eval_steps"]
+    if cfg.train.eval_schedule == "every":
+        del train["eval_schedule"], train["eval_points"]
     payload = {
         # replay only when set: studies run before it keep their fingerprint
         "search": {k: v for k, v in asdict(cfg.search).items() if k != "replay_fraction" or v is not None},

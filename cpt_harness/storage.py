@@ -25,6 +25,7 @@ from cpt_harness import search_space, urls
 from cpt_harness.cache import locked
 from cpt_harness.config import Config, ConfigError, StudyConfig
 from cpt_harness.errors import StudyMismatch
+from cpt_harness.schedule import eval_steps
 from cpt_harness.urls import StorageError
 
 DIRECTIONS = {"pareto": ["minimize", "minimize"], "constrained": ["minimize"]}
@@ -191,7 +192,7 @@ def make_sampler(s: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
 def pruner_kwargs(cfg: Config) -> dict[str, Any]:
     """The pruner's constructor arguments. Steps are training steps and a trial reports at each eval checkpoint,
     so successive halving and hyperband start their first rung at the first checkpoint."""
-    first = min(cfg.train.eval_every, cfg.train.max_steps)
+    first = eval_steps(cfg.train)[0]
     defaults = {"successive_halving": {"min_resource": first},
                 "hyperband": {"min_resource": first, "max_resource": cfg.train.max_steps}}.get(cfg.study.pruner, {})
     cls = getattr(optuna.pruners, PRUNERS[cfg.study.pruner])

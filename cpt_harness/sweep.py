@@ -171,7 +171,7 @@ def run_ablation(cfg: Config, log=print) -> Session:
     session = setup(acfg, log=log, study_attrs=ablation.design(cfg))
     work(session, log=log, plan=ablation.AblationPlan(acfg))
     log(report.table(session.study, session.base))
-    log(report.effects_text(session.study, cfg.ablation.min_effect))
+    log(report.effects_text(session.study, cfg.ablation.min_effect, cfg.ablation.match_levels))
     return session
 
 
@@ -255,7 +255,7 @@ def work(session: Session, target: int | None = None, log=print, label: str | No
         log(report.trial_line(finished))
         if cfg.study.keep_adapters == "pareto" and plan.job_type == "trial":
             prune_adapters(study, study_dir)
-        if finished.state == TrialState.FAIL:
+        if finished.state == TrialState.FAIL and not (plan.job_type == "ablation" and finished.user_attrs.get("diverged")):
             failures += 1
             if failures >= cfg.study.max_failures:
                 raise SweepAborted(f"{failures} trials failed in this run (study.max_failures="

@@ -6,6 +6,7 @@ backends is the backend's and nothing else's.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 import zlib
@@ -21,9 +22,10 @@ import torch
 from cpt_harness import audit as audit_mod
 from cpt_harness import metrics as metrics_mod
 from cpt_harness import resume
-from cpt_harness.config import Config
+from cpt_harness.schedule import decay_steps, eval_steps, schedule
+from cpt_harness.config import Config, TrainConfig
 from cpt_harness.data import Corpora, DataError, replayed_corpora
-from cpt_harness.errors import TrialFailed
+from cpt_harness.errors import Diverged, TrialFailed
 from cpt_harness.evals import Evals
 from cpt_harness.modules import classify, embedding_module_names
 from cpt_harness.search_space import TrialParams
@@ -112,13 +114,16 @@ def evaluate(model, blocks: np.ndarray, batch_size: int, device, autocast) -> fl
     return total / count
 
 
-def lr_lambda(max_steps: int, warmup_ratio: float) -> Callable[[int], float]:
-    """Linear warmup over ``warmup_ratio`` of the steps, then cosine decay to zero."""
+def lr_lambda(max_steps: int, warmup_ratio: float, schedule: str = "cosine") -> Callable[[int], float]:
+    """Linear warmup over ``warmup_ratio`` of the steps, then cosine decay to zero (``schedule`` "cosine") or the
+    stable LR to the end ("wsd": the decay happens in each eval point's branch, ``decay_branch``)."""
     warmup = int(round(warmup_ratio * max_steps))
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / (warmup + 1)
+        if schedule == "wsd":
+            return 1.0
         progress = (step - warmup) / max(1, max_steps - warmup)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
@@ -297,7 +302,8 @@ def run_trial(backend, model_path: str, cfg: Config, params: TrialParams, corpor
                                  params.learning_rate)
     with timer("log"):
         tracker.log_audit(record)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.train.max_steps, cfg.train.warmup_ratio))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(cfg.train.max_steps, cfg.train.warmup_ratio, schedule(cfg.train)))
     evaluation = Evaluation(backend, model_path, cfg, corpora)
     try:
         stream = training_batches(corpora, params, cfg.train.batch_size, cfg.train.seed)
@@ -461,6 +467,7 @@ def _loop(model, optimizer, scheduler, backend, cfg: Config, evaluation: Evaluat
     elif cfg.lora.init_adapter:  # where the adapter starts: what this continuation adds is measured from here
         curve.append(_eval_point(evaluation, model, 0, 0, tracker, timer, base))
     log_every = max(1, t.max_steps // 50)
+    points, wsd = set(eval_steps(t)), schedule(t) == "wsd"
     trainable = optimized(optimizer)  # the masters hold the gradients of weights that have one
     started = time.perf_counter() - (resumed.elapsed_s if resumed is not None else 0.0)
     for step in range(done + 1, t.max_steps + 1):
@@ -481,8 +488,13 @@ def _loop(model, optimizer, scheduler, backend, cfg: Config, evaluation: Evaluat
                 tracker.log({"train/loss": step_loss, "train/lr": scheduler.get_last_lr()[0],
                              "train/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
                              "tokens_seen": tokens_seen, "step": step})
-        if step % t.eval_every == 0 or step == t.max_steps:
-            curve.append(_eval_point(evaluation, model, step, tokens_seen, tracker, timer, base))
+        if step in points:
+            if wsd:
+                curve.append(decay_branch(model, optimizer, stream, backend, t, trainable, step, tokens_seen,
+                                          first_loss, lambda tokens: _eval_point(evaluation, model, step, tokens,
+                                                                                 tracker, timer, base), timer))
+            else:
+                curve.append(_eval_point(evaluation, model, step, tokens_seen, tracker, timer, base))
             if checkpoint is not None and (stopped := checkpoint(curve[-1])) is not None:
                 break
         if saver is not None and saver.due(step, t.max_steps):
@@ -498,12 +510,53 @@ def _loop(model, optimizer, scheduler, backend, cfg: Config, evaluation: Evaluat
                               f"at step {step}/{t.max_steps}")
     final = curve[-1]
     train_time = timer.totals["train"]
-    metrics = {**{k: v for k, v in final.items() if k not in ("step", "tokens_seen")},
+    metrics = {**{k: v for k, v in final.items() if k not in ("step", "tokens_seen", "decay_steps")},
                "train_loss": step_loss, "tokens_seen": tokens_seen, "train_time_s": train_time,
                "tokens_per_s": tokens_seen / train_time if train_time > 0 else float("nan")}
+    if wsd:  # what the annealed points cost beyond the run itself (the report's header sums it)
+        metrics["decay_steps_total"] = sum(p.get("decay_steps", 0) for p in curve)
+        metrics["branch_time_s"] = timer.totals["branch"]
     if cfg.lora.init_adapter:
         metrics.update(from_start(curve[0], final))
     return TrialResult(metrics=metrics, curve=curve, audit={}, timings={}, stopped=stopped)
+
+
+class _Fixed:
+    """A scheduler that leaves the LRs as the caller set them (a decay branch sets them step by step)."""
+
+    @staticmethod
+    def step() -> None:
+        pass
+
+
+def decay_branch(model, optimizer, stream, backend, t: TrainConfig, trainable: list, step: int, tokens_seen: int,
+                 first_loss: float, evaluate_at: Callable[[int], dict], timer: Timer) -> dict:
+    """wsd's annealed eval point at ``step``: from a copy of the training state (trainable weights, optimizer with
+    its fp32 masters and LRs, data position, RNG), train ``decay_steps`` more steps on the batches the run would see
+    next with the LR decayed linearly from where the run is to 0 (step j of d at (d - j) / (d + 1) of it: neither
+    end's value, which would be a wasted step or no decay), evaluate, and put everything back. The point is the
+    end of a complete schedule of step + d steps, the same as a wsd run of max_steps = step would end with.
+    The main run then goes on as if the branch had not happened."""
+    d = decay_steps(t, step)
+    saved = {"trainable": {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad},
+             "optimizer": copy.deepcopy(optimizer.state_dict()), "stream": copy.deepcopy(stream.state_dict()),
+             "rng": resume.rng_state()}
+    start = [g["lr"] for g in optimizer.param_groups]  # what the run's next step would take
+    tokens = tokens_seen
+    with timer("branch", sync=False):
+        for j in range(d):
+            for g, lr in zip(optimizer.param_groups, start):
+                g["lr"] = lr * (d - j) / (d + 1)
+            micro = [next(stream).to(backend.device, non_blocking=True) for _ in range(t.grad_accum)]
+            loss, _ = train_step(model, optimizer, _Fixed, micro, backend.autocast, trainable, t.max_grad_norm)
+            tokens += sum(x.numel() for x in micro)
+            _check_divergence(step + j + 1, loss.item(), first_loss, t.divergence_factor)
+    point = {**evaluate_at(tokens), "decay_steps": d}
+    resume.load_trainable(model, saved["trainable"])
+    optimizer.load_state_dict(saved["optimizer"])  # its LRs too; MasterAdamW copies its masters back into the model
+    stream.load_state_dict(saved["stream"])
+    resume.set_rng_state(saved["rng"])
+    return point
 
 
 def train_step(model, optimizer, scheduler, micro: list[torch.Tensor], autocast, trainable: list,
@@ -552,9 +605,9 @@ def from_start(start: dict[str, float], final: dict[str, float]) -> dict[str, fl
 
 def _check_divergence(step: int, loss: float, first: float, factor: float) -> None:
     if not math.isfinite(loss):
-        raise TrialFailed(f"loss is {loss} at step {step}: training diverged (lower the learning rate)")
+        raise Diverged(f"loss is {loss} at step {step}: training diverged (lower the learning rate)")
     if loss > factor * first:
-        raise TrialFailed(f"loss exploded at step {step}: {loss:.3f} > {factor:g} x first loss {first:.3f} "
+        raise Diverged(f"loss exploded at step {step}: {loss:.3f} > {factor:g} x first loss {first:.3f} "
                           "(lower the learning rate or raise train.divergence_factor)")
 
 

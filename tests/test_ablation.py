@@ -283,7 +283,8 @@ def test_rslora_ablation_report_states_each_arms_lora_scale(tiny_overrides, tmp_
 
 def test_lr_crossed_ablation_end_to_end_and_its_frontier_report(tiny_overrides, tmp_path, capsys):
     sets = _sets(tiny_overrides + ["ablation.factors=[gate_proj]", "ablation.seeds=3",
-                                   "ablation.learning_rates=[1e-3, 4e-3]", "ablation.min_effect=0.001"])
+                                   "ablation.learning_rates=[1e-3, 4e-3]", "ablation.min_effect=0.001",
+                                   "ablation.lr_extend=1", "train.schedule=cosine"])
     assert main(["ablate", DEMO] + sets) == 0
     study = optuna.load_study(study_name="tiny-ablation", storage=f"sqlite:///{tmp_path}/study.db")
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
@@ -353,6 +354,7 @@ def test_seeds_with_a_missing_arm_or_lr_are_left_out_of_the_frontier():
 def test_rank_x_rslora_frontier_ablation_runs_every_arm_at_its_rank(tiny_overrides, tmp_path):
     sets = _sets(tiny_overrides + ["ablation.factors=[rslora]", "ablation.rank=4", "ablation.high_rank=16",
                                    "ablation.seeds=2", "ablation.learning_rates=[1e-3, 4e-3]", "train.max_steps=3",
+                                   "ablation.lr_extend=1",
                                    "train.eval_every=3"])
     assert main(["ablate", DEMO] + sets) == 0
     study = optuna.load_study(study_name="tiny-ablation", storage=f"sqlite:///{tmp_path}/study.db")
@@ -385,7 +387,8 @@ def test_replay_ablation_judges_forgetting_on_the_general_text_not_replayed(tiny
         load_config(DEMO, tiny_overrides + replay + ["ablation.factors=[replay]",
                                                      "search.replay_fraction={low: 0, high: 0.5}"])
     sets = _sets(tiny_overrides + replay + ["ablation.factors=[replay]", "ablation.seeds=2", "eval.max_tokens=2048",
-                                            "ablation.learning_rates=[1e-3, 4e-3]", "ablation.min_effect=0.001"])
+                                            "ablation.learning_rates=[1e-3, 4e-3]", "ablation.min_effect=0.001",
+                                   "ablation.lr_extend=1", "train.schedule=cosine"])
     assert main(["ablate", DEMO] + sets) == 0
     study = optuna.load_study(study_name="tiny-ablation", storage=f"sqlite:///{tmp_path}/study.db")
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
