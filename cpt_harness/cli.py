@@ -395,7 +395,11 @@ def _report(cfg, out: str | None, ablation: bool) -> int:
         from cpt_harness import confirm
 
         print("\n" + confirm.summary_line(confirm.recommend(study, cfg.study.max_forgetting, confirm.load_study(cfg))))
-    path = report_files.write(study, cfg, Path(out) if out else Path("reports") / name)
+    shared = (study.user_attrs.get("design") or {}).get("design") == "shared"
+    if shared:  # every claim over a grid of match levels
+        from cpt_harness import levels_report
+    path = report_files.write(study, cfg, Path(out) if out else Path("reports") / name,
+                              levels_report.sections if shared else None)
     print(f"\nreport: {path} (and report.html, figures)")
     report_files.log_summary_run(study, cfg, path.parent)
     return 0

@@ -715,6 +715,7 @@ def _rules() -> list[tuple[tuple[str, ...], Callable[[Config], list[str]]]]:
 
     return [((key,), _limit(key, holds, what)) for key, holds, what in LIMITS] + [
         (("study.grace_period", "study.heartbeat_interval"), _check_grace_period),
+        (("train.eval_steps", "train.max_steps"), _check_eval_steps),
         (("study.objective", "study.max_forgetting", "study.pruner"), _check_objective),
         (("study.sampler", "study.sampler_options", "study.n_trials"), lambda c: storage.sampler_problems(c)),
         (("study.pruner", "study.pruner_options", "train.eval_every", "train.max_steps"),
@@ -752,6 +753,13 @@ def _check_weights_only_in_domain(cfg: Config) -> list[str]:
         keyed.append(("data.replay.source", cfg.data.replay.source))
     return [f"{key}.weight: a weight mixes the sources of a data.domain list; {src.path} here is not one (remove "
             "the weight)" for key, src in keyed if src.weight is not None]
+
+
+def _check_eval_steps(cfg: Config) -> list[str]:
+    steps, n = cfg.train.eval_steps, cfg.train.max_steps
+    late = [s for s in steps or [] if isinstance(s, int) and s > n]
+    return [f"train.eval_steps: {late} beyond train.max_steps ({n}); list steps up to it (max_steps is always "
+            "evaluated)"] if late else []
 
 
 def _check_grace_period(cfg: Config) -> list[str]:

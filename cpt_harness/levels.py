@@ -195,7 +195,8 @@ def judge(results: list[LevelResult], docs: dict | None = None, replicates: int 
     flat = [(r, e) for r in results for e in r.levels]
     if docs is not None:
         for r, e in flat:
-            e.var_boot = frontier.bootstrap_var(*docs[r.spec.factor], e.statistic, replicates)
+            if len(e.per_seed) >= 2:  # no effect, no variance to add
+                e.var_boot = frontier.bootstrap_var(*docs[r.spec.factor], e.statistic, replicates)
     verdicts = stats.verdicts([stats.Claim(list(e.per_seed.values()), r.spec.direction, r.delta, e.var_boot)
                                for r, e in flat])
     for (r, e), v in zip(flat, verdicts):
@@ -211,16 +212,20 @@ def band_verdict(r: LevelResult) -> tuple[str, str]:
     """The claim's verdict over its level grid and the sentence saying over which range it holds."""
     labels = [e.verdict.label for e in r.levels]
     sign = [_band_sign(e) * r.spec.direction for e in r.levels]
-    where = _ranges(r)
+    if not r.reach > 0 or not any(e.per_seed for e in r.levels):
+        what = "domain gain" if r.axis == "gain" else "forgetting"
+        return stats.INCONCLUSIVE, (f"not measurable: {what} never rose in some arm and seed (common reach "
+                                    f"{r.reach:+.4f} nats), so no level matches anything but the base")
     for label in (stats.SUPPORTED, stats.CONTRADICTED, stats.NEGLIGIBLE):
         if all(x == label for x in labels):
-            return label, f"{label} at every level tried ({_span(r, r.levels)})"
+            return label, f"holds at every level tried: {_span(r, r.levels)}"
     if 1 in sign and -1 in sign:
         cross = _crossing(r)
-        return LEVEL_DEPENDENT, (f"{LEVEL_DEPENDENT}: the claimed sign at {_span(r, [e for e, s in zip(r.levels, sign) if s == 1])}, "
+        return LEVEL_DEPENDENT, (f"the claimed sign at {_span(r, [e for e, s in zip(r.levels, sign) if s == 1])}, "
                                  f"the opposite at {_span(r, [e for e, s in zip(r.levels, sign) if s == -1])}"
-                                 + (f"; the estimate crosses zero near {r.axis} {cross:+.4f} nats" if cross is not None else ""))
-    return stats.INCONCLUSIVE, f"{stats.INCONCLUSIVE} over the levels: {where}"
+                                 + (f"; the estimate crosses zero near {'domain gain' if r.axis == 'gain' else 'forgetting'}"
+                                    f" {cross:+.4f} nats" if cross is not None else ""))
+    return stats.INCONCLUSIVE, f"no verdict over the whole band; by level: {_ranges(r)}"
 
 
 def _band_sign(e: LevelEffect) -> int:

@@ -23,14 +23,16 @@ from cpt_harness import ablation, report, stats, storage, urls
 from cpt_harness.config import EMBEDDING_LR_RATIO_RANGE
 
 
-def write(study, cfg, out_dir: Path) -> Path:
-    """Write the report for ``study`` (a sweep or an ablation) into ``out_dir``; returns report.md's path."""
+def write(study, cfg, out_dir: Path, sections=None) -> Path:
+    """Write the report for ``study`` (a sweep or an ablation) into ``out_dir``; returns report.md's path.
+    ``sections(study, cfg, out_dir)``: the report's lines, where a caller knows better (a shared-arms ablation:
+    ``levels_report.sections``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     out_dir.mkdir(parents=True, exist_ok=True)
     is_ablation = study.user_attrs.get("kind") == "ablation"
-    lines = (_ablation_sections if is_ablation else _sweep_sections)(study, cfg, out_dir)
+    lines = (sections or (_ablation_sections if is_ablation else _sweep_sections))(study, cfg, out_dir)
     md = "\n".join(lines) + "\n"
     (out_dir / "report.md").write_text(md)
     (out_dir / "report.html").write_text(_html(md, study.study_name))
