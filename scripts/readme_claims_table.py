@@ -1,7 +1,7 @@
-"""The README's table of the guidance's claims, rebuilt from the committed frontier reports (never typed).
+"""The table of the guidance's claims in docs/ablations.md, rebuilt from the committed frontier reports (never typed).
 
-    python scripts/readme_claims_table.py           # rewrite the table between the markers in README.md
-    python scripts/readme_claims_table.py --check   # exit 1 if README.md's table differs from the reports
+    python scripts/readme_claims_table.py           # rewrite the table between the markers in docs/ablations.md
+    python scripts/readme_claims_table.py --check   # exit 1 if the page's table differs from the reports
 
 One row per claim x domain, from every reports/*/effects.json written by a frontier (LR-crossed) ablation report: the
 guidance's claims first, then the harness's own questions (replay), marked as such.
@@ -19,6 +19,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 import readme_block  # noqa: E402
 from cpt_harness.report_files import claims_of_the_guidance  # noqa: E402
 
+PAGE = ROOT / "docs" / "ablations.md"  # the README keeps a one-line summary and a link to it
 BEGIN, END = "<!-- claims-table:begin (scripts/readme_claims_table.py) -->", "<!-- claims-table:end -->"
 
 
@@ -44,7 +45,7 @@ def table() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return readme_block.main(argv, description=__doc__.split("\n")[0], begin=BEGIN, end=END, block=table,
+    return readme_block.main(argv, page=PAGE, description=__doc__.split("\n")[0], begin=BEGIN, end=END, block=table,
                              source="reports/*/effects.json", script="scripts/readme_claims_table.py")
 
 

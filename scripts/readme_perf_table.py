@@ -1,7 +1,7 @@
-"""The README's table of issue 18's performance goals, rebuilt from the committed GPU results (never typed).
+"""The table of issue 18's performance goals in docs/gpu.md, rebuilt from the committed GPU results (never typed).
 
-    python scripts/readme_perf_table.py           # rewrite the table between the markers in README.md
-    python scripts/readme_perf_table.py --check   # exit 1 if README.md's table differs from the results
+    python scripts/readme_perf_table.py           # rewrite the table between the markers in docs/gpu.md
+    python scripts/readme_perf_table.py --check   # exit 1 if the page's table differs from the results
 
 One row per goal of issue 18, and "reported" rows for context (the harness before its fp32 masters, a cold start,
 scaling without a pool); every figure computed from the JSON files in benchmarks/results/ (the throughput medians
@@ -23,9 +23,10 @@ import readme_block  # noqa: E402
 from benchmarks.medians import medians  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
+PAGE = ROOT / "docs" / "gpu.md"  # the README keeps a one-line summary and a link to it
 BEGIN, END = "<!-- perf-table:begin (scripts/readme_perf_table.py) -->", "<!-- perf-table:end -->"
 
-THROUGHPUT = "h200-2026-11-28-throughput-1b-masters-r*.json"  # the harness with train.MasterAdamW
+THROUGHPUT = "h200-2026-11-28-throughput-1b-masters-r*.json"  # the harness with train.optim.MasterAdamW
 THROUGHPUT_BEFORE = "h200-2026-11-28-throughput-1b-emb-r*.json"  # before it: the embedding held in fp32 in the model
 WARM, COLD = "h200-2026-11-28-pool-startup-warm.json", "h200-2026-11-28-pool-startup-cold.json"
 K_TABLE = ["h200-2026-11-28-parallel-pool-k1-8.json", "h200-2026-11-28-parallel-pool-k2-7.json",
@@ -106,9 +107,9 @@ def throughput_rows() -> list[str]:
            f"Unsloth (median of {len(bfiles)} per-repeat ratios); peak memory {before['peak_memory_gb']:.1f} GiB")
     return [
         f"| harness ≥ {VS_RAW_GOAL}× raw Unsloth tokens/s, 1B shape ({SHAPE}, {BATCH} × {SEQ}), harness at its "
-        f"defaults (`train.MasterAdamW`: bf16 model, fp32 embedding masters in the optimizer) | {harness} | "
+        f"defaults (`train.optim.MasterAdamW`: bf16 model, fp32 embedding masters in the optimizer) | {harness} | "
         f"{_met(ok, ratio, f'{VS_RAW_GOAL}×')} | {card} | {_where(files)} |",
-        f"| before `train.MasterAdamW` (the trained embedding held in fp32 in the model): reported | {was} | "
+        f"| before `train.optim.MasterAdamW` (the trained embedding held in fp32 in the model): reported | {was} | "
         f"reported | {bcard} | {_where(bfiles)} |",
     ]
 
@@ -242,7 +243,7 @@ def table() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return readme_block.main(argv, description=__doc__.split("\n")[0], begin=BEGIN, end=END, block=table,
+    return readme_block.main(argv, page=PAGE, description=__doc__.split("\n")[0], begin=BEGIN, end=END, block=table,
                              source="benchmarks/results/", script="scripts/readme_perf_table.py",
                              errors=(MissingResult, ValueError, KeyError))
 
