@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     skip = set(filter(None, args.skip.split(",")))
     tmp = Path(args.tmp)
     tmp.mkdir(parents=True, exist_ok=True)
-    from cpt_harness import models
+    from cpt_harness.model import resolve as models
 
     model = models.resolve("builtin:smollm2-135m-instruct")
     corpus = tmp / "corpus.txt"

@@ -36,8 +36,10 @@ def heal_sets(candidate: str) -> list[str]:
 
 def heal_one(config: str, overrides: list[str]) -> dict:
     """In this process: heal with the config's settings (cached) and return what the heal measured."""
-    from cpt_harness import backends, heal, models
-    from cpt_harness.config import load_config
+    from cpt_harness.model import backends
+    from cpt_harness.train import heal
+    from cpt_harness.model import resolve as models
+    from cpt_harness.config.validate import load_config
 
     cfg = load_config(config, overrides + ["backend=peft"])  # healing is transformers + PEFT either way (heal.py)
     backend = backends.load(cfg.backend)

@@ -50,15 +50,15 @@ def measure(config: str, overrides: list[str], label: str, k: int, gpus: list[in
     """One run: a fresh study named after ``label``, n_trials trials, K per GPU (or K CPU workers)."""
     import optuna
 
-    from cpt_harness import parallel
-    from cpt_harness.config import load_config
+    from cpt_harness.config.validate import load_config
+    from cpt_harness.run import jobs, parallel
 
     overrides = overrides + [f"study.name=bench-{label}", f"study.n_trials={n_trials}"]
     par = ([f"parallel.gpus=[{','.join(map(str, gpus))}]", f"parallel.trials_per_gpu={k}"] if gpus
            else [f"parallel.workers={k}"])
     cfg = load_config(config, overrides + par)
     t0 = time.perf_counter()
-    rc = parallel.run(cfg, config, overrides, n_trials=n_trials)
+    rc = parallel.run(jobs.build(jobs.Spec("sweep", config, overrides, n_trials), cfg))
     wall = time.perf_counter() - t0
     study = optuna.load_study(study_name=cfg.study.name, storage=cfg.study.storage)
     row = {"label": label, "k": k, "gpus": gpus, "workers": k * len(gpus or [0]), "n_trials": n_trials}
@@ -72,8 +72,8 @@ def measure_pooled(config: str, overrides: list[str], label: str, k: int, gpus: 
     study, as a user with a running pool would. Its trials/hour has no workers' staggered start-up in it."""
     import optuna
 
-    from cpt_harness import pool
-    from cpt_harness.config import load_config
+    from cpt_harness.run import pool
+    from cpt_harness.config.validate import load_config
 
     overrides = overrides + [f"study.name=bench-{label}", f"study.n_trials={n_trials}"]
     cfg = load_config(config, overrides)
@@ -203,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                                     storage=storage))}))
         return 0
 
-    from cpt_harness import backends
-    from cpt_harness.config import load_config
+    from cpt_harness.model import backends
+    from cpt_harness.config.validate import load_config
 
     backends.load(load_config(args.config, args.overrides).backend)  # unsloth before transformers
     gpus = None if args.workers else [int(g) for g in args.gpus.split(",")]

@@ -17,14 +17,14 @@ from benchmarks import common
 
 
 def worker(backend_name: str, config: str, overrides: list[str], rank: int, lr: float, ratio: float) -> dict:
-    from cpt_harness import backends
+    from cpt_harness.model import backends
 
     backend = backends.load(backend_name)  # first: unsloth before transformers
-    from cpt_harness.config import load_config
-    from cpt_harness.search_space import derive
-    from cpt_harness.sweep import setup_inputs, measure_base
-    from cpt_harness.tracking import Tracker
-    from cpt_harness.train import run_trial
+    from cpt_harness.config.validate import load_config
+    from cpt_harness.search.space import derive
+    from cpt_harness.run.sweep import setup_inputs, measure_base
+    from cpt_harness.infra.tracking import Tracker
+    from cpt_harness.train.loop import run_trial
 
     cfg = load_config(config, overrides)
     model_path, corpora = setup_inputs(cfg, backend)

@@ -27,9 +27,9 @@ from pathlib import Path
 
 
 def measure(config: str, warm: bool, overrides: list[str], gpus: str | None, per_gpu: str | None) -> dict:
-    from cpt_harness import pool
+    from cpt_harness.run import pool
     from cpt_harness.cli import load_study
-    from cpt_harness.config import load_config
+    from cpt_harness.config.validate import load_config
 
     running = pool.discover()
     if warm and running is None:

@@ -31,12 +31,12 @@ def main() -> None:
     a = ap.parse_args()
     if a.backend.startswith("raw-unsloth"):
         return _raw(a)
-    from cpt_harness import backends
+    from cpt_harness.model import backends
 
     backend = backends.load(a.backend)  # first: unsloth before transformers
     from benchmarks.throughput import make_model, synthetic_trial
-    from cpt_harness.tracking import Tracker
-    from cpt_harness.train import run_trial
+    from cpt_harness.infra.tracking import Tracker
+    from cpt_harness.train.loop import run_trial
 
     folder = a.folder or tempfile.mkdtemp()
     if not a.folder:

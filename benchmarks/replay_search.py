@@ -41,7 +41,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from benchmarks import common
-from cpt_harness import storage
+from cpt_harness.search import study as storage
 from cpt_harness.config import StudyConfig
 
 SAMPLERS = ("random", "tpe", "gp", "qmc")
@@ -125,7 +125,7 @@ def _suggest(trial, space: dict) -> dict:
 def make_sampler(name: str, seed: int, n_trials: int):
     """The sampler a sweep of ``n_trials`` gets from the harness (``storage.make_sampler``: TPE multivariate with
     the constant liar, TPE and GP leaving random start-up after a third of the trials, 4 to 10). A budget reaches
-    TPE and GP through ``trial.set_constraint``, as ``cpt_harness.pruning`` records it (Optuna 5 reads
+    TPE and GP through ``trial.set_constraint``, as ``cpt_harness.search.pruning`` records it (Optuna 5 reads
     ``trial.constraints``)."""
     return storage.make_sampler(StudyConfig(sampler=name, n_trials=n_trials, seed=seed), seed)
 
@@ -160,7 +160,7 @@ class Outcome:
 
 def replay(sampler: str, pruner: str, mode: str, seed: int, space: dict, records: list[Record], n_trials: int,
            max_forgetting: float | None, prune_margin: float | None = None) -> Outcome:
-    """One strategy, one seed, run as ``cpt_harness.pruning`` and a sweep run it: at each checkpoint but the last, a
+    """One strategy, one seed, run as ``cpt_harness.search.pruning`` and a sweep run it: at each checkpoint but the last, a
     trial whose forgetting is over ``max_forgetting + prune_margin`` stops (either mode), then the pruner decides
     (single mode); the run ends at ``n_trials`` complete trials, or ``storage.PRUNED_CAP`` x ``n_trials`` complete
     and pruned."""
@@ -253,7 +253,7 @@ def against_baseline(regrets: list[float | None], base: list[float | None], budg
     good as random search's after all of its time (``base``)? Not worse: the upper end of the 95% interval of the
     difference in mean regret, Welch's t over seeds, is at most HIT_NATS (the smallest difference in domain loss
     that matters here). A seed with nothing feasible by then fails the goal outright."""
-    from cpt_harness.stats import t975
+    from cpt_harness.analysis.stats import t975
 
     out = {"budget_s": budget_s, "missed": sum(r is None for r in regrets)}
     if out["missed"] or None in base or len(regrets) < 2 or len(base) < 2:

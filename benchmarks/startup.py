@@ -5,7 +5,7 @@
     python -m benchmarks.startup --backend unsloth --n 16 --own-compile-dir --profile prof.txt
     python -m benchmarks.startup --backend peft --n 1,2          # CPU smoke run
 
-For each N, N copies of ``python -c 'cpt_harness.backends.load(BACKEND)'`` start together in the current directory
+For each N, N copies of ``python -c 'cpt_harness.model.backends.load(BACKEND)'`` start together in the current directory
 (where Unsloth keeps its generated-module cache, ``unsloth_compiled_cache/``, shared by every worker of a sweep).
 Reported: each process's import time (measured inside it) and the spread between the first and the last.
 --own-compile-dir gives each process its own UNSLOTH_COMPILE_LOCATION instead, to test whether the shared cache
@@ -29,7 +29,7 @@ MARKER = "STARTUP "
 CHILD = """
 import json, time
 t = time.perf_counter()
-from cpt_harness import backends
+from cpt_harness.model import backends
 backends.load({backend!r})
 print({marker!r} + json.dumps({{"import_s": time.perf_counter() - t}}), flush=True)
 """

@@ -55,7 +55,7 @@ def bench_checkpointing(cfg, folder: str) -> bool:
         return forced == "on"
     import torch
 
-    from cpt_harness import checkpointing
+    from cpt_harness.train import checkpointing
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg.search.rank.choices = [RANK]
@@ -120,7 +120,7 @@ def synthetic_trial(name: str, folder: str, batch: int, seq: int, steps: int):
     RANK, LR, embedding ratio RATIO. Import the backend first: this imports cpt_harness.data."""
     from cpt_harness.config import Config
     from cpt_harness.data import Corpora
-    from cpt_harness.search_space import derive
+    from cpt_harness.search.space import derive
 
     cfg = Config()
     cfg.model.name, cfg.model.max_seq_length = folder, seq
@@ -137,11 +137,11 @@ def synthetic_trial(name: str, folder: str, batch: int, seq: int, steps: int):
 
 
 def run_harness(mode: str, name: str, folder: str, steps: int, warmup: int) -> dict:
-    from cpt_harness import backends
+    from cpt_harness.model import backends
 
     backend = backends.load(mode)  # first: unsloth before transformers
-    from cpt_harness.tracking import make_tracker
-    from cpt_harness.train import run_trial
+    from cpt_harness.infra.tracking import make_tracker
+    from cpt_harness.train.loop import run_trial
 
     _, batch, seq = SHAPES[name]
     cfg, corpora, params = synthetic_trial(name, folder, batch, seq, steps)

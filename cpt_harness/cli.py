@@ -27,8 +27,10 @@ import os
 import sys
 from pathlib import Path
 
-from cpt_harness import __version__, sweep_files, urls
-from cpt_harness.config import load_config, summary
+from cpt_harness import __version__
+from cpt_harness.config import sweep_files
+from cpt_harness.infra import urls
+from cpt_harness.config.validate import load_config, summary
 from cpt_harness.errors import ConfigError, HarnessError, SweepAborted
 
 DEFAULT_CONFIG = "sweeps/demo.yaml"
@@ -55,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="start this command's own workers even while a `cpt-harness pool` runs on this host")
 
     def confirm_flags(c: argparse.ArgumentParser) -> None:
-        from cpt_harness.confirm import DEFAULT_SEEDS, DEFAULT_TOP
+        from cpt_harness.analysis.confirm import DEFAULT_SEEDS, DEFAULT_TOP
 
         c.add_argument("--top", type=int, default=DEFAULT_TOP,
                        help=f"settings to confirm: the sweep's best feasible ones (default {DEFAULT_TOP})")
@@ -180,11 +182,11 @@ def _no_config_command(args) -> int:
         print(f"wrote {out} (from the packaged {args.source}.yaml); check it with `cpt-harness validate {out}`, "
               f"run it with `cpt-harness sweep {out}`; `cpt-harness explain` describes every key")
     elif args.command == "explain":
-        from cpt_harness import explain
+        from cpt_harness.config import explain
 
         print(explain.text(explain.select(args.key)))
     else:
-        from cpt_harness import environment
+        from cpt_harness.infra import environment
 
         print(environment.text())
     return 0
@@ -203,7 +205,7 @@ def _parallel_overrides(args) -> list[str]:
 
 
 def _pool(args) -> int:
-    from cpt_harness import pool
+    from cpt_harness.run import pool
 
     if args.stop:
         return pool.stop()
@@ -217,52 +219,45 @@ def _pool(args) -> int:
     return pool.serve(gpus, args.trials_per_gpu, args.workers, args.backend)
 
 
+KINDS = {"sweep": "sweep", "ablate": "ablation", "confirm": "confirm"}
+
+
+def _job(args, cfg, kind: str):
+    """The job a command runs (``run.jobs``): what the workers are told is the sweep file and the overrides less the
+    parallel settings, which are the launcher's."""
+    from cpt_harness.run import jobs
+
+    spec = jobs.Spec(kind, str(_config_path(args.config)), _without_parallel(args.overrides),
+                     getattr(args, "n_trials", None), getattr(args, "top", None) or jobs.confirm.DEFAULT_TOP,
+                     getattr(args, "seeds", None) or jobs.confirm.DEFAULT_SEEDS)
+    return jobs.build(spec, cfg)
+
+
 def _run(args, cfg) -> int:
-    if args.command in ("sweep", "ablate", "confirm") and not args.no_pool:
-        from cpt_harness import pool
+    if args.command in KINDS:
+        from cpt_harness.run import jobs, pool
 
-        if pool.usable(running := pool.discover(), cfg):
-            return pool.submit_command(running, cfg, str(_config_path(args.config)),
-                                       _without_parallel(args.overrides), getattr(args, "n_trials", None),
-                                       ablation=args.command == "ablate",
-                                       confirm=_confirm_job(cfg, args) if args.command == "confirm" else None)
-    if args.command in ("sweep", "ablate", "confirm") and (cfg.parallel.gpus or cfg.parallel.workers > 1):
-        from cpt_harness import parallel
+        job = _job(args, cfg, KINDS[args.command])
+        if not args.no_pool and pool.usable(running := pool.discover(), cfg):
+            return pool.submit_command(running, job)
+        if cfg.parallel.gpus or cfg.parallel.workers > 1:
+            from cpt_harness.run import parallel
 
-        return parallel.run(cfg, str(_config_path(args.config)), _without_parallel(args.overrides),
-                            getattr(args, "n_trials", None), ablation=args.command == "ablate",
-                            confirm=_confirm_job(cfg, args) if args.command == "confirm" else None)
-    if args.command == "prepare":
-        from cpt_harness import prepare
+            return parallel.run(job)
+        jobs.run(job)
+    elif args.command == "prepare":
+        from cpt_harness.run import prepare
 
         prepare.run(cfg)
-    elif args.command == "sweep":
-        from cpt_harness import sweep
-
-        sweep.run(cfg, n_trials=args.n_trials)
-    elif args.command == "ablate":
-        from cpt_harness import sweep
-
-        sweep.run_ablation(cfg)
-    elif args.command == "confirm":
-        from cpt_harness import confirm
-
-        confirm.run(cfg, load_study(cfg, cfg.study.name), args.top, args.seeds)
-    elif args.command == "worker" and args.confirm:
-        import socket
-
-        from cpt_harness import confirm
-
-        confirm.run_worker(cfg, load_study(cfg, cfg.study.name), args.label or socket.gethostname(), args.index,
-                           args.top, args.seeds)
     elif args.command == "worker":
-        from cpt_harness import sweep
+        from cpt_harness.run import jobs
 
-        sweep.run_worker(cfg, args.n_trials, args.label, args.index, ablation=args.ablation)
+        kind = "ablation" if args.ablation else "confirm" if args.confirm else "sweep"
+        jobs.run_worker(_job(args, cfg, kind), args.label, args.index)
     elif args.command == "report":
         return _report(cfg, args.out, args.ablation)
     elif args.command == "export":
-        from cpt_harness import export
+        from cpt_harness.reporting import export
 
         export.export(cfg, load_study(cfg, cfg.study.name), Path(args.out), args.trial, args.merge,
                       base_id=args.base_id)
@@ -278,7 +273,7 @@ def _dashboard(cfg, args) -> int:
     studies = _dashboard_studies(cfg)
     if args.wandb:
         return _workspace(cfg, args, studies)
-    from cpt_harness import dashboard
+    from cpt_harness.reporting import dashboard
 
     try:
         dashboard.run(cfg, args.port, Path(args.reports))
@@ -292,7 +287,8 @@ def _dashboard(cfg, args) -> int:
 
 def _dashboard_studies(cfg) -> list[str]:
     """The names of CONFIG's studies that exist (sweep, confirmation, ablation); none is an error."""
-    from cpt_harness import ablation, confirm
+    from cpt_harness.analysis import ablation
+    from cpt_harness.analysis import confirm
 
     names = []
     for name in dict.fromkeys([cfg.study.name, confirm.study_name(cfg), ablation.study_name(cfg)]):
@@ -309,8 +305,9 @@ def _dashboard_studies(cfg) -> list[str]:
 
 
 def _workspace(cfg, args, studies: list[str]) -> int:
-    from cpt_harness import ablation, workspace
-    from cpt_harness.tracking import resolve_mode
+    from cpt_harness.analysis import ablation
+    from cpt_harness.reporting import workspace
+    from cpt_harness.infra.tracking import resolve_mode
 
     spec = workspace.spec(cfg, studies, arms=studies == [ablation.study_name(cfg)])
     if resolve_mode(cfg.tracking.wandb.mode) == "online":
@@ -321,14 +318,8 @@ def _workspace(cfg, args, studies: list[str]) -> int:
     entity = spec["entity"] or "the default entity of the W&B user who saves it (tracking.wandb.entity sets one)"
     print(f"[dashboard] offline: W&B workspace spec written to {path} ({sum(len(s['panels']) for s in spec['sections'])}"
           f" panels over W&B groups {', '.join(studies)}; entity: {entity}).\n"
-          f"Once logged in (wandb login), after `wandb sync` of the runs: python -m cpt_harness.workspace {path}")
+          f"Once logged in (wandb login), after `wandb sync` of the runs: python -m cpt_harness.reporting.workspace {path}")
     return 0
-
-
-def _confirm_job(cfg, args):
-    from cpt_harness import confirm
-
-    return confirm.prepare(cfg, load_study(cfg, cfg.study.name), args.top, args.seeds)
 
 
 def _error(e: Exception, prefix: str = "") -> None:
@@ -343,7 +334,7 @@ def _without_parallel(overrides: list[str]) -> list[str]:
 
 def _from_study(config: str, number: int | None) -> list[str]:
     """--from-study: the sweep's chosen trial (or trial ``number``) as ablation.* overrides."""
-    from cpt_harness import report_files
+    from cpt_harness.reporting import sweep_report
 
     sweep_cfg = load_config(config)
     study = load_study(sweep_cfg, sweep_cfg.study.name)
@@ -353,7 +344,7 @@ def _from_study(config: str, number: int | None) -> list[str]:
             raise ConfigError([f"--trial {number}: no complete trial {number} in study {study.study_name!r}"], config)
         trial = trials[0]
     else:
-        trial = report_files.choose_trial(study, sweep_cfg.study.max_forgetting)
+        trial = sweep_report.choose_trial(study, sweep_cfg.study.max_forgetting)
         if trial is None:
             raise ConfigError([f"--from-study: study {study.study_name!r} has no complete trial yet"], config)
     print(f"[ablate] hyperparameters from trial {trial.number} of study {study.study_name!r}: {trial.params}")
@@ -366,7 +357,7 @@ def _from_study(config: str, number: int | None) -> list[str]:
 def load_study(cfg, name: str):
     import optuna
 
-    from cpt_harness import storage
+    from cpt_harness.search import study as storage
 
     path = urls.sqlite_path(cfg.study.storage)
     if path is not None:  # reading a study never creates or writes a database
@@ -383,8 +374,9 @@ def load_study(cfg, name: str):
 
 
 def _report(cfg, out: str | None, ablation: bool) -> int:
-    from cpt_harness import ablation as ablation_mod
-    from cpt_harness import report, report_files
+    from cpt_harness.analysis import ablation as ablation_mod
+    from cpt_harness.reporting import tables as report
+    from cpt_harness.reporting import report_files
 
     name = ablation_mod.study_name(cfg) if ablation else cfg.study.name
     study = load_study(cfg, name)
@@ -392,12 +384,12 @@ def _report(cfg, out: str | None, ablation: bool) -> int:
     print()
     print(report.effects_text(study, cfg.ablation.min_effect, cfg.ablation.match_levels) if ablation else report.timing_table(study))
     if not ablation and study.user_attrs.get("kind") != "ablation":
-        from cpt_harness import confirm
+        from cpt_harness.analysis import confirm
 
         print("\n" + confirm.summary_line(confirm.recommend(study, cfg.study.max_forgetting, confirm.load_study(cfg))))
     shared = (study.user_attrs.get("design") or {}).get("design") == "shared"
     if shared:  # every claim over a grid of match levels
-        from cpt_harness import levels_report
+        from cpt_harness.reporting import levels_report
     path = report_files.write(study, cfg, Path(out) if out else Path("reports") / name,
                               levels_report.sections if shared else None)
     print(f"\nreport: {path} (and report.html, figures)")

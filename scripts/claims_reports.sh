@@ -21,7 +21,7 @@ report() {  # folder, config, study name, extra --set overrides...
   [ -n "$RUNS" ] && trial_runs=$(find "$RUNS/$study/wandb" -name '*.wandb' ! -name '*-summary-*' -print -quit 2>/dev/null || true)
   "$PY" -m cpt_harness report "$cfg" --ablation "${sets[@]}" "$@" --out "$dir" | grep -A4 "^verdicts" || true
   if [ -n "$trial_runs" ]; then
-    "$PY" -m cpt_harness.wandb_files "$RUNS/$study/wandb" --brief > "$dir/wandb-summaries.json"
+    "$PY" -m cpt_harness.infra.wandb_files "$RUNS/$study/wandb" --brief > "$dir/wandb-summaries.json"
     "$PY" - "$dir" "$study" <<'PY'
 import json, sys
 import optuna

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 import readme_block  # noqa: E402
-from cpt_harness.report_files import claims_of_the_guidance  # noqa: E402
+from cpt_harness.reporting.ablation_report import claims_of_the_guidance  # noqa: E402
 
 PAGE = ROOT / "docs" / "ablations.md"  # the README keeps a one-line summary and a link to it
 BEGIN, END = "<!-- claims-table:begin (scripts/readme_claims_table.py) -->", "<!-- claims-table:end -->"

@@ -89,6 +89,6 @@ def tiny_overrides(tiny_model, tiny_corpora, tmp_path) -> list[str]:
 
 @pytest.fixture
 def tiny_cfg(tiny_overrides):
-    from cpt_harness.config import load_config
+    from cpt_harness.config.validate import load_config
 
     return load_config(ROOT / "sweeps" / "demo.yaml", tiny_overrides)

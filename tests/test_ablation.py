@@ -14,10 +14,13 @@ import torch
 import yaml
 from optuna.trial import TrialState
 
-from cpt_harness import ablation, data, stats
+from cpt_harness import data
+from cpt_harness.analysis import ablation
+from cpt_harness.analysis import stats
 from cpt_harness.cli import main
-from cpt_harness.config import ConfigError, load_config
-from cpt_harness.wandb_files import read_runs
+from cpt_harness.config import ConfigError
+from cpt_harness.config.validate import load_config
+from cpt_harness.infra.wandb_files import read_runs
 from tests.conftest import ROOT
 
 DEMO = str(ROOT / "sweeps" / "demo.yaml")
@@ -73,9 +76,9 @@ def test_arm_configs_apply_the_levels(tiny_cfg):
 
 
 def test_same_seed_same_init_on_shared_modules(tiny_cfg):
-    from cpt_harness.backends.peft_backend import PeftBackend
-    from cpt_harness.search_space import derive
-    from cpt_harness.train import reseed_lora
+    from cpt_harness.model.backends.peft_backend import PeftBackend
+    from cpt_harness.search.space import derive
+    from cpt_harness.train.loop import reseed_lora
 
     backend = PeftBackend()
     arms = ablation.arms(tiny_cfg)  # gate in/out x embeddings trained/frozen
@@ -173,7 +176,7 @@ def test_sweep_report_and_the_chosen_config_reruns(tiny_overrides, tmp_path):
 
 
 def test_choose_trial_respects_max_forgetting(tiny_overrides, tmp_path):
-    from cpt_harness.report_files import choose_trial
+    from cpt_harness.reporting.sweep_report import choose_trial
 
     assert main(["sweep", DEMO, "--n-trials", "3"] + _sets(tiny_overrides)) == 0
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/study.db")
@@ -226,7 +229,7 @@ def test_healed_base_is_cached_recorded_and_reported(tiny_overrides, tmp_path, t
 
 
 def test_forgetting_note_says_when_general_loss_fell(tiny_overrides, tmp_path):
-    from cpt_harness.report_files import forgetting_note
+    from cpt_harness.reporting.page import forgetting_note
 
     study = optuna.create_study(directions=["minimize", "minimize"])
     for f in (-0.05, -0.01):
@@ -243,8 +246,8 @@ def test_forgetting_note_says_when_general_loss_fell(tiny_overrides, tmp_path):
 def test_healing_on_the_general_corpus_reads_only_its_training_documents(tiny_overrides, tiny_corpora, tmp_path):
     from transformers import AutoTokenizer
 
-    from cpt_harness import heal
-    from cpt_harness.config import load_config
+    from cpt_harness.train import heal
+    from cpt_harness.config.validate import load_config
 
     sets = tiny_overrides + ["model.heal.steps=2", "model.heal.rank=4", "model.heal.batch_size=2",
                              f"model.heal.data={tiny_corpora['general']}", "study.name=healed-general"]
@@ -313,7 +316,8 @@ def test_lr_crossed_ablation_end_to_end_and_its_frontier_report(tiny_overrides, 
     assert json.loads((out / "effects.json").read_text()) == [effect]
     assert effect["verdict"] in ("NEGLIGIBLE", "SUPPORTED", "CONTRADICTED", "INCONCLUSIVE") and effect["n"] <= 3
     # The effect is recomputed from the trials' own curves: forgetting at matched gain, out - in, per seed.
-    from cpt_harness import claims, frontier
+    from cpt_harness.analysis import claims
+    from cpt_harness.analysis import frontier
 
     runs = claims.runs_from_study(study)
     m = frontier.matched_effect(runs, "gain", "gate_proj", "in", "out")
@@ -340,7 +344,8 @@ def test_the_lr_grid_must_span_the_rslora_scale_ratio(tiny_overrides):
 
 
 def test_seeds_with_a_missing_arm_or_lr_are_left_out_of_the_frontier():
-    from cpt_harness import claims, frontier
+    from cpt_harness.analysis import claims
+    from cpt_harness.analysis import frontier
 
     def run(gate, seed, lr):
         return frontier.Run({"gate_proj": gate}, seed, lr, [0.0, 0.1 * lr * 1e3], [0.0, 0.05 * lr * 1e3])
@@ -404,7 +409,9 @@ def test_replay_ablation_judges_forgetting_on_the_general_text_not_replayed(tiny
     out = tmp_path / "report"
     assert main(["report", DEMO, "--ablation", "--out", str(out)] + sets) == 0
     (effect,) = json.loads((out / "effects.json").read_text())
-    from cpt_harness import claims, evals, frontier
+    from cpt_harness.analysis import claims
+    from cpt_harness.evaluate import evals
+    from cpt_harness.analysis import frontier
 
     runs = claims.runs_from_study(study, forgetting="general_loss_unreplayed")
     matched = lambda rs: frontier.matched_effect(rs, "gain", "replay", "on", "off").mean  # noqa: E731

@@ -9,11 +9,13 @@ import optuna
 import pytest
 import torch
 
-from cpt_harness import checkpointing, search_space, train
-from cpt_harness.backends.peft_backend import PeftBackend
-from cpt_harness.config import load_config
-from cpt_harness.parallel import auto_trials_per_gpu
-from cpt_harness.search_space import derive
+from cpt_harness.train import checkpointing
+from cpt_harness.search import space as search_space
+from cpt_harness.train import loop as train
+from cpt_harness.model.backends.peft_backend import PeftBackend
+from cpt_harness.config.validate import load_config
+from cpt_harness.run.parallel import auto_trials_per_gpu
+from cpt_harness.search.space import derive
 from tests.conftest import ROOT
 from tests.test_train import Recorder, corpora_for
 
@@ -102,7 +104,7 @@ def test_shape_is_read_from_the_model_folder(tiny_model, tiny_cfg):
 
 
 def test_the_choice_is_recorded_on_the_trial_and_in_its_config(tiny_overrides, tmp_path):
-    from cpt_harness import sweep
+    from cpt_harness.run import sweep
 
     cfg = load_config(ROOT / "sweeps" / "demo.yaml", tiny_overrides + ["study.n_trials=1", "study.keep_adapters=all"])
     assert cfg.train.gradient_checkpointing == "auto"
@@ -153,7 +155,7 @@ def test_every_committed_study_still_resumes():
 
 def test_a_study_made_with_checkpointing_on_resumes_with_auto(tiny_cfg):
     """The resume check itself: a study fingerprinted the old way (with the key) opens under auto."""
-    from cpt_harness import storage
+    from cpt_harness.search import study as storage
 
     payload = search_space.space_payload(tiny_cfg)
     old = search_space._digest({**payload, "train": {**payload["train"], "gradient_checkpointing": True}})

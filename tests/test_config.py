@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from cpt_harness.cli import main
-from cpt_harness.config import ConfigError, load_config
+from cpt_harness.config import ConfigError
+from cpt_harness.config.validate import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "sweeps" / "demo.yaml"
@@ -199,7 +200,7 @@ def test_a_binary_or_non_utf8_config_names_the_file(tmp_path):
 
 
 def test_general_is_one_source_or_a_list():
-    from cpt_harness.config import summary
+    from cpt_harness.config.validate import summary
 
     single = load_config(DEMO, [])
     assert single.data.general_sources() == [single.data.general] and single.data.general.path == "builtin:brown"
@@ -214,7 +215,7 @@ def test_general_is_one_source_or_a_list():
 
 
 def test_a_check_that_raises_is_reported_not_skipped(monkeypatch, capsys):
-    from cpt_harness import config
+    from cpt_harness.config import validate as config
 
     def broken(cfg):
         return cfg.study.no_such_key  # a bug in a check, as a real one would be
@@ -244,7 +245,7 @@ def test_every_error_the_harness_raises_is_a_harness_error():
                 found.append((module, node.name))
     assert ("cpt_harness.errors", "ConfigError") in found and len(found) > 10
     for module, name in found:
-        if module == "cpt_harness.config" and name == "DuplicateKeys":  # a YAML loader's error, turned into a problem
+        if module == "cpt_harness.config.load" and name == "DuplicateKeys":  # a YAML loader's error, turned into a problem
             continue
         cls = getattr(importlib.import_module(module), name)
         assert issubclass(cls, errors.HarnessError), f"{module}.{name} is not a HarnessError"
@@ -252,7 +253,7 @@ def test_every_error_the_harness_raises_is_a_harness_error():
 
 
 def test_explain_shows_every_key_with_its_help_and_refuses_unknown_ones(capsys):
-    from cpt_harness import explain
+    from cpt_harness.config import explain
 
     every = explain.keys()
     assert all(k.help for k in every), [k.key for k in every if not k.help]

@@ -14,7 +14,9 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from cpt_harness import confirm, evals, stats
+from cpt_harness.analysis import confirm
+from cpt_harness.evaluate import evals
+from cpt_harness.analysis import stats
 from cpt_harness.cli import main
 from tests.conftest import ROOT, builtin_docs
 
@@ -167,8 +169,9 @@ def test_sweep_confirm_and_the_recommendation(split_overrides, tmp_path, capsys)
 def test_a_confirmation_with_other_settings_names_the_changed_key(tmp_path):
     """The sweep's stored fingerprint inputs are compared key by key with the confirmation's config: the message
     names the changed key (and no speed-only one), not every key of the search space."""
-    from cpt_harness import search_space, storage
-    from cpt_harness.config import load_config
+    from cpt_harness.search import space as search_space
+    from cpt_harness.search import study as storage
+    from cpt_harness.config.validate import load_config
 
     sets = [f"study.storage=sqlite:///{tmp_path}/study.db", "study.name=s"]
     cfg = load_config(DEMO, sets)

@@ -8,11 +8,14 @@ import torch
 from optuna.trial import TrialState
 from safetensors.torch import load_file
 
-from cpt_harness import evals, modules, train
-from cpt_harness.backends.peft_backend import PeftBackend
+from cpt_harness.evaluate import evals
+from cpt_harness.model import modules
+from cpt_harness.train import loop as train
+from cpt_harness.model.backends.peft_backend import PeftBackend
 from cpt_harness.cli import main
-from cpt_harness.config import ConfigError, load_config
-from cpt_harness.search_space import derive
+from cpt_harness.config import ConfigError
+from cpt_harness.config.validate import load_config
+from cpt_harness.search.space import derive
 from tests.conftest import ROOT
 from tests.test_train import Recorder, corpora_for
 

@@ -117,8 +117,8 @@ def test_the_report_is_the_study_note_with_its_figures(studies, tmp_path):
     pytest.importorskip("optuna_dashboard")
     from optuna_dashboard import get_note
 
-    from cpt_harness import dashboard
-    from cpt_harness.config import load_config
+    from cpt_harness.reporting import dashboard
+    from cpt_harness.config.validate import load_config
 
     reports = tmp_path / "reports"
     shutil.copytree(ROOT / "reports" / "gpu-legal", reports / "gpu-legal")
@@ -156,12 +156,12 @@ def test_bad_input_says_what_is_wrong(studies, tmp_path, capsys):
 
 def test_wandb_workspace_spec_from_a_real_study(studies, tmp_path, capsys):
     pytest.importorskip("wandb_workspaces")
-    from cpt_harness import workspace
+    from cpt_harness.reporting import workspace
 
     out = tmp_path / "spec.json"
     assert main(["dashboard", CONFIG, "--wandb", "--out", str(out)] + _sets(studies)) == 0
     said = capsys.readouterr().out
-    assert f"spec written to {out}" in said and f"python -m cpt_harness.workspace {out}" in said
+    assert f"spec written to {out}" in said and f"python -m cpt_harness.reporting.workspace {out}" in said
     spec = json.loads(out.read_text())
     assert spec["filters"] == {"group": ["gpu-legal", "gpu-legal-ablation"]} and spec["project"] == "cpt-harness"
     assert spec["entity"] == "" and "default entity of the W&B user" in said

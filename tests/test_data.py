@@ -10,6 +10,8 @@ import textwrap
 import numpy as np
 import pytest
 
+from cpt_harness.data import workers as data_workers
+from cpt_harness.data import corpora as data_corpora
 from cpt_harness import data
 from cpt_harness.config import DataConfig, DataSource
 from tests.conftest import ROOT, builtin_docs
@@ -82,7 +84,7 @@ def test_prepare_is_cached_and_eval_blocks_fixed(tokenizer, tiny_corpora, monkey
     first = data.prepare(cfg, tokenizer, block_len=32, eval_max_tokens=256)
     assert first.domain_eval.shape == (8, 32) and first.general_eval.shape == (8, 32)
     calls = []
-    monkeypatch.setattr(data, "_build", lambda *a: calls.append(a))
+    monkeypatch.setattr(data_corpora, "_build", lambda *a: calls.append(a))
     second = data.prepare(cfg, tokenizer, block_len=32, eval_max_tokens=256)
     assert not calls, "a second prepare with the same data, tokenizer and length must come from the cache"
     assert np.array_equal(first.domain_eval, second.domain_eval)
@@ -263,10 +265,10 @@ def test_only_the_held_out_documents_that_can_be_evaluated_are_checked_and_the_e
     legal, brown = builtin_docs("legal", 60), builtin_docs("brown", 60)
     docs = legal + legal + brown  # a legal document held out while its twin trains is a near-copy
     (tmp_path / "mix.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs))
-    monkeypatch.setattr(data, "CHUNK_DOCS", 4)
+    monkeypatch.setattr(data_workers, "CHUNK_DOCS", 4)
 
     def build(words, name):
-        monkeypatch.setattr(data, "CHECK_WORDS", words)
+        monkeypatch.setattr(data_workers, "CHECK_WORDS", words)
         monkeypatch.setenv("CPT_HARNESS_CACHE", str(tmp_path / name))
         cfg = DataConfig(domain=DataSource(str(tmp_path / "mix.jsonl")), general=DataSource("builtin:brown"),
                          eval_fraction=0.5)
@@ -291,18 +293,18 @@ def test_data_workers_end_cleanly_however_their_results_are_left():
     hanging the suite."""
     script = textwrap.dedent("""
         import numpy as np
-        from cpt_harness import data
+        from cpt_harness.data import workers as data_workers
 
         def big(i):
             return [np.full(50_000, i, dtype=np.int64) for _ in range(20)]  # 8 MB a result
 
         for stop in (0, 3, 10) * 5:
-            with data._workers(2) as pmap:
+            with data_workers._workers(2) as pmap:
                 for k, result in enumerate(pmap(big, range(64))):
                     assert int(result[0][0]) == k  # in order
                     if k == stop:
                         break
-        with data._workers(2) as pmap:
+        with data_workers._workers(2) as pmap:
             assert [int(r[0][0]) for r in pmap(big, range(9))] == list(range(9))
         print("closed")
 
@@ -318,9 +320,9 @@ def test_data_workers_end_cleanly_however_their_results_are_left():
                 os.kill(os.getpid(), signal.SIGKILL)
             return i
 
-        for fn, expected in ((fails, ValueError), (dies, data.DataError)):
+        for fn, expected in ((fails, ValueError), (dies, data_workers.DataError)):
             try:
-                with data._workers(2) as pmap:
+                with data_workers._workers(2) as pmap:
                     list(pmap(fn, range(20)))
             except expected as e:
                 print(f"raised {type(e).__name__}: {e}")
@@ -330,7 +332,7 @@ def test_data_workers_end_cleanly_however_their_results_are_left():
         start = time.monotonic()
         threading.Timer(1.0, lambda: os.killpg(os.getpgrp(), signal.SIGINT)).start()
         try:
-            with data._workers(2) as pmap:
+            with data_workers._workers(2) as pmap:
                 for result in pmap(big, range(10**6)):
                     time.sleep(0.01)
         except KeyboardInterrupt:

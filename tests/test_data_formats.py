@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cpt_harness.data import corpora as data_corpora
+from cpt_harness.data import sources as data_sources
 from cpt_harness import data
 from cpt_harness.cli import main
 from cpt_harness.config import DataConfig, DataSource
@@ -46,14 +48,14 @@ def test_streamed_reading_is_the_same_in_any_chunk_size(tmp_path, monkeypatch):
                DataSource(str(tmp_path / "l.jsonl"))]
     whole = [data.read_documents(s) for s in sources]
     assert [d.strip() for d in docs] == whole[0] == whole[2]
-    monkeypatch.setattr(data, "READ_CHUNK", 7)  # cuts separators, lines and multi-byte characters apart
+    monkeypatch.setattr(data_sources, "READ_CHUNK", 7)  # cuts separators, lines and multi-byte characters apart
     assert [data.read_documents(s) for s in sources] == whole
 
 
 def test_a_bad_byte_late_in_a_large_file_names_its_line_and_byte(tmp_path, monkeypatch):
     good = "\n\n".join(builtin_docs("legal", 30)).encode()
     (tmp_path / "a.txt").write_bytes(good + b"\n\ncaf\xe9\n")
-    monkeypatch.setattr(data, "READ_CHUNK", 4096)
+    monkeypatch.setattr(data_sources, "READ_CHUNK", 4096)
     with pytest.raises(data.DataError) as e:
         data.read_documents(DataSource(str(tmp_path / "a.txt")))
     line = good.count(b"\n") + 3
@@ -143,7 +145,7 @@ def test_prepare_builds_model_and_data_without_training_and_a_sweep_then_finds_t
     assert not Path(tiny_cfg.study.output_dir).exists() and not Path(tiny_cfg.study.storage[10:]).exists(), \
         "no study, no trial"
     assert main(["prepare", DEMO] + sets) == 0 and "already cached" in capsys.readouterr().out
-    monkeypatch.setattr(data, "_build", lambda *a: pytest.fail("the sweep rebuilt what prepare built"))
+    monkeypatch.setattr(data_corpora, "_build", lambda *a: pytest.fail("the sweep rebuilt what prepare built"))
     from transformers import AutoTokenizer
 
     corpora = data.prepare(tiny_cfg.data, AutoTokenizer.from_pretrained(tiny_cfg.model.name),

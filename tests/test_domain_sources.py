@@ -8,9 +8,11 @@ import numpy as np
 import optuna
 import pytest
 
-from cpt_harness import data, search_space, train
+from cpt_harness import data
+from cpt_harness.search import space as search_space
+from cpt_harness.train import batches as train_batches
 from cpt_harness.cli import main
-from cpt_harness.config import load_config
+from cpt_harness.config.validate import load_config
 from tests.conftest import ROOT
 
 DEMO = str(ROOT / "sweeps" / "demo.yaml")
@@ -101,7 +103,7 @@ def test_batches_mix_the_sources_by_weight_at_every_step_and_resume():
     corpora = data.Corpora(blocks, blocks[:1], blocks[:1], "x", {}, domain_train_offsets=offsets,
                            domain_weights=weights, domain_names=["a", "b", "c"])
     params = type("P", (), {"replay_fraction": None})()
-    stream = train.training_batches(corpora, params, 6, 0)
+    stream = train_batches.training_batches(corpora, params, 6, 0)
     seen = np.zeros(3, int)
     states = {}
     for step in range(1, 41):
@@ -113,11 +115,11 @@ def test_batches_mix_the_sources_by_weight_at_every_step_and_resume():
             states = stream.state_dict()
             after = [next(stream) for _ in range(5)]
             break
-    again = train.training_batches(corpora, params, 6, 0)
+    again = train_batches.training_batches(corpora, params, 6, 0)
     again.load_state_dict(states)
     assert all(np.array_equal(a, next(again)) for a in after)
     # each source's rows come from its own range only, every row of a source before any repeats
-    stream = train.training_batches(corpora, params, 6, 0)
+    stream = train_batches.training_batches(corpora, params, 6, 0)
     rows = np.concatenate([next(stream)[:, 0].numpy() for _ in range(5)])  # 30 rows: 15 of a, 7-8 of b and c
     a = rows[rows < 30]
     assert len(set(a.tolist())) == len(a)
@@ -143,7 +145,7 @@ def test_a_sweep_reports_each_sources_domain_loss(tiny_overrides, tiny_corpora, 
     import os
     from pathlib import Path
 
-    from cpt_harness.wandb_files import read_runs
+    from cpt_harness.infra.wandb_files import read_runs
 
     (run,) = [r for r in read_runs(Path(os.environ["WANDB_DIR"])) if r.job_type == "trial"]
     evals = [h for h in run.history if "eval/domain_loss/sotu" in h]
@@ -159,7 +161,7 @@ def test_replay_takes_its_share_first_and_the_domain_rows_mix_by_weight():
     corpora = data.Corpora(blocks, blocks[:1], blocks[:1], "x", {}, replay_train=replay, domain_train_offsets=offsets,
                            domain_weights=[1.0, 3.0], domain_names=["a", "b"])
     params = type("P", (), {"replay_fraction": 0.25})()
-    stream = train.training_batches(corpora, params, 8, 0)
+    stream = train_batches.training_batches(corpora, params, 8, 0)
     rows = np.concatenate([next(stream)[:, 0].numpy() for _ in range(10)])
     assert (rows == -1).sum() == 20  # a quarter of 80 rows
     dom = rows[rows >= 0]

@@ -12,9 +12,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from cpt_harness import evals
+from cpt_harness.evaluate import evals
 from cpt_harness.cli import main
-from cpt_harness.wandb_files import read_runs
+from cpt_harness.infra.wandb_files import read_runs
 from tests.conftest import ROOT
 
 DEMO = str(ROOT / "sweeps" / "demo.yaml")
@@ -79,7 +79,7 @@ def test_trials_write_per_document_results_and_the_base_writes_once(two_general,
         assert run.summary["forgetting/sotu"] == pytest.approx(run.summary["general_loss/sotu"]
                                                                 - study.user_attrs["base"]["general_loss/sotu"])
 
-    from cpt_harness.report_files import _header
+    from cpt_harness.reporting.page import _header
 
     c = study.user_attrs["data_stats"]["contamination"]
     assert f"near-copies of training documents**: {c['dropped']} of {c['held_out_documents']}" in "\n".join(

@@ -15,9 +15,13 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from cpt_harness import data, export, model_card, models, train
+from cpt_harness import data
+from cpt_harness.reporting import export
+from cpt_harness.reporting import model_card
+from cpt_harness.model import resolve as models
+from cpt_harness.evaluate import evaluation as train_evaluation
 from cpt_harness.cli import main
-from cpt_harness.config import load_config
+from cpt_harness.config.validate import load_config
 from tests.conftest import ROOT
 
 DEMO = str(ROOT / "sweeps" / "demo.yaml")
@@ -31,7 +35,7 @@ def _domain_loss(model, tokenizer_dir, cfg) -> float:
     from transformers import AutoTokenizer
 
     corpora = data.prepare(cfg.data, AutoTokenizer.from_pretrained(tokenizer_dir), 64, cfg.eval.max_tokens)
-    return train.evaluate(model, corpora.domain_eval, 8, "cpu", contextlib.nullcontext)
+    return train_evaluation.evaluate(model, corpora.domain_eval, 8, "cpu", contextlib.nullcontext)
 
 
 @pytest.fixture

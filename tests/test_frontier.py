@@ -7,9 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from cpt_harness import frontier, stats
-from cpt_harness.frontier import Base, DocRun, Docs, Run
-from cpt_harness.stats import CONTRADICTED, SUPPORTED, Claim
+from cpt_harness.analysis import frontier
+from cpt_harness.analysis import stats
+from cpt_harness.analysis.frontier import Base, DocRun, Docs, Run
+from cpt_harness.analysis.stats import CONTRADICTED, SUPPORTED, Claim
 
 LRS = (1e-4, 3e-4, 1e-3)
 

@@ -12,9 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cpt_harness import heal, train
-from cpt_harness.backends.peft_backend import PeftBackend
-from cpt_harness.config import DEFAULT_TARGETS, load_config
+from cpt_harness.train import heal
+from cpt_harness.train import loop as train
+from cpt_harness.model.backends.peft_backend import PeftBackend
+from cpt_harness.config import DEFAULT_TARGETS
+from cpt_harness.config.validate import load_config
 from tests.conftest import ROOT
 
 

@@ -7,8 +7,8 @@ import shutil
 import optuna
 import pytest
 
-from cpt_harness import storage
-from cpt_harness.config import load_config
+from cpt_harness.search import study as storage
+from cpt_harness.config.validate import load_config
 from tests.conftest import ROOT
 
 STUDY = "gpu-legal-ablation"
@@ -104,7 +104,8 @@ def test_the_heal_rebuilt_on_a_later_gpu_machine_resumes_the_study(committed, tm
 
 def test_a_refused_resume_names_the_changed_key_and_not_a_speed_only_one(committed):
     """The committed study hashed train.gradient_checkpointing (speed-only since); a real change is named alone."""
-    from cpt_harness import ablation, search_space
+    from cpt_harness.analysis import ablation
+    from cpt_harness.search import space as search_space
 
     cfg, study = committed
     assert "gradient_checkpointing" in study.user_attrs["fingerprint_inputs"]["search_space"]["train"]

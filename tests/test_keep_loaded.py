@@ -8,11 +8,12 @@ import copy
 import pytest
 import torch
 
-from cpt_harness import data, train
-from cpt_harness.backends import base as backend_base
-from cpt_harness.backends.peft_backend import PeftBackend
-from cpt_harness.search_space import derive
-from cpt_harness.tracking import Tracker
+from cpt_harness import data
+from cpt_harness.train import loop as train
+from cpt_harness.model.backends import base as backend_base
+from cpt_harness.model.backends.peft_backend import PeftBackend
+from cpt_harness.search.space import derive
+from cpt_harness.infra.tracking import Tracker
 
 
 class Quiet(Tracker):

@@ -10,9 +10,13 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from cpt_harness import ablation, claims, levels, stats
+from cpt_harness.analysis import ablation
+from cpt_harness.analysis import claims
+from cpt_harness.analysis import levels
+from cpt_harness.analysis import stats
 from cpt_harness.cli import main
-from cpt_harness.config import ConfigError, load_config
+from cpt_harness.config import ConfigError
+from cpt_harness.config.validate import load_config
 from tests.conftest import ROOT
 
 DEMO = str(ROOT / "sweeps" / "demo.yaml")

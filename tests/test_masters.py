@@ -1,4 +1,4 @@
-"""train.MasterAdamW: a weight the model holds in bf16 (the unsloth backend's embedding) is stepped as an fp32
+"""train_optim.MasterAdamW: a weight the model holds in bf16 (the unsloth backend's embedding) is stepped as an fp32
 master, exactly as the fp32 path would step it; the audit checks the masters; a resume restores them."""
 
 from __future__ import annotations
@@ -8,9 +8,11 @@ import copy
 import pytest
 import torch
 
-from cpt_harness import audit, train
-from cpt_harness.backends.peft_backend import PeftBackend
-from cpt_harness.search_space import derive
+from cpt_harness.train import audit
+from cpt_harness.train import loop as train
+from cpt_harness.train import optim as train_optim
+from cpt_harness.model.backends.peft_backend import PeftBackend
+from cpt_harness.search.space import derive
 
 
 class TiedLM(torch.nn.Module):
@@ -62,7 +64,7 @@ def test_the_master_takes_the_fp32_paths_update_that_bf16_weights_lose():
     # MasterAdamW: the master moves by the steps; the reference is fp32 AdamW on an fp32 copy of the weight fed
     # the same (bf16) gradients, upcast: the two must agree bit for bit
     model = TiedLM()
-    opt = train.MasterAdamW(groups(model))
+    opt = train_optim.MasterAdamW(groups(model))
     [(weight, master)] = opt.masters
     assert weight is model.embed.weight and master.dtype == torch.float32
     ref = torch.nn.Parameter(model.embed.weight.detach().float())
@@ -86,11 +88,11 @@ def test_micro_batches_accumulate_in_fp32_on_the_master():
     each = []
     for x in (x1, x2):  # each micro-batch's gradient alone, as the master receives it
         model = TiedLM()
-        opt = train.MasterAdamW(groups(model))
+        opt = train_optim.MasterAdamW(groups(model))
         loss_of(model, x).backward()
         each.append(opt.masters[0][1].grad.clone())
     model = TiedLM()
-    opt = train.MasterAdamW(groups(model))
+    opt = train_optim.MasterAdamW(groups(model))
     loss_of(model, x1).backward()
     loss_of(model, x2).backward()
     assert model.embed.weight.grad is None
@@ -100,7 +102,7 @@ def test_micro_batches_accumulate_in_fp32_on_the_master():
 def test_a_resumed_optimizer_goes_on_from_the_same_fp32_masters():
     steps = batches(6, seed=2)
     model = TiedLM()
-    opt = train.MasterAdamW(groups(model, lr=3e-4))
+    opt = train_optim.MasterAdamW(groups(model, lr=3e-4))
     for x in steps[:3]:
         loss_of(model, x).backward()
         opt.step()
@@ -112,7 +114,7 @@ def test_a_resumed_optimizer_goes_on_from_the_same_fp32_masters():
 
     resumed = TiedLM()
     resumed.load_state_dict(saved_weights)
-    ropt = train.MasterAdamW(groups(resumed, lr=3e-4))
+    ropt = train_optim.MasterAdamW(groups(resumed, lr=3e-4))
     ropt.load_state_dict(saved)
     assert torch.equal(ropt.masters[0][1], saved["masters"][0])
     for m, o in ((model, opt), (resumed, ropt)):
@@ -125,17 +127,17 @@ def test_a_resumed_optimizer_goes_on_from_the_same_fp32_masters():
 
     with pytest.raises(ValueError, match="1 fp32 masters, this one 0"):
         torch_only = TiedLM(dtype=torch.float32)
-        train.MasterAdamW(groups(torch_only)).load_state_dict(saved)
+        train_optim.MasterAdamW(groups(torch_only)).load_state_dict(saved)
 
 
 def test_fp32_weights_get_no_master_and_clipping_sees_every_stepped_tensor():
     model = TiedLM(dtype=torch.float32)
-    opt = train.MasterAdamW(groups(model))
+    opt = train_optim.MasterAdamW(groups(model))
     assert opt.masters == []
-    assert train.optimized(opt) == list(model.mid.parameters()) + [model.embed.weight]
+    assert train_optim.optimized(opt) == list(model.mid.parameters()) + [model.embed.weight]
     mixed = TiedLM()
-    mopt = train.MasterAdamW(groups(mixed))
-    assert train.optimized(mopt)[-1] is mopt.masters[0][1]
+    mopt = train_optim.MasterAdamW(groups(mixed))
+    assert train_optim.optimized(mopt)[-1] is mopt.masters[0][1]
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +158,7 @@ def bf16_embedding_model(tiny_cfg, backend):
 def test_the_audit_accepts_bf16_weights_with_masters_and_names_what_is_wrong(tiny_cfg, backend):
     model, params, w = bf16_embedding_model(tiny_cfg, backend)
     names = ("embed_tokens", "lm_head")
-    opt = train.configure_optimizer(model, params, tiny_cfg)
+    opt = train_optim.configure_optimizer(model, params, tiny_cfg)
     record = audit.audit(model, opt, params, tiny_cfg.lora, names, 1e-3)
     assert record["groups"]["embedding"]["dtypes"] == ["float32"]
     assert record["groups"]["embedding"]["model_dtypes"] == ["bfloat16"]
@@ -167,7 +169,7 @@ def test_the_audit_accepts_bf16_weights_with_masters_and_names_what_is_wrong(tin
     with pytest.raises(audit.AuditError, match="fp32 master of .*embed_tokens.* does not hold the model's weight"):
         audit.audit(model, opt, params, tiny_cfg.lora, names, 1e-3)
 
-    plain = torch.optim.AdamW(train.param_groups(model, 1e-3, 2e-4, 0.0))  # bf16 stepped in place
+    plain = torch.optim.AdamW(train_optim.param_groups(model, 1e-3, 2e-4, 0.0))  # bf16 stepped in place
     with pytest.raises(audit.AuditError, match=r"trainable weights in \['torch.bfloat16'\] without an fp32 master"):
         audit.audit(model, plain, params, tiny_cfg.lora, names, 1e-3)
 
@@ -188,8 +190,9 @@ class Bf16EmbeddingBackend(PeftBackend):
 
 
 def test_a_trial_trains_a_bf16_embedding_through_its_master(tiny_cfg):
-    from cpt_harness import data, modules
-    from cpt_harness.tracking import Tracker
+    from cpt_harness import data
+    from cpt_harness.model import modules
+    from cpt_harness.infra.tracking import Tracker
 
     class Audits(Tracker):
         def __init__(self):

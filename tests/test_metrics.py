@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from cpt_harness import metrics, train
-from cpt_harness.backends.peft_backend import PeftBackend
+from cpt_harness.evaluate import metrics
+from cpt_harness.evaluate import evaluation as train_evaluation
+from cpt_harness.model.backends.peft_backend import PeftBackend
 from cpt_harness.config import DataSource
 from tests.test_train import corpora_for
 
@@ -64,7 +65,7 @@ def test_per_document_sums_give_the_mean_loss_evaluate_returns(tiny_cfg, backend
         res = metrics.doc_losses(base, eval_set, 3, backend.device, backend.autocast)
         assert res.nll.dtype == np.float64 and res.nll.shape == res.tokens.shape == (eval_set.n_docs,)
         assert res.tokens.sum() == blocks.shape[0] * (blocks.shape[1] - 1)
-        assert res.loss == pytest.approx(train.evaluate(base, blocks, 3, backend.device, backend.autocast), rel=1e-6)
+        assert res.loss == pytest.approx(train_evaluation.evaluate(base, blocks, 3, backend.device, backend.autocast), rel=1e-6)
         nll, tokens, _ = direct(base, blocks, eval_set.docs, eval_set.n_docs)
         assert np.array_equal(res.tokens, tokens)
         np.testing.assert_allclose(res.nll, nll, rtol=1e-5)

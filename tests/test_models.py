@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from cpt_harness.models import check_model_name, gguf_problem, safetensors_problem
+from cpt_harness.model.resolve import check_model_name, gguf_problem, safetensors_problem
 
 
 @pytest.fixture(scope="module")

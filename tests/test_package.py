@@ -26,7 +26,7 @@ def installed(tmp_path_factory) -> Path:
     src = tmp / "src"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy(ROOT / name, src / name)
     for folder in (PACKAGE, "sweeps"):
         shutil.copytree(ROOT / folder, src / folder, ignore=ignore)

@@ -21,11 +21,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from cpt_harness import storage
+from cpt_harness.search import study as storage
 from cpt_harness.cli import main
 from cpt_harness.config import ConfigError
-from cpt_harness.parallel import auto_trials_per_gpu, physical_gpu
-from cpt_harness.wandb_files import read_runs
+from cpt_harness.run.parallel import auto_trials_per_gpu, physical_gpu
+from cpt_harness.infra.wandb_files import read_runs
 from tests.conftest import ROOT, builtin_docs
 
 DEMO = str(ROOT / "sweeps" / "demo.yaml")

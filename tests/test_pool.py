@@ -16,7 +16,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from cpt_harness import pool, storage
+from cpt_harness.run import pool
+from cpt_harness.search import study as storage
 from cpt_harness.cli import main
 from tests.conftest import ROOT
 
@@ -110,7 +111,7 @@ def test_a_pool_worker_killed_mid_trial_is_restarted_and_its_trial_failed_and_re
         time.sleep(0.5)
         try:
             study = optuna.load_study(study_name="tiny", storage=url)
-        except Exception:  # not created yet (KeyError), or its tables being created by another process
+        except Exception:  # noqa: BLE001 - not created yet (KeyError), or its tables being created
             continue
         running = next((t for t in study.get_trials(states=[TrialState.RUNNING]) if "wandb_run_id" in t.user_attrs),
                        None)
@@ -147,7 +148,7 @@ def test_without_a_pool_nothing_is_handed_over(tmp_path, monkeypatch, tiny_overr
     assert main(["pool", "--workers", "0"]) == 2
     assert "must be >= 1" in capsys.readouterr().err
     # a storage URL with a password never goes into a job file: such a command does not use the pool
-    from cpt_harness.config import load_config
+    from cpt_harness.config.validate import load_config
 
     live = pool.Pool(tmp_path, os.getpid(), "peft", [])
     cfg = load_config(DEMO, tiny_overrides)
@@ -205,7 +206,7 @@ def _long_sweep_running(d, tiny_overrides, tmp_path):
         time.sleep(0.5)
         try:
             running = optuna.load_study(study_name="tiny", storage=url).get_trials(states=[TrialState.RUNNING])
-        except Exception:  # not created yet (KeyError), or its tables being created by another process
+        except Exception:  # noqa: BLE001 - not created yet (KeyError), or its tables being created
             continue
     assert running, submit_log.read_text()[-3000:]
     return submitter, submit_log, url
@@ -257,7 +258,7 @@ def test_a_worker_whose_job_is_interrupted_inside_an_import_restarts_itself(tmp_
     started = tmp_path / "importing"
     (tmp_path / "slow_to_import.py").write_text(f"import time\nopen({str(started)!r}, 'w').close()\ntime.sleep(120)\n")
     job_that_imports = (f"import sys\nfrom pathlib import Path\nsys.path.insert(0, {str(tmp_path)!r})\n"
-                        "from cpt_harness import pool\n"
+                        "from cpt_harness.run import pool\n"
                         "def run_job(job, label, index):\n    import slow_to_import\n"
                         f"pool._run_job = run_job\nsys.exit(pool.worker_main(Path({str(d)!r}), {label!r}, 0, 'peft'))\n")
     log = tmp_path / "worker.log"

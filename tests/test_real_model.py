@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from cpt_harness import data, models
-from cpt_harness.backends.peft_backend import PeftBackend
+from cpt_harness import data
+from cpt_harness.model import resolve as models
+from cpt_harness.model.backends.peft_backend import PeftBackend
 from cpt_harness.config import DataSource, ModelConfig
-from cpt_harness.train import evaluate
+from cpt_harness.evaluate.evaluation import evaluate
 
 
 @pytest.mark.slow

@@ -11,9 +11,12 @@ import optuna
 import pytest
 import torch
 
-from cpt_harness import data, search_space, train
+from cpt_harness import data
+from cpt_harness.search import space as search_space
+from cpt_harness.train import batches as train_batches
 from cpt_harness.cli import main
-from cpt_harness.config import DataConfig, DataSource, ReplayConfig, load_config
+from cpt_harness.config import DataConfig, DataSource, ReplayConfig
+from cpt_harness.config.validate import load_config
 from tests.conftest import ROOT
 
 DEMO = str(ROOT / "sweeps" / "demo.yaml")
@@ -80,7 +83,7 @@ def test_replay_blocks_hold_only_training_documents_of_the_replay_source(tiny_mo
 def test_mixed_batches_hold_the_fraction_at_every_step(fraction):
     domain = np.zeros((10, 4), np.int32)
     replay = np.ones((7, 4), np.int32)
-    stream = train.mixed_batches(domain, replay, fraction, batch_size=6, seed=0)
+    stream = train_batches.mixed_batches(domain, replay, fraction, batch_size=6, seed=0)
     drawn = 0
     for n in range(1, 41):
         batch = next(stream)
@@ -89,7 +92,7 @@ def test_mixed_batches_hold_the_fraction_at_every_step(fraction):
         assert drawn == math.floor(fraction * 6 * n + 1e-9), "replay blocks so far: floor(fraction x blocks so far)"
     # the replay corpus is read in its own shuffled order, epoch after epoch: every block once per epoch
     replay = np.arange(1, 8, dtype=np.int32)[:, None]
-    stream = train.mixed_batches(np.zeros((5, 1), np.int32), replay, 0.5, batch_size=2, seed=0)
+    stream = train_batches.mixed_batches(np.zeros((5, 1), np.int32), replay, 0.5, batch_size=2, seed=0)
     used = np.concatenate([next(stream)[:, 0].numpy() for _ in range(21)])
     assert sorted(used[used > 0].tolist()) == sorted(list(range(1, 8)) * 3)
 
@@ -98,7 +101,7 @@ def test_no_replay_gives_todays_batches(tiny_cfg):
     corpora = data.Corpora(np.arange(40 * 4, dtype=np.int32).reshape(40, 4), np.zeros((1, 4), np.int32),
                            np.zeros((1, 4), np.int32), "x", {})
     params = search_space.derive(16, 1e-3, 0.2, tiny_cfg, replay=0.0)
-    mixed, plain = train.training_batches(corpora, params, 4, 0), train.batches(corpora.domain_train, 4, 0)
+    mixed, plain = train_batches.training_batches(corpora, params, 4, 0), train_batches.batches(corpora.domain_train, 4, 0)
     for _ in range(25):
         assert torch.equal(next(mixed), next(plain))
 

@@ -8,10 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from cpt_harness import data, resume, search_space, train
-from cpt_harness.backends.peft_backend import PeftBackend
-from cpt_harness.config import load_config
-from cpt_harness.tracking import Tracker
+from cpt_harness import data
+from cpt_harness.train import resume
+from cpt_harness.search import space as search_space
+from cpt_harness.train import loop as train
+from cpt_harness.train import batches as train_batches
+from cpt_harness.model.backends.peft_backend import PeftBackend
+from cpt_harness.config.validate import load_config
+from cpt_harness.infra.tracking import Tracker
 from tests.conftest import ROOT
 
 
@@ -91,7 +95,7 @@ def test_without_the_saved_rng_and_data_position_the_result_differs(tiny_overrid
     with pytest.raises(Killed):
         _run(cfg, backend, corpora, params, _saver(folder, cfg, params), Progress(die_at=10))
     monkeypatch.setattr(resume, "set_rng_state", lambda state: None)
-    monkeypatch.setattr(train.Batches, "load_state_dict", lambda self, state: None)
+    monkeypatch.setattr(train_batches.Batches, "load_state_dict", lambda self, state: None)
     again = _run(cfg, backend, corpora, params, _saver(folder, cfg, params))
     assert again.resumed_step == 8 and again.metrics["domain_loss"] != whole.metrics["domain_loss"]
 

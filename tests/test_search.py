@@ -12,11 +12,16 @@ import pytest
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
-from cpt_harness import pruning, report, report_files, search_space, storage
+from cpt_harness.search import pruning
+from cpt_harness.reporting import tables as report
+from cpt_harness.reporting import report_files
+from cpt_harness.reporting import sweep_report
+from cpt_harness.search import space as search_space
+from cpt_harness.search import study as storage
 from cpt_harness.cli import main
-from cpt_harness.config import load_config
-from cpt_harness.search_space import space_fingerprint
-from cpt_harness.wandb_files import read_runs
+from cpt_harness.config.validate import load_config
+from cpt_harness.search.space import space_fingerprint
+from cpt_harness.infra.wandb_files import read_runs
 from tests.conftest import ROOT
 
 DEMO = str(ROOT / "sweeps" / "demo.yaml")
@@ -70,7 +75,7 @@ def test_a_trial_over_the_forgetting_budget_stops_early_and_every_trial_records_
     assert "1 complete, 5 pruned" in table
     pruned_rows = [line for line in table.splitlines() if " PRUNED " in line]
     assert len(pruned_rows) == 5 and all(" over " in row and "forgetting " in row for row in pruned_rows)
-    assert report_files.choose_trial(study, -10).number == done.number, "none within the budget: the knee"
+    assert sweep_report.choose_trial(study, -10).number == done.number, "none within the budget: the knee"
 
 
 def test_a_constrained_study_prunes_with_the_median_pruner_and_runs_its_enqueued_points_first(
@@ -281,9 +286,9 @@ def test_a_constrained_studys_report_chooses_within_the_budget_and_estimates_imp
     table = report.table(study)
     assert "'*' marks the best" in table and sum(" over " in line for line in table.splitlines()) == 2
     # What if the budget were tighter: the report reads it from the config, over the recorded constraint.
-    assert report_files.choose_trial(study, 0.015).number == 0
-    assert report_files.choose_trial(study, 0.001).number == 0, "none within: the one that forgot least"
-    assert report_files.chosen_how(study, study.trials[0], 0.001) == "no trial has forgetting ≤ 0.001: the one that forgot least"
+    assert sweep_report.choose_trial(study, 0.015).number == 0
+    assert sweep_report.choose_trial(study, 0.001).number == 0, "none within: the one that forgot least"
+    assert sweep_report.chosen_how(study, study.trials[0], 0.001) == "no trial has forgetting ≤ 0.001: the one that forgot least"
 
 
 def test_a_pareto_front_under_a_budget_leaves_out_the_trials_over_it(tmp_path):
@@ -292,6 +297,6 @@ def test_a_pareto_front_under_a_budget_leaves_out_the_trials_over_it(tmp_path):
     assert sorted(t.number for t in storage.pareto_front(study)) == [0, 1]
     assert sorted(t.number for t in study.best_trials) == [0, 1], "Optuna's constrained front agrees"
     assert sorted(t.number for t in storage.pareto_front(study, max_forgetting=1.0)) == [0, 1, 2, 3]
-    assert report_files.choose_trial(study, None).number == 1, "the lowest domain loss within the recorded budget"
+    assert sweep_report.choose_trial(study, None).number == 1, "the lowest domain loss within the recorded budget"
     assert sorted(t.number for t in storage.pareto_front(study, max_forgetting=0.0)) == [0, 1, 2, 3], (
         "none within the budget: the front of all")

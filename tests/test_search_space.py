@@ -7,7 +7,7 @@ import math
 import optuna
 import pytest
 
-from cpt_harness.search_space import accepted_fingerprints, space_fingerprint, suggest
+from cpt_harness.search.space import accepted_fingerprints, space_fingerprint, suggest
 
 
 @pytest.mark.parametrize("rank, rslora", [(16, False), (64, False), (128, True), (256, True)])
@@ -55,7 +55,7 @@ def test_the_committed_gpu_study_can_still_be_resumed():
     eval.test_fraction 0; the default split (0.5) is a new measurement, refused on resume."""
     import optuna
 
-    from cpt_harness.config import load_config
+    from cpt_harness.config.validate import load_config
     from tests.conftest import ROOT
 
     study = optuna.load_study(study_name="gpu-legal", storage=f"sqlite:///{ROOT}/reports/gpu-legal/study.db")

@@ -19,7 +19,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from cpt_harness import storage, urls
+from cpt_harness.search import study as storage
+from cpt_harness.infra import urls
 from cpt_harness.cli import main
 from tests.conftest import ROOT
 

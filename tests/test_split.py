@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cpt_harness import metrics
+from cpt_harness.evaluate import metrics
 from cpt_harness.cli import main
 from cpt_harness.data import DataError, EvalSet
 from tests.conftest import ROOT

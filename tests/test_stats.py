@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from cpt_harness import stats
-from cpt_harness.stats import CONTRADICTED, INCONCLUSIVE, NEGLIGIBLE, SUPPORTED, Claim
+from cpt_harness.analysis import stats
+from cpt_harness.analysis.stats import CONTRADICTED, INCONCLUSIVE, NEGLIGIBLE, SUPPORTED, Claim
 
 
 def upper_tail_df2(t: float) -> float:

@@ -14,11 +14,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from cpt_harness import train
-from cpt_harness.cache import build_once
+from cpt_harness.train import loop as train
+from cpt_harness.evaluate import evaluation as train_evaluation
+from cpt_harness.infra.cache import build_once
 from cpt_harness.cli import main
 from tests.conftest import ROOT
-from cpt_harness.wandb_files import read_runs
+from cpt_harness.infra.wandb_files import read_runs
 
 DEMO = str(ROOT / "sweeps" / "demo.yaml")
 
@@ -80,7 +81,7 @@ def test_saved_adapter_loads_and_reproduces_the_domain_loss(tiny_overrides, tiny
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from cpt_harness import data
-    from cpt_harness.config import load_config
+    from cpt_harness.config.validate import load_config
 
     assert main(["sweep", DEMO, "--n-trials", "1", "--set", "study.keep_adapters=all"]
                 + [x for o in tiny_overrides for x in ("--set", o)]) == 0
@@ -90,7 +91,7 @@ def test_saved_adapter_loads_and_reproduces_the_domain_loss(tiny_overrides, tiny
     corpora = data.prepare(cfg.data, AutoTokenizer.from_pretrained(tiny_model), 64, cfg.eval.max_tokens)
     import contextlib
 
-    loss = train.evaluate(model, corpora.domain_eval, 8, "cpu", contextlib.nullcontext)
+    loss = train_evaluation.evaluate(model, corpora.domain_eval, 8, "cpu", contextlib.nullcontext)
     assert loss == pytest.approx(t.user_attrs["domain_loss"], rel=1e-4)
 
 
@@ -159,7 +160,7 @@ def test_ctrl_c_leaves_the_study_intact(tiny_overrides, tmp_path):
         try:
             if load(tmp_path).get_trials(states=[TrialState.RUNNING]):
                 break
-        except (KeyError, Exception):
+        except Exception:  # noqa: BLE001 - not created yet, or being created
             continue
     time.sleep(2)
     proc.send_signal(signal.SIGINT)
@@ -193,7 +194,8 @@ def test_cold_start_builds_once_across_processes(tmp_path):
 
 
 def test_a_dead_workers_trial_says_why_it_failed_and_which_trial_retries_it(tiny_cfg):
-    from cpt_harness import storage, trials
+    from cpt_harness.search import study as storage
+    from cpt_harness.search import trials
 
     tiny_cfg.study.heartbeat_interval, tiny_cfg.study.grace_period, tiny_cfg.study.max_retries = 1, 2, 1
     db = storage.storage_for(tiny_cfg)
@@ -223,8 +225,8 @@ def test_a_dead_workers_trial_says_why_it_failed_and_which_trial_retries_it(tiny
         "worker died (no heartbeat for over 2 s); not retried (study.max_retries reached")
 
 def test_a_trial_whose_parameters_cannot_be_drawn_says_why(tiny_cfg, tmp_path):
-    from cpt_harness.objective import Objective, TrialContext
-    from cpt_harness.tracking import Tracker
+    from cpt_harness.search.objective import Objective, TrialContext
+    from cpt_harness.infra.tracking import Tracker
 
     ctx = TrialContext(tiny_cfg, backend=None, model_path="", corpora=None, base={}, tracker=Tracker(),
                        study_dir=tmp_path)

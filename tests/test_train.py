@@ -7,10 +7,15 @@ import math
 import pytest
 import torch
 
-from cpt_harness import audit, data, modules, train
-from cpt_harness.backends.peft_backend import PeftBackend
-from cpt_harness.search_space import derive
-from cpt_harness.tracking import Tracker
+from cpt_harness import data
+from cpt_harness.train import audit
+from cpt_harness.model import modules
+from cpt_harness.train import loop as train
+from cpt_harness.train import optim as train_optim
+from cpt_harness.evaluate import evaluation as train_evaluation
+from cpt_harness.model.backends.peft_backend import PeftBackend
+from cpt_harness.search.space import derive
+from cpt_harness.infra.tracking import Tracker
 
 
 class Recorder(Tracker):
@@ -105,7 +110,7 @@ def test_embedding_group_lr_stays_ratio_times_lr_through_the_schedule(tiny_cfg, 
     lrs = [m["train/lr"] for m in rec.logged if "train/lr" in m]
     assert lrs, "the LR was logged"
     # Rebuild the optimizer the trial used and step its schedule: the ratio holds at every step.
-    opt = train.configure_optimizer(model, params, tiny_cfg)
+    opt = train_optim.configure_optimizer(model, params, tiny_cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, train.lr_lambda(tiny_cfg.train.max_steps, 0.1))
     for _ in range(tiny_cfg.train.max_steps):
         by_name = {g["name"]: g["lr"] for g in opt.param_groups}
@@ -167,20 +172,20 @@ def test_audit_catches_a_frozen_or_misgrouped_lm_head(tiny_cfg, tiny_untied_mode
 
     # lm_head silently left out of training (the Unsloth bug the audit exists for)
     head.requires_grad_(False)
-    opt = torch.optim.AdamW(train.param_groups(model, 1e-3, 2e-4, 0.0))
+    opt = torch.optim.AdamW(train_optim.param_groups(model, 1e-3, 2e-4, 0.0))
     with pytest.raises(audit.AuditError, match="lm_head is not trainable"):
         audit.audit(model, opt, params, tiny_cfg.lora, names, 1e-3)
 
     # lm_head trained at the full LR in the LoRA group
     head.requires_grad_(True)
-    groups = train.param_groups(model, 1e-3, 2e-4, 0.0)
+    groups = train_optim.param_groups(model, 1e-3, 2e-4, 0.0)
     groups[1]["params"] = [p for p in groups[1]["params"] if p is not head]
     groups[0]["params"].append(head)
     with pytest.raises(audit.AuditError, match="lm_head is in optimizer group 'lora', not 'embedding'"):
         audit.audit(model, torch.optim.AdamW(groups), params, tiny_cfg.lora, names, 1e-3)
 
     # embedding group at the wrong LR
-    opt = torch.optim.AdamW(train.param_groups(model, 1e-3, 1e-3, 0.0))
+    opt = torch.optim.AdamW(train_optim.param_groups(model, 1e-3, 1e-3, 0.0))
     with pytest.raises(audit.AuditError, match="embedding group LR is 0.001, expected 0.0002"):
         audit.audit(model, opt, params, tiny_cfg.lora, names, 1e-3)
 
@@ -189,7 +194,7 @@ def test_audit_catches_missing_lora_on_a_requested_module(tiny_cfg, backend):
     params = derive(16, 1e-3, 0.2, tiny_cfg)
     tiny_cfg.lora.target_modules = ["q_proj", "gate_proj"]
     model = backend.load_for_training(tiny_cfg.model.name, tiny_cfg, params)
-    opt = torch.optim.AdamW(train.param_groups(model, 1e-3, 2e-4, 0.0))
+    opt = torch.optim.AdamW(train_optim.param_groups(model, 1e-3, 2e-4, 0.0))
     tiny_cfg.lora.target_modules = ["q_proj", "gate_proj", "up_proj"]  # asked for, never applied
     with pytest.raises(audit.AuditError, match="2 of 2 up_proj modules carry no LoRA weights"):
         audit.audit(model, opt, params, tiny_cfg.lora, ("embed_tokens", "lm_head"), 1e-3)
@@ -198,7 +203,7 @@ def test_audit_catches_missing_lora_on_a_requested_module(tiny_cfg, backend):
 def test_evaluate_is_token_mean_cross_entropy(tiny_cfg, backend):
     corpora = corpora_for(tiny_cfg, backend)
     model = backend.load_base(tiny_cfg.model.name, tiny_cfg.model)
-    loss = train.evaluate(model, corpora.domain_eval, 3, backend.device, backend.autocast)
+    loss = train_evaluation.evaluate(model, corpora.domain_eval, 3, backend.device, backend.autocast)
     x = torch.from_numpy(corpora.domain_eval).long()
     with torch.no_grad():
         logits = model(input_ids=x).logits
@@ -212,7 +217,7 @@ def test_audit_catches_bf16_trainable_weights(tiny_cfg, backend):
     model = backend.load_for_training(tiny_cfg.model.name, tiny_cfg, params)
     lora_a = next(p for n, p in model.named_parameters() if "lora_A" in n)
     lora_a.data = lora_a.data.bfloat16()
-    opt = torch.optim.AdamW(train.param_groups(model, 1e-3, 2e-4, 0.0))
+    opt = torch.optim.AdamW(train_optim.param_groups(model, 1e-3, 2e-4, 0.0))
     with pytest.raises(audit.AuditError, match=r"trainable weights in \['torch.bfloat16'\]"):
         audit.audit(model, opt, params, tiny_cfg.lora, ("embed_tokens", "lm_head"), 1e-3)
 
@@ -222,7 +227,7 @@ def test_a_trainable_base_weight_joins_no_group_and_the_audit_names_it(tiny_cfg,
     model = backend.load_for_training(tiny_cfg.model.name, tiny_cfg, params)
     leak = next(p for n, p in model.named_parameters() if n.endswith("layers.0.mlp.up_proj.base_layer.weight"))
     leak.requires_grad_(True)
-    groups = train.param_groups(model, 1e-3, 2e-4, 0.0)
+    groups = train_optim.param_groups(model, 1e-3, 2e-4, 0.0)
     assert [g["name"] for g in groups] == ["lora", "embedding"]
     assert all(p is not leak for g in groups for p in g["params"]), "the optimizer builder does not check"
     with pytest.raises(audit.AuditError, match=r"trainable but in no optimizer group: \[.*layers\.0\.mlp\.up_proj"

@@ -8,11 +8,11 @@ import time
 import optuna
 from optuna.trial import TrialState
 
-from cpt_harness import trials
+from cpt_harness.search import trials
 
 
 def _study(tiny_cfg, name: str):
-    from cpt_harness import storage
+    from cpt_harness.search import study as storage
 
     tiny_cfg.study.heartbeat_interval, tiny_cfg.study.grace_period, tiny_cfg.study.max_retries = 1, 2, 1
     db = storage.storage_for(tiny_cfg)
@@ -54,7 +54,9 @@ def test_an_outcome_told_after_another_worker_failed_the_trial_leaves_it_failed(
 
 
 def test_the_sweep_ablation_and_confirmation_plans_are_plans(tiny_cfg):
-    from cpt_harness import ablation, confirm, sweep
+    from cpt_harness.analysis import ablation
+    from cpt_harness.analysis import confirm
+    from cpt_harness.run import sweep
 
     plans = [sweep.SweepPlan(tiny_cfg, 2), ablation.AblationPlan(ablation.study_config(tiny_cfg)),
              confirm.ConfirmPlan(tiny_cfg, [{"setting": 0, "params": {"rank": 8, "learning_rate": 1e-3}}], [1, 2])]

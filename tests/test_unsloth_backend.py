@@ -32,7 +32,7 @@ needs_unsloth_gpu = pytest.mark.skipif(
 
 
 def test_unsloth_backend_refuses_a_process_that_imported_transformers_first():
-    code = ("import transformers, sys\nfrom cpt_harness import backends\n"
+    code = ("import transformers, sys\nfrom cpt_harness.model import backends\n"
             "try:\n    backends.load('unsloth')\nexcept backends.BackendUnavailable as e:\n    print(e); sys.exit(3)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 3, proc.stderr
@@ -40,7 +40,7 @@ def test_unsloth_backend_refuses_a_process_that_imported_transformers_first():
 
 
 def test_auto_picks_peft_without_a_gpu_or_unsloth():
-    from cpt_harness.backends import resolve_name
+    from cpt_harness.model.backends import resolve_name
 
     expected = "unsloth" if importlib.util.find_spec("unsloth") and _cuda() else "peft"
     assert resolve_name("auto") == expected

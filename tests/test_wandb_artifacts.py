@@ -12,9 +12,9 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from cpt_harness import tracking
+from cpt_harness.infra import tracking
 from cpt_harness.cli import main
-from cpt_harness.wandb_files import read_runs
+from cpt_harness.infra.wandb_files import read_runs
 from tests.conftest import ROOT
 
 DEMO = str(ROOT / "sweeps" / "demo.yaml")
