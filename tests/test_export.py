@@ -92,7 +92,7 @@ def test_export_the_adapter_and_the_merged_model(demo_sweep, tiny_model, tmp_pat
 
     merged = tmp_path / "merged-out"
     assert main(["export", DEMO, str(merged), "--merge"] + sets) == 0  # --chosen: the recommendation
-    assert "trial 0 of study 'tiny'" in capsys.readouterr().out
+    assert "trial 0 of study 'tiny'" in (log := capsys.readouterr().out) and "saved in float32, the base's dtype" in log
     assert not (merged / "adapter_config.json").exists()
     model = AutoModelForCausalLM.from_pretrained(merged)  # no PEFT: a plain model folder
     assert not hasattr(model, "peft_config")
@@ -111,7 +111,8 @@ def test_export_the_adapter_and_the_merged_model(demo_sweep, tiny_model, tmp_pat
 
 
 # A new user's script: transformers and PEFT only. The adapter's config names a hub id it cannot reach offline, so
-# the base is loaded from the local folder and given to PeftModel.from_pretrained.
+# the base is loaded from the local folder and given to PeftModel.from_pretrained. Everything is computed in float32,
+# so that the two compare the weights exported, not bfloat16 arithmetic.
 PLAIN_CLIENT = """
 import json
 import sys
@@ -143,10 +144,11 @@ def generate(model, tokenizer):
 
 
 tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
-out = {"base": loss(AutoModelForCausalLM.from_pretrained(base_dir), tokenizer)}
-adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), adapter_dir)
+out = {"base": loss(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), tokenizer)}
+adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), adapter_dir)
 out["adapter"], (out["adapter_text"], out["adapter_new"]) = loss(adapter, tokenizer), generate(adapter, tokenizer)
-merged, merged_tokenizer = AutoModelForCausalLM.from_pretrained(merged_dir), AutoTokenizer.from_pretrained(merged_dir)
+merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)
+merged_tokenizer = AutoTokenizer.from_pretrained(merged_dir)
 out["merged"], (out["merged_text"], out["merged_new"]) = (loss(merged, merged_tokenizer),
                                                           generate(merged, merged_tokenizer))
 out["imported"] = sorted({m.split(".")[0] for m in sys.modules} & {"cpt_harness", "optuna"})
@@ -156,15 +158,31 @@ print(json.dumps(out))
 
 def test_a_builtin_models_export_names_its_hub_id_and_loads_in_a_plain_client(demo_sweep, tiny_model, tmp_path,
                                                                                monkeypatch, capsys):
-    """The demo's builtin model, stood in for by the tiny one (nothing downloads): its export names
-    HuggingFaceTB/SmolLM2-135M-Instruct, and its card says what the base was and how it was loaded."""
+    """The demo's builtin model, stood in for by the tiny one saved in bfloat16 as the dequantized SmolLM2 is
+    (nothing downloads): its export names HuggingFaceTB/SmolLM2-135M-Instruct, its card says what the base was and
+    how it was loaded, and the merged model is saved in bfloat16 only where that keeps the update."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    stand_in = tmp_path / "smollm2-stand-in"
+    AutoModelForCausalLM.from_pretrained(tiny_model).to(torch.bfloat16).save_pretrained(stand_in)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(stand_in)
     resolve = models.resolve
-    monkeypatch.setattr(models, "resolve", lambda name: str(tiny_model) if name == BUILTIN else resolve(name))
+    monkeypatch.setattr(models, "resolve", lambda name: str(stand_in) if name == BUILTIN else resolve(name))
     sets, cfg, trial = demo_sweep(f"model.name={BUILTIN}")
     adapter, merged = tmp_path / "adapter-out", tmp_path / "merged-out"
     assert main(["export", DEMO, str(adapter)] + sets) == 0
     assert main(["export", DEMO, str(merged), "--merge"] + sets) == 0
-    assert f"the model card names the base {HUB_ID}" in capsys.readouterr().out
+    log = capsys.readouterr().out
+    assert f"the model card names the base {HUB_ID}" in log
+    # this short run's update survives rounding to bfloat16 (3% of it lost, by norm): saved in the base's dtype;
+    # where rounding would lose more than export.ROUNDING_LIMIT of it, float32
+    assert "saved in bfloat16, the base's dtype (rounding to it loses" in log
+    assert json.loads((merged / "config.json").read_text())["dtype"] == "bfloat16"
+    monkeypatch.setattr(export, "ROUNDING_LIMIT", 0.01)
+    assert main(["export", DEMO, str(tmp_path / "merged-fp32"), "--merge"] + sets) == 0
+    assert "saved in float32: rounding the merged weights to the base's bfloat16 would lose" in capsys.readouterr().out
+    assert json.loads((tmp_path / "merged-fp32" / "config.json").read_text())["dtype"] == "float32"
     assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == HUB_ID
 
     a = trial.user_attrs
@@ -188,7 +206,7 @@ def test_a_builtin_models_export_names_its_hub_id_and_loads_in_a_plain_client(de
     (tmp_path / "held_out.json").write_text(json.dumps(held_out))
     (tmp_path / "client.py").write_text(PLAIN_CLIENT)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "client.py", str(tiny_model), str(adapter), str(merged), "held_out.json"],
+    proc = subprocess.run([sys.executable, "client.py", str(stand_in), str(adapter), str(merged), "held_out.json"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])

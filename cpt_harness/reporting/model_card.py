@@ -39,9 +39,9 @@ class BaseRef:
     path: str
 
 
-def build(study, cfg: Config, trial, *, base: BaseRef, merged: bool, why: str, folder: str) -> str:
+def build(study, cfg: Config, trial, *, base: BaseRef, merged: bool, why: str, folder: str, saved: str = "") -> str:
     """The card's text: YAML metadata, then the body. ``why``: how the trial was picked (one line); ``folder``: the
-    export folder's name, as the card's examples load it."""
+    export folder's name, as the card's examples load it; ``saved``: a merged model's dtype, in words."""
     prov = study.user_attrs.get("model_provenance") or models.provenance(base.path)
     r = _Results.of(study, cfg, trial, merged)
     dequantized = _dequantized(cfg, prov)
@@ -52,7 +52,7 @@ def build(study, cfg: Config, trial, *, base: BaseRef, merged: bool, why: str, f
         f"{_label(_sources(study, cfg)['domain'])} while general text measured forgetting. Written by "
         f"`cpt-harness export{' --merge' if merged else ''}` (cpt-harness {__version__}) from the study database: "
         "regenerate it rather than edit it.", "",
-        *_base_section(cfg, base, prov, merged, dequantized),
+        *_base_section(cfg, base, prov, merged, dequantized, saved),
         *_data_section(study, cfg, trial),
         *_settings_section(cfg, trial),
         *r.section(),
@@ -125,9 +125,10 @@ def _dequantized(cfg: Config, prov: dict) -> bool:
     return _builtin(cfg) is not None or cfg.model.name.endswith(".gguf") or "GGUF" in str(prov.get("format", ""))
 
 
-def _base_section(cfg: Config, base: BaseRef, prov: dict, merged: bool, dequantized: bool) -> list[str]:
+def _base_section(cfg: Config, base: BaseRef, prov: dict, merged: bool, dequantized: bool, saved: str) -> list[str]:
     spec = _builtin(cfg)
-    how = f" ({prov['format']})" if prov.get("format") else ""
+    version = re.search(r"transformers (\S+)", str(prov.get("format", "")))
+    how = f" (transformers {version.group(1)})" if version else ""
     if spec is not None:
         q = _quantization(spec.member)
         text = (f"**{spec.hub_id}** (licence {spec.license}), loaded as cpt-harness's `{cfg.model.name}`: the {q} "
@@ -167,6 +168,8 @@ def _base_section(cfg: Config, base: BaseRef, prov: dict, merged: bool, dequanti
                   "into the base first (model.heal), and every trial started from that healed base: the adapter "
                   "fits it, not the base as loaded. `cpt-harness sweep cpt-harness.yaml` rebuilds it (once, cached)."
                   + page._heal_effect(prov), ""]
+    if merged and saved:
+        lines += [f"The merged weights are {saved}.", ""]
     if not merged:
         lines += [f"`adapter_config.json` names the base `{base.name}` ({base.how})."
                   + ("" if base.hub_id else " That path exists only on the machine that exported it: "
@@ -242,8 +245,10 @@ def _data_section(study, cfg: Config, trial) -> list[str]:
                      f"{_label(src['replay'])}, {_n(rt.get('documents'))} documents, {_n(rt.get('tokens'))} tokens.")
     seen = trial.user_attrs.get("tokens_seen")
     if isinstance(seen, int) and train.get("tokens"):
-        lines.append(f"- **Trained on** {seen:,} tokens ({seen / train['tokens']:.2f} passes over the domain "
-                     "training part" + (", replay included" if "replay" in src else "") + ").")
+        share = seen / train["tokens"]
+        lines.append(f"- **Trained on** {seen:,} tokens (" + (f"{share:.1%} of" if share < 1 else
+                                                            f"{share:.2f} passes over")
+                     + " the domain training part" + (", replay included" if "replay" in src else "") + ").")
     c = s.get("contamination")
     if c:
         lines.append(f"- **Held-out domain documents dropped as near-copies of training documents**: {c['dropped']} "
@@ -376,8 +381,9 @@ class _Results:
                        f"{confirm.DEFAULT_TOP} settings with {confirm.DEFAULT_SEEDS} new seeds and gives intervals; "
                        "export again afterwards.")
         gain = a.get(f"{p}domain_gain")
-        said = ([f"The domain loss is {gain:.4f} nats/token below the base's." if gain >= 0 else
-                 f"The domain loss is {-gain:.4f} nats/token *above* the base's.", ""] if isinstance(gain, float) else [])
+        said = [] if not isinstance(gain, float) else [
+            f"The domain loss is {gain:.4f} nats/token below the base's." if gain >= 0 else
+            f"The domain loss is {-gain:.4f} nats/token *above* the base's.", ""]
         return head + [""] + table + ["", verdict, ""] + said
 
 
@@ -395,7 +401,8 @@ def _budget_section(study, cfg: Config, trial, why: str) -> list[str]:
     ok = sum(storage.feasible(t, mf) is True for t in done)
     return ["## How it was chosen", "", text + f" The study has {len(done)} complete trial"
             + ("s" if len(done) != 1 else "") + (f", {ok} within the budget" if mf is not None else "")
-            + f" ({storage.objective_of(study)} objective, {cfg.study.sampler} sampler).", "", f"Exported as: {why}.", ""]
+            + f" ({storage.objective_of(study)} objective, {cfg.study.sampler} sampler).", "",
+            f"Exported as: {why}.", ""]
 
 
 def _caveats_section(study, cfg: Config, prov: dict, r: _Results, dequantized: bool) -> list[str]:
