@@ -42,6 +42,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from benchmarks import common
 from cpt_harness.search import study as storage
+from cpt_harness.search import samplers
 from cpt_harness.config import StudyConfig
 
 SAMPLERS = ("random", "tpe", "gp", "qmc")
@@ -123,15 +124,15 @@ def _suggest(trial, space: dict) -> dict:
 
 
 def make_sampler(name: str, seed: int, n_trials: int):
-    """The sampler a sweep of ``n_trials`` gets from the harness (``storage.make_sampler``: TPE multivariate with
+    """The sampler a sweep of ``n_trials`` gets from the harness (``samplers.make_sampler``: TPE multivariate with
     the constant liar, TPE and GP leaving random start-up after a third of the trials, 4 to 10). A budget reaches
     TPE and GP through ``trial.set_constraint``, as ``cpt_harness.search.pruning`` records it (Optuna 5 reads
     ``trial.constraints``)."""
-    return storage.make_sampler(StudyConfig(sampler=name, n_trials=n_trials, seed=seed), seed)
+    return samplers.make_sampler(StudyConfig(sampler=name, n_trials=n_trials, seed=seed), seed)
 
 
 def make_pruner(name: str, checkpoints: int):
-    """The harness's pruners (``storage.pruner_kwargs``: Optuna's defaults, the first rung at the first checkpoint),
+    """The harness's pruners (``samplers.pruner_kwargs``: Optuna's defaults, the first rung at the first checkpoint),
     with checkpoints as steps."""
     return {
         "none": lambda: optuna.pruners.NopPruner(),

@@ -18,6 +18,7 @@ from cpt_harness.reporting import report_files
 from cpt_harness.reporting import sweep_report
 from cpt_harness.search import space as search_space
 from cpt_harness.search import study as storage
+from cpt_harness.search import samplers
 from cpt_harness.cli import main
 from cpt_harness.config.validate import load_config
 from cpt_harness.search.space import space_fingerprint
@@ -151,8 +152,8 @@ def test_baselines_run_first_tagged_even_outside_the_search_space_and_are_enqueu
 @pytest.mark.parametrize("name", ["tpe", "random", "nsga2", "gp", "qmc"])
 def test_every_sampler_runs_a_budgeted_study_with_running_trials_and_an_outside_point(name, tiny_cfg, tmp_path):
     tiny_cfg.study.sampler, tiny_cfg.study.max_forgetting, tiny_cfg.study.n_trials = name, 0.5, 9
-    sampler = storage.make_sampler(tiny_cfg.study, 0)
-    assert type(sampler).__name__ == storage.SAMPLERS[name]
+    sampler = samplers.make_sampler(tiny_cfg.study, 0)
+    assert type(sampler).__name__ == samplers.SAMPLERS[name]
     study = optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db", directions=["minimize"] * 2, sampler=sampler)
     study.enqueue_trial({"rank": 64, "learning_rate": 1e-6, "embedding_lr_ratio": 0.2})
     running = None
@@ -176,25 +177,25 @@ def test_every_sampler_runs_a_budgeted_study_with_running_trials_and_an_outside_
 def test_sampler_and_pruner_defaults_scale_to_the_sweep_and_options_override_them(tiny_cfg):
     s = tiny_cfg.study
     s.sampler, s.n_trials = "tpe", 12
-    assert storage.sampler_kwargs(s, 7) == {"n_startup_trials": 4, "multivariate": True, "constant_liar": True,
+    assert samplers.sampler_kwargs(s, 7) == {"n_startup_trials": 4, "multivariate": True, "constant_liar": True,
                                             "seed": 7}
     s.n_trials = 60
-    assert storage.sampler_kwargs(s, 7)["n_startup_trials"] == 10
+    assert samplers.sampler_kwargs(s, 7)["n_startup_trials"] == 10
     s.sampler_options = {"n_startup_trials": 2, "n_ei_candidates": 48}
-    assert storage.sampler_kwargs(s, 7) == {"n_startup_trials": 2, "multivariate": True, "constant_liar": True,
+    assert samplers.sampler_kwargs(s, 7) == {"n_startup_trials": 2, "multivariate": True, "constant_liar": True,
                                             "n_ei_candidates": 48, "seed": 7}
     s.sampler, s.sampler_options, s.n_trials = "nsga2", {}, 12
-    assert storage.sampler_kwargs(s, 7) == {"population_size": 4, "seed": 7}
+    assert samplers.sampler_kwargs(s, 7) == {"population_size": 4, "seed": 7}
     s.sampler = "qmc"
-    assert storage.sampler_kwargs(s, 7)["seed"] == s.seed, "every worker draws the study's one sequence"
-    assert storage.sampler_kwargs(s, 7)["scramble"] is True, "seeded by the study, not the same points for every study"
+    assert samplers.sampler_kwargs(s, 7)["seed"] == s.seed, "every worker draws the study's one sequence"
+    assert samplers.sampler_kwargs(s, 7)["scramble"] is True, "seeded by the study, not the same points for every study"
     s.sampler_options = {"scramble": False}
-    assert storage.sampler_kwargs(s, 7)["scramble"] is False
+    assert samplers.sampler_kwargs(s, 7)["scramble"] is False
     s.sampler_options = {}
     s.objective, s.max_forgetting, s.pruner = "constrained", 0.1, "hyperband"
     tiny_cfg.train.max_steps, tiny_cfg.train.eval_every = 200, 50
-    assert storage.pruner_kwargs(tiny_cfg) == {"min_resource": 50, "max_resource": 200}
-    assert type(storage.make_pruner(tiny_cfg)).__name__ == "HyperbandPruner"
+    assert samplers.pruner_kwargs(tiny_cfg) == {"min_resource": 50, "max_resource": 200}
+    assert type(samplers.make_pruner(tiny_cfg)).__name__ == "HyperbandPruner"
 
 
 @pytest.mark.parametrize("sets,expect", [

@@ -20,7 +20,7 @@ from cpt_harness.errors import ConfigError
 from cpt_harness.infra import urls
 from cpt_harness.model import resolve as models
 from cpt_harness.search import space as search_space
-from cpt_harness.search import study as storage
+from cpt_harness.search import samplers
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
@@ -123,9 +123,9 @@ def _rules() -> list[tuple[tuple[str, ...], Callable[[Config], list[str]]]]:
         (("study.grace_period", "study.heartbeat_interval"), _check_grace_period),
         (("train.eval_steps", "train.max_steps"), _check_eval_steps),
         (("study.objective", "study.max_forgetting", "study.pruner"), _check_objective),
-        (("study.sampler", "study.sampler_options", "study.n_trials"), lambda c: storage.sampler_problems(c)),
+        (("study.sampler", "study.sampler_options", "study.n_trials"), lambda c: samplers.sampler_problems(c)),
         (("study.pruner", "study.pruner_options", "train.eval_every", "train.max_steps"),
-         lambda c: storage.pruner_problems(c)),
+         lambda c: samplers.pruner_problems(c)),
         (("study.enqueue", "search", "lora.train_embeddings"), search_space.enqueue_problems),
         (("parallel.gpus",), _check_gpus),
         (("search.rank.choices",), _check_ranks),
