@@ -3,4 +3,6 @@ hand), and ``cpt_harness.sweeps``, the repository's sweeps/ folder (mapped in py
 
 from setuptools import find_namespace_packages, setup
 
-setup(packages=find_namespace_packages(include=["cpt_harness*"], exclude=["cpt_harness.sweeps*"]) + ["cpt_harness.sweeps"])
+setup(
+    packages=find_namespace_packages(include=["cpt_harness*"], exclude=["cpt_harness.sweeps*"]) + ["cpt_harness.sweeps"]
+)

@@ -58,8 +58,7 @@ def run(cmd: list[str], marker: str = MARKER, env: dict[str, str] | None = None)
 
 def start(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start a worker that runs beside others (stdout and stderr together); ``finish`` collects it."""
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env or worker_env())
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env or worker_env())
 
 
 def finish(proc: subprocess.Popen, marker: str = MARKER) -> tuple[dict | None, str]:

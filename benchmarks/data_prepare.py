@@ -91,19 +91,24 @@ def measure_build(corpus: Path, cache: Path, model: str, baseline: bool, num_pro
     """Build the data cache for ``corpus`` in a fresh process, sampling its process tree's memory."""
     if baseline:
         old = cache / "old_data.py"
-        source = subprocess.check_output(["git", "-C", str(ROOT), "show", f"{BASELINE_COMMIT}:harness/data.py"], text=True)
+        source = subprocess.check_output(
+            ["git", "-C", str(ROOT), "show", f"{BASELINE_COMMIT}:harness/data.py"], text=True
+        )
         # The package was named harness then: its imports point at today's cpt_harness, as they did at today's harness
         old.write_text(re.sub(r"^from harness([. ])", r"from cpt_harness\1", source, flags=re.MULTILINE))
-        import_data = (f"import importlib.util; s = importlib.util.spec_from_file_location('old_data', {str(old)!r}); "
-                       "data = importlib.util.module_from_spec(s); sys.modules['old_data'] = data; "
-                       "s.loader.exec_module(data); from pathlib import Path; "
-                       f"data.CORPORA_DIR = Path({str(ROOT / 'cpt_harness' / 'corpora')!r})")
+        import_data = (
+            f"import importlib.util; s = importlib.util.spec_from_file_location('old_data', {str(old)!r}); "
+            "data = importlib.util.module_from_spec(s); sys.modules['old_data'] = data; "
+            "s.loader.exec_module(data); from pathlib import Path; "
+            f"data.CORPORA_DIR = Path({str(ROOT / 'cpt_harness' / 'corpora')!r})"
+        )
         procs = ""
     else:
         import_data = "from cpt_harness import data"
         procs = "" if num_proc == "auto" else f"cfg.num_proc = {int(num_proc)}"
-    script = BUILD.format(import_data=import_data, model=model, corpus=str(corpus), num_proc=procs,
-                          marker=common.MARKER)
+    script = BUILD.format(
+        import_data=import_data, model=model, corpus=str(corpus), num_proc=procs, marker=common.MARKER
+    )
     started = time.perf_counter()
     proc = common.start([sys.executable, "-c", script], common.worker_env(CPT_HARNESS_CACHE=str(cache)))
     peaks = {"max_process_rss": 0, "max_process_anon": 0, "tree_pss": 0, "tree_rss": 0}
@@ -130,14 +135,21 @@ def measure_build(corpus: Path, cache: Path, model: str, baseline: bool, num_pro
         raise SystemExit(f"build failed (exit status {proc.returncode}):\n{out[-3000:]}")
     folder = cache / "data" / result["fingerprint"]
     tokens = result["stats"]["domain_train"]["tokens"]
-    return {"corpus": str(corpus), "corpus_bytes": corpus.stat().st_size, "wall_s": time.perf_counter() - started,
-            "build_s": result["seconds"], "train_tokens": tokens, "tokens_per_s": tokens / result["seconds"],
-            "peak_rss_gb_largest_process": peaks["max_process_rss"] / 2**30,
-            "peak_anon_gb_largest_process": peaks["max_process_anon"] / 2**30,
-            "peak_pss_gb_process_tree": peaks["tree_pss"] / 2**30, "peak_rss_gb_process_tree": peaks["tree_rss"] / 2**30,
-            "disk_gb": sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**30,
-            "stats": {k: result["stats"][k] for k in ("domain_train", "domain_eval", "contamination")},
-            "folder": str(folder)}
+    return {
+        "corpus": str(corpus),
+        "corpus_bytes": corpus.stat().st_size,
+        "wall_s": time.perf_counter() - started,
+        "build_s": result["seconds"],
+        "train_tokens": tokens,
+        "tokens_per_s": tokens / result["seconds"],
+        "peak_rss_gb_largest_process": peaks["max_process_rss"] / 2**30,
+        "peak_anon_gb_largest_process": peaks["max_process_anon"] / 2**30,
+        "peak_pss_gb_process_tree": peaks["tree_pss"] / 2**30,
+        "peak_rss_gb_process_tree": peaks["tree_rss"] / 2**30,
+        "disk_gb": sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**30,
+        "stats": {k: result["stats"][k] for k in ("domain_train", "domain_eval", "contamination")},
+        "folder": str(folder),
+    }
 
 
 def children(pid: int) -> list[int]:
@@ -183,8 +195,12 @@ def measure_attach(blocks: Path, big: Path, workers: int, tokens: int = 10**9) -
             out[i : i + len(src)] = src[: n_blocks - i]
         out.flush()
         del out
-    procs = [subprocess.Popen([sys.executable, "-c", ATTACH, str(big)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True) for _ in range(workers)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", ATTACH, str(big)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(workers)
+    ]
     started = time.perf_counter()
     for p in procs:
         assert p.stdout.readline().strip() == "ready"
@@ -193,10 +209,16 @@ def measure_attach(blocks: Path, big: Path, workers: int, tokens: int = 10**9) -
         p.stdin.write("\n")
         p.stdin.flush()
         p.wait()
-    return {"file": str(big), "file_gb": big.stat().st_size / 2**30, "tokens": int(n_blocks * src.shape[1]),
-            "workers": workers, "attach_and_read_s": time.perf_counter() - started,
-            "rss_gb_per_worker": [m["rss"] / 2**30 for m in mem], "pss_gb_per_worker": [m["pss"] / 2**30 for m in mem],
-            "pss_gb_sum": sum(m["pss"] for m in mem) / 2**30}
+    return {
+        "file": str(big),
+        "file_gb": big.stat().st_size / 2**30,
+        "tokens": int(n_blocks * src.shape[1]),
+        "workers": workers,
+        "attach_and_read_s": time.perf_counter() - started,
+        "rss_gb_per_worker": [m["rss"] / 2**30 for m in mem],
+        "pss_gb_per_worker": [m["pss"] / 2**30 for m in mem],
+        "pss_gb_sum": sum(m["pss"] for m in mem) / 2**30,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,9 +241,18 @@ def main(argv: list[str] | None = None) -> int:
     size = build_corpus(corpus, args.gb)
     small = tmp / f"corpus-{int(args.baseline_mb)}mb.txt"
     head(corpus, small, args.baseline_mb)
-    result = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                          "cpu": _cpu_name(), "memory_gb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30},
-              "date": common.today(), "corpus_bytes": size, "builds": {}}
+    result = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpu": _cpu_name(),
+            "memory_gb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
+        },
+        "date": common.today(),
+        "corpus_bytes": size,
+        "builds": {},
+    }
     runs = [("baseline", small, True), ("small", small, False), ("large", corpus, False)]
     for name, path, baseline in runs:
         if name in skip:
@@ -236,8 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     if "baseline" in b and "small" in b:
         result["speedup_small"] = b["small"]["tokens_per_s"] / b["baseline"]["tokens_per_s"]
     if "large" in b and "attach" not in skip:
-        result["attach"] = measure_attach(Path(b["large"]["folder"]) / "domain_train.npy", tmp / "tokens-1e9.npy",
-                                          args.workers)
+        result["attach"] = measure_attach(
+            Path(b["large"]["folder"]) / "domain_train.npy", tmp / "tokens-1e9.npy", args.workers
+        )
         print(json.dumps(result["attach"], indent=1), flush=True)
     common.write_json(args.out, result)
     print(f"[bench] wrote {args.out}")

@@ -36,19 +36,24 @@ def heal_sets(candidate: str) -> list[str]:
 
 def heal_one(config: str, overrides: list[str]) -> dict:
     """In this process: heal with the config's settings (cached) and return what the heal measured."""
-    from cpt_harness.model import backends
-    from cpt_harness.train import heal
-    from cpt_harness.model import resolve as models
     from cpt_harness.config.validate import load_config
+    from cpt_harness.model import backends
+    from cpt_harness.model import resolve as models
+    from cpt_harness.train import heal
 
     cfg = load_config(config, overrides + ["backend=peft"])  # healing is transformers + PEFT either way (heal.py)
     backend = backends.load(cfg.backend)
     started = time.perf_counter()
     path = heal.healed_base(models.resolve(cfg.model.name), cfg, backend)
     prov = json.loads((Path(path) / "provenance.json").read_text())
-    return {"path": path, "seconds": round(time.perf_counter() - started, 1), "heal": prov["heal"],
-            "validation": prov["heal_validation"], "held_out": prov["heal_held_out"],
-            "train_loss_first_last": prov["heal_loss_first_last"]}
+    return {
+        "path": path,
+        "seconds": round(time.perf_counter() - started, 1),
+        "heal": prov["heal"],
+        "validation": prov["heal_validation"],
+        "held_out": prov["heal_held_out"],
+        "train_loss_first_last": prov["heal_loss_first_last"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     procs = []
     for i, c in enumerate(args.candidate):
         env = common.worker_env(**({"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]} if gpus else {}))
-        cmd = common.command("benchmarks.heal_check", args.config, "--one", c,
-                             *[x for o in args.overrides for x in ("--set", o)])
+        cmd = common.command(
+            "benchmarks.heal_check", args.config, "--one", c, *[x for o in args.overrides for x in ("--set", o)]
+        )
         procs.append((c, common.start(cmd, env)))
     rows = []
     for c, proc in procs:
@@ -91,14 +97,22 @@ def main(argv: list[str] | None = None) -> int:
         row["validation_change"] = round(v1 - v0, 4)
         row["test_change"], row["domain_change"] = round(g1 - g0, 4), round(d1 - d0, 4)
         rows.append(row)
-        print(f"[heal-check] {c}: general {v0:.4f} -> {v1:.4f} ({v1 - v0:+.4f}) on validation, {g0:.4f} -> {g1:.4f} "
-              f"({g1 - g0:+.4f}) on test; domain {d0:.4f} -> {d1:.4f} ({d1 - d0:+.4f}), {row['seconds']} s", flush=True)
+        print(
+            f"[heal-check] {c}: general {v0:.4f} -> {v1:.4f} ({v1 - v0:+.4f}) on validation, {g0:.4f} -> {g1:.4f} "
+            f"({g1 - g0:+.4f}) on test; domain {d0:.4f} -> {d1:.4f} ({d1 - d0:+.4f}), {row['seconds']} s",
+            flush=True,
+        )
     ok = [r for r in rows if "error" not in r]
     chosen = min(ok, key=lambda r: r["validation_change"]) if ok else None
-    results = {"date": common.today(), "config": args.config, "overrides": args.overrides,
-               "rule": "the candidate that lowered the general loss on the validation documents most (test "
-                       "documents recorded, not chosen on)", "candidates": rows,
-               "chosen": chosen["candidate"] if chosen else None}
+    results = {
+        "date": common.today(),
+        "config": args.config,
+        "overrides": args.overrides,
+        "rule": "the candidate that lowered the general loss on the validation documents most (test "
+        "documents recorded, not chosen on)",
+        "candidates": rows,
+        "chosen": chosen["candidate"] if chosen else None,
+    }
     if common.cards():
         results["gpus"] = common.cards()
     if args.out:

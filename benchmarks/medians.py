@@ -29,8 +29,15 @@ def medians(files: list[Path]) -> list[dict]:
                 row["mfu"].append(r["mfu"])
             if raw is not None:
                 row["vs_raw"].append(r["tokens_per_s"] / raw["tokens_per_s"])
-    return [{"shape": s, "mode": m, "repeats": len(v["tokens_per_s"]),
-             **{k: statistics.median(x) if x else None for k, x in v.items()}} for (s, m), v in sorted(rows.items())]
+    return [
+        {
+            "shape": s,
+            "mode": m,
+            "repeats": len(v["tokens_per_s"]),
+            **{k: statistics.median(x) if x else None for k, x in v.items()},
+        }
+        for (s, m), v in sorted(rows.items())
+    ]
 
 
 def main() -> None:
@@ -44,8 +51,10 @@ def main() -> None:
     for r in medians(files):
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
         vs = f"{r['vs_raw']:.3f}x" if r["vs_raw"] is not None else "-"
-        print(f"| {r['shape']} | {r['mode']} | {r['repeats']} | {r['tokens_per_s']:,.0f} | {mfu} | "
-              f"{r['peak_memory_gb']:.1f} GiB | {vs} |")
+        print(
+            f"| {r['shape']} | {r['mode']} | {r['repeats']} | {r['tokens_per_s']:,.0f} | {mfu} | "
+            f"{r['peak_memory_gb']:.1f} GiB | {vs} |"
+        )
 
 
 if __name__ == "__main__":

@@ -21,9 +21,9 @@ def worker(backend_name: str, config: str, overrides: list[str], rank: int, lr: 
 
     backend = backends.load(backend_name)  # first: unsloth before transformers
     from cpt_harness.config.validate import load_config
-    from cpt_harness.search.space import derive
-    from cpt_harness.run.sweep import setup_inputs, measure_base
     from cpt_harness.infra.tracking import Tracker
+    from cpt_harness.run.sweep import measure_base, setup_inputs
+    from cpt_harness.search.space import derive
     from cpt_harness.train.loop import run_trial
 
     cfg = load_config(config, overrides)
@@ -32,9 +32,15 @@ def worker(backend_name: str, config: str, overrides: list[str], rank: int, lr: 
     base = measure_base(backend, model_path, cfg, corpora, log=lambda *a: None)
     base_s = time.perf_counter() - t
     result = run_trial(backend, model_path, cfg, derive(rank, lr, ratio, cfg), corpora, Tracker(), None)
-    return {"backend": backend_name, "base": base, "base_eval_s": base_s, "curve": result.curve,
-            "metrics": result.metrics, "timings": result.timings,
-            "groups": {k: {"lr": v["lr"], "parameters": v["parameters"]} for k, v in result.audit["groups"].items()}}
+    return {
+        "backend": backend_name,
+        "base": base,
+        "base_eval_s": base_s,
+        "curve": result.curve,
+        "metrics": result.metrics,
+        "timings": result.timings,
+        "groups": {k: {"lr": v["lr"], "parameters": v["parameters"]} for k, v in result.audit["groups"].items()},
+    }
 
 
 def main() -> None:
@@ -52,11 +58,31 @@ def main() -> None:
         return
     runs = {}
     for name in ("peft", "unsloth"):
-        runs[name] = common.run(common.command(
-            "benchmarks.parity", a.config, "--worker", name, "--rank", str(a.rank), "--lr", str(a.lr),
-            "--ratio", str(a.ratio), *[x for o in a.overrides for x in ("--set", o)]))
-    out = {"config": a.config, "overrides": a.overrides, "rank": a.rank, "lr": a.lr, "ratio": a.ratio,
-           "date": common.today(), "card": common.card(), "runs": runs}
+        runs[name] = common.run(
+            common.command(
+                "benchmarks.parity",
+                a.config,
+                "--worker",
+                name,
+                "--rank",
+                str(a.rank),
+                "--lr",
+                str(a.lr),
+                "--ratio",
+                str(a.ratio),
+                *[x for o in a.overrides for x in ("--set", o)],
+            )
+        )
+    out = {
+        "config": a.config,
+        "overrides": a.overrides,
+        "rank": a.rank,
+        "lr": a.lr,
+        "ratio": a.ratio,
+        "date": common.today(),
+        "card": common.card(),
+        "runs": runs,
+    }
     common.write_json(a.out, out)
     print(markdown(out))
 
@@ -65,18 +91,30 @@ def markdown(out: dict) -> str:
     p, u = out["runs"].get("peft", {}), out["runs"].get("unsloth", {})
     if "error" in p or "error" in u:
         return f"parity run failed: peft={p.get('error')}, unsloth={u.get('error')}"
-    lines = [f"rank {out['rank']}, lr {out['lr']:g}, embedding ratio {out['ratio']}", "",
-             "| | peft | unsloth | rel. diff |", "|---|---|---|---|"]
+    lines = [
+        f"rank {out['rank']}, lr {out['lr']:g}, embedding ratio {out['ratio']}",
+        "",
+        "| | peft | unsloth | rel. diff |",
+        "|---|---|---|---|",
+    ]
     for key in ("domain_loss", "general_loss"):
         a, b = p["base"][key], u["base"][key]
         lines.append(f"| base {key} | {a:.4f} | {b:.4f} | {100 * (b - a) / a:+.2f}% |")
-    lines += ["", "| tokens seen | peft domain | unsloth domain | peft general | unsloth general |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| tokens seen | peft domain | unsloth domain | peft general | unsloth general |",
+        "|---|---|---|---|---|",
+    ]
     for cp, cu in zip(p["curve"], u["curve"]):
-        lines.append(f"| {cp['tokens_seen']:,} | {cp['domain_loss']:.4f} | {cu['domain_loss']:.4f} | "
-                     f"{cp['general_loss']:.4f} | {cu['general_loss']:.4f} |")
+        lines.append(
+            f"| {cp['tokens_seen']:,} | {cp['domain_loss']:.4f} | {cu['domain_loss']:.4f} | "
+            f"{cp['general_loss']:.4f} | {cu['general_loss']:.4f} |"
+        )
     lines.append("")
-    lines.append(f"tokens/s: peft {p['metrics']['tokens_per_s']:,.0f}, unsloth {u['metrics']['tokens_per_s']:,.0f}; "
-                 f"peak memory: peft {p['metrics']['peak_memory_gb']:.1f} GiB, unsloth {u['metrics']['peak_memory_gb']:.1f} GiB")
+    lines.append(
+        f"tokens/s: peft {p['metrics']['tokens_per_s']:,.0f}, unsloth {u['metrics']['tokens_per_s']:,.0f}; "
+        f"peak memory: peft {p['metrics']['peak_memory_gb']:.1f} GiB, unsloth {u['metrics']['peak_memory_gb']:.1f} GiB"
+    )
     return "\n".join(lines)
 
 

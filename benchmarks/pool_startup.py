@@ -25,16 +25,18 @@ import time
 from pathlib import Path
 
 
-
 def measure(config: str, warm: bool, overrides: list[str], gpus: str | None, per_gpu: str | None) -> dict:
-    from cpt_harness.run import pool
     from cpt_harness.cli import load_study
     from cpt_harness.config.validate import load_config
+    from cpt_harness.run import pool
 
     running = pool.discover()
     if warm and running is None:
-        print(f"error: --warm: no pool is running on this host ({pool.pool_dir()}); start `cpt-harness pool` first, "
-              "or measure --cold", file=sys.stderr)
+        print(
+            f"error: --warm: no pool is running on this host ({pool.pool_dir()}); start `cpt-harness pool` first, "
+            "or measure --cold",
+            file=sys.stderr,
+        )
         sys.exit(2)
     cmd = [sys.executable, "-m", "cpt_harness", "sweep", config] + [x for o in overrides for x in ("--set", o)]
     if not warm:
@@ -47,10 +49,21 @@ def measure(config: str, warm: bool, overrides: list[str], gpus: str | None, per
     done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
     first_step = min(t.datetime_start.timestamp() + t.user_attrs.get("timings", {}).get("load", 0.0) for t in done)
     last_end = max(t.datetime_complete.timestamp() for t in done)
-    return {"mode": "warm-pool" if warm else "cold", "config": config, "overrides": overrides, "rc": rc,
-            "workers": len(running.slots) if warm else None, "gpus": gpus, "trials_per_gpu": per_gpu,
-            "complete_trials": len(done), "first_step_s": first_step - t0, "last_end_s": last_end - t0,
-            "command_wall_s": wall, "date": datetime.date.today().isoformat(), "card": _card()}
+    return {
+        "mode": "warm-pool" if warm else "cold",
+        "config": config,
+        "overrides": overrides,
+        "rc": rc,
+        "workers": len(running.slots) if warm else None,
+        "gpus": gpus,
+        "trials_per_gpu": per_gpu,
+        "complete_trials": len(done),
+        "first_step_s": first_step - t0,
+        "last_end_s": last_end - t0,
+        "command_wall_s": wall,
+        "date": datetime.date.today().isoformat(),
+        "card": _card(),
+    }
 
 
 def _card() -> str:

@@ -61,11 +61,15 @@ def main() -> None:
     if prof is not None:
         prof.stop()
     gaps = [b - c for b, c in zip(stamps[1:], stamps[:-1])]
-    print(f"backend {a.backend} shape {a.shape} batch {a.batch} x {a.seq}: first step {stamps[0] - t0:.1f} s after start "
-          f"(load {result.timings['load']:.1f} s); steady step median {statistics.median(gaps[5:]) * 1e3:.1f} ms "
-          f"-> {a.batch * a.seq / statistics.median(gaps[5:]):,.0f} tok/s; peak {result.metrics['peak_memory_gb']:.2f} GiB")
+    print(
+        f"backend {a.backend} shape {a.shape} batch {a.batch} x {a.seq}: first step {stamps[0] - t0:.1f} s after start "
+        f"(load {result.timings['load']:.1f} s); steady step median {statistics.median(gaps[5:]) * 1e3:.1f} ms "
+        f"-> {a.batch * a.seq / statistics.median(gaps[5:]):,.0f} tok/s; peak {result.metrics['peak_memory_gb']:.2f} GiB"
+    )
     for name, g in result.audit["groups"].items():
-        print(f"  group {name}: lr {g['lr']:g}, {g['parameters']:,} params, dtypes {g['dtypes']}, devices {g['devices']}")
+        print(
+            f"  group {name}: lr {g['lr']:g}, {g['parameters']:,} params, dtypes {g['dtypes']}, devices {g['devices']}"
+        )
     if prof is not None:
         _tables(prof)
 
@@ -73,8 +77,10 @@ def main() -> None:
 def _profiler(steps: int):
     import torch
 
-    return torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA],
-                                  schedule=torch.profiler.schedule(wait=steps - 8, warmup=2, active=5, repeat=1))
+    return torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA],
+        schedule=torch.profiler.schedule(wait=steps - 8, warmup=2, active=5, repeat=1),
+    )
 
 
 def _tables(prof) -> None:
@@ -96,13 +102,21 @@ def _raw(a) -> None:
     prof = None if a.no_profile else _profiler(a.steps)
     if prof is not None:
         prof.start()
-    out = run_raw_unsloth(a.shape, folder, a.steps, 5, fp32_embeddings=a.backend == "raw-unsloth-fp32emb",
-                          masters=a.backend == "raw-unsloth-masters",
-                          on_step=None if prof is None else prof.step)
+    out = run_raw_unsloth(
+        a.shape,
+        folder,
+        a.steps,
+        5,
+        fp32_embeddings=a.backend == "raw-unsloth-fp32emb",
+        masters=a.backend == "raw-unsloth-masters",
+        on_step=None if prof is None else prof.step,
+    )
     if prof is not None:
         prof.stop()
-    print(f"{out['mode']} shape {a.shape} batch {out['batch']} x {out['seq']}: {out['tokens_per_s']:,.0f} tok/s; "
-          f"peak {out['peak_memory_gb']:.2f} GiB; trainable dtypes {out['trainable_dtypes']}")
+    print(
+        f"{out['mode']} shape {a.shape} batch {out['batch']} x {out['seq']}: {out['tokens_per_s']:,.0f} tok/s; "
+        f"peak {out['peak_memory_gb']:.2f} GiB; trainable dtypes {out['trainable_dtypes']}"
+    )
     if prof is not None:
         _tables(prof)
 

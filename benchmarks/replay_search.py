@@ -41,9 +41,9 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from benchmarks import common
-from cpt_harness.search import study as storage
-from cpt_harness.search import samplers
 from cpt_harness.config import StudyConfig
+from cpt_harness.search import samplers
+from cpt_harness.search import study as storage
 
 SAMPLERS = ("random", "tpe", "gp", "qmc")
 PRUNERS = ("none", "median", "successive_halving", "hyperband")
@@ -87,9 +87,14 @@ def _record(t, space: dict, base_general: float) -> Record:
     variable = sum(v for k, v in timings.items() if k in ("train", "eval", "data", "log")) if timings else total
     cost = fixed + variable * tokens / tokens[-1]
     cost[-1] = total
-    return Record(t.number, dict(t.params), normalize(t.params, space),
-                  np.array([p["domain_loss"] for p in curve]),
-                  np.array([p["general_loss"] - base_general for p in curve]), cost)
+    return Record(
+        t.number,
+        dict(t.params),
+        normalize(t.params, space),
+        np.array([p["domain_loss"] for p in curve]),
+        np.array([p["general_loss"] - base_general for p in curve]),
+        cost,
+    )
 
 
 def normalize(params: dict, space: dict) -> np.ndarray:
@@ -155,12 +160,27 @@ class Outcome:
 
     def best_within(self, gpu_s: float, max_forgetting: float | None) -> float:
         """The best feasible domain loss among the trials completed by ``gpu_s`` spent (inf: none)."""
-        return min((d for (d, f), t in zip(self.completed, self.spent) if t <= gpu_s
-                    and (max_forgetting is None or f <= max_forgetting)), default=math.inf)
+        return min(
+            (
+                d
+                for (d, f), t in zip(self.completed, self.spent)
+                if t <= gpu_s and (max_forgetting is None or f <= max_forgetting)
+            ),
+            default=math.inf,
+        )
 
 
-def replay(sampler: str, pruner: str, mode: str, seed: int, space: dict, records: list[Record], n_trials: int,
-           max_forgetting: float | None, prune_margin: float | None = None) -> Outcome:
+def replay(
+    sampler: str,
+    pruner: str,
+    mode: str,
+    seed: int,
+    space: dict,
+    records: list[Record],
+    n_trials: int,
+    max_forgetting: float | None,
+    prune_margin: float | None = None,
+) -> Outcome:
     """One strategy, one seed, run as ``cpt_harness.search.pruning`` and a sweep run it: at each checkpoint but the last, a
     trial whose forgetting is over ``max_forgetting + prune_margin`` stops (either mode), then the pruner decides
     (single mode); the run ends at ``n_trials`` complete trials, or ``storage.PRUNED_CAP`` x ``n_trials`` complete
@@ -171,13 +191,15 @@ def replay(sampler: str, pruner: str, mode: str, seed: int, space: dict, records
         study_name=f"replay-{mode}-{sampler}-{pruner}-{seed}",
         directions=["minimize", "minimize"] if pareto else ["minimize"],
         sampler=make_sampler(sampler, seed, n_trials),
-        pruner=make_pruner("none" if pareto else pruner, checkpoints))
+        pruner=make_pruner("none" if pareto else pruner, checkpoints),
+    )
     out = Outcome(0.0, 0.0, 0, [], [])
 
     def objective(trial):
         rec = nearest(normalize(_suggest(trial, space), space), records)
         out.looked_up.append(rec.number)
         out.full_gpu_s += rec.cost[-1]
+
         def constrain(k: int) -> None:  # once, when the trial ends (pruned or complete), as the harness records it
             if max_forgetting is not None:
                 trial.set_constraint(storage.CONSTRAINT, float(rec.forgetting[k] - max_forgetting))
@@ -186,8 +208,11 @@ def replay(sampler: str, pruner: str, mode: str, seed: int, space: dict, records
             if not pareto:
                 trial.report(float(rec.domain[k]), k + 1)
             last = k + 1 == len(rec.domain)
-            over = (max_forgetting is not None and prune_margin is not None
-                    and rec.forgetting[k] > max_forgetting + prune_margin)
+            over = (
+                max_forgetting is not None
+                and prune_margin is not None
+                and rec.forgetting[k] > max_forgetting + prune_margin
+            )
             if not last and (over or (not pareto and trial.should_prune())):
                 out.gpu_s += rec.cost[k]
                 out.pruned += 1
@@ -221,12 +246,17 @@ def summarize(outcomes: list[Outcome], mode: str, records: list[Record], max_for
     finals = [(float(r.domain[-1]), float(r.forgetting[-1])) for r in records]
     feasible = [d for d, f in finals if max_forgetting is None or f <= max_forgetting]
     best = min(feasible) if feasible else math.nan
-    row = {"gpu_s": _stat([o.gpu_s for o in outcomes]), "full_gpu_s": _stat([o.full_gpu_s for o in outcomes]),
-           "gpu_fraction": _stat([o.gpu_s / o.full_gpu_s for o in outcomes]),
-           "pruned": _stat([o.pruned for o in outcomes])}
+    row = {
+        "gpu_s": _stat([o.gpu_s for o in outcomes]),
+        "full_gpu_s": _stat([o.full_gpu_s for o in outcomes]),
+        "gpu_fraction": _stat([o.gpu_s / o.full_gpu_s for o in outcomes]),
+        "pruned": _stat([o.pruned for o in outcomes]),
+    }
     if mode == "single":
-        found = [min([d for d, f in o.completed if max_forgetting is None or f <= max_forgetting], default=math.inf)
-                 for o in outcomes]
+        found = [
+            min([d for d, f in o.completed if max_forgetting is None or f <= max_forgetting], default=math.inf)
+            for o in outcomes
+        ]
         row["best_domain_loss"] = _stat([v for v in found if math.isfinite(v)])
         row["regret"] = _stat([v - best for v in found if math.isfinite(v)])
         row["no_feasible_found"] = sum(not math.isfinite(v) for v in found)
@@ -261,7 +291,7 @@ def against_baseline(regrets: list[float | None], base: list[float | None], budg
         return {**out, "regret_diff": None, "ci95": None, "goal_met": False}
     va, vb = statistics.variance(regrets) / len(regrets), statistics.variance(base) / len(base)
     diff, se = statistics.fmean(regrets) - statistics.fmean(base), math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va ** 2 / (len(regrets) - 1) + vb ** 2 / (len(base) - 1)) if va + vb > 0 else 1.0
+    df = (va + vb) ** 2 / (va**2 / (len(regrets) - 1) + vb**2 / (len(base) - 1)) if va + vb > 0 else 1.0
     half = t975(df) * se
     return {**out, "regret_diff": diff, "ci95": [diff - half, diff + half], "goal_met": diff + half <= HIT_NATS}
 
@@ -269,12 +299,25 @@ def against_baseline(regrets: list[float | None], base: list[float | None], budg
 def _stat(values: list[float]) -> dict:
     if not values:
         return {"mean": None, "sd": None, "n": 0}
-    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "n": len(values)}
+    return {
+        "mean": statistics.fmean(values),
+        "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "n": len(values),
+    }
 
 
-def run(db: str, study: str | None, seeds: int, n_trials: int | None, max_forgetting: float | None,
-        samplers: list[str], pruners: list[str], modes: list[str], log=print, prune_margin: float | None = None) -> dict:
+def run(
+    db: str,
+    study: str | None,
+    seeds: int,
+    n_trials: int | None,
+    max_forgetting: float | None,
+    samplers: list[str],
+    pruners: list[str],
+    modes: list[str],
+    log=print,
+    prune_margin: float | None = None,
+) -> dict:
     import warnings
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -283,25 +326,43 @@ def run(db: str, study: str | None, seeds: int, n_trials: int | None, max_forget
     n = n_trials or len(records)
     finals = [(float(r.domain[-1]), float(r.forgetting[-1])) for r in records]
     feasible = [d for d, f in finals if max_forgetting is None or f <= max_forgetting]
-    result = {"study": name, "db": str(db), "recorded_trials": len(records), "n_trials": n, "seeds": seeds,
-              "checkpoints": max(len(r.domain) for r in records), "max_forgetting": max_forgetting,
-              "prune_margin": prune_margin, "pruned_cap": storage.PRUNED_CAP,
-              "best_recorded_feasible_domain_loss": min(feasible) if feasible else None,
-              "recorded_gpu_s": float(sum(r.cost[-1] for r in records)), "hit_nats": HIT_NATS, "strategies": []}
+    result = {
+        "study": name,
+        "db": str(db),
+        "recorded_trials": len(records),
+        "n_trials": n,
+        "seeds": seeds,
+        "checkpoints": max(len(r.domain) for r in records),
+        "max_forgetting": max_forgetting,
+        "prune_margin": prune_margin,
+        "pruned_cap": storage.PRUNED_CAP,
+        "best_recorded_feasible_domain_loss": min(feasible) if feasible else None,
+        "recorded_gpu_s": float(sum(r.cost[-1] for r in records)),
+        "hit_nats": HIT_NATS,
+        "strategies": [],
+    }
     runs: dict[tuple[str, str, str], list[Outcome]] = {}
     for mode in modes:
         for sampler in samplers:
-            for pruner in (pruners if mode == "single" else ["none"]):
+            for pruner in pruners if mode == "single" else ["none"]:
                 started = time.perf_counter()
-                outcomes = [replay(sampler, pruner, mode, s, space, records, n, max_forgetting, prune_margin)
-                            for s in range(seeds)]
+                outcomes = [
+                    replay(sampler, pruner, mode, s, space, records, n, max_forgetting, prune_margin)
+                    for s in range(seeds)
+                ]
                 runs[(mode, sampler, pruner)] = outcomes
-                row = {"mode": mode, "sampler": sampler, "pruner": pruner,
-                       **summarize(outcomes, mode, records, max_forgetting),
-                       "replay_s": time.perf_counter() - started}
+                row = {
+                    "mode": mode,
+                    "sampler": sampler,
+                    "pruner": pruner,
+                    **summarize(outcomes, mode, records, max_forgetting),
+                    "replay_s": time.perf_counter() - started,
+                }
                 result["strategies"].append(row)
-                log(f"[replay] {mode:<6} {sampler:<6} {pruner:<18} GPU {row['gpu_s']['mean']:8.0f} s "
-                    f"({row['gpu_fraction']['mean']:.0%} of unpruned)")
+                log(
+                    f"[replay] {mode:<6} {sampler:<6} {pruner:<18} GPU {row['gpu_s']['mean']:8.0f} s "
+                    f"({row['gpu_fraction']['mean']:.0%} of unpruned)"
+                )
     if (base := runs.get(("single", "random", "none"))) is not None and result["best_recorded_feasible_domain_loss"]:
         best = result["best_recorded_feasible_domain_loss"]
         budget = (1 - GOAL_SAVING) * statistics.fmean(o.gpu_s for o in base)
@@ -309,23 +370,29 @@ def run(db: str, study: str | None, seeds: int, n_trials: int | None, max_forget
         result["goal_budget_s"] = budget
         for r in result["strategies"]:
             if r["mode"] == "single":
-                r["vs_random"] = against_baseline(_regrets(runs[(r["mode"], r["sampler"], r["pruner"])], budget,
-                                                           best, max_forgetting), base_regrets, budget)
+                r["vs_random"] = against_baseline(
+                    _regrets(runs[(r["mode"], r["sampler"], r["pruner"])], budget, best, max_forgetting),
+                    base_regrets,
+                    budget,
+                )
     return result
 
 
 def markdown(result: dict) -> str:
-    lines = [f"Replay of study `{result['study']}` ({result['recorded_trials']} recorded trials, "
-             f"{result['checkpoints']} checkpoints each, {result['recorded_gpu_s']:.0f} trial-seconds recorded): "
-             f"each run until {result['n_trials']} trials complete (or {result.get('pruned_cap', 3)} x that many "
-             f"complete and pruned), {result['seeds']} seeds; prune margin "
-             f"{result.get('prune_margin') if result.get('prune_margin') is not None else 'none'}; feasible: forgetting ≤ "
-             f"{result['max_forgetting'] if result['max_forgetting'] is not None else '∞'}; best recorded feasible "
-             f"domain loss {result['best_recorded_feasible_domain_loss']:.4f}.", "",
-             "| mode | sampler | pruner | GPU s (mean ± sd) | of unpruned | pruned | best feasible domain loss | "
-             f"regret | hit rate (≤ {result['hit_nats']} nats) | hypervolume share | with 60% of random's GPU time: "
-             "regret − random's (all of its time), 95% CI | goal |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Replay of study `{result['study']}` ({result['recorded_trials']} recorded trials, "
+        f"{result['checkpoints']} checkpoints each, {result['recorded_gpu_s']:.0f} trial-seconds recorded): "
+        f"each run until {result['n_trials']} trials complete (or {result.get('pruned_cap', 3)} x that many "
+        f"complete and pruned), {result['seeds']} seeds; prune margin "
+        f"{result.get('prune_margin') if result.get('prune_margin') is not None else 'none'}; feasible: forgetting ≤ "
+        f"{result['max_forgetting'] if result['max_forgetting'] is not None else '∞'}; best recorded feasible "
+        f"domain loss {result['best_recorded_feasible_domain_loss']:.4f}.",
+        "",
+        "| mode | sampler | pruner | GPU s (mean ± sd) | of unpruned | pruned | best feasible domain loss | "
+        f"regret | hit rate (≤ {result['hit_nats']} nats) | hypervolume share | with 60% of random's GPU time: "
+        "regret − random's (all of its time), 95% CI | goal |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
 
     def ms(s: dict, spec: str) -> str:
         return "—" if s.get("mean") is None else f"{s['mean']:{spec}} ± {s['sd']:{spec}}"
@@ -336,22 +403,34 @@ def markdown(result: dict) -> str:
             return "— | — |"
         if v["ci95"] is None:
             return f"{v['missed']} of {result['seeds']} seeds had found nothing feasible by then | not met |"
-        return (f"{v['regret_diff']:+.4f} [{v['ci95'][0]:+.4f}, {v['ci95'][1]:+.4f}] | "
-                + ("**met**" if v["goal_met"] else "not met") + " |")
+        return (
+            f"{v['regret_diff']:+.4f} [{v['ci95'][0]:+.4f}, {v['ci95'][1]:+.4f}] | "
+            + ("**met**" if v["goal_met"] else "not met")
+            + " |"
+        )
 
     for r in result["strategies"]:
         single = r["mode"] == "single"
-        lines.append(f"| {r['mode']} | {r['sampler']} | {r['pruner']} | {ms(r['gpu_s'], '.0f')} | "
-                     f"{r['gpu_fraction']['mean']:.0%} | {r['pruned']['mean']:.1f} | "
-                     + (f"{ms(r['best_domain_loss'], '.4f')} | {ms(r['regret'], '.4f')} | {r['hit_rate']:.0%} | — | "
-                        if single else f"— | — | — | {ms(r['hypervolume_share'], '.3f')} | ") + goal(r))
+        lines.append(
+            f"| {r['mode']} | {r['sampler']} | {r['pruner']} | {ms(r['gpu_s'], '.0f')} | "
+            f"{r['gpu_fraction']['mean']:.0%} | {r['pruned']['mean']:.1f} | "
+            + (
+                f"{ms(r['best_domain_loss'], '.4f')} | {ms(r['regret'], '.4f')} | {r['hit_rate']:.0%} | — | "
+                if single
+                else f"— | — | — | {ms(r['hypervolume_share'], '.3f')} | "
+            )
+            + goal(r)
+        )
     if "goal_budget_s" in result:
-        lines += ["", f"Goal (issue 14): at least {GOAL_SAVING:.0%} less GPU time than random search without pruning, "
-                  f"at equal quality. Each strategy is stopped at {1 - GOAL_SAVING:.0%} of random search's mean GPU "
-                  f"time ({result['goal_budget_s']:.0f} s) and its best feasible trial by then is compared with "
-                  f"random search's after all of its time: met when the 95% interval of the difference in regret "
-                  f"(Welch, over seeds) ends at or below {result['hit_nats']} nats and every seed had found a "
-                  "feasible trial. Random search itself, so stopped, is the first row's comparison."]
+        lines += [
+            "",
+            f"Goal (issue 14): at least {GOAL_SAVING:.0%} less GPU time than random search without pruning, "
+            f"at equal quality. Each strategy is stopped at {1 - GOAL_SAVING:.0%} of random search's mean GPU "
+            f"time ({result['goal_budget_s']:.0f} s) and its best feasible trial by then is compared with "
+            f"random search's after all of its time: met when the 95% interval of the difference in regret "
+            f"(Welch, over seeds) ends at or below {result['hit_nats']} nats and every seed had found a "
+            "feasible trial. Random search itself, so stopped, is the first row's comparison.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -360,22 +439,41 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("db", help="the recorded study's database: a SQLite file or a storage URL")
     p.add_argument("--study", help="the study's name (needed when the database holds several)")
     p.add_argument("--seeds", type=int, default=20, help="replays per strategy, sampler seeds 0..N-1")
-    p.add_argument("--n-trials", type=int, help="complete trials per replay, as a sweep's study.n_trials (default: "
-                   "as many as were recorded)")
+    p.add_argument(
+        "--n-trials",
+        type=int,
+        help="complete trials per replay, as a sweep's study.n_trials (default: as many as were recorded)",
+    )
     p.add_argument("--max-forgetting", type=float, help="feasible: final forgetting at most this (default: all)")
-    p.add_argument("--prune-margin", type=float, default=0.05,
-                   help="with --max-forgetting: stop a trial whose forgetting is over it by more than this at a "
-                        "checkpoint, as study.prune_margin does (default 0.05, the harness's; a negative value: never)")
+    p.add_argument(
+        "--prune-margin",
+        type=float,
+        default=0.05,
+        help="with --max-forgetting: stop a trial whose forgetting is over it by more than this at a "
+        "checkpoint, as study.prune_margin does (default 0.05, the harness's; a negative value: never)",
+    )
     p.add_argument("--samplers", default=",".join(SAMPLERS))
     p.add_argument("--pruners", default=",".join(PRUNERS))
     p.add_argument("--modes", default="single,pareto")
     p.add_argument("--out", help="output prefix (default benchmarks/results/cpu-<date>-replay-<study>)")
     a = p.parse_args(argv)
-    split = lambda s, known: [x for x in s.split(",") if x] if all(x in known for x in s.split(",") if x) else \
-        sys.exit(f"error: choose from {', '.join(known)}; got {s}")  # noqa: E731
-    result = run(a.db, a.study, a.seeds, a.n_trials, a.max_forgetting, split(a.samplers, SAMPLERS),
-                 split(a.pruners, PRUNERS), split(a.modes, ("single", "pareto")),
-                 prune_margin=a.prune_margin if a.prune_margin >= 0 else None)
+
+    def split(s: str, known) -> list[str]:
+        if not all(x in known for x in s.split(",") if x):
+            sys.exit(f"error: choose from {', '.join(known)}; got {s}")
+        return [x for x in s.split(",") if x]
+
+    result = run(
+        a.db,
+        a.study,
+        a.seeds,
+        a.n_trials,
+        a.max_forgetting,
+        split(a.samplers, SAMPLERS),
+        split(a.pruners, PRUNERS),
+        split(a.modes, ("single", "pareto")),
+        prune_margin=a.prune_margin if a.prune_margin >= 0 else None,
+    )
     prefix = Path(a.out or common.results_path(f"replay-{result['study']}", "cpu"))
     prefix.parent.mkdir(parents=True, exist_ok=True)
     common.write_json(f"{prefix}.json", result)

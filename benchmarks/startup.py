@@ -92,8 +92,10 @@ def main(argv=None) -> int:
             print(json.dumps({k: v for k, v in res.items() if k != "processes"}), flush=True)
             bad = [r for r in res["processes"] if "import_s" not in r]
             if bad:
-                print(f"[startup] {len(bad)} of {n} processes failed; first: rc={bad[0]['rc']}\n{bad[0]['tail']}",
-                      file=sys.stderr)
+                print(
+                    f"[startup] {len(bad)} of {n} processes failed; first: rc={bad[0]['rc']}\n{bad[0]['tail']}",
+                    file=sys.stderr,
+                )
             results.append(res)
             if prof is not None and prof.exists():
                 args.profile.write_text(top_functions(prof))

@@ -32,15 +32,48 @@ from cpt_harness.config import DEFAULT_TARGETS  # light: no transformers, so uns
 
 SHAPES = {
     # name: (LlamaConfig kwargs, batch, seq)
-    "smollm2-135m": (dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                          num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True, rope_theta=100000.0),
-                     16, 2048),
-    "llama-3.2-1b": (dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                          num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True, rope_theta=500000.0),
-                     8, 2048),
+    "smollm2-135m": (
+        dict(
+            hidden_size=576,
+            intermediate_size=1536,
+            num_hidden_layers=30,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            vocab_size=49152,
+            tie_word_embeddings=True,
+            rope_theta=100000.0,
+        ),
+        16,
+        2048,
+    ),
+    "llama-3.2-1b": (
+        dict(
+            hidden_size=2048,
+            intermediate_size=8192,
+            num_hidden_layers=16,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            vocab_size=128256,
+            tie_word_embeddings=True,
+            rope_theta=500000.0,
+        ),
+        8,
+        2048,
+    ),
     # a smoke-test shape for CPUs
-    "tiny": (dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, vocab_size=512, tie_word_embeddings=True), 4, 64),
+    "tiny": (
+        dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=512,
+            tie_word_embeddings=True,
+        ),
+        4,
+        64,
+    ),
 }
 RANK, ALPHA, LR, RATIO = 64, 64.0, 1e-4, 0.2
 MODES = ("harness-peft", "harness-unsloth", "raw-unsloth", "raw-unsloth-fp32emb", "raw-unsloth-masters")
@@ -101,8 +134,9 @@ def make_model(name: str, folder: Path) -> None:
     model.save_pretrained(folder)
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{f"t{i}": i for i in range(3, shape["vocab_size"])}}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                            unk_token="<pad>").save_pretrained(folder)
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<pad>"
+    ).save_pretrained(folder)
 
 
 # ------------------------------------------------------------------------------------------ workers
@@ -131,8 +165,13 @@ def synthetic_trial(name: str, folder: str, batch: int, seq: int, steps: int):
     cfg.lora.alpha = ALPHA
     cfg.tracking.wandb.mode = "offline"
     V = SHAPES[name][0]["vocab_size"]
-    corpora = Corpora(domain_train=synthetic_blocks(V, batch * steps, seq, 0), domain_eval=synthetic_blocks(V, batch, seq, 1),
-                      general_eval=synthetic_blocks(V, batch, seq, 2), fingerprint="synthetic", stats={})
+    corpora = Corpora(
+        domain_train=synthetic_blocks(V, batch * steps, seq, 0),
+        domain_eval=synthetic_blocks(V, batch, seq, 1),
+        general_eval=synthetic_blocks(V, batch, seq, 2),
+        fingerprint="synthetic",
+        stats={},
+    )
     return cfg, corpora, derive(RANK, LR, RATIO, cfg)
 
 
@@ -165,16 +204,24 @@ def run_harness(mode: str, name: str, folder: str, steps: int, warmup: int) -> d
     wall = time.perf_counter() - t0
     tokens = batch * seq
     return {
-        "mode": f"harness-{mode}{ckpt_suffix()}", "gradient_checkpointing": cfg.train.gradient_checkpointing,
-        "shape": name, "batch": batch, "seq": seq, "steps": steps, "warmup": warmup,
+        "mode": f"harness-{mode}{ckpt_suffix()}",
+        "gradient_checkpointing": cfg.train.gradient_checkpointing,
+        "shape": name,
+        "batch": batch,
+        "seq": seq,
+        "steps": steps,
+        "warmup": warmup,
         "tokens_per_s": tokens * (steps - warmup) / (stamps[-1] - stamps[warmup - 1]),
-        "peak_memory_gb": result.metrics["peak_memory_gb"], "trial_wall_s": wall,
-        "timings": result.timings, "audit": result.audit,
+        "peak_memory_gb": result.metrics["peak_memory_gb"],
+        "trial_wall_s": wall,
+        "timings": result.timings,
+        "audit": result.audit,
     }
 
 
-def run_raw_unsloth(name: str, folder: str, steps: int, warmup: int, fp32_embeddings: bool = False,
-                    on_step=None, masters: bool = False) -> dict:
+def run_raw_unsloth(
+    name: str, folder: str, steps: int, warmup: int, fp32_embeddings: bool = False, on_step=None, masters: bool = False
+) -> dict:
     """The plain Unsloth recipe with a hand loop: no harness code on the training path (only the list of LoRA
     targets, the same for every mode). ``fp32_embeddings`` (mode ``raw-unsloth-fp32emb``): the trained embedding
     held in float32 as the harness holds it (``backends.base.fp32_masters``), everything else raw, which prices
@@ -184,17 +231,29 @@ def run_raw_unsloth(name: str, folder: str, steps: int, warmup: int, fp32_embedd
     updated masters are copied back into the bf16 weights; the update is as exact as the fp32 path's, the forward
     and backward are raw Unsloth's. ``on_step()`` is called after every step (a profiler's)."""
     os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
-    import unsloth  # noqa: F401
     import torch
+    import unsloth  # noqa: F401
     from unsloth import FastLanguageModel
 
     shape, batch, seq = SHAPES[name]
-    model, _ = FastLanguageModel.from_pretrained(model_name=folder, max_seq_length=seq, dtype=None,
-                                                 load_in_4bit=False, load_in_16bit=True,
-                                                 use_gradient_checkpointing=raw_checkpointing())
-    model = FastLanguageModel.get_peft_model(model, r=RANK, lora_alpha=ALPHA, target_modules=list(DEFAULT_TARGETS),
-                                             modules_to_save=["embed_tokens", "lm_head"], use_rslora=False,
-                                             use_gradient_checkpointing=raw_checkpointing(), random_state=0)
+    model, _ = FastLanguageModel.from_pretrained(
+        model_name=folder,
+        max_seq_length=seq,
+        dtype=None,
+        load_in_4bit=False,
+        load_in_16bit=True,
+        use_gradient_checkpointing=raw_checkpointing(),
+    )
+    model = FastLanguageModel.get_peft_model(
+        model,
+        r=RANK,
+        lora_alpha=ALPHA,
+        target_modules=list(DEFAULT_TARGETS),
+        modules_to_save=["embed_tokens", "lm_head"],
+        use_rslora=False,
+        use_gradient_checkpointing=raw_checkpointing(),
+        random_state=0,
+    )
     emb = [p for n, p in model.named_parameters() if p.requires_grad and "modules_to_save" in n]
     if fp32_embeddings:
         for p in emb:
@@ -226,10 +285,20 @@ def run_raw_unsloth(name: str, folder: str, steps: int, warmup: int, fp32_embedd
             on_step()
     dtypes = sorted({str(p.dtype) for p in lora + master})
     variant = "-fp32emb" if fp32_embeddings else "-masters" if masters else ""
-    return {"mode": f"raw-unsloth{variant}{ckpt_suffix()}", "model_embedding_dtypes": sorted({str(p.dtype) for p in emb}), "gradient_checkpointing": bool(raw_checkpointing()), "shape": name, "batch": batch, "seq": seq, "steps": steps, "warmup": warmup,
-            "tokens_per_s": batch * seq * (steps - warmup) / (stamps[-1] - stamps[warmup - 1]),
-            "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30, "trainable_dtypes": dtypes,
-            "trainable": {"lora": sum(p.numel() for p in lora), "embedding": sum(p.numel() for p in emb)}}
+    return {
+        "mode": f"raw-unsloth{variant}{ckpt_suffix()}",
+        "model_embedding_dtypes": sorted({str(p.dtype) for p in emb}),
+        "gradient_checkpointing": bool(raw_checkpointing()),
+        "shape": name,
+        "batch": batch,
+        "seq": seq,
+        "steps": steps,
+        "warmup": warmup,
+        "tokens_per_s": batch * seq * (steps - warmup) / (stamps[-1] - stamps[warmup - 1]),
+        "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30,
+        "trainable_dtypes": dtypes,
+        "trainable": {"lora": sum(p.numel() for p in lora), "embedding": sum(p.numel() for p in emb)},
+    }
 
 
 # ------------------------------------------------------------------------------------------ orchestration
@@ -238,8 +307,9 @@ def run_raw_unsloth(name: str, folder: str, steps: int, warmup: int, fp32_embedd
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shapes", default="smollm2-135m,llama-3.2-1b")
-    ap.add_argument("--modes", default="harness-peft,harness-unsloth,raw-unsloth",
-                    help=f"comma-separated, of {', '.join(MODES)}")
+    ap.add_argument(
+        "--modes", default="harness-peft,harness-unsloth,raw-unsloth", help=f"comma-separated, of {', '.join(MODES)}"
+    )
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--out", default="benchmark.json")
@@ -250,9 +320,17 @@ def main() -> None:
     if unknown := [m for m in args.modes.split(",") if m not in MODES]:
         ap.error(f"--modes: unknown {', '.join(unknown)}; choose from {', '.join(MODES)}")
     if args.worker:
-        fn = (lambda *a: run_raw_unsloth(*a, fp32_embeddings=args.worker == "raw-unsloth-fp32emb",
-                                         masters=args.worker == "raw-unsloth-masters")) \
-            if args.worker.startswith("raw-unsloth") else (lambda *a: run_harness(args.worker.removeprefix("harness-"), *a))
+        fn = (
+            (
+                lambda *a: run_raw_unsloth(
+                    *a,
+                    fp32_embeddings=args.worker == "raw-unsloth-fp32emb",
+                    masters=args.worker == "raw-unsloth-masters",
+                )
+            )
+            if args.worker.startswith("raw-unsloth")
+            else (lambda *a: run_harness(args.worker.removeprefix("harness-"), *a))
+        )
         common.emit(fn(args.shape, args.folder, args.steps, args.warmup))
         return
     import torch
@@ -270,8 +348,19 @@ def main() -> None:
 
 
 def _spawn(mode: str, name: str, folder: str, args) -> dict:
-    cmd = common.command("benchmarks.throughput", "--worker", mode, "--shape", name, "--folder", folder,
-                         "--steps", str(args.steps), "--warmup", str(args.warmup))
+    cmd = common.command(
+        "benchmarks.throughput",
+        "--worker",
+        mode,
+        "--shape",
+        name,
+        "--folder",
+        folder,
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+    )
     t = time.perf_counter()
     out = common.run(cmd)
     if "error" in out:
@@ -292,9 +381,12 @@ def _summarise(results: dict) -> None:
 
 
 def markdown(results: dict) -> str:
-    rows = [f"Card: {results['card']}; date: {results['date']}; torch {results['torch']}", "",
-            "| shape | mode | batch x seq | tokens/s | MFU | peak memory | vs peft | vs raw unsloth |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = [
+        f"Card: {results['card']}; date: {results['date']}; torch {results['torch']}",
+        "",
+        "| shape | mode | batch x seq | tokens/s | MFU | peak memory | vs peft | vs raw unsloth |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     by = {(r["shape"], r["mode"]): r for r in results["runs"] if "error" not in r}
     for r in results["runs"]:
         if "error" in r:
@@ -304,15 +396,25 @@ def markdown(results: dict) -> str:
         raw = by.get((r["shape"], "raw-unsloth"))
         rel = lambda base: f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base else "-"  # noqa: E731
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
-        rows.append(f"| {r['shape']} | {r['mode']} | {r['batch']} x {r['seq']} | {r['tokens_per_s']:,.0f} | {mfu} | "
-                    f"{r['peak_memory_gb']:.1f} GiB | {rel(peft)} | {rel(raw)} |")
-    rows += ["", "Harness trial wall time split (s):", "", "| shape | mode | load | data | train | eval | log | save | total |",
-             "|---|---|---|---|---|---|---|---|---|"]
+        rows.append(
+            f"| {r['shape']} | {r['mode']} | {r['batch']} x {r['seq']} | {r['tokens_per_s']:,.0f} | {mfu} | "
+            f"{r['peak_memory_gb']:.1f} GiB | {rel(peft)} | {rel(raw)} |"
+        )
+    rows += [
+        "",
+        "Harness trial wall time split (s):",
+        "",
+        "| shape | mode | load | data | train | eval | log | save | total |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results["runs"]:
         if "timings" in r:
             t = r["timings"]
-            rows.append(f"| {r['shape']} | {r['mode']} | " + " | ".join(f"{t.get(k, 0):.1f}" for k in
-                        ("load", "data", "train", "eval", "log", "save")) + f" | {r['trial_wall_s']:.1f} |")
+            rows.append(
+                f"| {r['shape']} | {r['mode']} | "
+                + " | ".join(f"{t.get(k, 0):.1f}" for k in ("load", "data", "train", "eval", "log", "save"))
+                + f" | {r['trial_wall_s']:.1f} |"
+            )
     return "\n".join(rows)
 
 

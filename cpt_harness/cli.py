@@ -29,9 +29,9 @@ from pathlib import Path
 
 from cpt_harness import __version__
 from cpt_harness.config import sweep_files
-from cpt_harness.infra import urls
 from cpt_harness.config.validate import load_config, summary
 from cpt_harness.errors import ConfigError, HarnessError, SweepAborted
+from cpt_harness.infra import urls
 
 DEFAULT_CONFIG = "sweeps/demo.yaml"
 _config_path = sweep_files.config_path
@@ -45,24 +45,41 @@ def _parser() -> argparse.ArgumentParser:
     def command(name: str, help: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help, description=help)
         c.add_argument("config", nargs="?", help=f"sweep file (default: {DEFAULT_CONFIG})")
-        c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config value (YAML), e.g. --set search.rank.choices=[64,128]; repeatable")
+        c.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config value (YAML), e.g. --set search.rank.choices=[64,128]; repeatable",
+        )
         return c
 
     def parallel_flags(c: argparse.ArgumentParser) -> None:
         c.add_argument("--workers", type=int, help="worker processes on a CPU machine (parallel.workers)")
         c.add_argument("--gpus", help="GPUs to run workers on, e.g. 0,1 (parallel.gpus)")
         c.add_argument("--trials-per-gpu", help="concurrent trials per GPU, or auto (parallel.trials_per_gpu)")
-        c.add_argument("--no-pool", action="store_true",
-                       help="start this command's own workers even while a `cpt-harness pool` runs on this host")
+        c.add_argument(
+            "--no-pool",
+            action="store_true",
+            help="start this command's own workers even while a `cpt-harness pool` runs on this host",
+        )
 
     def confirm_flags(c: argparse.ArgumentParser) -> None:
         from cpt_harness.analysis.confirm import DEFAULT_SEEDS, DEFAULT_TOP
 
-        c.add_argument("--top", type=int, default=DEFAULT_TOP,
-                       help=f"settings to confirm: the sweep's best feasible ones (default {DEFAULT_TOP})")
-        c.add_argument("--seeds", type=int, default=DEFAULT_SEEDS,
-                       help=f"new train.seed values per setting, not used by the sweep (default {DEFAULT_SEEDS})")
+        c.add_argument(
+            "--top",
+            type=int,
+            default=DEFAULT_TOP,
+            help=f"settings to confirm: the sweep's best feasible ones (default {DEFAULT_TOP})",
+        )
+        c.add_argument(
+            "--seeds",
+            type=int,
+            default=DEFAULT_SEEDS,
+            help=f"new train.seed values per setting, not used by the sweep (default {DEFAULT_SEEDS})",
+        )
 
     s = command("sweep", "Run trials until the study holds N complete ones (resumes an existing study).")
     s.add_argument("--n-trials", type=int, help="complete trials wanted (default: study.n_trials)")
@@ -71,8 +88,11 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--from-study", metavar="CONFIG", help="take rank, LR and ratio from this sweep's chosen trial")
     a.add_argument("--trial", type=int, help="with --from-study: this trial instead of the chosen one")
     parallel_flags(a)
-    c = command("confirm", "Re-run the sweep's best K settings with S new seeds (study <name>-confirm); the report's "
-                "recommendation then carries a mean and 95% interval over those seeds.")
+    c = command(
+        "confirm",
+        "Re-run the sweep's best K settings with S new seeds (study <name>-confirm); the report's "
+        "recommendation then carries a mean and 95% interval over those seeds.",
+    )
     confirm_flags(c)
     parallel_flags(c)
     w = command("worker", "Join (or create) the study in CONFIG and run trials until it holds N complete ones.")
@@ -82,47 +102,83 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--ablation", action="store_true", help="work on CONFIG's ablation study instead of its sweep")
     w.add_argument("--confirm", action="store_true", help="work on CONFIG's confirmation study (with --top, --seeds)")
     confirm_flags(w)
-    pl = sub.add_parser("pool", help="Start warm workers that serve the studies of `sweep`, `ablate` and `confirm` "
-                        "on this host until Ctrl-C (each imports the training backend once).")
+    pl = sub.add_parser(
+        "pool",
+        help="Start warm workers that serve the studies of `sweep`, `ablate` and `confirm` "
+        "on this host until Ctrl-C (each imports the training backend once).",
+    )
     pl.add_argument("--gpus", help="GPUs to run workers on, e.g. 0,1 (default: CPU workers)")
     pl.add_argument("--trials-per-gpu", type=int, default=1, help="workers (concurrent trials) per GPU (default 1)")
     pl.add_argument("--workers", type=int, default=1, help="worker processes without --gpus (default 1)")
-    pl.add_argument("--backend", default="auto", choices=["auto", "peft", "unsloth"],
-                    help="the backend the workers import once (default auto); studies with another one do not use "
-                         "the pool")
+    pl.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "peft", "unsloth"],
+        help="the backend the workers import once (default auto); studies with another one do not use the pool",
+    )
     pl.add_argument("--stop", action="store_true", help="stop the running pool")
     command("validate", "Check a sweep file (prepares nothing): exit 0 with a summary, or 2 listing every problem.")
-    command("prepare", "Build the model conversion and the data cache (tokenized, packed blocks) without training, "
-            "with progress and a summary: a login node or CPU box prepares what the GPU job then finds cached.")
+    command(
+        "prepare",
+        "Build the model conversion and the data cache (tokenized, packed blocks) without training, "
+        "with progress and a summary: a login node or CPU box prepares what the GPU job then finds cached.",
+    )
     r = command("report", "Write the study's report (report.md, report.html, figures) and print its table.")
     r.add_argument("--out", help="folder for the report (default: reports/<study>)")
     r.add_argument("--ablation", action="store_true", help="report CONFIG's ablation study instead of its sweep")
-    d = command("dashboard", "optuna-dashboard on 127.0.0.1 over the study, its confirmation and its ablation (the "
-                "reports as notes, the figures as artifacts); with --wandb, the study's W&B workspace instead.")
+    d = command(
+        "dashboard",
+        "optuna-dashboard on 127.0.0.1 over the study, its confirmation and its ablation (the "
+        "reports as notes, the figures as artifacts); with --wandb, the study's W&B workspace instead.",
+    )
     d.add_argument("--port", type=int, default=8080, help="port of optuna-dashboard (default 8080; 0: any free one)")
-    d.add_argument("--reports", default="reports", help="where `cpt-harness report` wrote reports/<study>/ "
-                   "(default: reports)")
-    d.add_argument("--wandb", action="store_true", help="build the W&B workspace: saved to W&B when online, else "
-                   "written as a spec file with the command that saves it later")
-    d.add_argument("--out", help="with --wandb offline: the spec file (default: <reports>/<study>/wandb-workspace.json)")
-    x = sub.add_parser("export", help="Copy the recommended trial's adapter (or trial N's) to OUT with the sweep "
-                       "file that trains it again; --merge: a standalone model folder that transformers loads.")
+    d.add_argument(
+        "--reports", default="reports", help="where `cpt-harness report` wrote reports/<study>/ (default: reports)"
+    )
+    d.add_argument(
+        "--wandb",
+        action="store_true",
+        help="build the W&B workspace: saved to W&B when online, else "
+        "written as a spec file with the command that saves it later",
+    )
+    d.add_argument(
+        "--out", help="with --wandb offline: the spec file (default: <reports>/<study>/wandb-workspace.json)"
+    )
+    x = sub.add_parser(
+        "export",
+        help="Copy the recommended trial's adapter (or trial N's) to OUT with the sweep "
+        "file that trains it again; --merge: a standalone model folder that transformers loads.",
+    )
     x.add_argument("config", metavar="CONFIG", help="the sweep's file")
     x.add_argument("out", metavar="OUT", help="a new (or empty) folder")
     which = x.add_mutually_exclusive_group()
     which.add_argument("--trial", type=int, help="this complete trial of the sweep")
     which.add_argument("--chosen", action="store_true", help="the report's recommendation (the default)")
     x.add_argument("--merge", action="store_true", help="merge the adapter into the base model")
-    x.add_argument("--base-id", metavar="NAME", help="the base's Hugging Face id, written as the adapter's "
-                   "base_model_name_or_path and the model card's base_model (default: a builtin: model's hub id; "
-                   "a local folder's path)")
-    x.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, as for the other commands")
+    x.add_argument(
+        "--base-id",
+        metavar="NAME",
+        help="the base's Hugging Face id, written as the adapter's "
+        "base_model_name_or_path and the model card's base_model (default: a builtin: model's hub id; "
+        "a local folder's path)",
+    )
+    x.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, as for the other commands",
+    )
     i = sub.add_parser("init", help="Start a sweep file: write ./NAME.yaml from a packaged one, its study named NAME.")
     i.add_argument("name", metavar="NAME", help="the new file's (and study's) name")
-    i.add_argument("--from", dest="source", default=sweep_files.DEFAULT, metavar="SWEEP",
-                   help=f"the packaged file to start from: {', '.join(sweep_files.INIT_SOURCES)} (default "
-                        f"{sweep_files.DEFAULT})")
+    i.add_argument(
+        "--from",
+        dest="source",
+        default=sweep_files.DEFAULT,
+        metavar="SWEEP",
+        help=f"the packaged file to start from: {', '.join(sweep_files.INIT_SOURCES)} (default {sweep_files.DEFAULT})",
+    )
     e = sub.add_parser("explain", help="Every config key (or KEY, or a section) with its type, default and help.")
     e.add_argument("key", nargs="?", metavar="KEY", help="e.g. study.n_trials, or a section such as search")
     sub.add_parser("env", help="What results depend on here: package versions, CUDA, GPUs, Unsloth.")
@@ -143,8 +199,11 @@ def main(argv: list[str] | None = None) -> int:
         _error(e)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted: the study is intact and the running trial is marked FAIL (interrupted); "
-              "run the same command again to resume", file=sys.stderr)
+        print(
+            "\ninterrupted: the study is intact and the running trial is marked FAIL (interrupted); "
+            "run the same command again to resume",
+            file=sys.stderr,
+        )
         return 130
 
 
@@ -171,16 +230,23 @@ def _check_counts(args, path: Path) -> None:
     if getattr(args, "n_trials", None) is not None and args.n_trials < 1:
         raise ConfigError([f"--n-trials: must be >= 1, got {args.n_trials}"], str(path))
     if getattr(args, "top", 1) < 1 or getattr(args, "seeds", 2) < 2:
-        raise ConfigError([f"--top: must be >= 1, got {args.top}" if args.top < 1 else
-                           f"--seeds: a 95% interval needs at least 2 seeds (3 or more advised), got {args.seeds}"],
-                          str(path))
+        raise ConfigError(
+            [
+                f"--top: must be >= 1, got {args.top}"
+                if args.top < 1
+                else f"--seeds: a 95% interval needs at least 2 seeds (3 or more advised), got {args.seeds}"
+            ],
+            str(path),
+        )
 
 
 def _no_config_command(args) -> int:
     if args.command == "init":
         out = sweep_files.init(args.name, args.source)
-        print(f"wrote {out} (from the packaged {args.source}.yaml); check it with `cpt-harness validate {out}`, "
-              f"run it with `cpt-harness sweep {out}`; `cpt-harness explain` describes every key")
+        print(
+            f"wrote {out} (from the packaged {args.source}.yaml); check it with `cpt-harness validate {out}`, "
+            f"run it with `cpt-harness sweep {out}`; `cpt-harness explain` describes every key"
+        )
     elif args.command == "explain":
         from cpt_harness.config import explain
 
@@ -214,8 +280,9 @@ def _pool(args) -> int:
         try:
             gpus = [int(g) for g in args.gpus.split(",")]
         except ValueError:
-            raise ConfigError([f"--gpus: a comma-separated list of GPU numbers, e.g. 0,1; got {args.gpus!r}"],
-                              "pool") from None
+            raise ConfigError(
+                [f"--gpus: a comma-separated list of GPU numbers, e.g. 0,1; got {args.gpus!r}"], "pool"
+            ) from None
     return pool.serve(gpus, args.trials_per_gpu, args.workers, args.backend)
 
 
@@ -227,19 +294,24 @@ def _job(args, cfg, kind: str):
     parallel settings, which are the launcher's."""
     from cpt_harness.run import jobs
 
-    spec = jobs.Spec(kind, str(_config_path(args.config)), _without_parallel(args.overrides),
-                     getattr(args, "n_trials", None), getattr(args, "top", None) or jobs.confirm.DEFAULT_TOP,
-                     getattr(args, "seeds", None) or jobs.confirm.DEFAULT_SEEDS)
+    spec = jobs.Spec(
+        kind,
+        str(_config_path(args.config)),
+        _without_parallel(args.overrides),
+        getattr(args, "n_trials", None),
+        getattr(args, "top", None) or jobs.confirm.DEFAULT_TOP,
+        getattr(args, "seeds", None) or jobs.confirm.DEFAULT_SEEDS,
+    )
     return jobs.build(spec, cfg)
 
 
 def _run(args, cfg) -> int:
     if args.command in KINDS:
-        from cpt_harness.run import jobs, pool
+        from cpt_harness.run import jobs, pool, pool_submit
 
         job = _job(args, cfg, KINDS[args.command])
-        if not args.no_pool and pool.usable(running := pool.discover(), cfg):
-            return pool.submit_command(running, job)
+        if not args.no_pool and pool_submit.usable(running := pool.discover(), cfg):
+            return pool_submit.submit_command(running, job)
         if cfg.parallel.gpus or cfg.parallel.workers > 1:
             from cpt_harness.run import parallel
 
@@ -259,8 +331,9 @@ def _run(args, cfg) -> int:
     elif args.command == "export":
         from cpt_harness.reporting import export
 
-        export.export(cfg, load_study(cfg, cfg.study.name), Path(args.out), args.trial, args.merge,
-                      base_id=args.base_id)
+        export.export(
+            cfg, load_study(cfg, cfg.study.name), Path(args.out), args.trial, args.merge, base_id=args.base_id
+        )
     elif args.command == "dashboard":
         return _dashboard(cfg, args)
     return 0
@@ -280,15 +353,19 @@ def _dashboard(cfg, args) -> int:
     except KeyboardInterrupt:
         print("\n[dashboard] stopped")
     except OSError as e:  # the port is taken, or not ours to bind
-        raise ConfigError([f"--port {args.port}: cannot listen on 127.0.0.1:{args.port} ({e.strerror or e}); "
-                           "choose another port, or --port 0 for any free one"], "dashboard") from None
+        raise ConfigError(
+            [
+                f"--port {args.port}: cannot listen on 127.0.0.1:{args.port} ({e.strerror or e}); "
+                "choose another port, or --port 0 for any free one"
+            ],
+            "dashboard",
+        ) from None
     return 0
 
 
 def _dashboard_studies(cfg) -> list[str]:
     """The names of CONFIG's studies that exist (sweep, confirmation, ablation); none is an error."""
-    from cpt_harness.analysis import ablation
-    from cpt_harness.analysis import confirm
+    from cpt_harness.analysis import ablation, confirm
 
     names = []
     for name in dict.fromkeys([cfg.study.name, confirm.study_name(cfg), ablation.study_name(cfg)]):
@@ -299,26 +376,34 @@ def _dashboard_studies(cfg) -> list[str]:
             if "no study database" in e.problems[0] or "study.storage:" in e.problems[0]:
                 raise
     if not names:
-        raise ConfigError([f"no study {cfg.study.name!r} (nor its confirmation or ablation) in "
-                           f"{urls.redact(cfg.study.storage)}; run `cpt-harness sweep` (or `ablate`) first"], "study")
+        raise ConfigError(
+            [
+                f"no study {cfg.study.name!r} (nor its confirmation or ablation) in "
+                f"{urls.redact(cfg.study.storage)}; run `cpt-harness sweep` (or `ablate`) first"
+            ],
+            "study",
+        )
     return names
 
 
 def _workspace(cfg, args, studies: list[str]) -> int:
     from cpt_harness.analysis import ablation
-    from cpt_harness.reporting import workspace
     from cpt_harness.infra.tracking import resolve_mode
+    from cpt_harness.reporting import workspace
 
     spec = workspace.spec(cfg, studies, arms=studies == [ablation.study_name(cfg)])
     if resolve_mode(cfg.tracking.wandb.mode) == "online":
         print(f"[dashboard] W&B workspace saved: {workspace.save(spec)}")
         return 0
-    path = workspace.write_spec(spec, Path(args.out) if args.out else Path(args.reports) / studies[0] /
-                                "wandb-workspace.json")
+    path = workspace.write_spec(
+        spec, Path(args.out) if args.out else Path(args.reports) / studies[0] / "wandb-workspace.json"
+    )
     entity = spec["entity"] or "the default entity of the W&B user who saves it (tracking.wandb.entity sets one)"
-    print(f"[dashboard] offline: W&B workspace spec written to {path} ({sum(len(s['panels']) for s in spec['sections'])}"
-          f" panels over W&B groups {', '.join(studies)}; entity: {entity}).\n"
-          f"Once logged in (wandb login), after `wandb sync` of the runs: python -m cpt_harness.reporting.workspace {path}")
+    print(
+        f"[dashboard] offline: W&B workspace spec written to {path} ({sum(len(s['panels']) for s in spec['sections'])}"
+        f" panels over W&B groups {', '.join(studies)}; entity: {entity}).\n"
+        f"Once logged in (wandb login), after `wandb sync` of the runs: python -m cpt_harness.reporting.workspace {path}"
+    )
     return 0
 
 
@@ -362,27 +447,34 @@ def load_study(cfg, name: str):
     path = urls.sqlite_path(cfg.study.storage)
     if path is not None:  # reading a study never creates or writes a database
         if not path.is_file() or path.stat().st_size == 0:
-            raise ConfigError([f"no study database at {path} (study.storage); run `cpt-harness sweep` "
-                               "(or `ablate`) first"], "study")
+            raise ConfigError(
+                [f"no study database at {path} (study.storage); run `cpt-harness sweep` (or `ablate`) first"], "study"
+            )
         if (problem := urls.not_a_study_database(path)) is not None:
             raise ConfigError([f"study.storage: {problem}"], "study")
     try:
         return optuna.load_study(study_name=name, storage=storage.make_storage(cfg.study.storage))
     except KeyError:
-        raise ConfigError([f"no study {name!r} in {urls.redact(cfg.study.storage)}; run `cpt-harness sweep` "
-                           "(or `ablate`) first"], "study") from None
+        raise ConfigError(
+            [f"no study {name!r} in {urls.redact(cfg.study.storage)}; run `cpt-harness sweep` (or `ablate`) first"],
+            "study",
+        ) from None
 
 
 def _report(cfg, out: str | None, ablation: bool) -> int:
     from cpt_harness.analysis import ablation as ablation_mod
-    from cpt_harness.reporting import tables as report
     from cpt_harness.reporting import report_files
+    from cpt_harness.reporting import tables as report
 
     name = ablation_mod.study_name(cfg) if ablation else cfg.study.name
     study = load_study(cfg, name)
     print(report.table(study, study.user_attrs.get("base"), None if ablation else cfg.study.max_forgetting))
     print()
-    print(report.effects_text(study, cfg.ablation.min_effect, cfg.ablation.match_levels) if ablation else report.timing_table(study))
+    print(
+        report.effects_text(study, cfg.ablation.min_effect, cfg.ablation.match_levels)
+        if ablation
+        else report.timing_table(study)
+    )
     if not ablation and study.user_attrs.get("kind") != "ablation":
         from cpt_harness.analysis import confirm
 
@@ -390,8 +482,9 @@ def _report(cfg, out: str | None, ablation: bool) -> int:
     shared = (study.user_attrs.get("design") or {}).get("design") == "shared"
     if shared:  # every claim over a grid of match levels
         from cpt_harness.reporting import levels_report
-    path = report_files.write(study, cfg, Path(out) if out else Path("reports") / name,
-                              levels_report.sections if shared else None)
+    path = report_files.write(
+        study, cfg, Path(out) if out else Path("reports") / name, levels_report.sections if shared else None
+    )
     print(f"\nreport: {path} (and report.html, figures)")
     report_files.log_summary_run(study, cfg, path.parent)
     return 0

@@ -23,10 +23,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cpt_harness import data  # noqa: E402
-from cpt_harness.model import resolve as models
-from cpt_harness.model.backends.peft_backend import PeftBackend  # noqa: E402
 from cpt_harness.config import DataSource, ModelConfig  # noqa: E402
 from cpt_harness.evaluate.evaluation import evaluate  # noqa: E402
+from cpt_harness.model import resolve as models
+from cpt_harness.model.backends.peft_backend import PeftBackend  # noqa: E402
 
 DEFAULT = ["builtin:french-bible", "builtin:legal", "builtin:brown", "builtin:sotu"]
 
@@ -48,16 +48,23 @@ def main() -> None:
     model = backend.load_base(path, ModelConfig(name=args.model, max_seq_length=args.block))
     device = backend.device
     cpu = platform.processor() or platform.machine()
-    print(f"{args.model} on {device.type} ({torch.get_num_threads()} threads, {cpu}), {date.today()}, held-out "
-          f"tokens per corpus <= {args.max_tokens} in blocks of {args.block}\n")
-    print("| corpus | documents | words | tokens | tokens/word | held-out docs (dropped) | tokens evaluated | "
-          "chars evaluated | base loss (nats/token) | perplexity | bits/char | eval s |")
+    print(
+        f"{args.model} on {device.type} ({torch.get_num_threads()} threads, {cpu}), {date.today()}, held-out "
+        f"tokens per corpus <= {args.max_tokens} in blocks of {args.block}\n"
+    )
+    print(
+        "| corpus | documents | words | tokens | tokens/word | held-out docs (dropped) | tokens evaluated | "
+        "chars evaluated | base loss (nats/token) | perplexity | bits/char | eval s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.corpora:
         docs = data.read_documents(DataSource(name))
         words = sum(len(d.split()) for d in docs)
-        tokens = sum(len(ids) for start in range(0, len(docs), 256)
-                     for ids in tokenizer(docs[start : start + 256], add_special_tokens=False)["input_ids"])
+        tokens = sum(
+            len(ids)
+            for start in range(0, len(docs), 256)
+            for ids in tokenizer(docs[start : start + 256], add_special_tokens=False)["input_ids"]
+        )
         train, held = data.split_documents(docs, 0.1, seed=0)
         held, dropped = data.drop_contaminated(held, train)
         blocks = data.pack(held, tokenizer, args.block, args.max_tokens)
@@ -66,9 +73,12 @@ def main() -> None:
         seconds = time.perf_counter() - t
         chars = sum(len(tokenizer.decode(b.tolist(), skip_special_tokens=True)) for b in blocks)
         bits_per_char = loss * blocks.size / chars / math.log(2)
-        print(f"| {name} | {len(docs)} | {words:,} | {tokens:,} | {tokens / words:.2f} | {len(held)} ({dropped}) | "
-              f"{blocks.size:,} | {chars:,} | {loss:.3f} | {math.exp(loss):.1f} | {bits_per_char:.3f} | "
-              f"{seconds:.0f} |", flush=True)
+        print(
+            f"| {name} | {len(docs)} | {words:,} | {tokens:,} | {tokens / words:.2f} | {len(held)} ({dropped}) | "
+            f"{blocks.size:,} | {chars:,} | {loss:.3f} | {math.exp(loss):.1f} | {bits_per_char:.3f} | "
+            f"{seconds:.0f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

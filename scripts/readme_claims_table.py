@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 import readme_block  # noqa: E402
+
 from cpt_harness.reporting.ablation_report import claims_of_the_guidance  # noqa: E402
 
 PAGE = ROOT / "docs" / "ablations.md"  # the README keeps a one-line summary and a link to it
@@ -24,8 +25,10 @@ BEGIN, END = "<!-- claims-table:begin (scripts/readme_claims_table.py) -->", "<!
 
 
 def rows() -> list[str]:
-    out = ["| claim | domain | verdict | matched effect, 95% CI | the other metric | conditions | report |",
-           "|---|---|---|---|---|---|---|"]
+    out = [
+        "| claim | domain | verdict | matched effect, 95% CI | the other metric | conditions | report |",
+        "|---|---|---|---|---|---|---|",
+    ]
     guidance, other = [], []
     for path in sorted(ROOT.glob("reports/*/effects.json")):
         for e in json.loads(path.read_text()):
@@ -36,7 +39,8 @@ def rows() -> list[str]:
             claim = f"{e['claim']} *(not a claim of the guidance)*" if ours else e["claim"]
             (other if ours else guidance).append(
                 f"| {claim} | {e['domain']} | **{e['verdict']}** | {e['analysis']}: {e['estimate']:+.4f} "
-                f"{ci}, n = {e['n']} | {e['other']} | {e['conditions']} | `{path.parent.relative_to(ROOT)}` |")
+                f"{ci}, n = {e['n']} | {e['other']} | {e['conditions']} | `{path.parent.relative_to(ROOT)}` |"
+            )
     return out + guidance + other  # the guidance's claims first, then the harness's own questions (replay)
 
 
@@ -45,8 +49,16 @@ def table() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return readme_block.main(argv, page=PAGE, description=__doc__.split("\n")[0], begin=BEGIN, end=END, block=table,
-                             source="reports/*/effects.json", script="scripts/readme_claims_table.py")
+    return readme_block.main(
+        argv,
+        page=PAGE,
+        description=__doc__.split("\n")[0],
+        begin=BEGIN,
+        end=END,
+        block=table,
+        source="reports/*/effects.json",
+        script="scripts/readme_claims_table.py",
+    )
 
 
 if __name__ == "__main__":

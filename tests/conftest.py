@@ -36,13 +36,30 @@ def _make_tiny_model(path: Path, tied: bool) -> Path:
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(text, trainers.BpeTrainer(vocab_size=512, special_tokens=["<|endoftext|>", "<unk>"],
-                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", unk_token="<unk>",
-                                   pad_token="<|endoftext|>")
-    cfg = LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      tie_word_embeddings=tied, eos_token_id=0, bos_token_id=0, pad_token_id=0)
+    tok.train_from_iterator(
+        text,
+        trainers.BpeTrainer(
+            vocab_size=512,
+            special_tokens=["<|endoftext|>", "<unk>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|endoftext|>", unk_token="<unk>", pad_token="<|endoftext|>"
+    )
+    cfg = LlamaConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=tied,
+        eos_token_id=0,
+        bos_token_id=0,
+        pad_token_id=0,
+    )
     torch.manual_seed(0)
     LlamaForCausalLM(cfg).save_pretrained(path)
     fast.save_pretrained(path)
@@ -76,14 +93,23 @@ def tiny_corpora(tmp_path_factory) -> dict[str, Path]:
 def tiny_overrides(tiny_model, tiny_corpora, tmp_path) -> list[str]:
     """--set overrides that turn sweeps/demo.yaml into a seconds-long sweep on the tiny model."""
     return [
-        f"model.name={tiny_model}", "model.max_seq_length=64",
-        f"study.storage=sqlite:///{tmp_path}/study.db", f"study.output_dir={tmp_path}/runs", "study.name=tiny",
-        f"data.domain={tiny_corpora['domain']}", f"data.general={tiny_corpora['general']}",
-        "train.max_steps=6", "train.batch_size=4", "train.eval_every=3", "eval.max_tokens=512",
+        f"model.name={tiny_model}",
+        "model.max_seq_length=64",
+        f"study.storage=sqlite:///{tmp_path}/study.db",
+        f"study.output_dir={tmp_path}/runs",
+        "study.name=tiny",
+        f"data.domain={tiny_corpora['domain']}",
+        f"data.general={tiny_corpora['general']}",
+        "train.max_steps=6",
+        "train.batch_size=4",
+        "train.eval_every=3",
+        "eval.max_tokens=512",
         # 512 tokens hold one document per corpus: too few to split (tests/test_confirm.py splits shorter ones)
         "eval.test_fraction=0",
-        "search.learning_rate.low=1e-3", "search.learning_rate.high=3e-3",
-        "tracking.wandb.mode=offline", "backend=peft",
+        "search.learning_rate.low=1e-3",
+        "search.learning_rate.high=3e-3",
+        "tracking.wandb.mode=offline",
+        "backend=peft",
     ]
 
 

@@ -15,8 +15,7 @@ import yaml
 from optuna.trial import TrialState
 
 from cpt_harness import data
-from cpt_harness.analysis import ablation
-from cpt_harness.analysis import stats
+from cpt_harness.analysis import ablation, stats
 from cpt_harness.cli import main
 from cpt_harness.config import ConfigError
 from cpt_harness.config.validate import load_config
@@ -46,9 +45,18 @@ def test_effects_pair_by_seed_and_average_over_the_other_factor():
     for seed, noise in enumerate([0.01, -0.02, 0.03]):
         for gate in ("in", "out"):
             for emb in ("trained", "frozen"):
-                rows.append({"seed": seed, "level:gate_proj": gate, "level:embeddings": emb,
-                             "forgetting": 0.10 + (0.05 if gate == "out" else 0) + noise + (0.001 * seed if gate == "out" else 0),
-                             "domain_loss": 2.0 - (0.2 if emb == "trained" else 0) + noise})
+                rows.append(
+                    {
+                        "seed": seed,
+                        "level:gate_proj": gate,
+                        "level:embeddings": emb,
+                        "forgetting": 0.10
+                        + (0.05 if gate == "out" else 0)
+                        + noise
+                        + (0.001 * seed if gate == "out" else 0),
+                        "domain_loss": 2.0 - (0.2 if emb == "trained" else 0) + noise,
+                    }
+                )
     eff = {(e.factor.name, e.metric): e for e in ablation.effects(rows, ["gate_proj", "embeddings"])}
     gate = eff[("gate_proj", "forgetting")]
     assert gate.per_seed == pytest.approx({0: 0.05, 1: 0.051, 2: 0.052})
@@ -58,7 +66,9 @@ def test_effects_pair_by_seed_and_average_over_the_other_factor():
     assert emb.per_seed == pytest.approx({0: 0.2, 1: 0.2, 2: 0.2}) and emb.verdict == "supported"
     assert eff[("gate_proj", "domain_loss")].verdict == ""  # not the claim's metric: reported, no verdict
     # A seed missing one of its pairs is left out, not half-counted.
-    partial = [r for r in rows if not (r["seed"] == 2 and r["level:gate_proj"] == "out" and r["level:embeddings"] == "frozen")]
+    partial = [
+        r for r in rows if not (r["seed"] == 2 and r["level:gate_proj"] == "out" and r["level:embeddings"] == "frozen")
+    ]
     assert set(ablation.effects(partial, ["gate_proj", "embeddings"])[0].per_seed) == {0, 1}
 
 
@@ -94,7 +104,10 @@ def test_same_seed_same_init_on_shared_modules(tiny_cfg):
 
 
 def test_ablation_checks():
-    for bad, msg in ((["gate_proj", "nope"], "unknown factor 'nope'"), (["embeddings", "embedding_lr_ratio"], "cannot be")):
+    for bad, msg in (
+        (["gate_proj", "nope"], "unknown factor 'nope'"),
+        (["embeddings", "embedding_lr_ratio"], "cannot be"),
+    ):
         with pytest.raises(Exception, match=msg):
             load_config(DEMO, [f"ablation.factors={bad}"])
     with pytest.raises(Exception, match="at least 2 seeds"):
@@ -102,19 +115,24 @@ def test_ablation_checks():
 
 
 def test_ablate_end_to_end_and_its_report(tiny_overrides, tmp_path, capsys):
-    sets = _sets(tiny_overrides + ["ablation.seeds=2", "ablation.rank=8", "ablation.learning_rate=2e-3",
-                                   "tracking.wandb.mode=offline"])
+    sets = _sets(
+        tiny_overrides
+        + ["ablation.seeds=2", "ablation.rank=8", "ablation.learning_rate=2e-3", "tracking.wandb.mode=offline"]
+    )
     assert main(["ablate", DEMO] + sets) == 0
     study = optuna.load_study(study_name="tiny-ablation", storage=f"sqlite:///{tmp_path}/study.db")
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 8
     assert sorted((t.user_attrs["arm"], t.user_attrs["seed"]) for t in trials) == sorted(
-        (arm, s) for arm in study.user_attrs["design"]["arms"] for s in (0, 1)), "each arm x seed exactly once"
+        (arm, s) for arm in study.user_attrs["design"]["arms"] for s in (0, 1)
+    ), "each arm x seed exactly once"
     frozen = [t for t in trials if t.user_attrs["level:embeddings"] == "frozen"]
     assert all("embedding_lr_ratio" not in t.params and t.user_attrs["trainable_embedding"] == 0 for t in frozen)
     no_gate = [t for t in trials if t.user_attrs["level:gate_proj"] == "out"]
-    assert all(t.user_attrs["audit"]["groups"]["lora"]["tensors"] < trials[0].user_attrs["audit"]["groups"]["lora"]["tensors"]
-               for t in no_gate)
+    assert all(
+        t.user_attrs["audit"]["groups"]["lora"]["tensors"] < trials[0].user_attrs["audit"]["groups"]["lora"]["tensors"]
+        for t in no_gate
+    )
     # Resuming a finished ablation runs nothing.
     assert main(["ablate", DEMO] + sets) == 0
     assert len(optuna.load_study(study_name="tiny-ablation", storage=f"sqlite:///{tmp_path}/study.db").trials) == 8
@@ -129,8 +147,10 @@ def test_ablate_end_to_end_and_its_report(tiny_overrides, tmp_path, capsys):
     md = (out / "report.md").read_text()
     assert (out / "report.html").is_file() and (out / "curves.png").stat().st_size > 1000
     first_screen = md.split("## Effects")[0]
-    for claim in ("leaving gate_proj out of the LoRA targets speeds up forgetting",
-                  "training lm_head and embed_tokens helps learn the domain"):
+    for claim in (
+        "leaving gate_proj out of the LoRA targets speeds up forgetting",
+        "training lm_head and embed_tokens helps learn the domain",
+    ):
         assert claim in first_screen
     assert first_screen.count("[95% CI") == 2
     assert "**NOT TESTED** here: *rsLoRA helps at high rank* (factor `rslora`)" in first_screen
@@ -139,10 +159,16 @@ def test_ablate_end_to_end_and_its_report(tiny_overrides, tmp_path, capsys):
     if 0 < negative < len(trials):
         assert f"fell in {negative} of the 8 complete trials" in first_screen
     effects = {(e["factor"], e["metric"]): e for e in json.loads((out / "effects.json").read_text())}
-    by = {(t.user_attrs["seed"], t.user_attrs["level:gate_proj"], t.user_attrs["level:embeddings"]): t.user_attrs
-          for t in trials}
-    hand = [statistics.fmean([by[(s, "out", e)]["forgetting"] - by[(s, "in", e)]["forgetting"]
-                              for e in ("trained", "frozen")]) for s in (0, 1)]
+    by = {
+        (t.user_attrs["seed"], t.user_attrs["level:gate_proj"], t.user_attrs["level:embeddings"]): t.user_attrs
+        for t in trials
+    }
+    hand = [
+        statistics.fmean(
+            [by[(s, "out", e)]["forgetting"] - by[(s, "in", e)]["forgetting"] for e in ("trained", "frozen")]
+        )
+        for s in (0, 1)
+    ]
     g = effects[("gate_proj", "forgetting")]
     assert [g["per_seed"][k] for k in ("0", "1")] == pytest.approx(hand)
     half = 12.7062047 * statistics.stdev(hand) / math.sqrt(2)
@@ -184,8 +210,9 @@ def test_choose_trial_respects_max_forgetting(tiny_overrides, tmp_path):
     lowest_forgetting = min(t.user_attrs["forgetting"] for t in front)
     chosen = choose_trial(study, max_forgetting=lowest_forgetting)
     assert chosen.user_attrs["forgetting"] <= lowest_forgetting
-    assert chosen.user_attrs["domain_loss"] == min(t.user_attrs["domain_loss"] for t in front
-                                                   if t.user_attrs["forgetting"] <= lowest_forgetting)
+    assert chosen.user_attrs["domain_loss"] == min(
+        t.user_attrs["domain_loss"] for t in front if t.user_attrs["forgetting"] <= lowest_forgetting
+    )
 
 
 def test_ablate_from_study_takes_the_chosen_hyperparameters(tiny_overrides, tmp_path):
@@ -196,8 +223,24 @@ def test_ablate_from_study_takes_the_chosen_hyperparameters(tiny_overrides, tmp_
     cfg = load_config(DEMO, tiny_overrides)
     config.write_text(yaml.safe_dump(cfg.to_dict()))
     pick = study.trials[1]
-    assert main(["ablate", DEMO, "--from-study", str(config), "--trial", "1", "--set", "ablation.seeds=2",
-                 "--set", "ablation.factors=[gate_proj]"] + sets) == 0
+    assert (
+        main(
+            [
+                "ablate",
+                DEMO,
+                "--from-study",
+                str(config),
+                "--trial",
+                "1",
+                "--set",
+                "ablation.seeds=2",
+                "--set",
+                "ablation.factors=[gate_proj]",
+            ]
+            + sets
+        )
+        == 0
+    )
     abl = optuna.load_study(study_name="tiny-ablation", storage=f"sqlite:///{tmp_path}/study.db")
     assert abl.user_attrs["design"]["fixed"]["rank"] == pick.params["rank"]
     assert abl.user_attrs["design"]["fixed"]["learning_rate"] == pytest.approx(pick.params["learning_rate"])
@@ -207,8 +250,16 @@ def test_ablate_from_study_takes_the_chosen_hyperparameters(tiny_overrides, tmp_
 def test_healed_base_is_cached_recorded_and_reported(tiny_overrides, tmp_path, tiny_model):
     from safetensors.torch import load_file
 
-    sets = _sets(tiny_overrides + ["model.heal.steps=4", "model.heal.rank=4", "model.heal.learning_rate=1e-2",
-                                   "model.heal.batch_size=2", "study.name=healed"])
+    sets = _sets(
+        tiny_overrides
+        + [
+            "model.heal.steps=4",
+            "model.heal.rank=4",
+            "model.heal.learning_rate=1e-2",
+            "model.heal.batch_size=2",
+            "study.name=healed",
+        ]
+    )
     assert main(["sweep", DEMO, "--n-trials", "1"] + sets) == 0
     study = optuna.load_study(study_name="healed", storage=f"sqlite:///{tmp_path}/study.db")
     prov = study.user_attrs["model_provenance"]
@@ -216,7 +267,9 @@ def test_healed_base_is_cached_recorded_and_reported(tiny_overrides, tmp_path, t
     healed = Path(os.environ["CPT_HARNESS_CACHE"]) / "models"
     folder = next(healed.glob("healed-*"))
     before, after = load_file(f"{tiny_model}/model.safetensors"), load_file(f"{folder}/model.safetensors")
-    assert not torch.equal(before["model.layers.0.self_attn.q_proj.weight"], after["model.layers.0.self_attn.q_proj.weight"])
+    assert not torch.equal(
+        before["model.layers.0.self_attn.q_proj.weight"], after["model.layers.0.self_attn.q_proj.weight"]
+    )
     assert torch.equal(before["model.embed_tokens.weight"], after["model.embed_tokens.weight"]), "healing is LoRA only"
     out = tmp_path / "rep"
     assert main(["report", DEMO, "--out", str(out)] + sets) == 0
@@ -246,11 +299,16 @@ def test_forgetting_note_says_when_general_loss_fell(tiny_overrides, tmp_path):
 def test_healing_on_the_general_corpus_reads_only_its_training_documents(tiny_overrides, tiny_corpora, tmp_path):
     from transformers import AutoTokenizer
 
-    from cpt_harness.train import heal
     from cpt_harness.config.validate import load_config
+    from cpt_harness.train import heal
 
-    sets = tiny_overrides + ["model.heal.steps=2", "model.heal.rank=4", "model.heal.batch_size=2",
-                             f"model.heal.data={tiny_corpora['general']}", "study.name=healed-general"]
+    sets = tiny_overrides + [
+        "model.heal.steps=2",
+        "model.heal.rank=4",
+        "model.heal.batch_size=2",
+        f"model.heal.data={tiny_corpora['general']}",
+        "study.name=healed-general",
+    ]
     cfg = load_config(DEMO, sets)
     docs = heal.heal_documents(cfg)
     general = data.read_documents(cfg.data.general)
@@ -274,8 +332,17 @@ def test_healing_on_the_general_corpus_reads_only_its_training_documents(tiny_ov
 
 
 def test_rslora_ablation_report_states_each_arms_lora_scale(tiny_overrides, tmp_path):
-    sets = _sets(tiny_overrides + ["ablation.seeds=2", "ablation.factors=[rslora]", "ablation.high_rank=16",
-                                   "lora.alpha=8", "ablation.learning_rate=2e-3", "study.name=rs"])
+    sets = _sets(
+        tiny_overrides
+        + [
+            "ablation.seeds=2",
+            "ablation.factors=[rslora]",
+            "ablation.high_rank=16",
+            "lora.alpha=8",
+            "ablation.learning_rate=2e-3",
+            "study.name=rs",
+        ]
+    )
     assert main(["ablate", DEMO] + sets) == 0
     out = tmp_path / "rs-report"
     assert main(["report", DEMO, "--ablation", "--out", str(out)] + sets) == 0
@@ -285,15 +352,24 @@ def test_rslora_ablation_report_states_each_arms_lora_scale(tiny_overrides, tmp_
 
 
 def test_lr_crossed_ablation_end_to_end_and_its_frontier_report(tiny_overrides, tmp_path, capsys):
-    sets = _sets(tiny_overrides + ["ablation.factors=[gate_proj]", "ablation.seeds=3",
-                                   "ablation.learning_rates=[1e-3, 4e-3]", "ablation.min_effect=0.001",
-                                   "ablation.lr_extend=1", "train.schedule=cosine"])
+    sets = _sets(
+        tiny_overrides
+        + [
+            "ablation.factors=[gate_proj]",
+            "ablation.seeds=3",
+            "ablation.learning_rates=[1e-3, 4e-3]",
+            "ablation.min_effect=0.001",
+            "ablation.lr_extend=1",
+            "train.schedule=cosine",
+        ]
+    )
     assert main(["ablate", DEMO] + sets) == 0
     study = optuna.load_study(study_name="tiny-ablation", storage=f"sqlite:///{tmp_path}/study.db")
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
     # every arm x LR x seed once, each trial at its own LR
     assert sorted((t.user_attrs["arm"], t.user_attrs["lr"], t.user_attrs["seed"]) for t in done) == sorted(
-        (f"gate_proj={g}", lr, s) for g in ("in", "out") for lr in (1e-3, 4e-3) for s in range(3))
+        (f"gate_proj={g}", lr, s) for g in ("in", "out") for lr in (1e-3, 4e-3) for s in range(3)
+    )
     assert all(t.params["learning_rate"] == t.user_attrs["lr"] for t in done)
     assert study.user_attrs["design"]["learning_rates"] == [1e-3, 4e-3]
     assert main(["ablate", DEMO] + sets) == 0  # resuming a complete design adds nothing
@@ -316,8 +392,7 @@ def test_lr_crossed_ablation_end_to_end_and_its_frontier_report(tiny_overrides, 
     assert json.loads((out / "effects.json").read_text()) == [effect]
     assert effect["verdict"] in ("NEGLIGIBLE", "SUPPORTED", "CONTRADICTED", "INCONCLUSIVE") and effect["n"] <= 3
     # The effect is recomputed from the trials' own curves: forgetting at matched gain, out - in, per seed.
-    from cpt_harness.analysis import claims
-    from cpt_harness.analysis import frontier
+    from cpt_harness.analysis import claims, frontier
 
     runs = claims.runs_from_study(study)
     m = frontier.matched_effect(runs, "gain", "gate_proj", "in", "out")
@@ -325,15 +400,34 @@ def test_lr_crossed_ablation_end_to_end_and_its_frontier_report(tiny_overrides, 
 
 
 def test_the_lr_grid_must_span_the_rslora_scale_ratio(tiny_overrides):
-
     with pytest.raises(ConfigError, match=r"ablation.learning_rates: spans 4x.*16x"):
-        load_config(DEMO, tiny_overrides + ["ablation.factors=[rslora]", "ablation.rank=16", "ablation.high_rank=256",
-                                            "ablation.learning_rates=[1e-4, 4e-4]"])
-    cfg = load_config(DEMO, tiny_overrides + ["ablation.factors=[rslora]", "ablation.rank=16", "ablation.high_rank=256",
-                                              "ablation.learning_rates=[1e-4, 4e-4, 1.6e-3]"])
+        load_config(
+            DEMO,
+            tiny_overrides
+            + [
+                "ablation.factors=[rslora]",
+                "ablation.rank=16",
+                "ablation.high_rank=256",
+                "ablation.learning_rates=[1e-4, 4e-4]",
+            ],
+        )
+    cfg = load_config(
+        DEMO,
+        tiny_overrides
+        + [
+            "ablation.factors=[rslora]",
+            "ablation.rank=16",
+            "ablation.high_rank=256",
+            "ablation.learning_rates=[1e-4, 4e-4, 1.6e-3]",
+        ],
+    )
     arms = ablation.arms(cfg)
-    assert [a.name for a in arms] == ["rank=16,rslora=on", "rank=16,rslora=off", "rank=256,rslora=on",
-                                      "rank=256,rslora=off"]
+    assert [a.name for a in arms] == [
+        "rank=16,rslora=on",
+        "rank=16,rslora=off",
+        "rank=256,rslora=on",
+        "rank=256,rslora=off",
+    ]
     configs = {a.name: ablation.arm_config(cfg, a, 0, 4e-4) for a in arms}
     # One parameter, one set of choices in a study (Optuna refuses others): the arm's rank is enqueued.
     assert {tuple(c.search.rank.choices) for c in configs.values()} == {(16, 256)}
@@ -344,8 +438,7 @@ def test_the_lr_grid_must_span_the_rslora_scale_ratio(tiny_overrides):
 
 
 def test_seeds_with_a_missing_arm_or_lr_are_left_out_of_the_frontier():
-    from cpt_harness.analysis import claims
-    from cpt_harness.analysis import frontier
+    from cpt_harness.analysis import claims, frontier
 
     def run(gate, seed, lr):
         return frontier.Run({"gate_proj": gate}, seed, lr, [0.0, 0.1 * lr * 1e3], [0.0, 0.05 * lr * 1e3])
@@ -357,10 +450,19 @@ def test_seeds_with_a_missing_arm_or_lr_are_left_out_of_the_frontier():
 
 
 def test_rank_x_rslora_frontier_ablation_runs_every_arm_at_its_rank(tiny_overrides, tmp_path):
-    sets = _sets(tiny_overrides + ["ablation.factors=[rslora]", "ablation.rank=4", "ablation.high_rank=16",
-                                   "ablation.seeds=2", "ablation.learning_rates=[1e-3, 4e-3]", "train.max_steps=3",
-                                   "ablation.lr_extend=1",
-                                   "train.eval_every=3"])
+    sets = _sets(
+        tiny_overrides
+        + [
+            "ablation.factors=[rslora]",
+            "ablation.rank=4",
+            "ablation.high_rank=16",
+            "ablation.seeds=2",
+            "ablation.learning_rates=[1e-3, 4e-3]",
+            "train.max_steps=3",
+            "ablation.lr_extend=1",
+            "train.eval_every=3",
+        ]
+    )
     assert main(["ablate", DEMO] + sets) == 0
     study = optuna.load_study(study_name="tiny-ablation", storage=f"sqlite:///{tmp_path}/study.db")
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
@@ -381,37 +483,53 @@ def test_the_readme_claims_table_is_what_the_committed_reports_say():
     assert "<!-- claims-table:begin" not in (ROOT / "README.md").read_text()
 
 
-def test_replay_ablation_judges_forgetting_on_the_general_text_not_replayed(tiny_overrides, tiny_corpora, tmp_path,
-                                                                             capsys):
+def test_replay_ablation_judges_forgetting_on_the_general_text_not_replayed(
+    tiny_overrides, tiny_corpora, tmp_path, capsys
+):
     """ablation.factors=[replay]: the "on" arm mixes data.replay.fraction of general text into its batches, the
     "off" arm none; the claim is judged at matched domain gain on the general corpora that are not replayed, and
     its bootstrap draws only their documents."""
-    replay = [f"data.general=[{tiny_corpora['general']}, {tiny_corpora['sotu']}]",
-              f"data.replay={{source: {tiny_corpora['general']}, fraction: 0.25}}"]
+    replay = [
+        f"data.general=[{tiny_corpora['general']}, {tiny_corpora['sotu']}]",
+        f"data.replay={{source: {tiny_corpora['general']}, fraction: 0.25}}",
+    ]
     with pytest.raises(ConfigError, match=r"ablation.factors: replay compares data.replay.fraction"):
         load_config(DEMO, tiny_overrides + ["ablation.factors=[replay]"])
     with pytest.raises(ConfigError, match=r"search.replay_fraction: an ablation of replay"):
-        load_config(DEMO, tiny_overrides + replay + ["ablation.factors=[replay]",
-                                                     "search.replay_fraction={low: 0, high: 0.5}"])
-    sets = _sets(tiny_overrides + replay + ["ablation.factors=[replay]", "ablation.seeds=2", "eval.max_tokens=2048",
-                                            "ablation.learning_rates=[1e-3, 4e-3]", "ablation.min_effect=0.001",
-                                   "ablation.lr_extend=1", "train.schedule=cosine"])
+        load_config(
+            DEMO, tiny_overrides + replay + ["ablation.factors=[replay]", "search.replay_fraction={low: 0, high: 0.5}"]
+        )
+    sets = _sets(
+        tiny_overrides
+        + replay
+        + [
+            "ablation.factors=[replay]",
+            "ablation.seeds=2",
+            "eval.max_tokens=2048",
+            "ablation.learning_rates=[1e-3, 4e-3]",
+            "ablation.min_effect=0.001",
+            "ablation.lr_extend=1",
+            "train.schedule=cosine",
+        ]
+    )
     assert main(["ablate", DEMO] + sets) == 0
     study = optuna.load_study(study_name="tiny-ablation", storage=f"sqlite:///{tmp_path}/study.db")
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert sorted((t.user_attrs["arm"], t.user_attrs["lr"], t.user_attrs["seed"]) for t in done) == sorted(
-        (f"replay={r}", lr, s) for r in ("on", "off") for lr in (1e-3, 4e-3) for s in range(2))
-    assert {t.user_attrs["arm"]: t.user_attrs["replay_fraction"] for t in done} == {"replay=on": 0.25,
-                                                                                    "replay=off": 0.0}
+        (f"replay={r}", lr, s) for r in ("on", "off") for lr in (1e-3, 4e-3) for s in range(2)
+    )
+    assert {t.user_attrs["arm"]: t.user_attrs["replay_fraction"] for t in done} == {
+        "replay=on": 0.25,
+        "replay=off": 0.0,
+    }
     assert study.user_attrs["design"]["replayed"] == ["brown"]
     assert all("forgetting_unreplayed" in t.user_attrs for t in done)
 
     out = tmp_path / "report"
     assert main(["report", DEMO, "--ablation", "--out", str(out)] + sets) == 0
     (effect,) = json.loads((out / "effects.json").read_text())
-    from cpt_harness.analysis import claims
+    from cpt_harness.analysis import claims, frontier
     from cpt_harness.evaluate import evals
-    from cpt_harness.analysis import frontier
 
     runs = claims.runs_from_study(study, forgetting="general_loss_unreplayed")
     matched = lambda rs: frontier.matched_effect(rs, "gain", "replay", "on", "off").mean  # noqa: E731

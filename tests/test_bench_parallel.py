@@ -15,10 +15,30 @@ def _bench(args, tiny_overrides, tmp_path):
     out = tmp_path / "bench.json"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "CPT_HARNESS_CACHE": str(tmp_path / "cache")}
     env.pop("WANDB_SERVICE", None)
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.parallel", str(ROOT / "sweeps" / "demo.yaml"), "--workers",
-                           "--steps", "4", "--rank", "8", "--lr", "2e-3", "--out", str(out), *args,
-                           *[x for o in keep for x in ("--set", o)]],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.parallel",
+            str(ROOT / "sweeps" / "demo.yaml"),
+            "--workers",
+            "--steps",
+            "4",
+            "--rank",
+            "8",
+            "--lr",
+            "2e-3",
+            "--out",
+            str(out),
+            *args,
+            *[x for o in keep for x in ("--set", o)],
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return json.loads(out.read_text())["runs"], proc.stdout
 

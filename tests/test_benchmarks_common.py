@@ -65,8 +65,14 @@ def test_result_files_are_named_by_machine_and_date(tmp_path):
 @pytest.mark.parametrize("module", MODULES)
 def test_every_benchmark_runs_as_a_module_from_the_repository_root(module):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", "--help"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{module}", "--help"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "usage:" in proc.stdout
     assert "sys.path" not in (ROOT / "benchmarks" / f"{module}.py").read_text()

@@ -9,16 +9,25 @@ import time
 
 import pytest
 
-from cpt_harness.infra.cache import locked
 from cpt_harness.errors import LockTimeout, RunAborted
+from cpt_harness.infra.cache import locked
 
 
 def test_a_lock_held_too_long_times_out_and_a_dead_holders_is_free(tmp_path):
     path = tmp_path / ".model.lock"
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from cpt_harness.infra.cache import locked\n"
-        f"with locked(__import__('pathlib').Path({str(path)!r})):\n"
-        "    print('held', flush=True); time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from cpt_harness.infra.cache import locked\n"
+                f"with locked(__import__('pathlib').Path({str(path)!r})):\n"
+                "    print('held', flush=True); time.sleep(60)\n"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline() == "held\n"
         started = time.perf_counter()

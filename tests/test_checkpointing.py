@@ -9,22 +9,38 @@ import optuna
 import pytest
 import torch
 
-from cpt_harness.train import checkpointing
-from cpt_harness.search import space as search_space
-from cpt_harness.train import loop as train
-from cpt_harness.model.backends.peft_backend import PeftBackend
 from cpt_harness.config.validate import load_config
+from cpt_harness.model.backends.peft_backend import PeftBackend
 from cpt_harness.run.parallel import auto_trials_per_gpu
+from cpt_harness.search import space as search_space
 from cpt_harness.search.space import derive
+from cpt_harness.train import checkpointing
+from cpt_harness.train import loop as train
 from tests.conftest import ROOT
 from tests.test_train import Recorder, corpora_for
 
 H200_GB = 143771 / 1024  # the H200 of benchmarks/RESULTS.md: 143,771 MiB (torch total_memory), 140.4 GiB
 # Llama-3.2-1B's config.json (the 1B shape of benchmarks/throughput.py)
-LLAMA_1B = {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "vocab_size": 128256,
-            "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64, "tie_word_embeddings": True}
-SMOLLM2_135M = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "vocab_size": 49152,
-                "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64, "tie_word_embeddings": True}
+LLAMA_1B = {
+    "hidden_size": 2048,
+    "intermediate_size": 8192,
+    "num_hidden_layers": 16,
+    "vocab_size": 128256,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 64,
+    "tie_word_embeddings": True,
+}
+SMOLLM2_135M = {
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 30,
+    "vocab_size": 49152,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "head_dim": 64,
+    "tie_word_embeddings": True,
+}
 
 
 def test_losses_are_identical_with_and_without_checkpointing(tiny_cfg):
@@ -147,7 +163,8 @@ def test_every_committed_study_still_resumes():
             now = {**inputs, "train": {k: v for k, v in inputs["train"].items() if k != "gradient_checkpointing"}}
             accepted = {search_space._digest(now)} | {
                 search_space._digest({**now, "train": {**now["train"], "gradient_checkpointing": v}})
-                for v in (False, True)}
+                for v in (False, True)
+            }
             assert stored in accepted and search_space._digest(now) != stored
             checked += 1
     assert checked >= 4
@@ -166,9 +183,12 @@ def test_a_study_made_with_checkpointing_on_resumes_with_auto(tiny_cfg):
     storage.open_study(tiny_cfg, {"search_space": search_space.space_fingerprint(tiny_cfg)}, accepted=accepted)
     tiny_cfg.train.max_steps += 1  # a real change is still refused
     with pytest.raises(storage.StudyMismatch, match="max_steps"):
-        storage.open_study(tiny_cfg, {"search_space": search_space.space_fingerprint(tiny_cfg)},
-                           accepted={"search_space": search_space.accepted_fingerprints(tiny_cfg)},
-                           inputs={"search_space": search_space.space_payload(tiny_cfg)})
+        storage.open_study(
+            tiny_cfg,
+            {"search_space": search_space.space_fingerprint(tiny_cfg)},
+            accepted={"search_space": search_space.accepted_fingerprints(tiny_cfg)},
+            inputs={"search_space": search_space.space_payload(tiny_cfg)},
+        )
 
 
 def test_backends_checkpoint_only_when_resolved_true(tiny_cfg):

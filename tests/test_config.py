@@ -36,8 +36,14 @@ def test_unknown_key_suggests_the_right_one():
 
 
 def test_all_problems_are_reported_at_once():
-    ps = problems("train.batch_size=0", "search.learning_rate.low=1", "search.rank.choices=[]",
-                  "data.domain=/no/such/file.txt", "model.name=builtin:nope", "backend=gpu")
+    ps = problems(
+        "train.batch_size=0",
+        "search.learning_rate.low=1",
+        "search.rank.choices=[]",
+        "data.domain=/no/such/file.txt",
+        "model.name=builtin:nope",
+        "backend=gpu",
+    )
     joined = "\n".join(ps)
     assert "train.batch_size: must be > 0, got 0" in joined
     assert "search.learning_rate: low <= high must hold, but got (low=1.0, high=0.001)" in joined
@@ -76,8 +82,15 @@ def test_embeddings_are_not_lora_targets():
 
 
 def test_set_overrides_parse_yaml_and_reach_nested_keys(tiny_corpora):
-    cfg = load_config(DEMO, ["search.rank.choices=[64, 128]", "search.learning_rate.low=5e-5",
-                             f"data.general={tiny_corpora['general']}", "data.general.text_field=body"])
+    cfg = load_config(
+        DEMO,
+        [
+            "search.rank.choices=[64, 128]",
+            "search.learning_rate.low=5e-5",
+            f"data.general={tiny_corpora['general']}",
+            "data.general.text_field=body",
+        ],
+    )
     assert cfg.search.rank.choices == [64, 128]
     assert cfg.search.learning_rate.low == 5e-5
     assert cfg.data.general.path == str(tiny_corpora["general"]) and cfg.data.general.text_field == "body"
@@ -101,27 +114,36 @@ def test_validate_exit_codes_and_messages(capsys, tmp_path):
 
 def test_validate_imports_no_torch_and_needs_no_model():
     """validate must work on a fresh install: it prepares nothing and loads no ML stack."""
-    code = ("import sys; from cpt_harness.cli import main; rc = main(['validate', %r]); "
-            "assert 'torch' not in sys.modules, 'validate imported torch'; sys.exit(rc)" % str(DEMO))
+    code = (
+        "import sys; from cpt_harness.cli import main; rc = main(['validate', %r]); "
+        "assert 'torch' not in sys.modules, 'validate imported torch'; sys.exit(rc)" % str(DEMO)
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("ok: ")
 
 
 def test_console_script_runs(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "cpt_harness", "validate", str(DEMO), "--set", "train.max_steps=0"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cpt_harness", "validate", str(DEMO), "--set", "train.max_steps=0"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert "train.max_steps: must be > 0, got 0" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
 def test_one_wrong_type_hides_no_other_problem():
-    ps = problems("study.heartbeat_interval=often", "study.max_failures=0", "train.warmup_ratio=1.5",
-                  "lora.dropout=-0.1")
-    assert ps == ["study.heartbeat_interval: expected an integer, got 'often'",
-                  "study.max_failures: must be >= 1, got 0", "train.warmup_ratio: must be in [0, 1), got 1.5",
-                  "lora.dropout: must be in [0, 1), got -0.1"]
+    ps = problems(
+        "study.heartbeat_interval=often", "study.max_failures=0", "train.warmup_ratio=1.5", "lora.dropout=-0.1"
+    )
+    assert ps == [
+        "study.heartbeat_interval: expected an integer, got 'often'",
+        "study.max_failures: must be >= 1, got 0",
+        "train.warmup_ratio: must be in [0, 1), got 1.5",
+        "lora.dropout: must be in [0, 1), got -0.1",
+    ]
 
 
 def _float_keys(cls=None, prefix=""):
@@ -142,16 +164,24 @@ def _float_keys(cls=None, prefix=""):
             yield key
 
 
-@pytest.mark.parametrize("value, shown", [(".nan", "nan"), (".inf", "inf"), ("-.inf", "-inf"), ("nan", "nan"),
-                                          ("1e999", "inf")])
+@pytest.mark.parametrize(
+    "value, shown", [(".nan", "nan"), (".inf", "inf"), ("-.inf", "-inf"), ("nan", "nan"), ("1e999", "inf")]
+)
 def test_every_float_must_be_finite(value, shown):
     keys = list(_float_keys())
-    assert {"search.learning_rate.low", "lora.alpha", "train.time_limit_s", "study.max_forgetting",
-            "model.heal.learning_rate", "ablation.embedding_lr_ratio"} <= set(keys)
+    assert {
+        "search.learning_rate.low",
+        "lora.alpha",
+        "train.time_limit_s",
+        "study.max_forgetting",
+        "model.heal.learning_rate",
+        "ablation.embedding_lr_ratio",
+    } <= set(keys)
     ps = problems(*(f"{k}={value}" for k in keys))
     assert sorted(ps) == sorted(f"{k}: must be a finite number, got {shown}" for k in keys)
     assert problems(f"ablation.learning_rates=[1e-4, {value}]") == [
-        f"ablation.learning_rates[1]: must be a finite number, got {shown}"]
+        f"ablation.learning_rates[1]: must be a finite number, got {shown}"
+    ]
 
 
 def test_duplicate_keys_are_refused_with_their_lines(tmp_path):
@@ -159,7 +189,8 @@ def test_duplicate_keys_are_refused_with_their_lines(tmp_path):
     bad.write_text("# twice\nsearch:\n  rank:\n    choices: [8]\n    choices: [16]\nstudy: {name: a}\nstudy: {}\n")
     assert problems(path=bad) == [
         "search.rank.choices: given twice (lines 4 and 5); YAML would keep only the last, so remove one",
-        "study: given twice (lines 6 and 7); YAML would keep only the last, so remove one"]
+        "study: given twice (lines 6 and 7); YAML would keep only the last, so remove one",
+    ]
     merged = tmp_path / "merge.yaml"  # YAML merge keys are not duplicates
     merged.write_text("train: &t {max_steps: 5}\neval:\n  <<: {batch_size: 2}\n  max_tokens: 512\n")
     assert load_config(merged).eval.batch_size == 2
@@ -170,8 +201,17 @@ def test_safe_study_names_pass(name):
     assert load_config(DEMO, [f"study.name={name}", f"ablation.study_name={name}-abl"]).study.name == name
 
 
-@pytest.mark.parametrize("name, fix", [("a/b", "a-b"), ("..", "my-study"), ("../../etc", "etc"), ("x\\y", "x-y"),
-                                       (" padded ", "padded"), ("/abs", "abs")])
+@pytest.mark.parametrize(
+    "name, fix",
+    [
+        ("a/b", "a-b"),
+        ("..", "my-study"),
+        ("../../etc", "etc"),
+        ("x\\y", "x-y"),
+        (" padded ", "padded"),
+        ("/abs", "abs"),
+    ],
+)
 def test_unsafe_study_names_fail_with_a_fix(name, fix):
     (p,) = problems(f"study.name={json.dumps(name)}")  # a JSON string is a YAML one
     assert p.startswith(f"study.name: {name!r} is not a safe name") and p.endswith(f"e.g. {fix!r}")
@@ -211,7 +251,8 @@ def test_general_is_one_source_or_a_list():
     assert any(p.startswith("data.general[1]: unknown built-in corpus 'poetry'") for p in ps)
     assert "data.general[2]: builtin:brown is listed twice" in ps
     assert problems("data.general=[]") == [
-        "data.general: an empty list; name at least one source, e.g. [builtin:brown, builtin:sotu]"]
+        "data.general: an empty list; name at least one source, e.g. [builtin:brown, builtin:sotu]"
+    ]
 
 
 def test_a_check_that_raises_is_reported_not_skipped(monkeypatch, capsys):
@@ -240,12 +281,17 @@ def test_every_error_the_harness_raises_is_a_harness_error():
     for path in sorted((ROOT / "cpt_harness").rglob("*.py")):
         module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ClassDef) and not node.name.startswith("_") and any(
-                    "Error" in ast.unparse(b) or "Exception" in ast.unparse(b) for b in node.bases):
+            if (
+                isinstance(node, ast.ClassDef)
+                and not node.name.startswith("_")
+                and any("Error" in ast.unparse(b) or "Exception" in ast.unparse(b) for b in node.bases)
+            ):
                 found.append((module, node.name))
     assert ("cpt_harness.errors", "ConfigError") in found and len(found) > 10
     for module, name in found:
-        if module == "cpt_harness.config.load" and name == "DuplicateKeys":  # a YAML loader's error, turned into a problem
+        if (
+            module == "cpt_harness.config.load" and name == "DuplicateKeys"
+        ):  # a YAML loader's error, turned into a problem
             continue
         cls = getattr(importlib.import_module(module), name)
         assert issubclass(cls, errors.HarnessError), f"{module}.{name} is not a HarnessError"
@@ -270,8 +316,10 @@ def test_init_names_the_study_and_refuses_a_bad_name(tmp_path, capsys, monkeypat
     monkeypatch.chdir(tmp_path)
     assert main(["init", "ablate-me", "--from", "gpu-ablation"]) == 0
     cfg = load_config(tmp_path / "ablate-me.yaml")
-    assert cfg.study.name == "ablate-me" and cfg.ablation.factors == load_config(
-        ROOT / "sweeps" / "gpu-ablation.yaml").ablation.factors
+    assert (
+        cfg.study.name == "ablate-me"
+        and cfg.ablation.factors == load_config(ROOT / "sweeps" / "gpu-ablation.yaml").ablation.factors
+    )
     assert main(["init", "../up", "--from", "nope"]) == 2
     err = capsys.readouterr().err
     assert "NAME:" in err and "--from: no packaged sweep file 'nope' (packaged: demo, " in err

@@ -14,10 +14,9 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from cpt_harness.analysis import confirm
-from cpt_harness.evaluate import evals
-from cpt_harness.analysis import stats
+from cpt_harness.analysis import confirm, stats
 from cpt_harness.cli import main
+from cpt_harness.evaluate import evals
 from tests.conftest import ROOT, builtin_docs
 
 DEMO = str(ROOT / "sweeps" / "demo.yaml")
@@ -42,7 +41,9 @@ def _chunks(texts: list[str], size: int) -> list[str]:
 def short_corpora(tmp_path_factory):
     """Legal (domain) and Brown (general) text cut into ~400-character documents: several per corpus fit the eval."""
     d = tmp_path_factory.mktemp("short")
-    (d / "legal.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in _chunks(builtin_docs("legal", 40), 400)))
+    (d / "legal.jsonl").write_text(
+        "".join(json.dumps({"text": t}) + "\n" for t in _chunks(builtin_docs("legal", 40), 400))
+    )
     (d / "brown.txt").write_text("\n\n".join(_chunks(builtin_docs("brown", 12), 400)))
     return d
 
@@ -50,10 +51,17 @@ def short_corpora(tmp_path_factory):
 @pytest.fixture
 def split_overrides(tiny_overrides, short_corpora):
     """The tiny sweep with the default split (eval.test_fraction 0.5) on short documents."""
-    keep = [o for o in tiny_overrides if not o.startswith(("eval.test_fraction", "data.domain", "data.general",
-                                                             "eval.max_tokens"))]
-    return keep + [f"data.domain={short_corpora / 'legal.jsonl'}", f"data.general={short_corpora / 'brown.txt'}",
-                   "eval.max_tokens=1024", "data.eval_fraction=0.2"]
+    keep = [
+        o
+        for o in tiny_overrides
+        if not o.startswith(("eval.test_fraction", "data.domain", "data.general", "eval.max_tokens"))
+    ]
+    return keep + [
+        f"data.domain={short_corpora / 'legal.jsonl'}",
+        f"data.general={short_corpora / 'brown.txt'}",
+        "eval.max_tokens=1024",
+        "data.eval_fraction=0.2",
+    ]
 
 
 def _by_hand(nll: np.ndarray, tokens: np.ndarray, keep: np.ndarray) -> float:
@@ -88,10 +96,13 @@ def test_sweep_confirm_and_the_recommendation(split_overrides, tmp_path, capsys)
         assert a["test_domain_loss"] == pytest.approx(_by_hand(e.domain_nll[-1], e.domain_tokens, d_test), rel=1e-9)
         test_general = _by_hand(e.general_nll[-1], e.general_tokens, g_test)
         assert a["test_forgetting"] == pytest.approx(test_general - base["test_general_loss"], rel=1e-9)
-        assert a["test_general_kl"] == pytest.approx(float(e.general_kl[-1][g_test].sum() / e.general_tokens[g_test].sum()))
+        assert a["test_general_kl"] == pytest.approx(
+            float(e.general_kl[-1][g_test].sum() / e.general_tokens[g_test].sum())
+        )
         assert a["test_domain_gain"] == pytest.approx(base["test_domain_loss"] - a["test_domain_loss"])
         assert [p["test_domain_loss"] for p in a["curve"]] == pytest.approx(
-            [_by_hand(row, e.domain_tokens, d_test) for row in e.domain_nll])
+            [_by_hand(row, e.domain_tokens, d_test) for row in e.domain_nll]
+        )
 
     # Before any confirmation: the report opens with the recommendation, marked unconfirmed.
     out = tmp_path / "report"
@@ -119,7 +130,8 @@ def test_sweep_confirm_and_the_recommendation(split_overrides, tmp_path, capsys)
     trials = conf.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
     assert sorted((t.user_attrs["setting"], t.user_attrs["seed"]) for t in trials) == sorted(
-        (s.number, seed) for s in top2 for seed in (1, 2)), "each setting x new seed once; the sweep's seed 0 unused"
+        (s.number, seed) for s in top2 for seed in (1, 2)
+    ), "each setting x new seed once; the sweep's seed 0 unused"
     by_number = {t.number: t for t in top2}
     assert all(t.params == by_number[t.user_attrs["setting"]].params for t in trials)
     assert len(list((tmp_path / "runs" / "tiny-confirm" / "workers").glob("*.log"))) == 2
@@ -144,11 +156,16 @@ def test_sweep_confirm_and_the_recommendation(split_overrides, tmp_path, capsys)
     assert "unconfirmed" not in opening
     rec_number = int(re.search(r"\(trial (\d+) of this sweep", opening).group(1))
     assert rec_number == knee.number, "without a budget: the knee, confirmed"
-    runs = [t.user_attrs for t in conf.get_trials(states=[TrialState.COMPLETE]) if t.user_attrs["setting"] == rec_number]
+    runs = [
+        t.user_attrs for t in conf.get_trials(states=[TrialState.COMPLETE]) if t.user_attrs["setting"] == rec_number
+    ]
     d = stats.t_interval([a["test_domain_loss"] for a in sorted(runs, key=lambda a: a["seed"])])
     f = stats.t_interval([a["test_forgetting"] for a in sorted(runs, key=lambda a: a["seed"])])
     assert d.n == 3
-    assert f"over 3 new seeds (study `tiny-confirm`): domain loss **{d.mean:.4f}** (95% CI [{d.low:.4f}, {d.high:.4f}])" in opening
+    assert (
+        f"over 3 new seeds (study `tiny-confirm`): domain loss **{d.mean:.4f}** (95% CI [{d.low:.4f}, {d.high:.4f}])"
+        in opening
+    )
     assert f"forgetting **{f.mean:+.4f}** (95% CI [{f.low:+.4f}, {f.high:+.4f}])" in opening
     assert "### Confirmed settings" in opening and opening.count("| 3 |") == 2
     chosen = (out / "chosen.yaml").read_text()
@@ -169,16 +186,20 @@ def test_sweep_confirm_and_the_recommendation(split_overrides, tmp_path, capsys)
 def test_a_confirmation_with_other_settings_names_the_changed_key(tmp_path):
     """The sweep's stored fingerprint inputs are compared key by key with the confirmation's config: the message
     names the changed key (and no speed-only one), not every key of the search space."""
+    from cpt_harness.config.validate import load_config
     from cpt_harness.search import space as search_space
     from cpt_harness.search import study as storage
-    from cpt_harness.config.validate import load_config
 
     sets = [f"study.storage=sqlite:///{tmp_path}/study.db", "study.name=s"]
     cfg = load_config(DEMO, sets)
-    study = storage.open_study(cfg, {"model": "m", "data": "d", "search_space": search_space.space_fingerprint(cfg)},
-                               inputs={"search_space": search_space.space_payload(cfg)})
+    study = storage.open_study(
+        cfg,
+        {"model": "m", "data": "d", "search_space": search_space.space_fingerprint(cfg)},
+        inputs={"search_space": search_space.space_payload(cfg)},
+    )
     confirm._check_protocol(load_config(DEMO, sets + ["train.gradient_checkpointing=true"]), study)  # speed only
     with pytest.raises(storage.StudyMismatch) as e:
-        confirm._check_protocol(load_config(DEMO, sets + ["train.max_steps=7", "train.gradient_checkpointing=true"]),
-                                study)
+        confirm._check_protocol(
+            load_config(DEMO, sets + ["train.max_steps=7", "train.gradient_checkpointing=true"]), study
+        )
     assert re.search(r"other settings than this config \(train\.max_steps: \d+ -> 7\); a confirmation", str(e.value))

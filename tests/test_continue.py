@@ -8,14 +8,14 @@ import torch
 from optuna.trial import TrialState
 from safetensors.torch import load_file
 
-from cpt_harness.evaluate import evals
-from cpt_harness.model import modules
-from cpt_harness.train import loop as train
-from cpt_harness.model.backends.peft_backend import PeftBackend
 from cpt_harness.cli import main
 from cpt_harness.config import ConfigError
 from cpt_harness.config.validate import load_config
+from cpt_harness.evaluate import evals
+from cpt_harness.model import modules
+from cpt_harness.model.backends.peft_backend import PeftBackend
 from cpt_harness.search.space import derive
+from cpt_harness.train import loop as train
 from tests.conftest import ROOT
 from tests.test_train import Recorder, corpora_for
 
@@ -34,8 +34,16 @@ def first_adapter(tiny_overrides, tmp_path):
 def test_the_adapter_fixes_rank_targets_and_embeddings(first_adapter, tiny_overrides):
     adapter, _ = first_adapter
     with pytest.raises(ConfigError) as e:
-        load_config(DEMO, tiny_overrides + [f"lora.init_adapter={adapter}", "search.rank.choices=[16,64]",
-                                            "lora.train_embeddings=false", "lora.target_modules=[q_proj]"])
+        load_config(
+            DEMO,
+            tiny_overrides
+            + [
+                f"lora.init_adapter={adapter}",
+                "search.rank.choices=[16,64]",
+                "lora.train_embeddings=false",
+                "lora.target_modules=[q_proj]",
+            ],
+        )
     joined = "\n".join(e.value.problems)
     assert "search.rank.choices: the adapter in lora.init_adapter has rank 16; set [16]" in joined
     assert "lora.target_modules: the adapter in lora.init_adapter targets" in joined
@@ -44,11 +52,16 @@ def test_the_adapter_fixes_rank_targets_and_embeddings(first_adapter, tiny_overr
         load_config(DEMO, tiny_overrides + ["lora.init_adapter=/tmp", "search.rank.choices=[16]"])
 
 
-def test_continued_training_starts_from_the_adapter_and_trains_on(first_adapter, tiny_overrides, tiny_corpora, tmp_path):
+def test_continued_training_starts_from_the_adapter_and_trains_on(
+    first_adapter, tiny_overrides, tiny_corpora, tmp_path
+):
     adapter, first = first_adapter
     # New domain data for the continuation: Brown as the "domain" this time.
-    cfg = load_config(DEMO, tiny_overrides + [f"lora.init_adapter={adapter}", "search.rank.choices=[16]",
-                                              f"data.domain={tiny_corpora['general']}"])
+    cfg = load_config(
+        DEMO,
+        tiny_overrides
+        + [f"lora.init_adapter={adapter}", "search.rank.choices=[16]", f"data.domain={tiny_corpora['general']}"],
+    )
     backend = PeftBackend()
     params = derive(16, 2e-3, 0.2, cfg)
     saved = load_file(f"{adapter}/adapter_model.safetensors")
@@ -64,18 +77,24 @@ def test_continued_training_starts_from_the_adapter_and_trains_on(first_adapter,
     assert torch.equal(embed.detach().float(), saved_embed.float())
     assert embed.data_ptr() == modules.active_weight(model.get_output_embeddings()).data_ptr(), "still one matrix"
 
-    result = train.run_trial(backend, cfg.model.name, cfg, params, corpora_for(cfg, backend), Recorder(),
-                             tmp_path / "continued")
+    result = train.run_trial(
+        backend, cfg.model.name, cfg, params, corpora_for(cfg, backend), Recorder(), tmp_path / "continued"
+    )
     assert result.audit["groups"]["embedding"]["lr"] == pytest.approx(params.embedding_lr)
     after = load_file(str(tmp_path / "continued" / "adapter_model.safetensors"))
     assert any(not torch.equal(after[k], saved[k]) for k in lora_b), "training went on from the adapter"
 
 
-def test_continuation_runs_as_a_sweep_and_is_measured_from_the_adapter(first_adapter, tiny_overrides, tiny_corpora,
-                                                                         tmp_path):
+def test_continuation_runs_as_a_sweep_and_is_measured_from_the_adapter(
+    first_adapter, tiny_overrides, tiny_corpora, tmp_path
+):
     adapter, first = first_adapter
-    sets = [f"lora.init_adapter={adapter}", "search.rank.choices=[16]", "study.name=continued",
-            f"data.domain={tiny_corpora['general']}"]
+    sets = [
+        f"lora.init_adapter={adapter}",
+        "search.rank.choices=[16]",
+        "study.name=continued",
+        f"data.domain={tiny_corpora['general']}",
+    ]
     assert main(["sweep", str(DEMO), "--n-trials", "1"] + [x for o in tiny_overrides + sets for x in ("--set", o)]) == 0
     study = optuna.load_study(study_name="continued", storage=f"sqlite:///{tmp_path}/study.db")
     (t,) = study.trials

@@ -29,14 +29,18 @@ def studies(tmp_path_factory) -> Path:
     them."""
     db = tmp_path_factory.mktemp("dash") / "study.db"
     for src, name in (("gpu-legal", "gpu-legal"), ("legal-claims", "gpu-legal-ablation")):
-        optuna.copy_study(from_study_name=name, from_storage=f"sqlite:///{ROOT / 'reports' / src / 'study.db'}",
-                          to_storage=f"sqlite:///{db}")
+        optuna.copy_study(
+            from_study_name=name,
+            from_storage=f"sqlite:///{ROOT / 'reports' / src / 'study.db'}",
+            to_storage=f"sqlite:///{db}",
+        )
     return db
 
 
 def _sets(db: Path, *more: str) -> list[str]:
-    return [x for o in (f"study.storage=sqlite:///{db}", f"study.output_dir={db.parent}/runs", *more)
-            for x in ("--set", o)]
+    return [
+        x for o in (f"study.storage=sqlite:///{db}", f"study.output_dir={db.parent}/runs", *more) for x in ("--set", o)
+    ]
 
 
 def _free_port() -> int:
@@ -54,7 +58,13 @@ def _browser():
     from selenium.webdriver.chrome.service import Service
 
     opts = webdriver.ChromeOptions()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,1000"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1400,1000",
+    ):
         opts.add_argument(arg)
     opts.binary_location = CHROMIUM
     return webdriver.Chrome(service=Service(DRIVER), options=opts)  # an explicit driver: nothing is downloaded
@@ -83,10 +93,25 @@ def test_optuna_dashboard_in_a_real_browser(studies):
     pytest.importorskip("optuna_dashboard")
     driver = _browser()
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "cpt_harness", "dashboard", CONFIG, "--port", str(port),
-                             "--reports", str(ROOT / "reports" / "_none")] + _sets(studies),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cpt_harness",
+            "dashboard",
+            CONFIG,
+            "--port",
+            str(port),
+            "--reports",
+            str(ROOT / "reports" / "_none"),
+        ]
+        + _sets(studies),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     try:
         # It answers first; the notes and figures come after.
         assert f"http://127.0.0.1:{port}/dashboard" in _line(proc, "[dashboard] optuna-dashboard on")
@@ -117,8 +142,8 @@ def test_the_report_is_the_study_note_with_its_figures(studies, tmp_path):
     pytest.importorskip("optuna_dashboard")
     from optuna_dashboard import get_note
 
-    from cpt_harness.reporting import dashboard
     from cpt_harness.config.validate import load_config
+    from cpt_harness.reporting import dashboard
 
     reports = tmp_path / "reports"
     shutil.copytree(ROOT / "reports" / "gpu-legal", reports / "gpu-legal")
@@ -172,8 +197,13 @@ def test_wandb_workspace_spec_from_a_real_study(studies, tmp_path, capsys):
     [pareto] = [p for p in panels if p["type"] == "scatter"]
     assert (pareto["x"], pareto["y"]) == ("summary:forgetting", "summary:domain_loss")
     [parallel] = [p for p in panels if p["type"] == "parallel"]
-    assert parallel["columns"] == ["config:trial.rank", "config:trial.learning_rate",
-                                   "config:trial.embedding_lr_ratio", "summary:domain_loss", "summary:forgetting"]
+    assert parallel["columns"] == [
+        "config:trial.rank",
+        "config:trial.learning_rate",
+        "config:trial.embedding_lr_ratio",
+        "summary:domain_loss",
+        "summary:forgetting",
+    ]
     assert {p["with_respect_to"] for p in panels if p["type"] == "importance"} == {"domain_loss", "forgetting"}
     assert [p["table"] for p in panels if p["type"] == "table"] == ["trials"]
 
@@ -182,16 +212,21 @@ def test_wandb_workspace_spec_from_a_real_study(studies, tmp_path, capsys):
 
     ws = workspace.workspace(spec)
     built = [p for s in ws.sections for p in s.panels]
-    assert [type(p) for p in built] == [wr.LinePlot] * 5 + [wr.ScatterPlot, wr.ParallelCoordinatesPlot,
-                                                             wr.ParameterImportancePlot, wr.ParameterImportancePlot,
-                                                             wr.WeavePanelSummaryTable]
+    assert [type(p) for p in built] == [wr.LinePlot] * 5 + [
+        wr.ScatterPlot,
+        wr.ParallelCoordinatesPlot,
+        wr.ParameterImportancePlot,
+        wr.ParameterImportancePlot,
+        wr.WeavePanelSummaryTable,
+    ]
     assert built[5].x == wr.SummaryMetric("forgetting") and built[6].columns[0].metric == wr.Config("trial.rank")
     assert "gpu-legal-ablation" in str(ws.runset_settings.filters) and ws.settings.x_axis == "tokens_seen"
 
     # An ablation alone: curves grouped by arm, mean and min-max over seeds; the entity from the sweep file.
     abl = tmp_path / "ablation.db"
-    optuna.copy_study(from_study_name="gpu-legal-ablation", from_storage=f"sqlite:///{studies}",
-                      to_storage=f"sqlite:///{abl}")
+    optuna.copy_study(
+        from_study_name="gpu-legal-ablation", from_storage=f"sqlite:///{studies}", to_storage=f"sqlite:///{abl}"
+    )
     assert main(["dashboard", CONFIG, "--wandb", "--out", str(out)] + _sets(abl, "tracking.wandb.entity=lab")) == 0
     spec = json.loads(out.read_text())
     assert spec["entity"] == "lab" and spec["groupby"] == ["arm"]

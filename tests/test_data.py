@@ -10,10 +10,10 @@ import textwrap
 import numpy as np
 import pytest
 
-from cpt_harness.data import workers as data_workers
-from cpt_harness.data import corpora as data_corpora
 from cpt_harness import data
 from cpt_harness.config import DataConfig, DataSource
+from cpt_harness.data import corpora as data_corpora
+from cpt_harness.data import workers as data_workers
 from tests.conftest import ROOT, builtin_docs
 
 
@@ -73,9 +73,12 @@ def test_wrong_text_field_names_the_fields(tmp_path):
 def test_check_source_messages(tmp_path):
     (tmp_path / "notes.docx").write_text("x")
     assert data.check_source(DataSource("builtin:poetry"), "data.domain")[0].startswith(
-        "data.domain: unknown built-in corpus 'poetry'")
+        "data.domain: unknown built-in corpus 'poetry'"
+    )
     assert "unsupported file type '.docx'" in data.check_source(DataSource(str(tmp_path / "notes.docx")), "k")[0]
-    assert data.check_source(DataSource(str(tmp_path / "none.jsonl")), "k") == [f"k: {tmp_path}/none.jsonl does not exist"]
+    assert data.check_source(DataSource(str(tmp_path / "none.jsonl")), "k") == [
+        f"k: {tmp_path}/none.jsonl does not exist"
+    ]
     assert data.check_source(DataSource("builtin:legal"), "k") == []
 
 
@@ -100,13 +103,17 @@ def test_empty_held_out_text_is_a_clear_error(tokenizer, tmp_path):
     cfg = DataConfig(domain=DataSource(str(tmp_path / "d.txt")), general=DataSource("builtin:brown"))
     with pytest.raises(data.DataError) as e:
         data.prepare(cfg, tokenizer, block_len=512, eval_max_tokens=512)
-    assert str(e.value).startswith(f"data.domain: the held-out part of {tmp_path}/d.txt (1 document at "
-                                   "data.eval_fraction=0.1) is shorter than one block of model.max_seq_length=512")
+    assert str(e.value).startswith(
+        f"data.domain: the held-out part of {tmp_path}/d.txt (1 document at "
+        "data.eval_fraction=0.1) is shorter than one block of model.max_seq_length=512"
+    )
     cfg = DataConfig(domain=DataSource("builtin:legal"), general=DataSource(str(tmp_path / "d.txt")))
     with pytest.raises(data.DataError) as e:
         data.prepare(cfg, tokenizer, block_len=512, eval_max_tokens=512)
-    assert str(e.value).startswith(f"data.general: the held-out part of {tmp_path}/d.txt (1 document at "
-                                   "data.eval_fraction=0.1) is shorter than one block of model.max_seq_length=512")
+    assert str(e.value).startswith(
+        f"data.general: the held-out part of {tmp_path}/d.txt (1 document at "
+        "data.eval_fraction=0.1) is shorter than one block of model.max_seq_length=512"
+    )
 
 
 def test_text_problems_name_the_line_and_byte():
@@ -136,7 +143,8 @@ def test_check_source_reads_only_the_head(tmp_path):
     assert data.check_source(DataSource(str(tmp_path / "a.jsonl")), "k") == []  # the full read finds it (test_fuzz)
     (tmp_path / "b.jsonl").write_text("[1]\n" + good)
     assert data.check_source(DataSource(str(tmp_path / "b.jsonl")), "k") == [
-        f"k: {tmp_path}/b.jsonl:1: a JSON list, not an object; each line must be an object like {{\"text\": \"...\"}}"]
+        f'k: {tmp_path}/b.jsonl:1: a JSON list, not an object; each line must be an object like {{"text": "..."}}'
+    ]
 
 
 def test_a_hub_dataset_offline_needs_the_cache(tmp_path, monkeypatch):
@@ -182,8 +190,9 @@ def test_prepare_drops_held_out_copies_and_counts_them(tokenizer, tmp_path):
     originals = builtin_docs("legal", 40)
     docs = originals + originals  # every document twice: a held-out one whose twin trains is contaminated
     (tmp_path / "dup.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs))
-    cfg = DataConfig(domain=DataSource(str(tmp_path / "dup.jsonl")), general=DataSource("builtin:brown"),
-                     eval_fraction=0.2)
+    cfg = DataConfig(
+        domain=DataSource(str(tmp_path / "dup.jsonl")), general=DataSource("builtin:brown"), eval_fraction=0.2
+    )
     train, held_out = data.split_documents(docs, cfg.eval_fraction, cfg.seed)
     expected = sum(d in train for d in held_out)
     assert 0 < expected < len(held_out), "the split should hold out some twins together, some apart"
@@ -206,13 +215,16 @@ def test_several_general_corpora_are_packed_apart_and_numbered_on(tokenizer, tin
     assert np.array_equal(both.general_eval[: len(single.general_eval)], single.general_eval)
     assert both.general_eval.shape == (16, 32) and g.docs.shape == (16, 32)
     assert list(g.corpus) == [0] * n_brown + [1] * (g.n_docs - n_brown)
-    assert g.docs[len(single.general_eval):].min() == n_brown, "SOTU's documents are numbered after Brown's"
+    assert g.docs[len(single.general_eval) :].min() == n_brown, "SOTU's documents are numbered after Brown's"
     per = both.stats["general_corpora"]
     assert set(per) == {"brown", "sotu"} and per["sotu"]["tokens"] == 256
     assert per["sotu"]["source"].endswith("sotu.jsonl")
     assert both.fingerprint != single.fingerprint
     assert data.corpus_names([DataSource("builtin:brown"), DataSource("/x/brown.txt"), DataSource("org/wiki")]) == [
-        "brown", "brown-2", "wiki"]
+        "brown",
+        "brown-2",
+        "wiki",
+    ]
 
 
 def test_the_vectorised_contamination_share_equals_the_per_document_one():
@@ -258,7 +270,8 @@ def test_ngram_hashes_of_ascii_and_unicode_text_are_those_of_their_lowercased_wo
 
 @pytest.mark.parametrize("check_words", [0, 2])
 def test_only_the_held_out_documents_that_can_be_evaluated_are_checked_and_the_evaluation_is_the_same(
-        tokenizer, tmp_path, monkeypatch, check_words):
+    tokenizer, tmp_path, monkeypatch, check_words
+):
     """The contamination check looks only at the first held-out documents, as many as the evaluation could use
     (memory flat in the corpus size); when near-copies leave too few of them, every held-out document is checked.
     Either way the evaluated blocks are those of checking every one."""
@@ -270,8 +283,9 @@ def test_only_the_held_out_documents_that_can_be_evaluated_are_checked_and_the_e
     def build(words, name):
         monkeypatch.setattr(data_workers, "CHECK_WORDS", words)
         monkeypatch.setenv("CPT_HARNESS_CACHE", str(tmp_path / name))
-        cfg = DataConfig(domain=DataSource(str(tmp_path / "mix.jsonl")), general=DataSource("builtin:brown"),
-                         eval_fraction=0.5)
+        cfg = DataConfig(
+            domain=DataSource(str(tmp_path / "mix.jsonl")), general=DataSource("builtin:brown"), eval_fraction=0.5
+        )
         return data.prepare(cfg, tokenizer, block_len=32, eval_max_tokens=20_000)
 
     every, bounded = build(10**9, "every"), build(check_words, "bounded")
@@ -338,8 +352,9 @@ def test_data_workers_end_cleanly_however_their_results_are_left():
         except KeyboardInterrupt:
             print(f"interrupted after {time.monotonic() - start:.1f} s")
     """)
-    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          start_new_session=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300, start_new_session=True
+    )
     assert proc.returncode == 0 and "closed" in proc.stdout, proc.stderr[-2000:]
     assert "raised ValueError: bad document 5" in proc.stdout
     assert "raised DataError: a data preparation worker died (exit code -9)" in proc.stdout

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cpt_harness.data import corpora as data_corpora
-from cpt_harness.data import sources as data_sources
 from cpt_harness import data
 from cpt_harness.cli import main
 from cpt_harness.config import DataConfig, DataSource
+from cpt_harness.data import corpora as data_corpora
+from cpt_harness.data import sources as data_sources
 from tests.conftest import ROOT, builtin_docs
 
 DEMO = str(ROOT / "sweeps" / "demo.yaml")
@@ -41,11 +41,16 @@ def test_each_format_reads_its_documents(tmp_path):
 
 
 def test_streamed_reading_is_the_same_in_any_chunk_size(tmp_path, monkeypatch):
-    docs = ["\n".join(line for line in d.splitlines() if line.strip()) for d in builtin_docs("legal", 20)] + ["caf\u00e9 \u2014 na\u00efve \u4e2d\u6587"] * 3
+    docs = ["\n".join(line for line in d.splitlines() if line.strip()) for d in builtin_docs("legal", 20)] + [
+        "caf\u00e9 \u2014 na\u00efve \u4e2d\u6587"
+    ] * 3
     (tmp_path / "p.txt").write_text("\n\n \n".join(docs))
     (tmp_path / "l.jsonl").write_text("".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs))
-    sources = [DataSource(str(tmp_path / "p.txt")), DataSource(str(tmp_path / "p.txt"), format="lines"),
-               DataSource(str(tmp_path / "l.jsonl"))]
+    sources = [
+        DataSource(str(tmp_path / "p.txt")),
+        DataSource(str(tmp_path / "p.txt"), format="lines"),
+        DataSource(str(tmp_path / "l.jsonl")),
+    ]
     whole = [data.read_documents(s) for s in sources]
     assert [d.strip() for d in docs] == whole[0] == whole[2]
     monkeypatch.setattr(data_sources, "READ_CHUNK", 7)  # cuts separators, lines and multi-byte characters apart
@@ -77,9 +82,11 @@ def test_validate_names_the_format_that_splits_a_one_paragraph_file(tmp_path, ca
     (tmp_path / "defs.txt").write_text("".join(f"term {i}: its definition\n" for i in range(50)))
     assert main(["validate", DEMO, "--set", f"data.domain={tmp_path}/defs.txt"]) == 2
     err = capsys.readouterr().err
-    assert (f"data.domain: {tmp_path}/defs.txt holds 1 document (format: paragraphs, documents separated by a blank "
-            f"line); need at least 2 documents to hold some out; if it holds one document a line, set data.domain: "
-            f"{{path: {tmp_path}/defs.txt, format: lines}}") in err and "Traceback" not in err
+    assert (
+        f"data.domain: {tmp_path}/defs.txt holds 1 document (format: paragraphs, documents separated by a blank "
+        f"line); need at least 2 documents to hold some out; if it holds one document a line, set data.domain: "
+        f"{{path: {tmp_path}/defs.txt, format: lines}}"
+    ) in err and "Traceback" not in err
     assert main(["validate", DEMO, "--set", f"data.domain={{path: {tmp_path}/defs.txt, format: lines}}"]) == 0
 
 
@@ -100,17 +107,20 @@ def test_formats_that_do_not_fit_the_source_are_refused(tmp_path):
     (tmp_path / "folder" / "a.txt").write_text("a")
     (tmp_path / "empty").mkdir()
     check = lambda path, fmt: data.check_source(DataSource(str(tmp_path / path), format=fmt), "k")  # noqa: E731
-    assert check("d.jsonl", "lines") == [f"k.format: lines applies to a .txt file; {tmp_path}/d.jsonl is read as "
-                                         "records (leave format out)"]
+    assert check("d.jsonl", "lines") == [
+        f"k.format: lines applies to a .txt file; {tmp_path}/d.jsonl is read as records (leave format out)"
+    ]
     assert "a folder of .txt files, one document each, is read with k: {path: " in check("folder", "auto")[0]
     assert check("folder", "paragraphs")[0].startswith("k.format: paragraphs applies to a .txt file")
     assert check("folder", "file") == []
-    assert check("empty", "file") == [f"k: {tmp_path}/empty holds no .txt file (format: file reads a folder of .txt "
-                                      "files, one document each)"]
+    assert check("empty", "file") == [
+        f"k: {tmp_path}/empty holds no .txt file (format: file reads a folder of .txt files, one document each)"
+    ]
 
 
-def test_training_blocks_are_memory_mapped_and_the_same_in_any_number_of_processes(tokenizer, tiny_corpora, tmp_path,
-                                                                                  monkeypatch):
+def test_training_blocks_are_memory_mapped_and_the_same_in_any_number_of_processes(
+    tokenizer, tiny_corpora, tmp_path, monkeypatch
+):
     cfg = DataConfig(domain=DataSource(str(tiny_corpora["domain"])), general=DataSource(str(tiny_corpora["general"])))
     runs = {}
     for procs in (1, 2):
@@ -127,12 +137,14 @@ def test_training_blocks_are_memory_mapped_and_the_same_in_any_number_of_process
     train, held_out = data.split_documents(docs, cfg.eval_fraction, cfg.seed)
     assert np.array_equal(one.domain_train, data.pack(train, tokenizer, 32))
     assert one.stats["domain_train"]["documents"] == len(train)
-    assert not (tmp_path / "cache-1" / "data" / one.fingerprint / "documents").exists(), \
+    assert not (tmp_path / "cache-1" / "data" / one.fingerprint / "documents").exists(), (
         "the Arrow document stores are scratch: gone once the blocks are built"
+    )
 
 
-def test_prepare_builds_model_and_data_without_training_and_a_sweep_then_finds_them(tiny_overrides, tiny_cfg,
-                                                                                   capsys, monkeypatch, tmp_path):
+def test_prepare_builds_model_and_data_without_training_and_a_sweep_then_finds_them(
+    tiny_overrides, tiny_cfg, capsys, monkeypatch, tmp_path
+):
     monkeypatch.setenv("CPT_HARNESS_CACHE", str(tmp_path / "cache"))  # not the session's: this test builds it
     sets = [x for o in tiny_overrides for x in ("--set", o)]
     assert main(["prepare", DEMO] + sets) == 0
@@ -142,14 +154,19 @@ def test_prepare_builds_model_and_data_without_training_and_a_sweep_then_finds_t
     for row in ("domain train", "domain held-out", "general held-out: brown"):
         assert row in out and "documents" in out and "blocks" in out
     assert "tokens/s" in captured.err, "the progress bar shows the token rate"
-    assert not Path(tiny_cfg.study.output_dir).exists() and not Path(tiny_cfg.study.storage[10:]).exists(), \
+    assert not Path(tiny_cfg.study.output_dir).exists() and not Path(tiny_cfg.study.storage[10:]).exists(), (
         "no study, no trial"
+    )
     assert main(["prepare", DEMO] + sets) == 0 and "already cached" in capsys.readouterr().out
     monkeypatch.setattr(data_corpora, "_build", lambda *a: pytest.fail("the sweep rebuilt what prepare built"))
     from transformers import AutoTokenizer
 
-    corpora = data.prepare(tiny_cfg.data, AutoTokenizer.from_pretrained(tiny_cfg.model.name),
-                           tiny_cfg.model.max_seq_length, tiny_cfg.eval.max_tokens)
+    corpora = data.prepare(
+        tiny_cfg.data,
+        AutoTokenizer.from_pretrained(tiny_cfg.model.name),
+        tiny_cfg.model.max_seq_length,
+        tiny_cfg.eval.max_tokens,
+    )
     assert corpora.domain_train.shape[1] == tiny_cfg.model.max_seq_length
 
 

@@ -9,10 +9,10 @@ import optuna
 import pytest
 
 from cpt_harness import data
-from cpt_harness.search import space as search_space
-from cpt_harness.train import batches as train_batches
 from cpt_harness.cli import main
 from cpt_harness.config.validate import load_config
+from cpt_harness.search import space as search_space
+from cpt_harness.train import batches as train_batches
 from tests.conftest import ROOT
 
 DEMO = str(ROOT / "sweeps" / "demo.yaml")
@@ -28,12 +28,15 @@ def _two(tiny_corpora, weights=(2, None)) -> str:
     return f"data.domain=[{a}, {b}]"
 
 
-@pytest.mark.parametrize("weight, message", [
-    (0, "data.domain[0].weight: must be a number > 0"),
-    (-1.5, "data.domain[0].weight: must be a number > 0"),
-    (".nan", "data.domain[0].weight: must be a finite number, got nan"),
-    ("heavy", "data.domain[0].weight"),
-])
+@pytest.mark.parametrize(
+    "weight, message",
+    [
+        (0, "data.domain[0].weight: must be a number > 0"),
+        (-1.5, "data.domain[0].weight: must be a number > 0"),
+        (".nan", "data.domain[0].weight: must be a finite number, got nan"),
+        ("heavy", "data.domain[0].weight"),
+    ],
+)
 def test_bad_weights_are_refused_naming_the_key(tiny_overrides, tiny_corpora, capsys, weight, message):
     assert main(["validate", DEMO] + _sets(tiny_overrides + [_two(tiny_corpora, (weight, None))])) == 2
     assert message in capsys.readouterr().err
@@ -41,15 +44,23 @@ def test_bad_weights_are_refused_naming_the_key(tiny_overrides, tiny_corpora, ca
 
 def test_bad_sources_are_refused_naming_the_key(tiny_overrides, tiny_corpora, tmp_path, capsys):
     cases = [
-        (f"data.domain={{path: {tiny_corpora['domain']}, weight: 2}}", "data.domain.weight: a weight mixes the sources "
-                                                                       "of a list"),
-        (f"data.domain=[{tiny_corpora['domain']}, {tiny_corpora['domain']}]", "data.domain[1]: "
-                                                                              f"{tiny_corpora['domain']} is listed twice"),
+        (
+            f"data.domain={{path: {tiny_corpora['domain']}, weight: 2}}",
+            "data.domain.weight: a weight mixes the sources of a list",
+        ),
+        (
+            f"data.domain=[{tiny_corpora['domain']}, {tiny_corpora['domain']}]",
+            f"data.domain[1]: {tiny_corpora['domain']} is listed twice",
+        ),
         ("data.domain=[]", "data.domain: an empty list"),
-        (f"data.domain=[{tiny_corpora['domain']}, {tmp_path}/missing.jsonl]", f"data.domain[1]: {tmp_path}/missing.jsonl "
-                                                                             "does not exist"),
-        (f"data.general={{path: {tiny_corpora['general']}, weight: 3}}", "data.general.weight: a weight mixes the "
-                                                                         "sources of a data.domain list"),
+        (
+            f"data.domain=[{tiny_corpora['domain']}, {tmp_path}/missing.jsonl]",
+            f"data.domain[1]: {tmp_path}/missing.jsonl does not exist",
+        ),
+        (
+            f"data.general={{path: {tiny_corpora['general']}, weight: 3}}",
+            "data.general.weight: a weight mixes the sources of a data.domain list",
+        ),
     ]
     for override, message in cases:
         assert main(["validate", DEMO] + _sets(tiny_overrides + [override])) == 2, override
@@ -100,8 +111,16 @@ def test_each_source_is_split_on_its_own(tiny_overrides, tiny_corpora):
 def test_batches_mix_the_sources_by_weight_at_every_step_and_resume():
     offsets, weights = [0, 30, 40, 100], [2.0, 1.0, 1.0]
     blocks = np.repeat(np.arange(100, dtype=np.int32)[:, None], 3, axis=1)
-    corpora = data.Corpora(blocks, blocks[:1], blocks[:1], "x", {}, domain_train_offsets=offsets,
-                           domain_weights=weights, domain_names=["a", "b", "c"])
+    corpora = data.Corpora(
+        blocks,
+        blocks[:1],
+        blocks[:1],
+        "x",
+        {},
+        domain_train_offsets=offsets,
+        domain_weights=weights,
+        domain_names=["a", "b", "c"],
+    )
     params = type("P", (), {"replay_fraction": None})()
     stream = train_batches.training_batches(corpora, params, 6, 0)
     seen = np.zeros(3, int)
@@ -135,8 +154,11 @@ def test_a_sweep_reports_each_sources_domain_loss(tiny_overrides, tiny_corpora, 
     (t,) = study.trials
     a = t.user_attrs
     for p in (base, a):
-        assert min(p["domain_loss/legal"], p["domain_loss/sotu"]) <= p["domain_loss"] <= \
-            max(p["domain_loss/legal"], p["domain_loss/sotu"])
+        assert (
+            min(p["domain_loss/legal"], p["domain_loss/sotu"])
+            <= p["domain_loss"]
+            <= max(p["domain_loss/legal"], p["domain_loss/sotu"])
+        )
     assert a["domain_gain/sotu"] == pytest.approx(base["domain_loss/sotu"] - a["domain_loss/sotu"])
     assert all("domain_loss/legal" in point and "domain_loss/sotu" in point for point in a["curve"])
     assert study.user_attrs["fingerprint_inputs"]["search_space"]["domain_weights"] == [2.0, 1.0]
@@ -158,8 +180,17 @@ def test_replay_takes_its_share_first_and_the_domain_rows_mix_by_weight():
     offsets = [0, 20, 60]
     blocks = np.repeat(np.arange(60, dtype=np.int32)[:, None], 2, axis=1)
     replay = np.full((10, 2), -1, np.int32)
-    corpora = data.Corpora(blocks, blocks[:1], blocks[:1], "x", {}, replay_train=replay, domain_train_offsets=offsets,
-                           domain_weights=[1.0, 3.0], domain_names=["a", "b"])
+    corpora = data.Corpora(
+        blocks,
+        blocks[:1],
+        blocks[:1],
+        "x",
+        {},
+        replay_train=replay,
+        domain_train_offsets=offsets,
+        domain_weights=[1.0, 3.0],
+        domain_names=["a", "b"],
+    )
     params = type("P", (), {"replay_fraction": 0.25})()
     stream = train_batches.training_batches(corpora, params, 8, 0)
     rows = np.concatenate([next(stream)[:, 0].numpy() for _ in range(10)])
@@ -174,8 +205,12 @@ def test_a_source_too_short_for_one_training_block_is_named(tiny_overrides, tiny
     from cpt_harness.errors import DataError
 
     (tmp_path / "two.txt").write_text("A short definition.\nAnother short one.\n")
-    cfg = load_config(DEMO, tiny_overrides + [f"data.domain=[{tiny_corpora['domain']}, "
-                                              f"{{path: {tmp_path}/two.txt, format: lines}}]"])
-    with pytest.raises(DataError, match=r"data.domain\[1\]: the training part of .*two.txt \(1 document\) is "
-                                        r"shorter than one block of model.max_seq_length=64"):
+    cfg = load_config(
+        DEMO, tiny_overrides + [f"data.domain=[{tiny_corpora['domain']}, {{path: {tmp_path}/two.txt, format: lines}}]"]
+    )
+    with pytest.raises(
+        DataError,
+        match=r"data.domain\[1\]: the training part of .*two.txt \(1 document\) is "
+        r"shorter than one block of model.max_seq_length=64",
+    ):
         data.prepare(cfg.data, AutoTokenizer.from_pretrained(cfg.model.name), 64, 512)

@@ -12,8 +12,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from cpt_harness.evaluate import evals
 from cpt_harness.cli import main
+from cpt_harness.evaluate import evals
 from cpt_harness.infra.wandb_files import read_runs
 from tests.conftest import ROOT
 
@@ -26,8 +26,10 @@ def sweep(overrides, n):
 
 @pytest.fixture
 def two_general(tiny_overrides, tiny_corpora):
-    return tiny_overrides + [f"data.general=[{tiny_corpora['general']}, {tiny_corpora['sotu']}]",
-                             "eval.max_tokens=1024"]
+    return tiny_overrides + [
+        f"data.general=[{tiny_corpora['general']}, {tiny_corpora['sotu']}]",
+        "eval.max_tokens=1024",
+    ]
 
 
 def test_trials_write_per_document_results_and_the_base_writes_once(two_general, tmp_path):
@@ -76,14 +78,16 @@ def test_trials_write_per_document_results_and_the_base_writes_once(two_general,
     for run in runs:
         last = [h for h in run.history if "eval/general_kl" in h][-1]
         assert {"eval/general_loss/brown", "eval/general_loss/sotu"} <= set(last)
-        assert run.summary["forgetting/sotu"] == pytest.approx(run.summary["general_loss/sotu"]
-                                                                - study.user_attrs["base"]["general_loss/sotu"])
+        assert run.summary["forgetting/sotu"] == pytest.approx(
+            run.summary["general_loss/sotu"] - study.user_attrs["base"]["general_loss/sotu"]
+        )
 
     from cpt_harness.reporting.page import _header
 
     c = study.user_attrs["data_stats"]["contamination"]
     assert f"near-copies of training documents**: {c['dropped']} of {c['held_out_documents']}" in "\n".join(
-        _header(study, "Sweep"))
+        _header(study, "Sweep")
+    )
 
     assert sweep(two_general, 3) == 0  # resume: one more trial, the base is not measured again
     assert base_file.stat().st_mtime_ns == base_written
@@ -101,6 +105,7 @@ def test_trials_write_per_document_results_and_the_base_writes_once(two_general,
     # A study resumed on another machine: the first block's trial folders (and base) are gone, only its collected
     # file is left; the new block's folder holds trial 2. Collecting keeps both; with neither, it refuses.
     import shutil
+
     for number in (0, 1):
         shutil.rmtree(study_dir / f"trial-{number:04d}")
     base_file.unlink()
@@ -114,8 +119,9 @@ def test_trials_write_per_document_results_and_the_base_writes_once(two_general,
     np.testing.assert_array_equal(base_m.domain_nll, base_c.domain_nll)
 
 
-def test_several_domain_sources_are_recorded_per_document_and_files_without_them_still_read(tiny_overrides,
-                                                                                           tiny_corpora, tmp_path):
+def test_several_domain_sources_are_recorded_per_document_and_files_without_them_still_read(
+    tiny_overrides, tiny_corpora, tmp_path
+):
     """With a data.domain list, every evals file says which source each domain document came from (the document
     bootstrap draws within each); the committed reports' files, written before, read as one source."""
     sets = tiny_overrides + [f"data.domain=[{tiny_corpora['domain']}, {tiny_corpora['sotu']}]", "eval.max_tokens=2048"]

@@ -16,19 +16,25 @@ import yaml
 from optuna.trial import TrialState
 
 from cpt_harness import data
-from cpt_harness.reporting import export
-from cpt_harness.reporting import model_card
-from cpt_harness.model import resolve as models
-from cpt_harness.evaluate import evaluation as train_evaluation
 from cpt_harness.cli import main
 from cpt_harness.config.validate import load_config
+from cpt_harness.evaluate import evaluation as train_evaluation
+from cpt_harness.model import resolve as models
+from cpt_harness.reporting import export, model_card
 from tests.conftest import ROOT
 
 DEMO = str(ROOT / "sweeps" / "demo.yaml")
 BUILTIN = "builtin:smollm2-135m-instruct"
 HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-SECTIONS = ("## Base model", "## Data", "## Training settings", "## Results", "## How it was chosen", "## Caveats",
-            "## How to use it")
+SECTIONS = (
+    "## Base model",
+    "## Data",
+    "## Training settings",
+    "## Results",
+    "## How it was chosen",
+    "## Caveats",
+    "## How to use it",
+)
 
 
 def _domain_loss(model, tokenizer_dir, cfg) -> float:
@@ -42,12 +48,14 @@ def _domain_loss(model, tokenizer_dir, cfg) -> float:
 def demo_sweep(tiny_overrides, tmp_path):
     """The demo sweep as these tests run it: one trial of sweeps/demo.yaml on the tiny model, its adapter kept.
     Called with more overrides; returns the --set arguments, the config and the complete trial."""
+
     def run(*more: str):
         overrides = [*tiny_overrides, *more]
         sets = [x for o in overrides for x in ("--set", o)]
         assert main(["sweep", DEMO, "--n-trials", "1", "--set", "study.keep_adapters=all"] + sets) == 0
         (trial,) = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/study.db").get_trials(
-            states=[TrialState.COMPLETE])
+            states=[TrialState.COMPLETE]
+        )
         return sets, load_config(DEMO, overrides), trial
 
     return run
@@ -71,8 +79,9 @@ def test_export_the_adapter_and_the_merged_model(demo_sweep, tiny_model, tmp_pat
     sets, cfg, trial = demo_sweep()
     adapter = tmp_path / "adapter-out"
     assert main(["export", DEMO, str(adapter), "--trial", "0"] + sets) == 0
-    assert {"adapter_config.json", "adapter_model.safetensors", "cpt-harness.yaml", "tokenizer.json",
-            "README.md"} <= {p.name for p in adapter.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "cpt-harness.yaml", "tokenizer.json", "README.md"} <= {
+        p.name for p in adapter.iterdir()
+    }
     rerun = yaml.safe_load((adapter / "cpt-harness.yaml").read_text())
     assert rerun["search"]["rank"]["choices"] == [trial.params["rank"]] and rerun["study"]["n_trials"] == 1
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), str(adapter))
@@ -156,8 +165,9 @@ print(json.dumps(out))
 """
 
 
-def test_a_builtin_models_export_names_its_hub_id_and_loads_in_a_plain_client(demo_sweep, tiny_model, tmp_path,
-                                                                               monkeypatch, capsys):
+def test_a_builtin_models_export_names_its_hub_id_and_loads_in_a_plain_client(
+    demo_sweep, tiny_model, tmp_path, monkeypatch, capsys
+):
     """The demo's builtin model, stood in for by the tiny one saved in bfloat16 as the dequantized SmolLM2 is
     (nothing downloads): its export names HuggingFaceTB/SmolLM2-135M-Instruct, its card says what the base was and
     how it was loaded, and the merged model is saved in bfloat16 only where that keeps the update."""
@@ -187,8 +197,10 @@ def test_a_builtin_models_export_names_its_hub_id_and_loads_in_a_plain_client(de
 
     a = trial.user_attrs
     stats = optuna.load_study(study_name="tiny", storage=cfg.study.storage).user_attrs["data_stats"]
-    for folder, library, fits in ((adapter, "peft", "The adapter fits that dequantized base, not the original"),
-                                  (merged, "transformers", "the dequantized base plus the update, not the original")):
+    for folder, library, fits in (
+        (adapter, "peft", "The adapter fits that dequantized base, not the original"),
+        (merged, "transformers", "the dequantized base plus the update, not the original"),
+    ):
         meta, text = _card(folder)
         assert meta["base_model"] == HUB_ID and meta["library_name"] == library and meta["license"] == "apache-2.0"
         assert {"cpt-harness", "lora", "continued-pretraining"} <= set(meta["tags"])
@@ -201,13 +213,20 @@ def test_a_builtin_models_export_names_its_hub_id_and_loads_in_a_plain_client(de
         assert f"{stats['domain_train']['tokens']:,} tokens" in text
 
     # the plain client: held-out domain documents, the base from its local folder
-    _, held_out = data.split_documents(data.read_documents(cfg.data.domain_sources()[0]), cfg.data.eval_fraction,
-                                       cfg.data.seed)
+    _, held_out = data.split_documents(
+        data.read_documents(cfg.data.domain_sources()[0]), cfg.data.eval_fraction, cfg.data.seed
+    )
     (tmp_path / "held_out.json").write_text(json.dumps(held_out))
     (tmp_path / "client.py").write_text(PLAIN_CLIENT)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "client.py", str(stand_in), str(adapter), str(merged), "held_out.json"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "client.py", str(stand_in), str(adapter), str(merged), "held_out.json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["imported"] == []
@@ -223,22 +242,49 @@ def test_the_card_reports_a_confirmed_setting_on_the_test_documents(tiny_cfg, tm
     study = optuna.create_study(study_name="tiny", storage=storage, directions=["minimize", "minimize"])
     base = {"domain_loss": 3.0, "general_loss": 3.5, "test_domain_loss": 3.1, "test_general_loss": 3.6}
     study.set_user_attr("base", base)
-    attrs = {"rank": 16, "learning_rate": 2e-3, "embedding_lr_ratio": 0.2, "use_rslora": False, "alpha": 32.0,
-             "lora_scale": 2.0, "domain_loss": 2.5, "forgetting": 0.01, "general_loss": 3.51, "test_domain_loss": 2.6,
-             "test_forgetting": 0.02, "test_general_loss": 3.62, "test_domain_gain": 0.5, "tokens_seen": 1536}
-    dist = {"rank": optuna.distributions.CategoricalDistribution([16, 64, 128]),
-            "learning_rate": optuna.distributions.FloatDistribution(1e-3, 3e-3, log=True),
-            "embedding_lr_ratio": optuna.distributions.FloatDistribution(0.1, 0.5, log=True)}
+    attrs = {
+        "rank": 16,
+        "learning_rate": 2e-3,
+        "embedding_lr_ratio": 0.2,
+        "use_rslora": False,
+        "alpha": 32.0,
+        "lora_scale": 2.0,
+        "domain_loss": 2.5,
+        "forgetting": 0.01,
+        "general_loss": 3.51,
+        "test_domain_loss": 2.6,
+        "test_forgetting": 0.02,
+        "test_general_loss": 3.62,
+        "test_domain_gain": 0.5,
+        "tokens_seen": 1536,
+    }
+    dist = {
+        "rank": optuna.distributions.CategoricalDistribution([16, 64, 128]),
+        "learning_rate": optuna.distributions.FloatDistribution(1e-3, 3e-3, log=True),
+        "embedding_lr_ratio": optuna.distributions.FloatDistribution(0.1, 0.5, log=True),
+    }
     params = {"rank": 16, "learning_rate": 2e-3, "embedding_lr_ratio": 0.2}
     study.add_trial(optuna.trial.create_trial(params=params, distributions=dist, values=[2.5, 0.01], user_attrs=attrs))
     confirmation = optuna.create_study(study_name="tiny-confirm", storage=storage, directions=["minimize", "minimize"])
     confirmation.set_user_attr("design", {"settings": [{"setting": 0, "params": params}]})
     confirmation.set_user_attr("seeds", [1, 2, 3])
     for seed, d in zip((1, 2, 3), (2.55, 2.60, 2.65)):
-        confirmation.add_trial(optuna.trial.create_trial(params=params, distributions=dist, values=[d, 0.01],
-                                                         user_attrs={"setting": 0, "seed": seed, "domain_loss": d,
-                                                                     "forgetting": 0.01, "test_domain_loss": d + 0.1,
-                                                                     "test_forgetting": 0.02, "general_loss": 3.5}))
+        confirmation.add_trial(
+            optuna.trial.create_trial(
+                params=params,
+                distributions=dist,
+                values=[d, 0.01],
+                user_attrs={
+                    "setting": 0,
+                    "seed": seed,
+                    "domain_loss": d,
+                    "forgetting": 0.01,
+                    "test_domain_loss": d + 0.1,
+                    "test_forgetting": 0.02,
+                    "general_loss": 3.5,
+                },
+            )
+        )
     (trial,) = study.get_trials()
     ref = export.reference(tiny_cfg, str(tmp_path), "my-org/base")
     text = model_card.build(study, tiny_cfg, trial, base=ref, merged=False, why="by hand", folder="out")

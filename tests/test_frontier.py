@@ -7,8 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from cpt_harness.analysis import frontier
-from cpt_harness.analysis import stats
+from cpt_harness.analysis import frontier, stats
 from cpt_harness.analysis.frontier import Base, DocRun, Docs, Run
 from cpt_harness.analysis.stats import CONTRADICTED, SUPPORTED, Claim
 
@@ -47,9 +46,11 @@ def test_interpolation_by_hand_and_never_extrapolated():
 
 
 def test_envelope_over_learning_rates():
-    runs = [Run({}, 0, 1e-4, [0, 0.3, 0.6], [0, 0.05, 0.10]),
-            Run({}, 0, 3e-4, [0, 0.5, 1.0], [0, 0.15, 0.30]),
-            Run({}, 0, 1e-3, [0, 0.9, 1.2], [0, 0.18, 0.60])]
+    runs = [
+        Run({}, 0, 1e-4, [0, 0.3, 0.6], [0, 0.05, 0.10]),
+        Run({}, 0, 3e-4, [0, 0.5, 1.0], [0, 0.15, 0.30]),
+        Run({}, 0, 1e-3, [0, 0.9, 1.2], [0, 0.18, 0.60]),
+    ]
     # forgetting at gain 0.8: the first run does not reach it; 0.24 and 0.16 → the lowest
     assert frontier.envelope(runs, "gain", 0.8) == pytest.approx(0.8 / 0.9 * 0.18)
     assert frontier.envelope(runs, "gain", 0.5) == pytest.approx(0.05 + (0.2 / 0.3) * 0.05)  # the low LR wins
@@ -91,16 +92,21 @@ def test_crossed_factors_average_over_the_other_factors_levels():
     runs = []
     for seed in range(3):
         for emb, extra in (("trained", 0.1), ("frozen", 0.3)):
-            runs += [line({"gate_proj": "in", "embeddings": emb}, seed, 1e-4, 1.0, 0.2),
-                     line({"embeddings": emb, "gate_proj": "out"}, seed, 1e-4, 1.0, 0.2 + extra)]  # order-free
+            runs += [
+                line({"gate_proj": "in", "embeddings": emb}, seed, 1e-4, 1.0, 0.2),
+                line({"embeddings": emb, "gate_proj": "out"}, seed, 1e-4, 1.0, 0.2 + extra),
+            ]  # order-free
     m = frontier.matched_effect(runs, "gain", "gate_proj", "in", "out")
     assert m.level == pytest.approx(1.0) and m.per_seed == pytest.approx({0: 0.2, 1: 0.2, 2: 0.2})
 
 
 def test_best_lr_is_chosen_leaving_the_seed_out_and_edges_are_flagged():
     final = {0: (0.5, 1.0, 2.0), 1: (0.5, 1.0, 0.1), 2: (0.5, 1.0, 0.2)}  # seed -> final gain at each LR
-    runs = [Run({"rank": "64"}, s, lr, [0, 0.9 if lr == 1e-3 else g / 2, g], [0, 0.1, 0.2])
-            for s, gains in final.items() for lr, g in zip(LRS, gains)]
+    runs = [
+        Run({"rank": "64"}, s, lr, [0, 0.9 if lr == 1e-3 else g / 2, g], [0, 0.1, 0.2])
+        for s, gains in final.items()
+        for lr, g in zip(LRS, gains)
+    ]
     best = frontier.best_lr(runs)
     # Seed 0 alone would pick 1e-3 (2.0); the other seeds' means are 0.5, 1.0, 0.15 -> 3e-4.
     # Seeds 1 and 2: the others' means at 1e-3 are 1.1 and 1.05 (final gains, not the 0.9 peak) -> 1e-3.
@@ -117,8 +123,10 @@ def test_rslora_interaction_on_the_best_lr_of_each_cell():
     for (rank, rs), g in cell.items():
         for seed in range(3):
             top = g + (0.01 * seed if (rank, rs) == ("256", "on") else 0)
-            runs += [line({"rank": rank, "rslora": rs}, seed, 1e-4, top / 3, 0.1),
-                     line({"rank": rank, "rslora": rs}, seed, 1e-3, top, 0.1)]
+            runs += [
+                line({"rank": rank, "rslora": rs}, seed, 1e-4, top / 3, 0.1),
+                line({"rank": rank, "rslora": rs}, seed, 1e-3, top, 0.1),
+            ]
     inter = frontier.interaction(runs, "rank", ("16", "256"), "rslora", ("off", "on"))
     # (1.5 + 0.01 s − 1.0) − (1.1 − 1.0)
     assert inter.per_seed == pytest.approx({0: 0.4, 1: 0.41, 2: 0.42})
@@ -127,8 +135,11 @@ def test_rslora_interaction_on_the_best_lr_of_each_cell():
 
 def test_dose_response_slope_per_seed_and_its_t_test():
     ratios = ("0.03", "0.1", "0.5", "1.0")
-    runs = [line({"embedding_lr_ratio": r}, seed, 1e-4, 1.0, 0.5 + (0.05 + 0.01 * seed) * math.log(float(r)))
-            for r in ratios for seed in range(4)]
+    runs = [
+        line({"embedding_lr_ratio": r}, seed, 1e-4, 1.0, 0.5 + (0.05 + 0.01 * seed) * math.log(float(r)))
+        for r in ratios
+        for seed in range(4)
+    ]
     dr = frontier.dose_response(runs)
     assert dr.test == "per-seed log-ratio slope, t-test" and dr.level == pytest.approx(1.0)
     assert dr.slopes == pytest.approx({0: 0.05, 1: 0.06, 2: 0.07, 3: 0.08})
@@ -148,8 +159,10 @@ def test_fixed_lr_says_contradicted_where_the_frontier_says_supported():
     runs = []
     for seed, e in enumerate(noise):
         for lr, scale in zip(LRS, (1 / 3, 1.0, 10 / 3)):
-            runs += [line({"gate_proj": "in"}, seed, lr, 1.0 * scale, 0.20),
-                     line({"gate_proj": "out"}, seed, lr, 0.5 * scale, 0.30 + 0.005 * e)]
+            runs += [
+                line({"gate_proj": "in"}, seed, lr, 1.0 * scale, 0.20),
+                line({"gate_proj": "out"}, seed, lr, 0.5 * scale, 0.30 + 0.005 * e),
+            ]
     final = {(r.levels["gate_proj"], r.seed): r.forgetting[-1] for r in runs if r.lr == 3e-4}
     at_one_lr = [final[("out", s)] - final[("in", s)] for s in range(5)]
     assert stats.verdict(Claim(at_one_lr, +1, delta=0.01)).label == CONTRADICTED
@@ -192,8 +205,9 @@ def test_runs_from_documents_by_hand():
     t = trials[4]
     hand = base.domain.nll.sum() / base.domain.tokens.sum() - t.domain.nll[1].sum() / t.domain.tokens.sum()
     assert runs[4].gain[0] == 0 and runs[4].gain[2] == pytest.approx(hand)
-    assert runs[4].forgetting[3] == pytest.approx(t.general.nll[2].sum() / t.general.tokens.sum()
-                                                  - base.general.nll.sum() / base.general.tokens.sum())
+    assert runs[4].forgetting[3] == pytest.approx(
+        t.general.nll[2].sum() / t.general.tokens.sum() - base.general.nll.sum() / base.general.tokens.sum()
+    )
 
 
 def test_bootstrap_without_document_noise_has_no_variance():
@@ -222,8 +236,10 @@ def test_one_draw_serves_every_arm_and_the_base():
     ins = [t for t in trials if t.levels["gate_proj"] == "in"]
     general = Docs(np.tile(base.general.nll + 0.05 * base.general.tokens, (3, 1)), base.general.tokens)
     paired = [DocRun(t.levels, t.seed, t.lr, t.domain, general) for t in ins]
-    paired += [DocRun({"gate_proj": "out"}, t.seed, t.lr, Docs(t.domain.nll - 0.1 * t.domain.tokens, t.domain.tokens),
-                      general) for t in ins]
+    paired += [
+        DocRun({"gate_proj": "out"}, t.seed, t.lr, Docs(t.domain.nll - 0.1 * t.domain.tokens, t.domain.tokens), general)
+        for t in ins
+    ]
 
     def final(runs, arm, what):
         return np.mean([getattr(r, what)[-1] for r in runs if r.levels["gate_proj"] == arm and r.lr == 1e-3])
@@ -231,7 +247,8 @@ def test_one_draw_serves_every_arm_and_the_base():
     gap = frontier.bootstrap(paired, base, lambda runs: final(runs, "out", "gain") - final(runs, "in", "gain"), 100)
     assert gap == pytest.approx(np.full(100, 0.1), abs=1e-9)
     assert frontier.bootstrap(paired, base, lambda runs: final(runs, "in", "forgetting"), 100) == pytest.approx(
-        np.full(100, 0.05), abs=1e-9)
+        np.full(100, 0.05), abs=1e-9
+    )
     assert frontier.bootstrap(paired, base, lambda runs: final(runs, "in", "gain"), 100).std() > 1e-3
 
 

@@ -12,11 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cpt_harness.train import heal
-from cpt_harness.train import loop as train
-from cpt_harness.model.backends.peft_backend import PeftBackend
 from cpt_harness.config import DEFAULT_TARGETS
 from cpt_harness.config.validate import load_config
+from cpt_harness.model.backends.peft_backend import PeftBackend
+from cpt_harness.train import heal
+from cpt_harness.train import loop as train
 from tests.conftest import ROOT
 
 
@@ -37,10 +37,21 @@ class RecordingBackend(PeftBackend):
 @pytest.fixture
 def heal_cfg(tiny_overrides, tmp_path, monkeypatch):
     monkeypatch.setenv("CPT_HARNESS_CACHE", str(tmp_path / "cache"))  # a heal of its own, not another test's
-    trial_settings = ["lora.target_modules=[q_proj]", "lora.dropout=0.1", "lora.alpha=64", "lora.use_rslora=true",
-                      "train.seed=7", "train.gradient_checkpointing=true", "model.keep_loaded=true"]
-    heal_settings = ["model.heal.steps=3", "model.heal.rank=4", "model.heal.batch_size=2",
-                     "model.heal.learning_rate=1e-2"]
+    trial_settings = [
+        "lora.target_modules=[q_proj]",
+        "lora.dropout=0.1",
+        "lora.alpha=64",
+        "lora.use_rslora=true",
+        "train.seed=7",
+        "train.gradient_checkpointing=true",
+        "model.keep_loaded=true",
+    ]
+    heal_settings = [
+        "model.heal.steps=3",
+        "model.heal.rank=4",
+        "model.heal.batch_size=2",
+        "model.heal.learning_rate=1e-2",
+    ]
     return load_config(ROOT / "sweeps" / "demo.yaml", tiny_overrides + trial_settings + heal_settings)
 
 
@@ -59,8 +70,12 @@ def test_heal_loads_through_the_backend_and_trains_with_the_shared_step(heal_cfg
 
     [(path, cfg, params, wrapped)] = backend.loads
     assert path == str(tiny_model)
-    assert (cfg.model.dtype, cfg.model.keep_loaded, cfg.train.seed, cfg.train.gradient_checkpointing) == \
-        ("float32", False, 0, False), "the heal's own settings, not the trials'"
+    assert (cfg.model.dtype, cfg.model.keep_loaded, cfg.train.seed, cfg.train.gradient_checkpointing) == (
+        "float32",
+        False,
+        0,
+        False,
+    ), "the heal's own settings, not the trials'"
     assert (cfg.lora.target_modules, cfg.lora.dropout, cfg.lora.train_embeddings) == (DEFAULT_TARGETS, 0.0, False)
     assert (params.rank, params.alpha, params.use_rslora, params.learning_rate) == (4, 4.0, False, 1e-2)
     assert steps == [torch.Size([2, 64])] * 3, "three steps of model.heal.batch_size blocks, through train_step"
@@ -79,8 +94,10 @@ def test_heal_loads_through_the_backend_and_trains_with_the_shared_step(heal_cfg
 
 
 def test_heal_settings_take_nothing_from_the_trials_settings(heal_cfg, tiny_overrides):
-    plain = load_config(ROOT / "sweeps" / "demo.yaml", tiny_overrides + ["model.heal.steps=3", "model.heal.rank=4",
-                                                                         "model.heal.batch_size=2",
-                                                                         "model.heal.learning_rate=1e-2"])
+    plain = load_config(
+        ROOT / "sweeps" / "demo.yaml",
+        tiny_overrides
+        + ["model.heal.steps=3", "model.heal.rank=4", "model.heal.batch_size=2", "model.heal.learning_rate=1e-2"],
+    )
     (a, pa), (b, pb) = heal.heal_settings(heal_cfg), heal.heal_settings(plain)
     assert (a.model, a.lora, a.train, pa) == (b.model, b.lora, b.train, pb)

@@ -11,13 +11,26 @@ from benchmarks import heal_check
 from tests.conftest import ROOT
 
 
-def test_heal_check_records_every_candidate_and_picks_the_largest_validation_drop(tiny_overrides, tiny_corpora,
-                                                                                  tmp_path):
+def test_heal_check_records_every_candidate_and_picks_the_largest_validation_drop(
+    tiny_overrides, tiny_corpora, tmp_path
+):
     out, chosen = tmp_path / "heal.json", tmp_path / "chosen.txt"
     sets = [x for o in tiny_overrides + ["model.heal.rank=4", "model.heal.batch_size=2"] for x in ("--set", o)]
     candidates = ["builtin:austen,3,1e-2", f"{tiny_corpora['general']},3,1e-2", "builtin:austen,0x,1e-2"]
-    rc = heal_check.main([str(ROOT / "sweeps" / "demo.yaml"), "--candidate", candidates[0], "--candidate",
-                          candidates[1], "--out", str(out), "--args-out", str(chosen)] + sets)
+    rc = heal_check.main(
+        [
+            str(ROOT / "sweeps" / "demo.yaml"),
+            "--candidate",
+            candidates[0],
+            "--candidate",
+            candidates[1],
+            "--out",
+            str(out),
+            "--args-out",
+            str(chosen),
+        ]
+        + sets
+    )
     assert rc == 0
     results = json.loads(out.read_text())
     rows = {r["candidate"]: r for r in results["candidates"]}
@@ -31,8 +44,11 @@ def test_heal_check_records_every_candidate_and_picks_the_largest_validation_dro
     best = min(rows.values(), key=lambda r: r["validation_change"])
     assert results["chosen"] == best["candidate"] and "validation" in results["rule"]
     data, _, _ = best["candidate"].split(",")
-    assert chosen.read_text().splitlines() == [f"model.heal.data={data}", "model.heal.steps=3",
-                                               "model.heal.learning_rate=0.01"]
+    assert chosen.read_text().splitlines() == [
+        f"model.heal.data={data}",
+        "model.heal.steps=3",
+        "model.heal.learning_rate=0.01",
+    ]
     try:
         heal_check.main([str(ROOT / "sweeps" / "demo.yaml"), "--candidate", candidates[2]])
     except SystemExit as e:

@@ -7,8 +7,8 @@ import shutil
 import optuna
 import pytest
 
-from cpt_harness.search import study as storage
 from cpt_harness.config.validate import load_config
+from cpt_harness.search import study as storage
 from tests.conftest import ROOT
 
 STUDY = "gpu-legal-ablation"
@@ -48,8 +48,10 @@ def test_a_rebuilt_heal_within_tolerance_resumes_and_is_recorded(committed):
     assert record["model"] == "0123456789abcdef" and record["from_trial"] == len(study.trials)
     assert record["general_loss_delta"] == pytest.approx(4e-5, abs=1e-9)
     storage.open_study(cfg, fingerprints, provenance=prov)  # a second worker: recorded once
-    assert len(optuna.load_study(study_name=STUDY, storage=cfg.study.storage).user_attrs["rebuilt_heals"]) \
+    assert (
+        len(optuna.load_study(study_name=STUDY, storage=cfg.study.storage).user_attrs["rebuilt_heals"])
         == len(earlier) + 1
+    )
     assert resumed.user_attrs["fingerprints"] == stored, "the study keeps the fingerprint it was created with"
 
 
@@ -97,8 +99,9 @@ def test_the_heal_rebuilt_on_a_later_gpu_machine_resumes_the_study(committed, tm
     prov = replay.user_attrs["model_provenance"]
     delta = storage.rebuilt_heal(study.user_attrs["model_provenance"], prov)
     assert delta is not None and 3e-4 < delta < storage.HEAL_TOLERANCE
-    resumed = storage.open_study(cfg, {**study.user_attrs["fingerprints"], "model": replay.user_attrs["fingerprints"]["model"]},
-                                 provenance=prov)
+    resumed = storage.open_study(
+        cfg, {**study.user_attrs["fingerprints"], "model": replay.user_attrs["fingerprints"]["model"]}, provenance=prov
+    )
     assert resumed.user_attrs["rebuilt_heals"][-1]["general_loss_delta"] == pytest.approx(delta)
 
 
@@ -109,10 +112,18 @@ def test_a_refused_resume_names_the_changed_key_and_not_a_speed_only_one(committ
 
     cfg, study = committed
     assert "gradient_checkpointing" in study.user_attrs["fingerprint_inputs"]["search_space"]["train"]
-    changed = ablation.study_config(load_config(ROOT / "sweeps" / "gpu-ablation.yaml", [
-        f"study.storage={cfg.study.storage}", "ablation.study_name=" + STUDY, "train.max_steps=201"]))
+    changed = ablation.study_config(
+        load_config(
+            ROOT / "sweeps" / "gpu-ablation.yaml",
+            [f"study.storage={cfg.study.storage}", "ablation.study_name=" + STUDY, "train.max_steps=201"],
+        )
+    )
     attrs = ablation.design(changed)
     fingerprints = {**study.user_attrs["fingerprints"], "search_space": search_space.space_fingerprint(changed, attrs)}
     with pytest.raises(storage.StudyMismatch, match=r"search_space \(search_space\.train\.max_steps: 200 -> 201\)\."):
-        storage.open_study(changed, fingerprints, inputs={"search_space": search_space.space_payload(changed, attrs)},
-                           accepted={"search_space": search_space.accepted_fingerprints(changed, attrs)})
+        storage.open_study(
+            changed,
+            fingerprints,
+            inputs={"search_space": search_space.space_payload(changed, attrs)},
+            accepted={"search_space": search_space.accepted_fingerprints(changed, attrs)},
+        )

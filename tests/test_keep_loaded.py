@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from cpt_harness import data
-from cpt_harness.train import loop as train
+from cpt_harness.infra.tracking import Tracker
 from cpt_harness.model.backends import base as backend_base
 from cpt_harness.model.backends.peft_backend import PeftBackend
 from cpt_harness.search.space import derive
-from cpt_harness.infra.tracking import Tracker
+from cpt_harness.train import loop as train
 
 
 class Quiet(Tracker):
@@ -52,8 +52,9 @@ def test_trials_from_the_kept_base_match_fresh_loads(tiny_cfg):
         assert r.metrics["general_loss"] == pytest.approx(reference.metrics["general_loss"], rel=1e-6)
         # general_kl against the kept base, or (keep_loaded off) against a base loaded for the eval: the same
         assert r.metrics["general_kl"] == pytest.approx(reference.metrics["general_kl"], rel=1e-5)
-        assert [p["domain_loss"] for p in r.curve] == pytest.approx([p["domain_loss"] for p in reference.curve],
-                                                                     rel=1e-6)
+        assert [p["domain_loss"] for p in r.curve] == pytest.approx(
+            [p["domain_loss"] for p in reference.curve], rel=1e-6
+        )
 
 
 def test_no_trial_changes_the_kept_base(tiny_cfg, tiny_model):

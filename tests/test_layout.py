@@ -43,7 +43,11 @@ def layer(module: str) -> int:
     best, depth = None, -1
     for i, names in enumerate(LAYERS):
         for n in names:
-            if (module == n or module.startswith(n + ".")) and len(n) > depth and not (n == "cpt_harness" and module != n):
+            if (
+                (module == n or module.startswith(n + "."))
+                and len(n) > depth
+                and not (n == "cpt_harness" and module != n)
+            ):
                 best, depth = i, len(n)
     assert best is not None, f"{module} is in no layer of tests/test_layout.py"
     return best
@@ -52,14 +56,16 @@ def layer(module: str) -> int:
 def _type_checking(node: ast.If) -> bool:
     t = node.test
     return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or (
-        isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING")
+        isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING"
+    )
 
 
 def imports(path: Path, name: str, known: dict[str, Path]) -> set[str]:
     """The cpt_harness modules that ``name`` imports anywhere in its file, outside ``if TYPE_CHECKING:``."""
     tree = ast.parse(path.read_text())
-    skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and _type_checking(node)
-            for n in ast.walk(node)}
+    skip = {
+        id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and _type_checking(node) for n in ast.walk(node)
+    }
     out = set()
     for node in ast.walk(tree):
         if id(node) in skip:
@@ -88,8 +94,12 @@ def graph() -> dict[str, set[str]]:
 
 
 def test_every_import_runs_down_the_layers():
-    upward = [f"{a} (layer {layer(a)}) imports {b} (layer {layer(b)})"
-              for a, bs in graph().items() for b in sorted(bs) if layer(b) > layer(a)]
+    upward = [
+        f"{a} (layer {layer(a)}) imports {b} (layer {layer(b)})"
+        for a, bs in graph().items()
+        for b in sorted(bs)
+        if layer(b) > layer(a)
+    ]
     assert not upward, "imports that run up the order:\n" + "\n".join(upward)
 
 
@@ -99,7 +109,7 @@ def test_no_import_cycle():
 
     def visit(n):
         if n in stack:
-            cycles.append(stack[stack.index(n):] + [n])
+            cycles.append(stack[stack.index(n) :] + [n])
             return
         if n in seen:
             return
@@ -127,7 +137,9 @@ def test_every_subpackage_says_what_it_owns():
 
 def test_the_checker_sees_function_level_and_package_imports(tmp_path):
     src = tmp_path / "m.py"
-    src.write_text("import os\n\ndef f():\n    from cpt_harness.run import sweep\n    from cpt_harness import data\n"
-                   "if TYPE_CHECKING:\n    from cpt_harness.cli import main\n")
+    src.write_text(
+        "import os\n\ndef f():\n    from cpt_harness.run import sweep\n    from cpt_harness import data\n"
+        "if TYPE_CHECKING:\n    from cpt_harness.cli import main\n"
+    )
     found = imports(src, "cpt_harness.x", modules())
     assert found == {"cpt_harness.run.sweep", "cpt_harness.data"}

@@ -10,10 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from cpt_harness.analysis import ablation
-from cpt_harness.analysis import claims
-from cpt_harness.analysis import levels
-from cpt_harness.analysis import stats
+from cpt_harness.analysis import ablation, claims, levels, stats
 from cpt_harness.cli import main
 from cpt_harness.config import ConfigError
 from cpt_harness.config.validate import load_config
@@ -25,15 +22,22 @@ DEMO = str(ROOT / "sweeps" / "demo.yaml")
 def _result(per_level: list[list[float]], direction: int = +1, delta: float = 0.01) -> levels.LevelResult:
     spec = claims.Spec("gate_proj", "claim", "analysis", "nats", direction, "other")
     fractions = [0.25, 0.5, 0.75, 1.0][: len(per_level)]
-    effects = [levels.LevelEffect(f, 0.4 * f, dict(enumerate(v)), lambda rs: math.nan)
-               for f, v in zip(fractions, per_level)]
+    effects = [
+        levels.LevelEffect(f, 0.4 * f, dict(enumerate(v)), lambda rs: math.nan) for f, v in zip(fractions, per_level)
+    ]
     return levels.LevelResult(spec, "gain", 0.4, effects, delta)
 
 
 def test_a_sign_change_over_the_levels_is_level_dependent_and_names_the_crossing():
     # The claimed sign (positive) at the low levels, the opposite at the high ones; seeds agree closely.
-    r = _result([[0.10, 0.11, 0.12, 0.10, 0.11], [0.05, 0.06, 0.05, 0.06, 0.05],
-                 [-0.05, -0.06, -0.05, -0.06, -0.05], [-0.10, -0.11, -0.10, -0.12, -0.11]])
+    r = _result(
+        [
+            [0.10, 0.11, 0.12, 0.10, 0.11],
+            [0.05, 0.06, 0.05, 0.06, 0.05],
+            [-0.05, -0.06, -0.05, -0.06, -0.05],
+            [-0.10, -0.11, -0.10, -0.12, -0.11],
+        ]
+    )
     (r,) = levels.judge([r])
     assert r.label == levels.LEVEL_DEPENDENT
     assert "the claimed sign at 0.25–0.5" in r.holds and "the opposite at 0.75–1" in r.holds
@@ -52,12 +56,24 @@ def test_a_verdict_holds_only_where_every_level_agrees():
     negligible = levels.judge([_result([[0.001, -0.001, 0.0005, 0.0]] * 4)])[0]
     assert negligible.label == stats.NEGLIGIBLE
     # Supported at the high levels, negligible at the low ones: no verdict over the band, and it says where.
-    mixed = levels.judge([_result([[0.001, -0.001, 0.0005, 0.0], [0.001, 0.0, 0.0005, -0.0005],
-                                   [0.05, 0.06, 0.05, 0.06], [0.08, 0.09, 0.08, 0.09]])])[0]
+    mixed = levels.judge(
+        [
+            _result(
+                [
+                    [0.001, -0.001, 0.0005, 0.0],
+                    [0.001, 0.0, 0.0005, -0.0005],
+                    [0.05, 0.06, 0.05, 0.06],
+                    [0.08, 0.09, 0.08, 0.09],
+                ]
+            )
+        ]
+    )[0]
     assert mixed.label == stats.INCONCLUSIVE
-    assert mixed.holds == ("no verdict over the whole band; by level: NEGLIGIBLE at 0.25–0.5 of the common reach, "
-                           "domain gain +0.1000 to +0.2000 nats; SUPPORTED at 0.75–1 of the common reach, domain gain "
-                           "+0.3000 to +0.4000 nats")
+    assert mixed.holds == (
+        "no verdict over the whole band; by level: NEGLIGIBLE at 0.25–0.5 of the common reach, "
+        "domain gain +0.1000 to +0.2000 nats; SUPPORTED at 0.75–1 of the common reach, domain gain "
+        "+0.3000 to +0.4000 nats"
+    )
     # The contradicted direction: a claim predicting a negative effect, measured positive everywhere.
     contra = levels.judge([_result([[0.05, 0.06, 0.05, 0.06]] * 4, direction=-1)])[0]
     assert contra.label == stats.CONTRADICTED
@@ -81,8 +97,13 @@ def test_the_grid_is_extended_past_an_edge_optimum_until_the_best_lr_is_inside()
 
 
 def test_shared_design_arms_and_checks(tiny_overrides):
-    sets = tiny_overrides + ["ablation.design=shared", "ablation.learning_rates=[1e-3, 4e-3]", "ablation.rank=4",
-                             "ablation.high_rank=16", "ablation.factors=[gate_proj, embeddings, embedding_lr_ratio, rslora]"]
+    sets = tiny_overrides + [
+        "ablation.design=shared",
+        "ablation.learning_rates=[1e-3, 4e-3]",
+        "ablation.rank=4",
+        "ablation.high_rank=16",
+        "ablation.factors=[gate_proj, embeddings, embedding_lr_ratio, rslora]",
+    ]
     cfg = load_config(DEMO, sets)
     names = [a.name for a in ablation.arms(cfg)]
     default = "gate_proj=in,embeddings=trained,embedding_lr_ratio=0.2,rank=4,rslora=off"
@@ -102,16 +123,27 @@ def test_shared_design_arms_and_checks(tiny_overrides):
 def test_demo_shared_ablation_with_wsd_and_log_evals_end_to_end(tiny_overrides, tmp_path):
     """The demo's ablation as issue 26 runs it: shared arms, wsd (auto in ablate), log-spaced evals, each arm's
     grid extended at most to 3 LRs; the report has levels.png and per-claim schedule, levels, best_lr_interior."""
-    sets = [x for o in tiny_overrides + [
-        "ablation.design=shared", "ablation.factors=[gate_proj, embeddings]", "ablation.seeds=2",
-        "ablation.learning_rates=[1e-3, 4e-3]", "ablation.max_learning_rates=3", "train.eval_schedule=log",
-        "train.eval_points=3",
-        "ablation.min_effect=0.001"] for x in ("--set", o)]
+    sets = [
+        x
+        for o in tiny_overrides
+        + [
+            "ablation.design=shared",
+            "ablation.factors=[gate_proj, embeddings]",
+            "ablation.seeds=2",
+            "ablation.learning_rates=[1e-3, 4e-3]",
+            "ablation.max_learning_rates=3",
+            "train.eval_schedule=log",
+            "train.eval_points=3",
+            "ablation.min_effect=0.001",
+        ]
+        for x in ("--set", o)
+    ]
     assert main(["ablate", DEMO] + sets) == 0
     study = optuna.load_study(study_name="tiny-ablation", storage=f"sqlite:///{tmp_path}/study.db")
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert {t.user_attrs["arm"] for t in done} == set(study.user_attrs["design"]["arms"]) and len(
-        study.user_attrs["design"]["arms"]) == 3
+        study.user_attrs["design"]["arms"]
+    ) == 3
     # Every point annealed: the curve's steps are the log schedule's, each with its decay branch.
     assert all([p["step"] for p in t.user_attrs["curve"]] == [1, 2, 6] for t in done)
     assert all(p["decay_steps"] == 1 for t in done for p in t.user_attrs["curve"])
@@ -124,7 +156,8 @@ def test_demo_shared_ablation_with_wsd_and_log_evals_end_to_end(tiny_overrides, 
         assert grid[0] < best < grid[-1] or len(grid) == 3, (arm, grid, best)
     assert main(["ablate", DEMO] + sets) == 0  # resuming a complete design adds nothing
     assert len(optuna.load_study(study_name="tiny-ablation", storage=f"sqlite:///{tmp_path}/study.db").trials) == len(
-        study.trials)
+        study.trials
+    )
     out = tmp_path / "report"
     assert main(["report", DEMO, "--ablation", "--out", str(out)] + sets) == 0
     assert all((out / f).is_file() for f in ("levels.png", "frontier.png", "curves.png", "effects.json", "evals.npz"))

@@ -8,11 +8,11 @@ import copy
 import pytest
 import torch
 
+from cpt_harness.model.backends.peft_backend import PeftBackend
+from cpt_harness.search.space import derive
 from cpt_harness.train import audit
 from cpt_harness.train import loop as train
 from cpt_harness.train import optim as train_optim
-from cpt_harness.model.backends.peft_backend import PeftBackend
-from cpt_harness.search.space import derive
 
 
 class TiedLM(torch.nn.Module):
@@ -45,8 +45,10 @@ def batches(n, seed=0):
 
 
 def groups(model, lr=1e-5):
-    return [{"name": "lora", "params": list(model.mid.parameters()), "lr": lr, "weight_decay": 0.0},
-            {"name": "embedding", "params": [model.embed.weight], "lr": lr, "weight_decay": 0.0}]
+    return [
+        {"name": "lora", "params": list(model.mid.parameters()), "lr": lr, "weight_decay": 0.0},
+        {"name": "embedding", "params": [model.embed.weight], "lr": lr, "weight_decay": 0.0},
+    ]
 
 
 def test_the_master_takes_the_fp32_paths_update_that_bf16_weights_lose():
@@ -109,8 +111,9 @@ def test_a_resumed_optimizer_goes_on_from_the_same_fp32_masters():
         opt.zero_grad(set_to_none=True)
     saved_weights = {k: v.clone() for k, v in model.state_dict().items()}
     saved = copy.deepcopy(opt.state_dict())  # as torch.save would: no tensor shared with the running optimizer
-    assert not torch.equal(saved["masters"][0].to(torch.bfloat16).float(), saved["masters"][0]), \
+    assert not torch.equal(saved["masters"][0].to(torch.bfloat16).float(), saved["masters"][0]), (
         "the fp32 master should hold bits the bf16 weight does not"
+    )
 
     resumed = TiedLM()
     resumed.load_state_dict(saved_weights)
@@ -191,8 +194,8 @@ class Bf16EmbeddingBackend(PeftBackend):
 
 def test_a_trial_trains_a_bf16_embedding_through_its_master(tiny_cfg):
     from cpt_harness import data
-    from cpt_harness.model import modules
     from cpt_harness.infra.tracking import Tracker
+    from cpt_harness.model import modules
 
     class Audits(Tracker):
         def __init__(self):
@@ -209,8 +212,12 @@ def test_a_trial_trains_a_bf16_embedding_through_its_master(tiny_cfg):
     load = backend.load_for_training
     backend.load_for_training = lambda *a: captured.setdefault("model", load(*a))
     params = derive(16, 3e-3, 0.2, tiny_cfg)
-    corpora = data.prepare(tiny_cfg.data, backend.load_tokenizer(tiny_cfg.model.name), tiny_cfg.model.max_seq_length,
-                           tiny_cfg.eval.max_tokens)
+    corpora = data.prepare(
+        tiny_cfg.data,
+        backend.load_tokenizer(tiny_cfg.model.name),
+        tiny_cfg.model.max_seq_length,
+        tiny_cfg.eval.max_tokens,
+    )
     tracker = Audits()
     result = train.run_trial(backend, tiny_cfg.model.name, tiny_cfg, params, corpora, tracker, None)
     model = captured["model"]

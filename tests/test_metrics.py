@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from cpt_harness.evaluate import metrics
-from cpt_harness.evaluate import evaluation as train_evaluation
-from cpt_harness.model.backends.peft_backend import PeftBackend
 from cpt_harness.config import DataSource
+from cpt_harness.evaluate import evaluation as train_evaluation
+from cpt_harness.evaluate import metrics
+from cpt_harness.model.backends.peft_backend import PeftBackend
 from tests.test_train import corpora_for
 
 
@@ -59,13 +59,17 @@ def direct(model, blocks: np.ndarray, docs: np.ndarray, n_docs: int, start=None)
 
 
 def test_per_document_sums_give_the_mean_loss_evaluate_returns(tiny_cfg, backend, corpora, base):
-    for eval_set, blocks in ((corpora.domain_set(), corpora.domain_eval),
-                             (corpora.general_set(), corpora.general_eval)):
+    for eval_set, blocks in (
+        (corpora.domain_set(), corpora.domain_eval),
+        (corpora.general_set(), corpora.general_eval),
+    ):
         assert eval_set.n_docs > 1, "the tiny held-out text spans several documents"
         res = metrics.doc_losses(base, eval_set, 3, backend.device, backend.autocast)
         assert res.nll.dtype == np.float64 and res.nll.shape == res.tokens.shape == (eval_set.n_docs,)
         assert res.tokens.sum() == blocks.shape[0] * (blocks.shape[1] - 1)
-        assert res.loss == pytest.approx(train_evaluation.evaluate(base, blocks, 3, backend.device, backend.autocast), rel=1e-6)
+        assert res.loss == pytest.approx(
+            train_evaluation.evaluate(base, blocks, 3, backend.device, backend.autocast), rel=1e-6
+        )
         nll, tokens, _ = direct(base, blocks, eval_set.docs, eval_set.n_docs)
         assert np.array_equal(res.tokens, tokens)
         np.testing.assert_allclose(res.nll, nll, rtol=1e-5)
@@ -94,8 +98,9 @@ def test_small_chunks_give_the_same_sums(tiny_cfg, backend, corpora, base, monke
     np.testing.assert_allclose(chunked.kl, whole.kl, rtol=1e-5, atol=1e-9)
 
 
-def test_a_model_whose_logits_are_not_its_heads_output_is_evaluated_from_full_logits(tiny_cfg, backend, corpora,
-                                                                                        base, monkeypatch, capsys):
+def test_a_model_whose_logits_are_not_its_heads_output_is_evaluated_from_full_logits(
+    tiny_cfg, backend, corpora, base, monkeypatch, capsys
+):
     class Capped(torch.nn.Module):  # like Gemma's final soft-capping: logits = cap * tanh(head(h) / cap)
         def __init__(self, inner):
             super().__init__()

@@ -55,8 +55,11 @@ def test_a_broken_model_folder_lists_every_problem(tiny_model, tmp_path):
     (model / "model.safetensors").write_bytes(blob[:-1])
     (model / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "model-00002.safetensors"}}))
     ps = check_model_name(str(model), "model.name")
-    assert [p.split(" ", 2)[1] for p in ps] == [str(model), str(model / "model.safetensors"),
-                                                str(model / "model.safetensors.index.json")]
+    assert [p.split(" ", 2)[1] for p in ps] == [
+        str(model),
+        str(model / "model.safetensors"),
+        str(model / "model.safetensors.index.json"),
+    ]
     assert "has no tokenizer" in ps[0]
     assert "is truncated: its tensors need" in ps[1]
     assert ps[2].endswith("names weight files that are missing: model-00002.safetensors")

@@ -39,9 +39,15 @@ def test_offloaded_file_lands_in_a_fresh_folder_and_the_name_is_restored(tmp_pat
 
 
 def test_each_process_has_its_own_folder_removed_at_exit(tmp_path):
-    code = ("import sys; from types import SimpleNamespace as N; from cpt_harness.model.backends.offload import "
-            "private_offload_folder as f\nwith f(N(config=N(_name_or_path=sys.argv[1]))) as d: print(d)")
-    folders = [subprocess.run([sys.executable, "-c", code, str(tmp_path / "model")], capture_output=True, text=True,
-                              check=True).stdout.strip() for _ in range(2)]
+    code = (
+        "import sys; from types import SimpleNamespace as N; from cpt_harness.model.backends.offload import "
+        "private_offload_folder as f\nwith f(N(config=N(_name_or_path=sys.argv[1]))) as d: print(d)"
+    )
+    folders = [
+        subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path / "model")], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        for _ in range(2)
+    ]
     assert folders[0] != folders[1]
     assert not any(os.path.exists(os.path.dirname(d)) for d in folders)

@@ -31,8 +31,11 @@ def installed(tmp_path_factory) -> Path:
     for folder in (PACKAGE, "sweeps"):
         shutil.copytree(ROOT / folder, src / folder, ignore=ignore)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run(pip + ["wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist"), str(src)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        pip + ["wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist"), str(src)],
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = (tmp / "dist").glob("*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     shipped = {p.relative_to(ROOT).as_posix() for p in (ROOT / PACKAGE).rglob("*.py")}
@@ -41,8 +44,20 @@ def installed(tmp_path_factory) -> Path:
     venv = tmp / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     # --ignore-installed: pip runs from this environment and sees its (editable) install, which it would keep.
-    subprocess.run(pip + ["--python", str(venv / "bin" / "python"), "install", "--no-deps", "--no-index",
-                          "--ignore-installed", str(wheel)], check=True, capture_output=True)
+    subprocess.run(
+        pip
+        + [
+            "--python",
+            str(venv / "bin" / "python"),
+            "install",
+            "--no-deps",
+            "--no-index",
+            "--ignore-installed",
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+    )
     (purelib,) = (venv / "lib").glob("python3*/site-packages")
     assert (purelib / PACKAGE / "sweeps" / "demo.yaml").is_file()
     (purelib / "deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
@@ -51,8 +66,9 @@ def installed(tmp_path_factory) -> Path:
 
 def _run(bin_dir: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    return subprocess.run([str(bin_dir / args[0]), *args[1:]], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [str(bin_dir / args[0]), *args[1:]], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_the_installed_wheel_runs_from_an_empty_folder(installed, tmp_path):

@@ -21,11 +21,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from cpt_harness.search import study as storage
 from cpt_harness.cli import main
 from cpt_harness.config import ConfigError
-from cpt_harness.run.parallel import auto_trials_per_gpu, physical_gpu
 from cpt_harness.infra.wandb_files import read_runs
+from cpt_harness.run.parallel import auto_trials_per_gpu, physical_gpu
+from cpt_harness.search import study as storage
 from tests.conftest import ROOT, builtin_docs
 
 DEMO = str(ROOT / "sweeps" / "demo.yaml")
@@ -36,8 +36,19 @@ def _sets(overrides):
 
 
 def _worker(overrides, label, index, n_trials, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "cpt_harness", "worker", DEMO, "--n-trials", str(n_trials), "--label", label,
-           "--index", str(index)] + _sets(overrides)
+    cmd = [
+        sys.executable,
+        "-m",
+        "cpt_harness",
+        "worker",
+        DEMO,
+        "--n-trials",
+        str(n_trials),
+        "--label",
+        label,
+        "--index",
+        str(index),
+    ] + _sets(overrides)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     env.pop("WANDB_SERVICE", None)  # as cpt_harness.parallel does: not this pytest process's W&B service
     return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
@@ -46,8 +57,15 @@ def _worker(overrides, label, index, n_trials, log: Path) -> subprocess.Popen:
 def _assert_each_trial_completed_once(study, n: int):
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * n, [
-        (t.number, t.state.name, t.user_attrs.get("worker"), str(t.datetime_start.time()), str(t.datetime_complete.time()))
-        for t in trials]
+        (
+            t.number,
+            t.state.name,
+            t.user_attrs.get("worker"),
+            str(t.datetime_start.time()),
+            str(t.datetime_complete.time()),
+        )
+        for t in trials
+    ]
     assert sorted(t.number for t in trials) == list(range(n)), "no trial lost, none duplicated"
     assert len({tuple(sorted(t.params.items())) for t in trials}) == n, "every trial proposed its own parameters"
 
@@ -65,8 +83,9 @@ def test_sqlite_workers_on_one_host(tiny_overrides, tmp_path, capsys):
     # Workers start while the parent prepares: whichever gets the study's lock first measures the base, once.
     assert (text + out).count("measuring the base model") == 1
     # Each worker says how long its start-up took, up to its first trial (the benchmark's start stagger).
-    claimed = [re.search(r"first trial (\d+) claimed ([\d.]+) s after this process started", p.read_text())
-               for p in logs]
+    claimed = [
+        re.search(r"first trial (\d+) claimed ([\d.]+) s after this process started", p.read_text()) for p in logs
+    ]
     workers_with_trials = {t.user_attrs["worker"] for t in study.trials}
     assert sum(m is not None for m in claimed) == len(workers_with_trials)
     assert all(0 < float(m.group(2)) < 600 for m in claimed if m)
@@ -104,8 +123,9 @@ def test_a_parallel_sweep_whose_setup_fails_stops_its_workers(tiny_overrides, tm
     assert "need at least 2 documents" in captured.err + captured.out and "Traceback" not in captured.err
     logs = list((tmp_path / "runs" / "tiny" / "workers").glob("*.log"))
     assert len(logs) == 2, "both workers had started"
-    still_running = [p for p in Path("/proc").glob("[0-9]*") if _cmdline(p).count(str(tmp_path)) and
-                     "worker" in _cmdline(p)]
+    still_running = [
+        p for p in Path("/proc").glob("[0-9]*") if _cmdline(p).count(str(tmp_path)) and "worker" in _cmdline(p)
+    ]
     assert not still_running, [_cmdline(p) for p in still_running]
 
 
@@ -165,8 +185,12 @@ def test_a_worker_that_waited_for_the_tables_sets_up_its_storage_after_the_lock(
 
 
 def test_a_killed_worker_trial_is_failed_retried_and_its_run_resumed(tiny_overrides, tmp_path):
-    overrides = tiny_overrides + ["study.heartbeat_interval=1", "study.grace_period=10",
-                                  "train.max_steps=150", "train.eval_every=150"]
+    overrides = tiny_overrides + [
+        "study.heartbeat_interval=1",
+        "study.grace_period=10",
+        "train.max_steps=150",
+        "train.eval_every=150",
+    ]
     victim = _worker(overrides, "victim", 0, 3, tmp_path / "victim.log")
     study_url = f"sqlite:///{tmp_path}/study.db"
     deadline, running = time.time() + 180, None
@@ -176,8 +200,14 @@ def test_a_killed_worker_trial_is_failed_retried_and_its_run_resumed(tiny_overri
             study = optuna.load_study(study_name="tiny", storage=study_url)
         except KeyError:
             continue
-        running = next((t for t in study.get_trials(states=[TrialState.RUNNING])
-                        if t.user_attrs.get("worker") == "victim" and "wandb_run_id" in t.user_attrs), None)
+        running = next(
+            (
+                t
+                for t in study.get_trials(states=[TrialState.RUNNING])
+                if t.user_attrs.get("worker") == "victim" and "wandb_run_id" in t.user_attrs
+            ),
+            None,
+        )
     assert running is not None, (tmp_path / "victim.log").read_text()[-3000:]
     time.sleep(1)
     victim.send_signal(signal.SIGKILL)
@@ -197,8 +227,12 @@ def test_a_killed_worker_trial_is_failed_retried_and_its_run_resumed(tiny_overri
     (row,) = [r for r in storage.trial_rows(study) if r["number"] == killed.number]
     assert row["fail_reason"] == f"worker died (no heartbeat for over 10 s); retried as trial {retry.number}"
     # The dead worker's W&B run is resumed by the retry (same run id), which closes it.
-    runs = [r for r in read_runs(Path(os.environ["WANDB_DIR"])) if r.path.parent.name.endswith(running.user_attrs["wandb_run_id"])
-            or running.user_attrs["wandb_run_id"] in r.path.parent.name]
+    runs = [
+        r
+        for r in read_runs(Path(os.environ["WANDB_DIR"]))
+        if r.path.parent.name.endswith(running.user_attrs["wandb_run_id"])
+        or running.user_attrs["wandb_run_id"] in r.path.parent.name
+    ]
     assert len(runs) == 2 and sorted(r.exit_code is not None for r in runs) == [False, True]
 
 
@@ -217,12 +251,17 @@ def test_gpu_numbers_are_as_this_process_sees_them():
         physical_gpu(2, visible="2,3")
 
 
-def test_a_killed_workers_trial_resumes_from_its_saved_state_and_ends_as_an_uninterrupted_run(tiny_overrides,
-                                                                                           tmp_path):
+def test_a_killed_workers_trial_resumes_from_its_saved_state_and_ends_as_an_uninterrupted_run(tiny_overrides, tmp_path):
     # train.checkpoint_every: the worker is killed (SIGKILL) mid-trial once it has saved a state; the retry goes on
     # from there and ends with the losses, curve and per-document evals of the same trial run without a death.
-    overrides = tiny_overrides + ["study.heartbeat_interval=1", "study.grace_period=5", "lora.dropout=0.1",
-                                  "train.max_steps=600", "train.eval_every=50", "train.checkpoint_every=50"]
+    overrides = tiny_overrides + [
+        "study.heartbeat_interval=1",
+        "study.grace_period=5",
+        "lora.dropout=0.1",
+        "train.max_steps=600",
+        "train.eval_every=50",
+        "train.checkpoint_every=50",
+    ]
     state = tmp_path / "runs" / "tiny" / "trial-0000" / "resume" / "state.pt"
     victim = _worker(overrides, "victim", 0, 1, tmp_path / "victim.log")
     deadline = time.time() + 300
@@ -253,8 +292,10 @@ def test_a_killed_workers_trial_resumes_from_its_saved_state_and_ends_as_an_unin
     import numpy as np
 
     runs = tmp_path / "runs"  # evals_file: relative to the study's folder
-    with np.load(runs / "tiny" / retry.user_attrs["evals_file"]) as a, \
-            np.load(runs / "tiny-ref" / ref.user_attrs["evals_file"]) as b:
+    with (
+        np.load(runs / "tiny" / retry.user_attrs["evals_file"]) as a,
+        np.load(runs / "tiny-ref" / ref.user_attrs["evals_file"]) as b,
+    ):
         assert sorted(a.files) == sorted(b.files)
         for name in a.files:
             assert np.array_equal(a[name], b[name]), name

@@ -16,9 +16,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from cpt_harness.run import pool
-from cpt_harness.search import study as storage
 from cpt_harness.cli import main
+from cpt_harness.run import pool, pool_submit
+from cpt_harness.search import study as storage
 from tests.conftest import ROOT
 
 DEMO = str(ROOT / "sweeps" / "demo.yaml")
@@ -40,8 +40,12 @@ def running_pool(tmp_path, monkeypatch):
     d = tmp_path / "pool"
     monkeypatch.setenv(pool.ENV_POOL, str(d))
     log = open(tmp_path / "pool.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "cpt_harness", "pool", "--workers", "2", "--backend", "peft"],
-                            stdout=log, stderr=subprocess.STDOUT, env=_env(d))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cpt_harness", "pool", "--workers", "2", "--backend", "peft"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=_env(d),
+    )
     deadline = time.time() + 120
     while time.time() < deadline and len(_imported(d)) < 2:
         assert proc.poll() is None, (tmp_path / "pool.log").read_text()
@@ -67,8 +71,7 @@ def _pids(d: Path) -> dict[str, int]:
     return {(info := json.loads(p.read_text()))["label"]: info["pid"] for p in (d / "workers").glob("*.json")}
 
 
-def test_one_pool_serves_two_successive_sweeps_without_importing_again(running_pool, tiny_overrides, tmp_path,
-                                                                       capsys):
+def test_one_pool_serves_two_successive_sweeps_without_importing_again(running_pool, tiny_overrides, tmp_path, capsys):
     d, _ = running_pool
     pids = _pids(d)
     assert len(pids) == 2
@@ -84,7 +87,11 @@ def test_one_pool_serves_two_successive_sweeps_without_importing_again(running_p
         assert "handed to the pool" in out and out.count("COMPLETE r=") == 2
     assert _pids(d) == pids, "the same worker processes served both studies"
     assert len(_imported(d)) == 2, "each worker imported the backend once"
-    setups = [float(m.group(1)) for line in _log_lines(d) if (m := re.search(r"^\[setup\] .*\(imported in ([\d.]+) s\)", line))]
+    setups = [
+        float(m.group(1))
+        for line in _log_lines(d)
+        if (m := re.search(r"^\[setup\] .*\(imported in ([\d.]+) s\)", line))
+    ]
     assert len(setups) == 4 and max(setups) < 0.5, setups  # two studies x two workers, each finding it loaded
     # The second study's first trial starts soon after it is handed over: no import, only the study's own setup
     # (cached data, its base losses). A cold `cpt-harness worker` imports torch, transformers and peft first.
@@ -96,15 +103,23 @@ def test_one_pool_serves_two_successive_sweeps_without_importing_again(running_p
     assert not list((d / "jobs").iterdir()), "the jobs are gone once done"
 
 
-def test_a_pool_worker_killed_mid_trial_is_restarted_and_its_trial_failed_and_retried(running_pool, tiny_overrides,
-                                                                                       tmp_path):
+def test_a_pool_worker_killed_mid_trial_is_restarted_and_its_trial_failed_and_retried(
+    running_pool, tiny_overrides, tmp_path
+):
     d, _ = running_pool
-    overrides = tiny_overrides + ["study.heartbeat_interval=1", "study.grace_period=10",
-                                  "train.max_steps=150", "train.eval_every=150"]
+    overrides = tiny_overrides + [
+        "study.heartbeat_interval=1",
+        "study.grace_period=10",
+        "train.max_steps=150",
+        "train.eval_every=150",
+    ]
     submit_log = tmp_path / "submit.log"
-    submitter = subprocess.Popen([sys.executable, "-m", "cpt_harness", "sweep", DEMO, "--n-trials", "3"]
-                                 + _sets(overrides), stdout=open(submit_log, "w"), stderr=subprocess.STDOUT,
-                                 env=_env(d))
+    submitter = subprocess.Popen(
+        [sys.executable, "-m", "cpt_harness", "sweep", DEMO, "--n-trials", "3"] + _sets(overrides),
+        stdout=open(submit_log, "w"),
+        stderr=subprocess.STDOUT,
+        env=_env(d),
+    )
     url = f"sqlite:///{tmp_path}/study.db"
     deadline, running = time.time() + 180, None
     while time.time() < deadline and running is None:
@@ -113,8 +128,9 @@ def test_a_pool_worker_killed_mid_trial_is_restarted_and_its_trial_failed_and_re
             study = optuna.load_study(study_name="tiny", storage=url)
         except Exception:  # noqa: BLE001 - not created yet (KeyError), or its tables being created
             continue
-        running = next((t for t in study.get_trials(states=[TrialState.RUNNING]) if "wandb_run_id" in t.user_attrs),
-                       None)
+        running = next(
+            (t for t in study.get_trials(states=[TrialState.RUNNING]) if "wandb_run_id" in t.user_attrs), None
+        )
     assert running is not None, submit_log.read_text()[-3000:]
     victim_label = running.user_attrs["worker"]
     victim = _pids(d)[victim_label]
@@ -142,8 +158,11 @@ def test_without_a_pool_nothing_is_handed_over(tmp_path, monkeypatch, tiny_overr
     monkeypatch.setenv(pool.ENV_POOL, str(tmp_path / "none"))
     assert pool.discover() is None
     (tmp_path / "none").mkdir()
-    (tmp_path / "none" / "pool.json").write_text(json.dumps(  # a dead pool's file
-        {"pid": 2**22 + 12345, "host": __import__("socket").gethostname(), "backend": "peft", "slots": []}))
+    (tmp_path / "none" / "pool.json").write_text(
+        json.dumps(  # a dead pool's file
+            {"pid": 2**22 + 12345, "host": __import__("socket").gethostname(), "backend": "peft", "slots": []}
+        )
+    )
     assert pool.discover() is None
     assert main(["pool", "--workers", "0"]) == 2
     assert "must be >= 1" in capsys.readouterr().err
@@ -152,13 +171,13 @@ def test_without_a_pool_nothing_is_handed_over(tmp_path, monkeypatch, tiny_overr
 
     live = pool.Pool(tmp_path, os.getpid(), "peft", [])
     cfg = load_config(DEMO, tiny_overrides)
-    assert pool.usable(live, cfg)
+    assert pool_submit.usable(live, cfg)
     cfg.study.storage = "postgresql://cpt:secret@dbhost/cpt"
-    assert not pool.usable(live, cfg) and "holds a password" in capsys.readouterr().out
+    assert not pool_submit.usable(live, cfg) and "holds a password" in capsys.readouterr().out
     cfg.study.storage = "postgresql://cpt:${CPT_DB_PASSWORD}@dbhost/cpt"
-    assert pool.usable(live, cfg)
+    assert pool_submit.usable(live, cfg)
     cfg.backend = "unsloth"
-    assert not pool.usable(live, cfg)
+    assert not pool_submit.usable(live, cfg)
 
 
 def test_ablate_and_confirm_run_on_the_pool_and_bad_input_exits_2(running_pool, tiny_overrides, tmp_path, capsys):
@@ -166,8 +185,12 @@ def test_ablate_and_confirm_run_on_the_pool_and_bad_input_exits_2(running_pool, 
     pids = _pids(d)
     url = f"sqlite:///{tmp_path}/study.db"
     assert main(["sweep", DEMO, "--n-trials", "2"] + _sets(tiny_overrides)) == 0
-    ablation = tiny_overrides + ["ablation.seeds=2", "ablation.factors=[gate_proj]", "ablation.rank=8",
-                                 "ablation.learning_rate=2e-3"]
+    ablation = tiny_overrides + [
+        "ablation.seeds=2",
+        "ablation.factors=[gate_proj]",
+        "ablation.rank=8",
+        "ablation.learning_rate=2e-3",
+    ]
     assert main(["ablate", DEMO] + _sets(ablation)) == 0
     assert main(["confirm", DEMO, "--top", "1", "--seeds", "2"] + _sets(tiny_overrides)) == 0
     out = capsys.readouterr().out
@@ -175,7 +198,8 @@ def test_ablate_and_confirm_run_on_the_pool_and_bad_input_exits_2(running_pool, 
     abl = optuna.load_study(study_name="tiny-ablation", storage=url)
     assert [t.state for t in abl.trials] == [TrialState.COMPLETE] * 4
     assert sorted((t.user_attrs["arm"], t.user_attrs["seed"]) for t in abl.trials) == sorted(
-        (arm, s) for arm in abl.user_attrs["design"]["arms"] for s in (0, 1)), "each arm x seed exactly once"
+        (arm, s) for arm in abl.user_attrs["design"]["arms"] for s in (0, 1)
+    ), "each arm x seed exactly once"
     conf = optuna.load_study(study_name="tiny-confirm", storage=url)
     assert [t.state for t in conf.trials] == [TrialState.COMPLETE] * 2
     assert {t.user_attrs["worker"] for t in abl.trials + conf.trials} <= set(pids)
@@ -197,9 +221,12 @@ def _long_sweep_running(d, tiny_overrides, tmp_path):
     """A 2-trial sweep of long trials handed to the pool in ``d``, once one of its trials runs: (process, log, URL)."""
     overrides = tiny_overrides + ["train.max_steps=300", "train.eval_every=300"]
     submit_log = tmp_path / "submit.log"
-    submitter = subprocess.Popen([sys.executable, "-m", "cpt_harness", "sweep", DEMO, "--n-trials", "2"]
-                                 + _sets(overrides), stdout=open(submit_log, "w"), stderr=subprocess.STDOUT,
-                                 env=_env(d))
+    submitter = subprocess.Popen(
+        [sys.executable, "-m", "cpt_harness", "sweep", DEMO, "--n-trials", "2"] + _sets(overrides),
+        stdout=open(submit_log, "w"),
+        stderr=subprocess.STDOUT,
+        env=_env(d),
+    )
     url = f"sqlite:///{tmp_path}/study.db"
     deadline, running = time.time() + 180, []
     while time.time() < deadline and not running:
@@ -212,8 +239,9 @@ def _long_sweep_running(d, tiny_overrides, tmp_path):
     return submitter, submit_log, url
 
 
-def test_ctrl_c_on_a_handed_over_sweep_fails_its_trials_and_the_workers_serve_on(running_pool, tiny_overrides,
-                                                                                 tmp_path):
+def test_ctrl_c_on_a_handed_over_sweep_fails_its_trials_and_the_workers_serve_on(
+    running_pool, tiny_overrides, tmp_path
+):
     d, _ = running_pool
     pids = _pids(d)
     submitter, submit_log, url = _long_sweep_running(d, tiny_overrides, tmp_path)
@@ -243,7 +271,9 @@ def test_stopping_the_pool_mid_trial_fails_the_trial_and_the_command_says_so(run
     assert submitter.wait(timeout=120) == 1, submit_log.read_text()[-3000:]
     study = optuna.load_study(study_name="tiny", storage=url)
     assert study.get_trials(states=[TrialState.RUNNING]) == [], "no trial is left running"
-    assert all(t.user_attrs["fail_reason"] == "interrupted (Ctrl-C)" for t in study.get_trials(states=[TrialState.FAIL]))
+    assert all(
+        t.user_attrs["fail_reason"] == "interrupted (Ctrl-C)" for t in study.get_trials(states=[TrialState.FAIL])
+    )
     assert "run the same command again" in submit_log.read_text() or "trials complete" in submit_log.read_text()
 
 
@@ -252,19 +282,29 @@ def test_a_worker_whose_job_is_interrupted_inside_an_import_restarts_itself(tmp_
     later trial with "partially initialized module"): the worker starts afresh, same process id, and serves on."""
     d, label = tmp_path / "pool", "test/cpu/0"
     (d / "jobs").mkdir(parents=True)
-    pool._write_json(d / "pool.json", {"pid": os.getpid(), "host": pool.socket.gethostname(), "backend": "peft",
-                                       "slots": [{"label": label, "gpu": None}]})
+    pool._write_json(
+        d / "pool.json",
+        {
+            "pid": os.getpid(),
+            "host": pool.socket.gethostname(),
+            "backend": "peft",
+            "slots": [{"label": label, "gpu": None}],
+        },
+    )
     pool._write_json(d / "jobs" / "1.json", {"id": "1"})
     started = tmp_path / "importing"
     (tmp_path / "slow_to_import.py").write_text(f"import time\nopen({str(started)!r}, 'w').close()\ntime.sleep(120)\n")
-    job_that_imports = (f"import sys\nfrom pathlib import Path\nsys.path.insert(0, {str(tmp_path)!r})\n"
-                        "from cpt_harness.run import pool\n"
-                        "def run_job(job, label, index):\n    import slow_to_import\n"
-                        f"pool._run_job = run_job\nsys.exit(pool.worker_main(Path({str(d)!r}), {label!r}, 0, 'peft'))\n")
+    job_that_imports = (
+        f"import sys\nfrom pathlib import Path\nsys.path.insert(0, {str(tmp_path)!r})\n"
+        "from cpt_harness.run import pool\n"
+        "def run_job(job, label, index):\n    import slow_to_import\n"
+        f"pool._run_job = run_job\nsys.exit(pool.worker_main(Path({str(d)!r}), {label!r}, 0, 'peft'))\n"
+    )
     log = tmp_path / "worker.log"
     with open(log, "w") as fh:
-        worker = subprocess.Popen([sys.executable, "-c", job_that_imports], stdout=fh, stderr=subprocess.STDOUT,
-                                  env=_env(d))
+        worker = subprocess.Popen(
+            [sys.executable, "-c", job_that_imports], stdout=fh, stderr=subprocess.STDOUT, env=_env(d)
+        )
     try:
         deadline = time.time() + 120
         while time.time() < deadline and not started.exists():

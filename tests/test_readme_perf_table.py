@@ -31,7 +31,8 @@ def test_the_perf_table_in_the_docs_is_what_the_committed_results_say():
     assert _script().PAGE == PAGE
     page = PAGE.read_text()
     block = page.split("<!-- perf-table:begin (scripts/readme_perf_table.py) -->", 1)[1].split(
-        "<!-- perf-table:end -->", 1)[0]
+        "<!-- perf-table:end -->", 1
+    )[0]
     assert block.strip() == "\n".join(_script().rows())
     assert "| harness ≥ 0.98× raw Unsloth tokens/s, 1B shape (llama-3.2-1b, 8 × 2048)" in block
 
@@ -49,8 +50,10 @@ def _speedups(name, gpus, suffix):
     doc = json.loads((RESULTS / name).read_text())
     by = {r["label"]: r for r in doc["runs"]}
     one, many = by[f"k8-gpu1{suffix}"], by[f"k8-gpu{gpus}{suffix}"]
-    return (many["trials_per_hour"] / one["trials_per_hour"],
-            many["steady_trials_per_hour"] / one["steady_trials_per_hour"])
+    return (
+        many["trials_per_hour"] / one["trials_per_hour"],
+        many["steady_trials_per_hour"] / one["steady_trials_per_hour"],
+    )
 
 
 def test_the_perf_rows_carry_the_figures_of_the_result_files():
@@ -64,8 +67,9 @@ def test_the_perf_rows_carry_the_figures_of_the_result_files():
     vs_raw = _ratio(files, "harness-unsloth")
     assert 0.9 < vs_raw < 1.05
     assert f"ratio {vs_raw:.3f}×" in harness and ("**met**" in harness) == (round(vs_raw, 3) >= 0.98)
-    tokens = statistics.median(r["tokens_per_s"] for f in files for r in json.loads(f.read_text())["runs"]
-                               if r["mode"] == "harness-unsloth")
+    tokens = statistics.median(
+        r["tokens_per_s"] for f in files for r in json.loads(f.read_text())["runs"] if r["mode"] == "harness-unsloth"
+    )
     assert f"harness {tokens:,.0f} tokens/s" in harness
     assert all(f"`{f.relative_to(ROOT)}`" in harness for f in files)
     earlier = sorted(RESULTS.glob("h200-2026-11-28-throughput-1b-emb-r*.json"))
@@ -78,8 +82,10 @@ def test_the_perf_rows_carry_the_figures_of_the_result_files():
     assert f"first step {c['first_step_s']:.1f} s" in cold and f"{c['first_step_s'] / w['first_step_s']:.1f}×" in cold
 
     # K trials per GPU on warm pools: every K's trials/hour, the best K against K = 1
-    runs = sorted((r for f in RESULTS.glob("h200-2026-11-28-parallel-pool-k*.json")
-                   for r in json.loads(f.read_text())["runs"]), key=lambda r: r["k"])
+    runs = sorted(
+        (r for f in RESULTS.glob("h200-2026-11-28-parallel-pool-k*.json") for r in json.loads(f.read_text())["runs"]),
+        key=lambda r: r["k"],
+    )
     assert [r["k"] for r in runs] == list(range(1, 9))
     assert all(f"{r['k']} {r['trials_per_hour']:.1f}" in k for r in runs)
     best = max(runs, key=lambda r: r["trials_per_hour"])
@@ -89,8 +95,9 @@ def test_the_perf_rows_carry_the_figures_of_the_result_files():
     span, steady = _speedups("h200x4-2026-11-28-scaling-pool.json", 4, "-pool")
     assert 3.0 < span < 4.2 and 3.0 < steady < 4.2
     verdict = lambda x: "met" if round(x, 2) >= 3.8 else "not met"  # noqa: E731
-    assert (f"**{verdict(span)} ({span:.2f}×) by trials/hour; {verdict(steady)} by steady rate ({steady:.2f}×)**"
-            in scaling)
+    assert (
+        f"**{verdict(span)} ({span:.2f}×) by trials/hour; {verdict(steady)} by steady rate ({steady:.2f}×)**" in scaling
+    )
     span2, _ = _speedups("h200x2-2026-11-28-scaling-pool.json", 2, "-pool")
     assert f"({span2:.2f}×)" in scaling2 and f"{span2 / 2:.0%} of linear" in scaling2
     span_cold, _ = _speedups("h200x4-2026-11-28-scaling.json", 4, "")

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from cpt_harness import data
-from cpt_harness.model import resolve as models
-from cpt_harness.model.backends.peft_backend import PeftBackend
 from cpt_harness.config import DataSource, ModelConfig
 from cpt_harness.evaluate.evaluation import evaluate
+from cpt_harness.model import resolve as models
+from cpt_harness.model.backends.peft_backend import PeftBackend
 
 
 @pytest.mark.slow
@@ -38,6 +38,9 @@ def test_packing_tokenizes_as_the_tokenizer_itself_does():
     """data.encode (the fast backend, without offsets) gives SmolLM2's tokenizer's own ids: English, legal and
     French text, and a document holding the separator's text."""
     tokenizer = PeftBackend().load_tokenizer(models.resolve("builtin:smollm2-135m-instruct"))
-    docs = (data.read_documents(DataSource("builtin:brown"))[:50] + data.read_documents(DataSource("builtin:legal"))[:50]
-            + ["Au commencement, Dieu créa les cieux et la terre. <|endoftext|> «Que la lumière soit!»", "", " \n"])
+    docs = (
+        data.read_documents(DataSource("builtin:brown"))[:50]
+        + data.read_documents(DataSource("builtin:legal"))[:50]
+        + ["Au commencement, Dieu créa les cieux et la terre. <|endoftext|> «Que la lumière soit!»", "", " \n"]
+    )
     assert data.encode(tokenizer, docs) == tokenizer(docs, add_special_tokens=False)["input_ids"]

@@ -36,12 +36,18 @@ def test_lookup_and_cost_of_a_recorded_trial(replay):
 
 def test_replay_runs_and_its_numbers_are_sane(replay, tmp_path):
     out = tmp_path / "replay"
-    assert replay.main([str(DB), "--samplers", "random,tpe", "--pruners", "none,median", "--seeds", "3",
-                        "--out", str(out)]) == 0
+    assert (
+        replay.main(
+            [str(DB), "--samplers", "random,tpe", "--pruners", "none,median", "--seeds", "3", "--out", str(out)]
+        )
+        == 0
+    )
     result = json.loads((tmp_path / "replay.json").read_text())
     rows = {(r["mode"], r["sampler"], r["pruner"]): r for r in result["strategies"]}
     assert set(rows) == {("single", s, p) for s in ("random", "tpe") for p in ("none", "median")} | {
-        ("pareto", "random", "none"), ("pareto", "tpe", "none")}
+        ("pareto", "random", "none"),
+        ("pareto", "tpe", "none"),
+    }
     best = result["best_recorded_feasible_domain_loss"]
     for key, r in rows.items():
         assert 0 < r["gpu_fraction"]["mean"] <= 1 + 1e-12

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from cpt_harness import data
-from cpt_harness.train import resume
-from cpt_harness.search import space as search_space
-from cpt_harness.train import loop as train
-from cpt_harness.train import batches as train_batches
-from cpt_harness.model.backends.peft_backend import PeftBackend
 from cpt_harness.config.validate import load_config
 from cpt_harness.infra.tracking import Tracker
+from cpt_harness.model.backends.peft_backend import PeftBackend
+from cpt_harness.search import space as search_space
+from cpt_harness.train import batches as train_batches
+from cpt_harness.train import loop as train
+from cpt_harness.train import resume
 from tests.conftest import ROOT
 
 
@@ -41,8 +41,10 @@ def backend():
 def _cfg(tiny_overrides, tiny_corpora, replay: bool):
     extra = ["train.max_steps=12", "train.eval_every=3", "train.checkpoint_every=4", "lora.dropout=0.1"]
     if replay:  # the data position then includes where each corpus's shuffled order is
-        extra += [f"data.general=[{tiny_corpora['general']}, {tiny_corpora['sotu']}]",
-                  f"data.replay={{source: {tiny_corpora['general']}, fraction: 0.25}}"]
+        extra += [
+            f"data.general=[{tiny_corpora['general']}, {tiny_corpora['sotu']}]",
+            f"data.replay={{source: {tiny_corpora['general']}, fraction: 0.25}}",
+        ]
     return load_config(ROOT / "sweeps" / "demo.yaml", tiny_overrides + extra)
 
 
@@ -51,16 +53,21 @@ def _run(cfg, backend, corpora, params, saver=None, progress=None):
 
 
 def _saver(folder, cfg, params, **change):
-    return resume.Saver(folder, cfg.train.checkpoint_every, {"params": {**params.as_dict(), **change},
-                                                              "protocol": search_space.space_payload(cfg)})
+    return resume.Saver(
+        folder,
+        cfg.train.checkpoint_every,
+        {"params": {**params.as_dict(), **change}, "protocol": search_space.space_payload(cfg)},
+    )
 
 
 @pytest.mark.parametrize("replay", [False, True], ids=["domain", "replay"])
-def test_an_interrupted_trial_resumes_and_ends_as_an_uninterrupted_one(tiny_overrides, tiny_corpora, backend,
-                                                                         tmp_path, replay):
+def test_an_interrupted_trial_resumes_and_ends_as_an_uninterrupted_one(
+    tiny_overrides, tiny_corpora, backend, tmp_path, replay
+):
     cfg = _cfg(tiny_overrides, tiny_corpora, replay)
-    corpora = data.prepare(cfg.data, backend.load_tokenizer(cfg.model.name), cfg.model.max_seq_length,
-                           cfg.eval.max_tokens)
+    corpora = data.prepare(
+        cfg.data, backend.load_tokenizer(cfg.model.name), cfg.model.max_seq_length, cfg.eval.max_tokens
+    )
     params = search_space.derive(16, 3e-3, 0.2, cfg, replay=0.25 if replay else None)
     whole = _run(cfg, backend, corpora, params)
 
@@ -82,13 +89,15 @@ def test_an_interrupted_trial_resumes_and_ends_as_an_uninterrupted_one(tiny_over
     assert whole.resumed_step is None
 
 
-def test_without_the_saved_rng_and_data_position_the_result_differs(tiny_overrides, tiny_corpora, backend,
-                                                                    tmp_path, monkeypatch):
+def test_without_the_saved_rng_and_data_position_the_result_differs(
+    tiny_overrides, tiny_corpora, backend, tmp_path, monkeypatch
+):
     # The check above can fail: restoring weights and optimizer alone (RNG of lora dropout and the data position
     # from scratch) gives another result.
     cfg = _cfg(tiny_overrides, tiny_corpora, replay=False)
-    corpora = data.prepare(cfg.data, backend.load_tokenizer(cfg.model.name), cfg.model.max_seq_length,
-                           cfg.eval.max_tokens)
+    corpora = data.prepare(
+        cfg.data, backend.load_tokenizer(cfg.model.name), cfg.model.max_seq_length, cfg.eval.max_tokens
+    )
     params = search_space.derive(16, 3e-3, 0.2, cfg)
     whole = _run(cfg, backend, corpora, params)
     folder = tmp_path / resume.FOLDER
@@ -102,8 +111,9 @@ def test_without_the_saved_rng_and_data_position_the_result_differs(tiny_overrid
 
 def test_a_state_saved_for_another_setting_is_not_resumed(tiny_overrides, tiny_corpora, backend, tmp_path):
     cfg = _cfg(tiny_overrides, tiny_corpora, replay=False)
-    corpora = data.prepare(cfg.data, backend.load_tokenizer(cfg.model.name), cfg.model.max_seq_length,
-                           cfg.eval.max_tokens)
+    corpora = data.prepare(
+        cfg.data, backend.load_tokenizer(cfg.model.name), cfg.model.max_seq_length, cfg.eval.max_tokens
+    )
     params = search_space.derive(16, 3e-3, 0.2, cfg)
     folder = tmp_path / resume.FOLDER
     with pytest.raises(Killed):

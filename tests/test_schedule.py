@@ -7,9 +7,9 @@ import copy
 import numpy as np
 import pytest
 
-from cpt_harness.train import loop as train
-from cpt_harness.model.backends.peft_backend import PeftBackend
 from cpt_harness.config import TrainConfig
+from cpt_harness.model.backends.peft_backend import PeftBackend
+from cpt_harness.train import loop as train
 from cpt_harness.train.schedule import decay_steps, eval_steps
 from tests.test_train import run
 

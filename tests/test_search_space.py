@@ -62,11 +62,14 @@ def test_the_committed_gpu_study_can_still_be_resumed():
     cfg = load_config(ROOT / "sweeps" / "gpu-legal.yaml", ["eval.max_tokens=32768", "eval.test_fraction=0"])
     # run with gradient_checkpointing: true, hashed then; a speed-only key now (any value resumes it)
     for value in ("true", "false", "auto"):
-        resumed = load_config(ROOT / "sweeps" / "gpu-legal.yaml", ["eval.max_tokens=32768", "eval.test_fraction=0",
-                                                                  f"train.gradient_checkpointing={value}"])
+        resumed = load_config(
+            ROOT / "sweeps" / "gpu-legal.yaml",
+            ["eval.max_tokens=32768", "eval.test_fraction=0", f"train.gradient_checkpointing={value}"],
+        )
         assert study.user_attrs["fingerprints"]["search_space"] in accepted_fingerprints(resumed)
     assert study.user_attrs["fingerprints"]["search_space"] not in accepted_fingerprints(
-        load_config(ROOT / "sweeps" / "gpu-legal.yaml"))
+        load_config(ROOT / "sweeps" / "gpu-legal.yaml")
+    )
     split = load_config(ROOT / "sweeps" / "gpu-legal.yaml", ["eval.max_tokens=32768"])
     assert space_fingerprint(split) != space_fingerprint(cfg)
 

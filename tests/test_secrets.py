@@ -19,9 +19,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from cpt_harness.search import study as storage
-from cpt_harness.infra import urls
 from cpt_harness.cli import main
+from cpt_harness.infra import urls
+from cpt_harness.search import study as storage
 from tests.conftest import ROOT
 
 DEMO = str(ROOT / "sweeps" / "demo.yaml")
@@ -59,8 +59,14 @@ def test_a_planted_password_and_api_key_are_written_nowhere(tiny_overrides, tmp_
     monkeypatch.setenv("WANDB_API_KEY", API_KEY)
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
     # Everything else anyone writes lands in tmp_path too: temp files (W&B media), home, caches, configs.
-    for var, sub in (("TMPDIR", "tmp"), ("HOME", "home"), ("XDG_CACHE_HOME", "cache"), ("XDG_CONFIG_HOME", "config"),
-                     ("WANDB_CACHE_DIR", "wandb-cache"), ("WANDB_CONFIG_DIR", "wandb-config")):
+    for var, sub in (
+        ("TMPDIR", "tmp"),
+        ("HOME", "home"),
+        ("XDG_CACHE_HOME", "cache"),
+        ("XDG_CONFIG_HOME", "config"),
+        ("WANDB_CACHE_DIR", "wandb-cache"),
+        ("WANDB_CONFIG_DIR", "wandb-config"),
+    ):
         (tmp_path / sub).mkdir()
         monkeypatch.setenv(var, str(tmp_path / sub))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
@@ -110,11 +116,15 @@ def test_a_refused_connection_is_a_clear_error_without_the_password(tiny_overrid
 def test_redact_hides_passwords_and_keeps_variable_references():
     assert urls.redact("postgresql+psycopg2://u:p%40ss@db:5432/x") == "postgresql+psycopg2://u:***@db:5432/x"
     assert urls.redact("error at mysql://root:hunter2@h/db, retry") == "error at mysql://root:***@h/db, retry"
-    assert urls.redact("postgresql://u@db/x?password=hunter2&sslmode=require") == \
-        "postgresql://u@db/x?password=***&sslmode=require"
+    assert (
+        urls.redact("postgresql://u@db/x?password=hunter2&sslmode=require")
+        == "postgresql://u@db/x?password=***&sslmode=require"
+    )
     assert urls.redact("postgresql://u:${CPT_DB_PASSWORD}@db/x") == "postgresql://u:${CPT_DB_PASSWORD}@db/x"
-    assert urls.redact("sqlite:///runs/demo.db and https://wandb.ai/team/p") == \
-        "sqlite:///runs/demo.db and https://wandb.ai/team/p"
+    assert (
+        urls.redact("sqlite:///runs/demo.db and https://wandb.ai/team/p")
+        == "sqlite:///runs/demo.db and https://wandb.ai/team/p"
+    )
     tree = urls.redact_tree({"study": {"storage": "postgresql://u:hunter2@h/d"}, "tags": ["mysql://a:b@c/d"], "n": 3})
     assert tree == {"study": {"storage": "postgresql://u:***@h/d"}, "tags": ["mysql://a:***@c/d"], "n": 3}
 
@@ -147,9 +157,14 @@ def test_a_bare_postgresql_url_uses_the_installed_driver():
 
 
 def test_the_lock_key_is_the_same_however_the_password_and_host_are_given():
-    keys = {storage.lock_key(u) for u in ("postgresql://cpt:secret@db.example/cpt",
-                                          "postgresql+psycopg2://cpt@10.0.0.5:5432/cpt",
-                                          "postgresql://cpt:other@localhost/cpt")}
+    keys = {
+        storage.lock_key(u)
+        for u in (
+            "postgresql://cpt:secret@db.example/cpt",
+            "postgresql+psycopg2://cpt@10.0.0.5:5432/cpt",
+            "postgresql://cpt:other@localhost/cpt",
+        )
+    }
     assert len(keys) == 1
     assert storage.lock_key("postgresql://cpt@db/other") not in keys
 

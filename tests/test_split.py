@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cpt_harness.evaluate import metrics
 from cpt_harness.cli import main
 from cpt_harness.data import DataError, EvalSet
+from cpt_harness.evaluate import metrics
 from tests.conftest import ROOT
 
 DEMO = str(ROOT / "sweeps" / "demo.yaml")
@@ -20,8 +20,12 @@ def _sets(overrides):
 
 def _eval_set(corpus: list[int], names: list[str]) -> EvalSet:
     n = len(corpus)
-    return EvalSet(np.zeros((1, n + 1), np.int32), np.arange(n + 1, dtype=np.int32)[None, :] % n,
-                   np.asarray(corpus, np.int32), names)
+    return EvalSet(
+        np.zeros((1, n + 1), np.int32),
+        np.arange(n + 1, dtype=np.int32)[None, :] % n,
+        np.asarray(corpus, np.int32),
+        names,
+    )
 
 
 def test_the_split_is_deterministic_disjoint_per_corpus_and_covers_every_document():

@@ -14,12 +14,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from cpt_harness.train import loop as train
+from cpt_harness.cli import main
 from cpt_harness.evaluate import evaluation as train_evaluation
 from cpt_harness.infra.cache import build_once
-from cpt_harness.cli import main
-from tests.conftest import ROOT
 from cpt_harness.infra.wandb_files import read_runs
+from cpt_harness.train import loop as train
+from tests.conftest import ROOT
 
 DEMO = str(ROOT / "sweeps" / "demo.yaml")
 
@@ -43,8 +43,18 @@ def test_sweep_end_to_end(tiny_overrides, tmp_path, capsys):
         assert a["forgetting"] == pytest.approx(a["general_loss"] - base["general_loss"])
         assert a["domain_gain"] == pytest.approx(base["domain_loss"] - a["domain_loss"])
         assert a["domain_gain"] > 0, "a random-init tiny model learns the domain at lr >= 1e-3"
-        for key in ("tokens_seen", "tokens_per_s", "peak_memory_gb", "lora_scale", "trainable_lora",
-                    "trainable_embedding", "embedding_lr", "curve", "audit", "timings"):
+        for key in (
+            "tokens_seen",
+            "tokens_per_s",
+            "peak_memory_gb",
+            "lora_scale",
+            "trainable_lora",
+            "trainable_embedding",
+            "embedding_lr",
+            "curve",
+            "audit",
+            "timings",
+        ):
             assert key in a, key
         assert a["embedding_lr"] == pytest.approx(t.params["embedding_lr_ratio"] * t.params["learning_rate"])
         assert a["audit"]["groups"]["embedding"]["lr"] == pytest.approx(a["embedding_lr"])
@@ -83,8 +93,13 @@ def test_saved_adapter_loads_and_reproduces_the_domain_loss(tiny_overrides, tiny
     from cpt_harness import data
     from cpt_harness.config.validate import load_config
 
-    assert main(["sweep", DEMO, "--n-trials", "1", "--set", "study.keep_adapters=all"]
-                + [x for o in tiny_overrides for x in ("--set", o)]) == 0
+    assert (
+        main(
+            ["sweep", DEMO, "--n-trials", "1", "--set", "study.keep_adapters=all"]
+            + [x for o in tiny_overrides for x in ("--set", o)]
+        )
+        == 0
+    )
     (t,) = load(tmp_path).get_trials(states=[TrialState.COMPLETE])
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), t.user_attrs["adapter_dir"])
     cfg = load_config(DEMO, tiny_overrides)
@@ -151,9 +166,14 @@ def test_ctrl_c_leaves_the_study_intact(tiny_overrides, tmp_path):
     sets = [x for o in tiny_overrides + ["train.max_steps=100000", "train.eval_every=100000"] for x in ("--set", o)]
     # SIG_DFL in the child: a shell that started the test suite in the background left SIGINT ignored, and an
     # ignored signal stays ignored across exec; a terminal's Ctrl-C is what this test stands for.
-    proc = subprocess.Popen([sys.executable, "-m", "cpt_harness", "sweep", DEMO] + sets, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cpt_harness", "sweep", DEMO] + sets,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 120
     while time.time() < deadline:
         time.sleep(0.5)
@@ -222,14 +242,17 @@ def test_a_dead_workers_trial_says_why_it_failed_and_which_trial_retries_it(tiny
     trials.fail_stale(study)
     assert [t.state for t in study.get_trials()] == [TrialState.FAIL] * 2
     assert storage.trial_rows(study)[1]["fail_reason"].startswith(
-        "worker died (no heartbeat for over 2 s); not retried (study.max_retries reached")
+        "worker died (no heartbeat for over 2 s); not retried (study.max_retries reached"
+    )
+
 
 def test_a_trial_whose_parameters_cannot_be_drawn_says_why(tiny_cfg, tmp_path):
-    from cpt_harness.search.objective import Objective, TrialContext
     from cpt_harness.infra.tracking import Tracker
+    from cpt_harness.search.objective import Objective, TrialContext
 
-    ctx = TrialContext(tiny_cfg, backend=None, model_path="", corpora=None, base={}, tracker=Tracker(),
-                       study_dir=tmp_path)
+    ctx = TrialContext(
+        tiny_cfg, backend=None, model_path="", corpora=None, base={}, tracker=Tracker(), study_dir=tmp_path
+    )
     trial = optuna.trial.FixedTrial({"learning_rate": 2e-3})  # no rank: suggesting it fails
     with pytest.raises(ValueError):
         Objective(ctx)(trial)

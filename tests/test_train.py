@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from cpt_harness import data
-from cpt_harness.train import audit
-from cpt_harness.model import modules
-from cpt_harness.train import loop as train
-from cpt_harness.train import optim as train_optim
 from cpt_harness.evaluate import evaluation as train_evaluation
+from cpt_harness.infra.tracking import Tracker
+from cpt_harness.model import modules
 from cpt_harness.model.backends.peft_backend import PeftBackend
 from cpt_harness.search.space import derive
-from cpt_harness.infra.tracking import Tracker
+from cpt_harness.train import audit
+from cpt_harness.train import loop as train
+from cpt_harness.train import optim as train_optim
 
 
 class Recorder(Tracker):
@@ -230,7 +230,11 @@ def test_a_trainable_base_weight_joins_no_group_and_the_audit_names_it(tiny_cfg,
     groups = train_optim.param_groups(model, 1e-3, 2e-4, 0.0)
     assert [g["name"] for g in groups] == ["lora", "embedding"]
     assert all(p is not leak for g in groups for p in g["params"]), "the optimizer builder does not check"
-    with pytest.raises(audit.AuditError, match=r"trainable but in no optimizer group: \[.*layers\.0\.mlp\.up_proj"
-                                               r"\.base_layer\.weight.*base weights are trainable"):
-        audit.audit(model, torch.optim.AdamW(groups), params, tiny_cfg.lora, modules.embedding_module_names(model),
-                    1e-3)
+    with pytest.raises(
+        audit.AuditError,
+        match=r"trainable but in no optimizer group: \[.*layers\.0\.mlp\.up_proj"
+        r"\.base_layer\.weight.*base weights are trainable",
+    ):
+        audit.audit(
+            model, torch.optim.AdamW(groups), params, tiny_cfg.lora, modules.embedding_module_names(model), 1e-3
+        )

@@ -54,12 +54,14 @@ def test_an_outcome_told_after_another_worker_failed_the_trial_leaves_it_failed(
 
 
 def test_the_sweep_ablation_and_confirmation_plans_are_plans(tiny_cfg):
-    from cpt_harness.analysis import ablation
-    from cpt_harness.analysis import confirm
+    from cpt_harness.analysis import ablation, confirm
     from cpt_harness.run import sweep
 
-    plans = [sweep.SweepPlan(tiny_cfg, 2), ablation.AblationPlan(ablation.study_config(tiny_cfg)),
-             confirm.ConfirmPlan(tiny_cfg, [{"setting": 0, "params": {"rank": 8, "learning_rate": 1e-3}}], [1, 2])]
+    plans = [
+        sweep.SweepPlan(tiny_cfg, 2),
+        ablation.AblationPlan(ablation.study_config(tiny_cfg)),
+        confirm.ConfirmPlan(tiny_cfg, [{"setting": 0, "params": {"rank": 8, "learning_rate": 1e-3}}], [1, 2]),
+    ]
     assert all(isinstance(p, trials.Plan) for p in plans)
     assert [p.job_type for p in plans] == ["trial", "ablation", "confirm"]
     assert not isinstance(object(), trials.Plan)

@@ -32,8 +32,10 @@ needs_unsloth_gpu = pytest.mark.skipif(
 
 
 def test_unsloth_backend_refuses_a_process_that_imported_transformers_first():
-    code = ("import transformers, sys\nfrom cpt_harness.model import backends\n"
-            "try:\n    backends.load('unsloth')\nexcept backends.BackendUnavailable as e:\n    print(e); sys.exit(3)\n")
+    code = (
+        "import transformers, sys\nfrom cpt_harness.model import backends\n"
+        "try:\n    backends.load('unsloth')\nexcept backends.BackendUnavailable as e:\n    print(e); sys.exit(3)\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 3, proc.stderr
     assert "must be loaded before transformers" in proc.stdout or "needs the GPU extra" in proc.stdout
@@ -50,8 +52,12 @@ def test_auto_picks_peft_without_a_gpu_or_unsloth():
 @needs_unsloth_gpu
 def test_unsloth_sweep_trains_audited_trials(tiny_overrides, tmp_path):
     sets = [x for o in tiny_overrides + ["backend=unsloth", "search.rank.choices=[16,128]"] for x in ("--set", o)]
-    proc = subprocess.run([sys.executable, "-m", "cpt_harness", "sweep", str(ROOT / "sweeps" / "demo.yaml"),
-                           "--n-trials", "2"] + sets, capture_output=True, text=True, env=os.environ.copy())
+    proc = subprocess.run(
+        [sys.executable, "-m", "cpt_harness", "sweep", str(ROOT / "sweeps" / "demo.yaml"), "--n-trials", "2"] + sets,
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/study.db")
     trials = study.get_trials(states=[TrialState.COMPLETE])

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from cpt_harness.infra import tracking
 from cpt_harness.cli import main
+from cpt_harness.infra import tracking
 from cpt_harness.infra.wandb_files import read_runs
 from tests.conftest import ROOT
 
@@ -45,8 +45,9 @@ def test_every_saved_adapter_is_a_model_artifact_by_reference(swept, tmp_path):
         assert art["type"] == "model" and art["name"] == f"adapter-tiny-t{t.number:04d}"
         adapter = (tmp_path / "runs" / "tiny" / f"trial-{t.number:04d}" / "adapter").resolve()
         files = {e["path"]: e for e in art["manifest"]}
-        assert {"adapter/adapter_model.safetensors", "adapter/adapter_config.json",
-                "adapter/trial_config.yaml"} <= set(files)
+        assert {"adapter/adapter_model.safetensors", "adapter/adapter_config.json", "adapter/trial_config.yaml"} <= set(
+            files
+        )
         weights = files["adapter/adapter_model.safetensors"]
         # By reference: a file:// URI with its size and checksum, nothing staged for upload.
         assert weights["ref"] == (adapter / "adapter_model.safetensors").as_uri() and not weights["local_path"]
@@ -90,8 +91,11 @@ def test_report_updates_one_summary_run_and_aliases_the_kept_adapters(swept):
     # Two reports, one run: the same id in both offline folders, the second marked to resume it on sync.
     assert len(summary) == 2 and {r.run_id for r in summary} == {tracking.summary_run_id("tiny")}
     assert all(r.resume for r in summary)
-    assert summary[0].config["objectives"] == {"domain_loss": "minimize", "forgetting": "minimize",
-                                               "domain_gain": "maximize"}
+    assert summary[0].config["objectives"] == {
+        "domain_loss": "minimize",
+        "forgetting": "minimize",
+        "domain_gain": "maximize",
+    }
     models = [a for a in summary[-1].artifacts if a["type"] == "model"]
     aliased = {a["name"]: set(a["aliases"]) for a in models}
     front = {t.number for t in study.best_trials}
@@ -114,6 +118,7 @@ def test_log_adapters_false_logs_none(tiny_overrides):
 def test_summary_run_ids_are_stable_and_valid():
     assert tracking.summary_run_id("tiny") == tracking.summary_run_id("tiny")
     assert tracking.summary_run_id("a/b c") != tracking.summary_run_id("a-b-c")
-    assert set(tracking.summary_run_id("legal: r=64/β")) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-                                                                 "0123456789-_")
+    assert set(tracking.summary_run_id("legal: r=64/β")) <= set(
+        "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"
+    )
     assert tracking.artifact_name("gpu legal", 3) == "adapter-gpu-legal-t0003"

@@ -19,6 +19,7 @@ from cpt_harness.config import EMBEDDING_LR_RATIO_RANGE, Config
 
 if TYPE_CHECKING:  # the protocol module imports optuna: only the plan below needs it
     from cpt_harness.search.trials import Claim
+from cpt_harness.analysis.grid import _diverged, done_runs, extend_grid
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ def _ratio(cfg: Config, level: str) -> None:
 
 
 def _replay(cfg: Config, level: str) -> None:
-    """"on": data.replay.fraction as configured; "off": the same data (the replay source stays a general corpus that
+    """ "on": data.replay.fraction as configured; "off": the same data (the replay source stays a general corpus that
     is not evaluated as unreplayed), nothing replayed."""
     if level == "off":
         cfg.data.replay.fraction = 0.0
@@ -66,19 +67,44 @@ def _rank(cfg: Config, level: str) -> None:
 
 
 FACTORS = {
-    "gate_proj": Factor("gate_proj", ("in", "out"), "leaving gate_proj out of the LoRA targets speeds up forgetting",
-                        "forgetting", _gate),
-    "embeddings": Factor("embeddings", ("trained", "frozen"),
-                         "training lm_head and embed_tokens helps learn the domain", "domain_loss", _embeddings),
+    "gate_proj": Factor(
+        "gate_proj",
+        ("in", "out"),
+        "leaving gate_proj out of the LoRA targets speeds up forgetting",
+        "forgetting",
+        _gate,
+    ),
+    "embeddings": Factor(
+        "embeddings",
+        ("trained", "frozen"),
+        "training lm_head and embed_tokens helps learn the domain",
+        "domain_loss",
+        _embeddings,
+    ),
     "rslora": Factor("rslora", ("on", "off"), "rsLoRA helps at high rank", "domain_loss", _rslora),
-    "embedding_lr_ratio": Factor("embedding_lr_ratio", ("0.1", "1.0"),
-                                 "a lower embedding LR is more stable (less forgetting)", "forgetting", _ratio),
-    "replay": Factor("replay", ("on", "off"), "replaying general text while training lowers forgetting",
-                     "forgetting_unreplayed", _replay),
+    "embedding_lr_ratio": Factor(
+        "embedding_lr_ratio",
+        ("0.1", "1.0"),
+        "a lower embedding LR is more stable (less forgetting)",
+        "forgetting",
+        _ratio,
+    ),
+    "replay": Factor(
+        "replay",
+        ("on", "off"),
+        "replaying general text while training lowers forgetting",
+        "forgetting_unreplayed",
+        _replay,
+    ),
     # Only in the frontier design, crossed with rslora: the guidance's claim is that a *high rank* pays off under
     # alpha/sqrt(r), which a comparison at one rank and one LR cannot tell from "a larger effective LR helps".
-    "rank": Factor("rank", ("16", "256"), "a high rank pays off under rsLoRA (alpha/sqrt(r)), not under alpha/r",
-                   "domain_gain", _rank),
+    "rank": Factor(
+        "rank",
+        ("16", "256"),
+        "a high rank pays off under rsLoRA (alpha/sqrt(r)), not under alpha/r",
+        "domain_gain",
+        _rank,
+    ),
 }
 
 
@@ -103,31 +129,44 @@ def levels(cfg: Config, name: str) -> tuple[str, ...]:
 def check(cfg: Config) -> list[str]:
     """The design's factors (its numbers are checked with the other limits, cpt_harness.config.LIMITS)."""
     a = cfg.ablation
-    problems = [f"ablation.factors: unknown factor {f!r} (known: {', '.join(FACTORS)})"
-                for f in a.factors if f not in FACTORS]
+    problems = [
+        f"ablation.factors: unknown factor {f!r} (known: {', '.join(FACTORS)})" for f in a.factors if f not in FACTORS
+    ]
     if not a.factors:
         problems.append(f"ablation.factors: name at least one of {', '.join(FACTORS)}")
     if len(set(a.factors)) != len(a.factors):
         problems.append(f"ablation.factors: a factor is listed twice: {a.factors}")
     if shared(cfg) and not a.learning_rates:
-        problems.append("ablation.design: shared is a frontier design: set ablation.learning_rates, e.g. "
-                        "[2.5e-4, 1e-3, 4e-3]")
-    if shared(cfg) and "embedding_lr_ratio" in a.factors and not any(
-            math.isclose(a.embedding_lr_ratio, r) for r in a.ratios):
-        problems.append(f"ablation.embedding_lr_ratio: {a.embedding_lr_ratio:g} must be one of ablation.ratios "
-                        f"{a.ratios} in the shared design (the default arm is a cell of every claim)")
+        problems.append(
+            "ablation.design: shared is a frontier design: set ablation.learning_rates, e.g. [2.5e-4, 1e-3, 4e-3]"
+        )
+    if (
+        shared(cfg)
+        and "embedding_lr_ratio" in a.factors
+        and not any(math.isclose(a.embedding_lr_ratio, r) for r in a.ratios)
+    ):
+        problems.append(
+            f"ablation.embedding_lr_ratio: {a.embedding_lr_ratio:g} must be one of ablation.ratios "
+            f"{a.ratios} in the shared design (the default arm is a cell of every claim)"
+        )
     if "embedding_lr_ratio" in a.factors and "embeddings" in a.factors and not shared(cfg):
-        problems.append("ablation.factors: embedding_lr_ratio varies the LR of trained embeddings; it cannot be "
-                        "crossed with embeddings (frozen arms have no embedding LR): run them as two ablations")
+        problems.append(
+            "ablation.factors: embedding_lr_ratio varies the LR of trained embeddings; it cannot be "
+            "crossed with embeddings (frozen arms have no embedding LR): run them as two ablations"
+        )
     if "replay" in a.factors:
         replay = cfg.data.replay
         if replay is None or not replay.fraction > 0:
-            problems.append("ablation.factors: replay compares data.replay.fraction (the \"on\" arm) with none; set "
-                            "data.replay: {source: builtin:brown, fraction: 0.25} (a fraction above 0), with another "
-                            "general corpus in data.general to measure forgetting on")
+            problems.append(
+                'ablation.factors: replay compares data.replay.fraction (the "on" arm) with none; set '
+                "data.replay: {source: builtin:brown, fraction: 0.25} (a fraction above 0), with another "
+                "general corpus in data.general to measure forgetting on"
+            )
         if cfg.search.replay_fraction is not None:
-            problems.append("search.replay_fraction: an ablation of replay runs data.replay.fraction against none; "
-                            "remove search.replay_fraction (it would override both arms)")
+            problems.append(
+                "search.replay_fraction: an ablation of replay runs data.replay.fraction against none; "
+                "remove search.replay_fraction (it would override both arms)"
+            )
     return problems + _check_grid(cfg)
 
 
@@ -141,16 +180,22 @@ def _check_grid(cfg: Config) -> list[str]:
     problems = []
     if "rslora" in a.factors:
         if a.rank >= a.high_rank:
-            problems.append(f"ablation.rank ({a.rank}) must be below ablation.high_rank ({a.high_rank}): rsLoRA is "
-                            "judged by how much raising the rank helps under each scaling")
+            problems.append(
+                f"ablation.rank ({a.rank}) must be below ablation.high_rank ({a.high_rank}): rsLoRA is "
+                "judged by how much raising the rank helps under each scaling"
+            )
         # alpha/sqrt(r) is sqrt(r) times alpha/r: the grid must span that factor, or one scaling's best LR is
         # outside it and the comparison is of LRs, not of scalings.
         need = math.sqrt(max(a.rank, a.high_rank))
         if max(grid) / min(grid) < need * (1 - 1e-9):
-            problems.append(f"ablation.learning_rates: spans {max(grid) / min(grid):.3g}x, but alpha/sqrt(r) is "
-                            f"{need:g}x alpha/r at rank {max(a.rank, a.high_rank)}: widen the grid to at least {need:g}x")
+            problems.append(
+                f"ablation.learning_rates: spans {max(grid) / min(grid):.3g}x, but alpha/sqrt(r) is "
+                f"{need:g}x alpha/r at rank {max(a.rank, a.high_rank)}: widen the grid to at least {need:g}x"
+            )
     if "embedding_lr_ratio" in a.factors and (len(set(a.ratios)) < 2 or any(not r > 0 for r in a.ratios)):
-        problems.append(f"ablation.ratios: at least two distinct positive ratios, e.g. [0.03, 0.1, 0.5, 1.0]; got {a.ratios}")
+        problems.append(
+            f"ablation.ratios: at least two distinct positive ratios, e.g. [0.03, 0.1, 0.5, 1.0]; got {a.ratios}"
+        )
     return problems
 
 
@@ -177,8 +222,14 @@ def default_levels(cfg: Config) -> dict[str, str]:
     the LoRA scale that lora.use_rslora gives at ablation.rank (alpha/r at 64 under auto), no replay."""
     a = cfg.ablation
     rslora_on = cfg.lora.use_rslora is True or (cfg.lora.use_rslora == "auto" and a.rank > 64)
-    default = {"gate_proj": "in", "embeddings": "trained", "embedding_lr_ratio": f"{a.embedding_lr_ratio:g}",
-               "rank": str(a.rank), "rslora": "on" if rslora_on else "off", "replay": "off"}
+    default = {
+        "gate_proj": "in",
+        "embeddings": "trained",
+        "embedding_lr_ratio": f"{a.embedding_lr_ratio:g}",
+        "rank": str(a.rank),
+        "rslora": "on" if rslora_on else "off",
+        "replay": "off",
+    }
     return {n: default[n] for n in factor_names(cfg)}
 
 
@@ -192,8 +243,12 @@ def arms(cfg: Config) -> list[Arm]:
         if name not in ("rank", "rslora"):
             cells += [{**default, name: lv} for lv in levels(cfg, name) if lv != default[name]]
     if "rslora" in names:  # the four (rank, scaling) cells, one of which is the default
-        cells += [c for r in levels(cfg, "rank") for sc in ("off", "on")
-                  if (c := {**default, "rank": r, "rslora": sc}) != default]
+        cells += [
+            c
+            for r in levels(cfg, "rank")
+            for sc in ("off", "on")
+            if (c := {**default, "rank": r, "rslora": sc}) != default
+        ]
     return [Arm(tuple((n, c[n]) for n in names)) for c in cells]
 
 
@@ -234,8 +289,11 @@ def arm_config(cfg: Config, arm: Arm, seed: int, lr: float | None = None) -> Con
 def arm_rank(cfg: Config, arm: Arm) -> int:
     """The rank an arm trains at: its level of the rank factor, else the design's one rank."""
     levels_ = dict(arm.levels)
-    return int(levels_["rank"]) if "rank" in levels_ else (cfg.ablation.high_rank if "rslora" in cfg.ablation.factors
-                                                           else cfg.ablation.rank)
+    return (
+        int(levels_["rank"])
+        if "rank" in levels_
+        else (cfg.ablation.high_rank if "rslora" in cfg.ablation.factors else cfg.ablation.rank)
+    )
 
 
 def enqueue_params(cfg: Config, rank: int | None = None) -> dict:
@@ -266,11 +324,18 @@ class Effect:
 
 def rows(study) -> list[dict]:
     """One row per complete arm trial of an ablation study: its seed, arm, factor levels and metrics."""
-    return [{"seed": t.user_attrs["seed"], "arm": t.user_attrs["arm"],
-             **{k: v for k, v in t.user_attrs.items() if k.startswith("level:")},
-             "domain_loss": t.user_attrs["domain_loss"], "forgetting": t.user_attrs["forgetting"],
-             "tokens_per_s": t.user_attrs.get("tokens_per_s")}
-            for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and "arm" in t.user_attrs]
+    return [
+        {
+            "seed": t.user_attrs["seed"],
+            "arm": t.user_attrs["arm"],
+            **{k: v for k, v in t.user_attrs.items() if k.startswith("level:")},
+            "domain_loss": t.user_attrs["domain_loss"],
+            "forgetting": t.user_attrs["forgetting"],
+            "tokens_per_s": t.user_attrs.get("tokens_per_s"),
+        }
+        for t in study.get_trials(deepcopy=False)
+        if t.state.name == "COMPLETE" and "arm" in t.user_attrs
+    ]
 
 
 def effects(rows: list[dict], factor_names: list[str]) -> list[Effect]:
@@ -289,12 +354,18 @@ def effects(rows: list[dict], factor_names: list[str]) -> list[Effect]:
             per_seed: dict[int, list[float]] = {}
             combos = list(itertools.product(*(FACTORS[o].levels for o in others)))
             for seed in sorted({r["seed"] for r in rows}):
-                diffs = [cell[(seed, c, factor.levels[1])] - cell[(seed, c, factor.levels[0])] for c in combos
-                         if (seed, c, factor.levels[1]) in cell and (seed, c, factor.levels[0]) in cell]
+                diffs = [
+                    cell[(seed, c, factor.levels[1])] - cell[(seed, c, factor.levels[0])]
+                    for c in combos
+                    if (seed, c, factor.levels[1]) in cell and (seed, c, factor.levels[0]) in cell
+                ]
                 if len(diffs) == len(combos):
                     per_seed[seed] = sum(diffs) / len(diffs)
-            interval = stats.t_interval(list(per_seed.values())) if per_seed else stats.Interval(0, float("nan"),
-                                                                                                 float("nan"), float("nan"))
+            interval = (
+                stats.t_interval(list(per_seed.values()))
+                if per_seed
+                else stats.Interval(0, float("nan"), float("nan"), float("nan"))
+            )
             out.append(Effect(factor, metric, per_seed, interval))
     return out
 
@@ -319,11 +390,16 @@ def study_config(cfg: Config) -> Config:
 def design(cfg: Config) -> dict:
     """Stored on the ablation study (and part of its fingerprint): what the arms, LRs and seeds are."""
     a = cfg.ablation
-    out = {"factors": {f: list(levels(cfg, f)) for f in factor_names(cfg)}, "seeds": a.seeds,
-           "arms": [arm.name for arm in arms(cfg)],
-           "fixed": {"rank": a.high_rank if "rslora" in a.factors and not shared(cfg) else a.rank,
-                     "learning_rate": a.learning_rate,
-                     "embedding_lr_ratio": a.embedding_lr_ratio}}
+    out = {
+        "factors": {f: list(levels(cfg, f)) for f in factor_names(cfg)},
+        "seeds": a.seeds,
+        "arms": [arm.name for arm in arms(cfg)],
+        "fixed": {
+            "rank": a.high_rank if "rslora" in a.factors and not shared(cfg) else a.rank,
+            "learning_rate": a.learning_rate,
+            "embedding_lr_ratio": a.embedding_lr_ratio,
+        },
+    }
     if "replay" in a.factors and cfg.data.replay is not None:  # forgetting is judged on the other general corpora
         from cpt_harness.data import corpus_names, replayed_corpora
 
@@ -334,8 +410,9 @@ def design(cfg: Config) -> dict:
         out["learning_rates"] = learning_rates(cfg)
         del out["fixed"]["learning_rate"]
     if shared(cfg):  # only then: the factorial studies keep their design (and fingerprint)
-        out.update(design="shared", default=default_levels(cfg), lr_extend=a.lr_extend,
-                   max_learning_rates=a.max_learning_rates)
+        out.update(
+            design="shared", default=default_levels(cfg), lr_extend=a.lr_extend, max_learning_rates=a.max_learning_rates
+        )
     return {"kind": "ablation", "design": out}
 
 
@@ -364,8 +441,16 @@ class AblationPlan:
         if not self.grid or self.cfg.ablation.lr_extend <= 1:
             return {arm.name: self.lrs for arm in self.arms}
         runs = done_runs(trials)
-        return {arm.name: extend_grid(self.lrs, runs.get(arm.name, {}), self.seeds, self.cfg.ablation.lr_extend,
-                                      self.cfg.ablation.max_learning_rates) for arm in self.arms}
+        return {
+            arm.name: extend_grid(
+                self.lrs,
+                runs.get(arm.name, {}),
+                self.seeds,
+                self.cfg.ablation.lr_extend,
+                self.cfg.ablation.max_learning_rates,
+            )
+            for arm in self.arms
+        }
 
     def claim(self, study) -> Claim:
         from optuna.trial import TrialState
@@ -375,8 +460,13 @@ class AblationPlan:
         trials = study.get_trials(deepcopy=False)
         complete = {self._key(t) for t in trials if t.state == TrialState.COMPLETE or _diverged(t)}
         grids = self.grids(trials)
-        wanted = [(arm, seed, lr) for seed in self.seeds for lr in sorted({x for g in grids.values() for x in g})
-                  for arm in self.arms if lr in grids[arm.name]]
+        wanted = [
+            (arm, seed, lr)
+            for seed in self.seeds
+            for lr in sorted({x for g in grids.values() for x in g})
+            for arm in self.arms
+            if lr in grids[arm.name]
+        ]
         if all((arm.name, s, lr) in complete for arm, s, lr in wanted):
             return protocol.DONE
         if any(t.state == TrialState.WAITING for t in trials):
@@ -397,48 +487,3 @@ class AblationPlan:
 
 
 # ------------------------------------------------------------------------------------------ LR grid extension
-
-
-def _diverged(t) -> bool:
-    """A trial whose loss diverged (errors.Diverged): in an LR grid, a result that the LR is too high, run once."""
-    return t.state.name == "FAIL" and bool(t.user_attrs.get("diverged"))
-
-
-def done_runs(trials) -> dict[str, dict[float, dict[int, float]]]:
-    """arm -> LR -> seed -> final domain gain of every trial that ran to its end (-inf where it diverged)."""
-    out: dict[str, dict[float, dict[int, float]]] = {}
-    for t in trials:
-        a = t.user_attrs
-        if "arm" not in a or "lr" not in a or not (t.state.name == "COMPLETE" or _diverged(t)):
-            continue
-        gain = -math.inf if _diverged(t) else a.get("domain_gain", -math.inf)
-        out.setdefault(a["arm"], {}).setdefault(a["lr"], {})[a["seed"]] = gain
-    return out
-
-
-def _lr(x: float) -> float:
-    return float(f"{x:.6g}")  # an extension's LR, written the same way by every worker
-
-
-def best_grid_lr(grid: list[float], runs: dict[float, dict[int, float]], seeds) -> float | None:
-    """The grid's LR with the highest mean final domain gain over the seeds that ran every LR of it (ties: the
-    lower LR; a diverged run's gain is -inf); None until one seed has."""
-    complete = [s for s in seeds if all(s in runs.get(lr, {}) for lr in grid)]
-    if not complete:
-        return None
-    means = {lr: sum(runs[lr][s] for s in complete) / len(complete) for lr in grid}
-    return max(grid, key=lambda lr: (means[lr], -lr))
-
-
-def extend_grid(grid: list[float], runs: dict[float, dict[int, float]], seeds, factor: float,
-                max_lrs: int) -> list[float]:
-    """One arm's grid: ``grid`` and, while its best LR (``best_grid_lr``) sits at an edge, the next LR beyond that
-    edge (x factor up, / factor down), until the best is inside, the grid holds ``max_lrs`` LRs, or the seeds have
-    not yet run the newest LR. A diverged LR is never best, so it brackets the one below it."""
-    grid = sorted(grid)
-    while len(grid) < max_lrs:
-        best = best_grid_lr(grid, runs, seeds)
-        if best is None or grid[0] < best < grid[-1]:
-            break
-        grid = sorted(grid + [_lr(best * factor if best == grid[-1] else best / factor)])
-    return grid

@@ -23,8 +23,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from cpt_harness.analysis import frontier
-from cpt_harness.analysis import stats
+from cpt_harness.analysis import frontier, stats
 
 
 @dataclass(frozen=True)
@@ -38,23 +37,47 @@ class Spec:
 
 
 SPECS = {
-    "gate_proj": Spec("gate_proj", "leaving gate_proj out of the LoRA targets speeds up forgetting",
-                      "forgetting at matched domain gain, out − in", "forgetting (nats)", +1,
-                      "domain gain at matched forgetting, out − in"),
-    "embeddings": Spec("embeddings", "training lm_head and embed_tokens helps learn the domain",
-                       "domain gain at matched forgetting, frozen − trained", "domain gain (nats)", -1,
-                       "forgetting at matched domain gain, frozen − trained"),
-    "rslora": Spec("rslora", "a high rank pays off under rsLoRA (alpha/sqrt(r)), not under alpha/r",
-                   "interaction: gain(high rank) − gain(low rank) under alpha/sqrt(r) minus the same under alpha/r, "
-                   "each cell at its leave-one-seed-out best LR", "domain gain (nats)", +1,
-                   "the same gain difference under alpha/sqrt(r) alone"),
-    "replay": Spec("replay", "replaying general text while training lowers forgetting",
-                   "forgetting on the general corpora not replayed, at matched domain gain, off − on",
-                   "forgetting (nats)", +1, "domain gain at matched unreplayed forgetting, off − on"),
-    "embedding_lr_ratio": Spec("embedding_lr_ratio", "a lower embedding LR is more stable (less forgetting)",
-                               f"forgetting at matched domain gain against the ratio: {frontier.TREND_TEST}",
-                               "forgetting (nats) per unit of ln(ratio)", +1,
-                               "mean forgetting at matched gain per ratio"),
+    "gate_proj": Spec(
+        "gate_proj",
+        "leaving gate_proj out of the LoRA targets speeds up forgetting",
+        "forgetting at matched domain gain, out − in",
+        "forgetting (nats)",
+        +1,
+        "domain gain at matched forgetting, out − in",
+    ),
+    "embeddings": Spec(
+        "embeddings",
+        "training lm_head and embed_tokens helps learn the domain",
+        "domain gain at matched forgetting, frozen − trained",
+        "domain gain (nats)",
+        -1,
+        "forgetting at matched domain gain, frozen − trained",
+    ),
+    "rslora": Spec(
+        "rslora",
+        "a high rank pays off under rsLoRA (alpha/sqrt(r)), not under alpha/r",
+        "interaction: gain(high rank) − gain(low rank) under alpha/sqrt(r) minus the same under alpha/r, "
+        "each cell at its leave-one-seed-out best LR",
+        "domain gain (nats)",
+        +1,
+        "the same gain difference under alpha/sqrt(r) alone",
+    ),
+    "replay": Spec(
+        "replay",
+        "replaying general text while training lowers forgetting",
+        "forgetting on the general corpora not replayed, at matched domain gain, off − on",
+        "forgetting (nats)",
+        +1,
+        "domain gain at matched unreplayed forgetting, off − on",
+    ),
+    "embedding_lr_ratio": Spec(
+        "embedding_lr_ratio",
+        "a lower embedding LR is more stable (less forgetting)",
+        f"forgetting at matched domain gain against the ratio: {frontier.TREND_TEST}",
+        "forgetting (nats) per unit of ln(ratio)",
+        +1,
+        "mean forgetting at matched gain per ratio",
+    ),
 }
 
 
@@ -90,13 +113,21 @@ def runs_from_study(study, forgetting: str = "general_loss") -> list[frontier.Ru
         if forgetting != "general_loss" and not all(forgetting in p for p in curve):
             continue
         rise = [p["general_kl"] if forgetting == "general_kl" else p[forgetting] - base[forgetting] for p in curve]
-        runs.append(frontier.Run(levels, t.user_attrs["seed"], t.params["learning_rate"],
-                                 np.r_[0.0, [base["domain_loss"] - p["domain_loss"] for p in curve]], np.r_[0.0, rise]))
+        runs.append(
+            frontier.Run(
+                levels,
+                t.user_attrs["seed"],
+                t.params["learning_rate"],
+                np.r_[0.0, [base["domain_loss"] - p["domain_loss"] for p in curve]],
+                np.r_[0.0, rise],
+            )
+        )
     return runs
 
 
-def complete_seeds(runs: Sequence[frontier.Run], factors: dict[str, list[str]],
-                   lrs: Sequence[float]) -> tuple[list[frontier.Run], list[int]]:
+def complete_seeds(
+    runs: Sequence[frontier.Run], factors: dict[str, list[str]], lrs: Sequence[float]
+) -> tuple[list[frontier.Run], list[int]]:
     """The runs of the seeds where every arm ran at every LR, and the seeds left out: an envelope over a seed's
     LRs means the same thing for every arm only when none is missing (a partial or interrupted run)."""
     arms = [tuple(sorted(zip(factors, combo))) for combo in itertools.product(*factors.values())]
@@ -108,8 +139,9 @@ def complete_seeds(runs: Sequence[frontier.Run], factors: dict[str, list[str]],
     return [r for r in runs if r.seed not in partial], partial
 
 
-def doc_runs_from_study(study, evals_by_trial: dict, base_evals,
-                        leave_out: Sequence[int] = ()) -> tuple[list[frontier.DocRun], frontier.Base] | None:
+def doc_runs_from_study(
+    study, evals_by_trial: dict, base_evals, leave_out: Sequence[int] = ()
+) -> tuple[list[frontier.DocRun], frontier.Base] | None:
     """The per-document results of every complete arm trial, for the document bootstrap; None when any is missing."""
     trials = [(t, lv, c) for t, lv, c in _arm_trials(study) if t.user_attrs["seed"] not in set(leave_out)]
     if base_evals is None or not trials or any(t.number not in evals_by_trial for t, _, _ in trials):
@@ -118,16 +150,31 @@ def doc_runs_from_study(study, evals_by_trial: dict, base_evals,
     for t, levels, _ in trials:
         e = evals_by_trial[t.number]
         rows = e.step > 0
-        doc_runs.append(frontier.DocRun(levels, t.user_attrs["seed"], t.params["learning_rate"],
-                                        frontier.Docs(e.domain_nll[rows], e.domain_tokens),
-                                        frontier.Docs(e.general_nll[rows], e.general_tokens)))
+        doc_runs.append(
+            frontier.DocRun(
+                levels,
+                t.user_attrs["seed"],
+                t.params["learning_rate"],
+                frontier.Docs(e.domain_nll[rows], e.domain_tokens),
+                frontier.Docs(e.general_nll[rows], e.general_tokens),
+            )
+        )
     b = base_evals
-    return doc_runs, frontier.Base(frontier.Docs(b.domain_nll[0], b.domain_tokens),
-                                   frontier.Docs(b.general_nll[0], b.general_tokens), b.general_corpus, b.domain_corpus)
+    return doc_runs, frontier.Base(
+        frontier.Docs(b.domain_nll[0], b.domain_tokens),
+        frontier.Docs(b.general_nll[0], b.general_tokens),
+        b.general_corpus,
+        b.domain_corpus,
+    )
 
 
-def analyse(factors: dict[str, list[str]], runs: Sequence[frontier.Run], delta: float,
-            kl_runs: Sequence[frontier.Run] = (), unreplayed_runs: Sequence[frontier.Run] = ()) -> list[Result]:
+def analyse(
+    factors: dict[str, list[str]],
+    runs: Sequence[frontier.Run],
+    delta: float,
+    kl_runs: Sequence[frontier.Run] = (),
+    unreplayed_runs: Sequence[frontier.Run] = (),
+) -> list[Result]:
     """The primary analysis of every claim whose factor is in the design. ``kl_runs``: the same trials with
     general_kl as forgetting; where given, the KL at matched gain is shown beside gate_proj and embeddings.
     ``unreplayed_runs``: the same trials with the forgetting on the general corpora not replayed, what the replay
@@ -161,10 +208,15 @@ def _matched(spec: Spec, runs, axis: str, advice: str, alternative: str, delta: 
     if kl_runs:
         k = frontier.matched_effect(kl_runs, "gain", spec.factor, advice, alternative)
         if k.n:
-            notes.append(f"general_kl (KL from the start model, heal-independent) at matched domain gain "
-                         f"{k.level:+.4f}, {alternative} − {advice}: {k.mean:+.5f} nats/token (n = {k.n})")
-    other = (f"{spec.other}: {o.mean:+.4f} (n = {o.n}, at {other_axis} {o.level:+.4f})" if o.n else
-             f"{spec.other}: not measurable ({other_axis} never rose in some arm and seed)")
+            notes.append(
+                f"general_kl (KL from the start model, heal-independent) at matched domain gain "
+                f"{k.level:+.4f}, {alternative} − {advice}: {k.mean:+.5f} nats/token (n = {k.n})"
+            )
+    other = (
+        f"{spec.other}: {o.mean:+.4f} (n = {o.n}, at {other_axis} {o.level:+.4f})"
+        if o.n
+        else f"{spec.other}: not measurable ({other_axis} never rose in some arm and seed)"
+    )
     return Result(spec, m.per_seed, statistic, m.level, other, notes, delta=delta)
 
 
@@ -177,12 +229,14 @@ def _rslora(runs, ranks: tuple[str, ...], delta: float) -> Result:
 
     it = frontier.interaction(runs, "rank", pair, "rslora", ("off", "on"))
     on = {s: it.cells[(pair[1], "on")].per_seed[s] - it.cells[(pair[0], "on")].per_seed[s] for s in it.per_seed}
-    notes = [f"rank {pair[0]} vs {pair[1]}; best LR per cell and seed chosen on the other seeds: "
-             + "; ".join(f"{c.arm}: {', '.join(sorted({f'{lr:.2g}' for lr in c.lr.values()}))}"
-                         for c in it.cells.values())]
+    notes = [
+        f"rank {pair[0]} vs {pair[1]}; best LR per cell and seed chosen on the other seeds: "
+        + "; ".join(f"{c.arm}: {', '.join(sorted({f'{lr:.2g}' for lr in c.lr.values()}))}" for c in it.cells.values())
+    ]
     if it.at_edge:
-        notes.append(f"best LR at the edge of the grid for {len(it.at_edge)} (cell, seed) pairs: the best LR may lie "
-                     "outside it")
+        notes.append(
+            f"best LR at the edge of the grid for {len(it.at_edge)} (cell, seed) pairs: the best LR may lie outside it"
+        )
     other = f"{SPECS['rslora'].other}: {_mean(on):+.4f}"
     return Result(SPECS["rslora"], it.per_seed, statistic, None, other, notes, delta=delta)
 
@@ -193,13 +247,22 @@ def _dose(runs, ratios: list[str], delta: float) -> Result:
 
     d = frontier.dose_response(runs)
     span = math.log(max(map(float, ratios)) / min(map(float, ratios)))
-    notes = [f"matched at domain gain {d.level:+.4f} nats; the margin is min_effect over the ratios' span "
-             f"(ln {max(map(float, ratios)):g}/{min(map(float, ratios)):g} = {span:.2f})"]
+    notes = [
+        f"matched at domain gain {d.level:+.4f} nats; the margin is min_effect over the ratios' span "
+        f"(ln {max(map(float, ratios)):g}/{min(map(float, ratios)):g} = {span:.2f})"
+    ]
     if d.dropped:
         notes.append(f"seeds dropped: {list(d.dropped)}")
     other = f"{SPECS['embedding_lr_ratio'].other}: " + ", ".join(f"{r:g}: {v:+.4f}" for r, v in sorted(d.means.items()))
-    return Result(SPECS["embedding_lr_ratio"], d.slopes, statistic, d.level, other, notes,
-                  delta=delta / span if span > 0 else delta)
+    return Result(
+        SPECS["embedding_lr_ratio"],
+        d.slopes,
+        statistic,
+        d.level,
+        other,
+        notes,
+        delta=delta / span if span > 0 else delta,
+    )
 
 
 def _mean(values: dict) -> float:
@@ -229,13 +292,13 @@ def study_verdicts(study, min_effect: float, doc_results: Callable | None = None
     if docs is not None and "replay" in factors:
         names = (study.user_attrs.get("data_stats") or {}).get("general_names") or []
         doc_sets["replay"] = unreplayed_docs(*docs, [names.index(n) for n in design.get("replayed", []) if n in names])
-    results = judge(analyse(factors, runs, min_effect, kl_runs, unreplayed), *(docs or (None, None)),
-                    doc_sets=doc_sets)
+    results = judge(analyse(factors, runs, min_effect, kl_runs, unreplayed), *(docs or (None, None)), doc_sets=doc_sets)
     return StudyVerdicts(results, runs, partial, docs is not None)
 
 
-def unreplayed_docs(doc_runs: list[frontier.DocRun], base: frontier.Base,
-                    replayed: Sequence[int]) -> tuple[list[frontier.DocRun], frontier.Base]:
+def unreplayed_docs(
+    doc_runs: list[frontier.DocRun], base: frontier.Base, replayed: Sequence[int]
+) -> tuple[list[frontier.DocRun], frontier.Base]:
     """The per-document results with the general documents of the replayed corpora (indices into the general
     names) left out: the replay claim's bootstrap."""
     keep = ~np.isin(base.general_corpus, list(replayed))
@@ -244,12 +307,15 @@ def unreplayed_docs(doc_runs: list[frontier.DocRun], base: frontier.Base,
         tokens = np.asarray(docs.tokens)
         return frontier.Docs(np.asarray(docs.nll)[..., keep], tokens[..., keep])
 
-    return ([frontier.DocRun(d.levels, d.seed, d.lr, d.domain, part(d.general)) for d in doc_runs],
-            frontier.Base(base.domain, part(base.general), base.general_corpus[keep], base.domain_corpus))
+    return (
+        [frontier.DocRun(d.levels, d.seed, d.lr, d.domain, part(d.general)) for d in doc_runs],
+        frontier.Base(base.domain, part(base.general), base.general_corpus[keep], base.domain_corpus),
+    )
 
 
-def judge(results: list[Result], doc_runs=None, base=None, replicates: int = 200,
-          doc_sets: dict | None = None) -> list[Result]:
+def judge(
+    results: list[Result], doc_runs=None, base=None, replicates: int = 200, doc_sets: dict | None = None
+) -> list[Result]:
     """Verdicts over the family; with per-document results, each interval includes the document bootstrap
     (``doc_sets``: a claim's own (doc_runs, base), where it is judged on part of the documents)."""
     if doc_runs is not None:
@@ -268,5 +334,7 @@ def verdict_line(r: Result, conditions: str) -> str:
     iv = stats.t_interval(list(r.per_seed.values()), r.var_boot) if v.n >= 2 else None
     ci = f"[95% CI {iv.low:+.4f}, {iv.high:+.4f}]" if iv else "[no interval: n < 2]"
     ppl = f" ({stats.percent_perplexity(v.estimate):+.2f}% ppl)" if "ln(ratio)" not in r.spec.unit else ""
-    return (f"**{v.label}**: *{r.spec.claim}* — {r.spec.analysis}: {v.estimate:+.4f}{ppl} {ci}, n = {v.n} seeds; "
-            f"{r.other}. Conditions: {conditions}.")
+    return (
+        f"**{v.label}**: *{r.spec.claim}* — {r.spec.analysis}: {v.estimate:+.4f}{ppl} {ci}, n = {v.n} seeds; "
+        f"{r.other}. Conditions: {conditions}."
+    )

@@ -48,8 +48,14 @@ def is_baseline(trial) -> bool:
 
 def _done(study) -> list:
     """The complete, non-baseline trials with both objectives recorded."""
-    return [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and not is_baseline(t)
-            and "domain_loss" in t.user_attrs and "forgetting" in t.user_attrs]
+    return [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.state.name == "COMPLETE"
+        and not is_baseline(t)
+        and "domain_loss" in t.user_attrs
+        and "forgetting" in t.user_attrs
+    ]
 
 
 def _objectives(t) -> tuple[float, float]:
@@ -78,6 +84,7 @@ def candidates(study, max_forgetting: float | None) -> list:
 
 def _front(trials: list) -> list:
     """The trials no other trial dominates in (domain_loss, forgetting)."""
+
     def dominates(a, b) -> bool:
         (da, fa), (db, fb) = _objectives(a), _objectives(b)
         return da <= db and fa <= fb and (da, fa) != (db, fb)
@@ -93,15 +100,17 @@ def _ideal_distance(trials: list):
     def scale(v: float, lo: float, hi: float) -> float:
         return 0.0 if hi == lo else (v - lo) / (hi - lo)
 
-    return lambda t: math.hypot(scale(t.user_attrs["domain_loss"], min(d), max(d)),
-                                scale(t.user_attrs["forgetting"], min(f), max(f)))
+    return lambda t: math.hypot(
+        scale(t.user_attrs["domain_loss"], min(d), max(d)), scale(t.user_attrs["forgetting"], min(f), max(f))
+    )
 
 
 def new_seeds(study, cfg: Config, n: int) -> list[int]:
     """``n`` train.seed values the sweep did not use: the smallest non-negative integers other than the sweep's
     train.seed and any ``seed`` its trials record. Asking for more later extends the same list."""
-    used = {cfg.train.seed} | {t.user_attrs["seed"] for t in study.get_trials(deepcopy=False)
-                               if isinstance(t.user_attrs.get("seed"), int)}
+    used = {cfg.train.seed} | {
+        t.user_attrs["seed"] for t in study.get_trials(deepcopy=False) if isinstance(t.user_attrs.get("seed"), int)
+    }
     out, seed = [], 0
     while len(out) < n:
         if seed not in used:
@@ -194,25 +203,46 @@ def prepare(cfg: Config, sweep_study, top: int = DEFAULT_TOP, seeds: int = DEFAU
     existing = storage.load_if_exists(storage.make_storage(cfg.study.storage), ccfg.study.name)
     design = (existing.user_attrs.get("design") if existing is not None else None) or _design(cfg, sweep_study, top)
     if len(design["settings"]) != top and existing is not None:
-        log(f"[confirm] study {ccfg.study.name!r} confirms the {len(design['settings'])} settings it was started "
-            f"with (trials {', '.join(str(s['setting']) for s in design['settings'])}), not --top {top}")
+        log(
+            f"[confirm] study {ccfg.study.name!r} confirms the {len(design['settings'])} settings it was started "
+            f"with (trials {', '.join(str(s['setting']) for s in design['settings'])}), not --top {top}"
+        )
     seed_list = new_seeds(sweep_study, cfg, seeds)
     plan = ConfirmPlan(ccfg, design["settings"], seed_list)
     fp = sweep_study.user_attrs.get("fingerprints") or {}
-    return Job(ccfg, {"kind": "confirm", "design": design}, plan, {k: fp[k] for k in ("model", "data") if k in fp},
-               ["--confirm", "--top", str(top), "--seeds", str(seeds)])
+    return Job(
+        ccfg,
+        {"kind": "confirm", "design": design},
+        plan,
+        {k: fp[k] for k in ("model", "data") if k in fp},
+        ["--confirm", "--top", str(top), "--seeds", str(seeds)],
+    )
 
 
 def _design(cfg: Config, sweep_study, top: int) -> dict:
     chosen = candidates(sweep_study, cfg.study.max_forgetting)[:top]
     if not _done(sweep_study):
-        raise ConfigError([f"study {sweep_study.study_name!r} has no complete trial yet: run `cpt-harness sweep` "
-                           "first; nothing to confirm"], "confirm")
+        raise ConfigError(
+            [
+                f"study {sweep_study.study_name!r} has no complete trial yet: run `cpt-harness sweep` "
+                "first; nothing to confirm"
+            ],
+            "confirm",
+        )
     if not chosen:
-        raise ConfigError(["no setting met the budget: " + no_setting_text(sweep_study, cfg.study.max_forgetting)
-                           + "; nothing to confirm"], "confirm")
-    return {"source_study": sweep_study.study_name, "max_forgetting": cfg.study.max_forgetting,
-            "settings": [{"setting": t.number, "params": dict(t.params)} for t in chosen]}
+        raise ConfigError(
+            [
+                "no setting met the budget: "
+                + no_setting_text(sweep_study, cfg.study.max_forgetting)
+                + "; nothing to confirm"
+            ],
+            "confirm",
+        )
+    return {
+        "source_study": sweep_study.study_name,
+        "max_forgetting": cfg.study.max_forgetting,
+        "settings": [{"setting": t.number, "params": dict(t.params)} for t in chosen],
+    }
 
 
 def _check_protocol(cfg: Config, sweep_study) -> None:
@@ -228,7 +258,8 @@ def _check_protocol(cfg: Config, sweep_study) -> None:
         raise storage.StudyMismatch(
             f"study {sweep_study.study_name!r} was run with other settings than this config "
             f"({'; '.join(keys[:8]) or 'search_space fingerprint differs'}); a confirmation must train and evaluate "
-            "as its sweep did: give the sweep's own settings")
+            "as its sweep did: give the sweep's own settings"
+        )
 
 
 def begin(session, job: Job) -> None:
@@ -239,8 +270,9 @@ def begin(session, job: Job) -> None:
     mine = session.study.user_attrs.get("fingerprints") or {}
     changed = [k for k, v in job.sweep_fingerprints.items() if mine.get(k) not in (None, v)]
     if changed:
-        raise StudyMismatch(f"the confirmation's {', '.join(changed)} differ from its sweep's: confirm with the "
-                            "sweep's model and data")
+        raise StudyMismatch(
+            f"the confirmation's {', '.join(changed)} differ from its sweep's: confirm with the sweep's model and data"
+        )
     if len(job.plan.seeds) > len(session.study.user_attrs.get("seeds") or []):
         session.study.set_user_attr("seeds", job.plan.seeds)
 
@@ -324,22 +356,37 @@ def recommend(study, max_forgetting: float | None, confirm_study=None) -> Recomm
         if max_forgetting is not None:
             ok = [c for c in usable if c.mean("forgetting") <= max_forgetting]
             if not ok:
-                return Recommendation("none", "", no_setting=(
-                    f"no confirmed setting has mean forgetting ≤ {max_forgetting:g} over its seeds on the selection "
-                    "documents (" + ", ".join(f"trial {c.setting}: {c.mean('forgetting'):+.4f}" for c in usable)
-                    + ")"), **base)
+                return Recommendation(
+                    "none",
+                    "",
+                    no_setting=(
+                        f"no confirmed setting has mean forgetting ≤ {max_forgetting:g} over its seeds on the selection "
+                        "documents ("
+                        + ", ".join(f"trial {c.setting}: {c.mean('forgetting'):+.4f}" for c in usable)
+                        + ")"
+                    ),
+                    **base,
+                )
             pick = min(ok, key=lambda c: (c.mean("domain_loss"), c.setting))
-            how = (f"of the confirmed settings, the lowest mean domain loss with mean forgetting ≤ "
-                   f"{max_forgetting:g}, over seeds, on the selection documents")
+            how = (
+                f"of the confirmed settings, the lowest mean domain loss with mean forgetting ≤ "
+                f"{max_forgetting:g}, over seeds, on the selection documents"
+            )
         else:
             order = {t.number: i for i, t in enumerate(cands)}
             pick = min(usable, key=lambda c: (order.get(c.setting, len(order)), c.setting))
-            how = ("the knee of the Pareto front" if order.get(pick.setting) == 0 else
-                   "the confirmed setting nearest the knee of the Pareto front along it")
+            how = (
+                "the knee of the Pareto front"
+                if order.get(pick.setting) == 0
+                else "the confirmed setting nearest the knee of the Pareto front along it"
+            )
         return Recommendation("confirmed", how, by_number[pick.setting], pick, **base)
     top = cands[0]
-    how = (f"the lowest domain loss with forgetting ≤ {max_forgetting:g} on the selection documents"
-           if max_forgetting is not None else "the knee of the Pareto front, study.max_forgetting not set")
+    how = (
+        f"the lowest domain loss with forgetting ≤ {max_forgetting:g} on the selection documents"
+        if max_forgetting is not None
+        else "the knee of the Pareto front, study.max_forgetting not set"
+    )
     partial = next((c for c in settings if c.setting == top.number), None)
     return Recommendation("unconfirmed", how, top, partial, **base)
 
@@ -349,9 +396,11 @@ def no_setting_text(study, max_forgetting: float | None) -> str:
     if not done:
         return f"study {study.study_name!r} has no complete trial"
     least = min(done, key=lambda t: (t.user_attrs["forgetting"], t.number))
-    return (f"no trial of {study.study_name!r} has forgetting ≤ {max_forgetting:g} "
-            f"(study.max_forgetting) on the selection documents; the least was "
-            f"{least.user_attrs['forgetting']:+.4f} (trial {least.number}, {setting_text(least.params)})")
+    return (
+        f"no trial of {study.study_name!r} has forgetting ≤ {max_forgetting:g} "
+        f"(study.max_forgetting) on the selection documents; the least was "
+        f"{least.user_attrs['forgetting']:+.4f} (trial {least.number}, {setting_text(least.params)})"
+    )
 
 
 def setting_text(params: dict) -> str:
@@ -374,9 +423,13 @@ def summary_line(rec: Recommendation) -> str:
     if rec.status == "confirmed":
         c = rec.confirmed
         d, f = c.interval(f"{p}domain_loss"), c.interval(f"{p}forgetting")
-        return (f"recommendation: trial {rec.trial.number} ({setting_text(rec.trial.params)}), confirmed over "
-                f"{d.n} seeds on the {where}: domain loss {d.mean:.4f} [{d.low:.4f}, {d.high:.4f}], forgetting "
-                f"{f.mean:+.4f} [{f.low:+.4f}, {f.high:+.4f}] (95% CI)")
+        return (
+            f"recommendation: trial {rec.trial.number} ({setting_text(rec.trial.params)}), confirmed over "
+            f"{d.n} seeds on the {where}: domain loss {d.mean:.4f} [{d.low:.4f}, {d.high:.4f}], forgetting "
+            f"{f.mean:+.4f} [{f.low:+.4f}, {f.high:+.4f}] (95% CI)"
+        )
     a = rec.trial.user_attrs
-    return (f"recommendation: trial {rec.trial.number} ({setting_text(rec.trial.params)}), UNCONFIRMED (one run) "
-            f"on the {where}: domain loss {a[f'{p}domain_loss']:.4f}, forgetting {a[f'{p}forgetting']:+.4f}")
+    return (
+        f"recommendation: trial {rec.trial.number} ({setting_text(rec.trial.params)}), UNCONFIRMED (one run) "
+        f"on the {where}: domain loss {a[f'{p}domain_loss']:.4f}, forgetting {a[f'{p}forgetting']:+.4f}"
+    )

@@ -43,8 +43,10 @@ class Run:
     def __post_init__(self):
         gain, forgetting = np.asarray(self.gain, float), np.asarray(self.forgetting, float)
         if gain.shape != forgetting.shape or gain.ndim != 1 or gain[0] != 0 or forgetting[0] != 0:
-            raise ValueError(f"run {self.arm} seed {self.seed} lr {self.lr:g}: gain and forgetting must be "
-                             "equal-length trajectories starting at the base model's (0, 0)")
+            raise ValueError(
+                f"run {self.arm} seed {self.seed} lr {self.lr:g}: gain and forgetting must be "
+                "equal-length trajectories starting at the base model's (0, 0)"
+            )
         object.__setattr__(self, "gain", gain)
         object.__setattr__(self, "forgetting", forgetting)
 
@@ -139,8 +141,9 @@ class Matched:
         return statistics.fmean(self.per_seed.values()) if self.per_seed else math.nan
 
 
-def frontier_by_seed(runs: Sequence[Run], axis: str, factor: str, factor_levels: Sequence[str],
-                     level: float) -> tuple[dict[int, dict[str, float]], tuple[int, ...]]:
+def frontier_by_seed(
+    runs: Sequence[Run], axis: str, factor: str, factor_levels: Sequence[str], level: float
+) -> tuple[dict[int, dict[str, float]], tuple[int, ...]]:
     """Per seed, the frontier value of each of ``factor_levels`` at the match ``level``, averaged over the
     combinations of the other factors present. A seed is kept only when every (combination, level) cell has a
     run reaching the level; the others come back as dropped. A level ≤ 0 (some arm never moves along the axis,
@@ -161,8 +164,9 @@ def frontier_by_seed(runs: Sequence[Run], axis: str, factor: str, factor_levels:
     return kept, tuple(dropped)
 
 
-def matched_effect(runs: Sequence[Run], axis: str, factor: str, advice: str, alternative: str,
-                   level: float | None = None) -> Matched:
+def matched_effect(
+    runs: Sequence[Run], axis: str, factor: str, advice: str, alternative: str, level: float | None = None
+) -> Matched:
     """The factor's effect on the frontier: per seed, metric(alternative) − metric(advice) with the metric the
     other axis, each arm at its envelope over LRs at the matched level. ``level`` None: ``match_level`` over the
     runs of these two levels of the factor (pass one explicitly to share a level across comparisons)."""
@@ -217,25 +221,29 @@ class Interaction:
         return [(c.arm, s) for c in self.cells.values() for s in c.at_edge]
 
 
-def interaction(runs: Sequence[Run], a: str, a_levels: tuple[str, str], b: str,
-                b_levels: tuple[str, str]) -> Interaction:
+def interaction(
+    runs: Sequence[Run], a: str, a_levels: tuple[str, str], b: str, b_levels: tuple[str, str]
+) -> Interaction:
     """Per seed, (g[a1, b1] − g[a0, b1]) − (g[a1, b0] − g[a0, b0]), with g a cell's final gain at its
     leave-one-seed-out best LR; only seeds present in all four cells. Any other factor must be fixed.
 
     The rsLoRA claim: a = "rank" (low, high), b = "rslora" ("off", "on"): how much more raising the rank helps
     under α/√r than under α/r, each scale at its own best LR.
     """
-    cells = {(x, y): best_lr([r for r in runs if r.levels.get(a) == x and r.levels.get(b) == y])
-             for x in a_levels for y in b_levels}
+    cells = {
+        (x, y): best_lr([r for r in runs if r.levels.get(a) == x and r.levels.get(b) == y])
+        for x in a_levels
+        for y in b_levels
+    }
     (a0, a1), (b0, b1) = a_levels, b_levels
     g = {k: c.per_seed for k, c in cells.items()}
     seeds = sorted(set.intersection(*(set(v) for v in g.values())))
-    return Interaction({s: (g[(a1, b1)][s] - g[(a0, b1)][s]) - (g[(a1, b0)][s] - g[(a0, b0)][s]) for s in seeds},
-                       cells)
+    return Interaction({s: (g[(a1, b1)][s] - g[(a0, b1)][s]) - (g[(a1, b0)][s] - g[(a0, b0)][s]) for s in seeds}, cells)
 
 
-def interaction_at(runs: Sequence[Run], axis: str, level: float, a: str, a_levels: tuple[str, str], b: str,
-                   b_levels: tuple[str, str]) -> dict[int, float]:
+def interaction_at(
+    runs: Sequence[Run], axis: str, level: float, a: str, a_levels: tuple[str, str], b: str, b_levels: tuple[str, str]
+) -> dict[int, float]:
     """The 2 × 2 interaction on the frontier: per seed, (m[a1, b1] − m[a0, b1]) − (m[a1, b0] − m[a0, b0]) with
     m a cell's envelope over its LRs at the matched ``level`` (axis "forgetting": gain at matched forgetting).
     Only seeds where all four cells reach the level."""
@@ -267,8 +275,9 @@ class DoseResponse:
         return statistics.fmean(self.slopes.values()) if self.slopes else math.nan
 
 
-def dose_response(runs: Sequence[Run], factor: str = "embedding_lr_ratio", axis: str = "gain",
-                  level: float | None = None) -> DoseResponse:
+def dose_response(
+    runs: Sequence[Run], factor: str = "embedding_lr_ratio", axis: str = "gain", level: float | None = None
+) -> DoseResponse:
     """Forgetting at matched gain (axis "gain") for every level of a numeric factor, per seed, and its trend:
     per seed the least-squares slope against log(level), for a one-sample t-test over seeds. A positive slope:
     a larger ratio forgets more at the same gain. ``level`` None: ``match_level`` over all the ratios' runs."""
@@ -315,8 +324,10 @@ class DocRun:
     def __post_init__(self):
         shapes = np.shape(self.domain.nll), np.shape(self.general.nll)
         if len(shapes[0]) != 2 or len(shapes[1]) != 2 or shapes[0][0] != shapes[1][0]:
-            raise ValueError(f"trial seed {self.seed} lr {self.lr:g}: per-document NLL must be [n_checkpoints, n_docs] "
-                             f"for both corpora with the same checkpoints, got {shapes[0]} and {shapes[1]}")
+            raise ValueError(
+                f"trial seed {self.seed} lr {self.lr:g}: per-document NLL must be [n_checkpoints, n_docs] "
+                f"for both corpora with the same checkpoints, got {shapes[0]} and {shapes[1]}"
+            )
 
 
 @dataclass(frozen=True)
@@ -331,8 +342,10 @@ def _runs(doc_runs: Sequence[DocRun], base: Base, w_domain: np.ndarray, w_genera
     """The runs under each column of the document weights: B lists of runs, step 0 = (0, 0) prepended."""
     base_domain, base_general = base.domain.loss(w_domain), base.general.loss(w_general)  # [B]
     curves = [(base_domain - d.domain.loss(w_domain), d.general.loss(w_general) - base_general) for d in doc_runs]
-    return [[Run(d.levels, d.seed, d.lr, np.r_[0.0, g[:, b]], np.r_[0.0, f[:, b]])
-             for d, (g, f) in zip(doc_runs, curves)] for b in range(w_domain.shape[1])]
+    return [
+        [Run(d.levels, d.seed, d.lr, np.r_[0.0, g[:, b]], np.r_[0.0, f[:, b]]) for d, (g, f) in zip(doc_runs, curves)]
+        for b in range(w_domain.shape[1])
+    ]
 
 
 def runs_from_docs(doc_runs: Sequence[DocRun], base: Base) -> list[Run]:
@@ -355,8 +368,13 @@ def _draws(rng: np.random.Generator, n_docs: int, replicates: int, groups: np.nd
     return draws
 
 
-def bootstrap(doc_runs: Sequence[DocRun], base: Base, statistic: Callable[[list[Run]], float],
-              replicates: int = 200, seed: int = 0) -> np.ndarray:
+def bootstrap(
+    doc_runs: Sequence[DocRun],
+    base: Base,
+    statistic: Callable[[list[Run]], float],
+    replicates: int = 200,
+    seed: int = 0,
+) -> np.ndarray:
     """The statistic over bootstrap replicates of the eval documents.
 
     A replicate draws document indices with replacement once per corpus (each domain source and each general
@@ -371,8 +389,13 @@ def bootstrap(doc_runs: Sequence[DocRun], base: Base, statistic: Callable[[list[
     return np.array([statistic(runs) for runs in _runs(doc_runs, base, w_domain, w_general)])
 
 
-def bootstrap_var(doc_runs: Sequence[DocRun], base: Base, statistic: Callable[[list[Run]], float],
-                  replicates: int = 200, seed: int = 0) -> float:
+def bootstrap_var(
+    doc_runs: Sequence[DocRun],
+    base: Base,
+    statistic: Callable[[list[Run]], float],
+    replicates: int = 200,
+    seed: int = 0,
+) -> float:
     """The variance over replicates of the statistic (the mean effect): the ``var_extra`` of ``stats.Claim``.
     Replicates where the statistic is nan (no seed matched) are left out."""
     return float(np.nanvar(bootstrap(doc_runs, base, statistic, replicates, seed), ddof=1))

@@ -28,21 +28,27 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from cpt_harness.analysis import ablation
-from cpt_harness.analysis import claims
-from cpt_harness.analysis import frontier
-from cpt_harness.analysis import stats
+from cpt_harness.analysis import ablation, claims, frontier, stats
 
 LEVEL_DEPENDENT = "LEVEL-DEPENDENT"
 BAND = "simultaneous 95% band: Bonferroni over the levels (each level's t-interval at 1 − 0.05/L)"
-AXIS = {"gate_proj": "gain", "embeddings": "forgetting", "replay": "gain", "embedding_lr_ratio": "gain",
-        "rslora": "forgetting"}
+AXIS = {
+    "gate_proj": "gain",
+    "embeddings": "forgetting",
+    "replay": "gain",
+    "embedding_lr_ratio": "gain",
+    "rslora": "forgetting",
+}
 PAIRS = {"gate_proj": ("in", "out"), "embeddings": ("trained", "frozen"), "replay": ("on", "off")}
 RSLORA_SPEC = claims.Spec(
-    "rslora", "a high rank pays off under rsLoRA (alpha/sqrt(r)), not under alpha/r",
+    "rslora",
+    "a high rank pays off under rsLoRA (alpha/sqrt(r)), not under alpha/r",
     "interaction on the frontier: gain(high rank) − gain(low rank) under alpha/sqrt(r) minus the same under alpha/r, "
-    "domain gain at matched forgetting, each cell at its envelope over its own LRs", "domain gain (nats)", +1,
-    "the final-gain interaction at each cell's leave-one-seed-out best LR")
+    "domain gain at matched forgetting, each cell at its envelope over its own LRs",
+    "domain gain (nats)",
+    +1,
+    "the final-gain interaction at each cell's leave-one-seed-out best LR",
+)
 
 
 @dataclass
@@ -58,8 +64,15 @@ class LevelEffect:
 
     def as_json(self) -> dict:
         v = self.verdict
-        return {"fraction": self.fraction, "level": self.level, "estimate": v.estimate if v else math.nan,
-                "low": self.low, "high": self.high, "n": len(self.per_seed), "verdict": v.label if v else None}
+        return {
+            "fraction": self.fraction,
+            "level": self.level,
+            "estimate": v.estimate if v else math.nan,
+            "low": self.low,
+            "high": self.high,
+            "n": len(self.per_seed),
+            "verdict": v.label if v else None,
+        }
 
 
 @dataclass
@@ -83,8 +96,11 @@ class LevelResult:
     def verdict(self) -> stats.Verdict:
         """The top level's numbers under the whole band's label (what a table row shows)."""
         v = self.top.verdict
-        return replace(v, label=self.label) if v else stats.Verdict(self.label, 0, math.nan, math.nan,
-                                                                    (math.nan, math.nan), math.nan, math.nan)
+        return (
+            replace(v, label=self.label)
+            if v
+            else stats.Verdict(self.label, 0, math.nan, math.nan, (math.nan, math.nan), math.nan, math.nan)
+        )
 
     @property
     def per_seed(self) -> dict[int, float]:
@@ -122,8 +138,12 @@ def _done(study) -> tuple[dict[str, dict[float, set[int]]], list[tuple[str, floa
 def complete_seeds(design: dict, done: dict[str, dict[float, set[int]]]) -> tuple[list[int], list[int]]:
     """The seeds that ran every arm at every LR of that arm's grid (its LRs in any seed), and the others."""
     seeds = sorted({s for lrs in done.values() for ss in lrs.values() for s in ss})
-    ok = [s for s in seeds if all(s in ss for arm in design["arms"] for ss in done.get(arm, {}).values())
-          and all(arm in done for arm in design["arms"])]
+    ok = [
+        s
+        for s in seeds
+        if all(s in ss for arm in design["arms"] for ss in done.get(arm, {}).values())
+        and all(arm in done for arm in design["arms"])
+    ]
     return ok, [s for s in seeds if s not in ok]
 
 
@@ -159,6 +179,7 @@ def _statistic(factor: str, level: float, design: dict) -> Callable[[list[fronti
     def statistic(rs: list[frontier.Run]) -> float:  # rs: every arm's runs under one bootstrap draw
         values = list(_effect_at(factor, _claim_runs(rs, design, factor), level, design).values())
         return float(np.mean(values)) if values else math.nan
+
     return statistic
 
 
@@ -174,8 +195,13 @@ def _delta(factor: str, design: dict, min_effect: float) -> float:
     return min_effect / span if span > 0 else min_effect
 
 
-def analyse(design: dict, runs: Sequence[frontier.Run], fractions: Sequence[float], min_effect: float,
-            unreplayed: Sequence[frontier.Run] = ()) -> list[LevelResult]:
+def analyse(
+    design: dict,
+    runs: Sequence[frontier.Run],
+    fractions: Sequence[float],
+    min_effect: float,
+    unreplayed: Sequence[frontier.Run] = (),
+) -> list[LevelResult]:
     """Each claim's effect at every fraction of its common reach (no verdicts yet: ``judge``)."""
     out = []
     for factor in design["factors"]:
@@ -183,8 +209,15 @@ def analyse(design: dict, runs: Sequence[frontier.Run], fractions: Sequence[floa
             continue
         rs = _claim_runs(unreplayed if factor == "replay" else runs, design, factor)
         reach = frontier.match_level(rs, AXIS[factor]) if rs else math.nan
-        effects = [LevelEffect(f, f * reach, _effect_at(factor, rs, f * reach, design) if reach == reach else {},
-                               _statistic(factor, f * reach, design)) for f in sorted(fractions)]
+        effects = [
+            LevelEffect(
+                f,
+                f * reach,
+                _effect_at(factor, rs, f * reach, design) if reach == reach else {},
+                _statistic(factor, f * reach, design),
+            )
+            for f in sorted(fractions)
+        ]
         out.append(LevelResult(_spec(factor), AXIS[factor], reach, effects, _delta(factor, design, min_effect)))
     return out
 
@@ -200,8 +233,9 @@ def judge(results: list[LevelResult], docs: dict | None = None, replicates: int 
         for r, e in flat:
             if len(e.per_seed) >= 2:  # no effect, no variance to add
                 e.var_boot = frontier.bootstrap_var(*docs[r.spec.factor], e.statistic, replicates)
-    verdicts = stats.verdicts([stats.Claim(list(e.per_seed.values()), r.spec.direction, r.delta, e.var_boot)
-                               for r, e in flat])
+    verdicts = stats.verdicts(
+        [stats.Claim(list(e.per_seed.values()), r.spec.direction, r.delta, e.var_boot) for r, e in flat]
+    )
     for (r, e), v in zip(flat, verdicts):
         e.verdict = v
         iv = stats.t_interval(list(e.per_seed.values()), e.var_boot, 1 - stats.ALPHA / len(r.levels))
@@ -217,17 +251,25 @@ def band_verdict(r: LevelResult) -> tuple[str, str]:
     sign = [_band_sign(e) * r.spec.direction for e in r.levels]
     if not r.reach > 0 or not any(e.per_seed for e in r.levels):
         what = "domain gain" if r.axis == "gain" else "forgetting"
-        return stats.INCONCLUSIVE, (f"not measurable: {what} never rose in some arm and seed (common reach "
-                                    f"{r.reach:+.4f} nats), so no level matches anything but the base")
+        return stats.INCONCLUSIVE, (
+            f"not measurable: {what} never rose in some arm and seed (common reach "
+            f"{r.reach:+.4f} nats), so no level matches anything but the base"
+        )
     for label in (stats.SUPPORTED, stats.CONTRADICTED, stats.NEGLIGIBLE):
         if all(x == label for x in labels):
             return label, f"holds at every level tried: {_span(r, r.levels)}"
     if 1 in sign and -1 in sign:
         cross = _crossing(r)
-        return LEVEL_DEPENDENT, (f"the claimed sign at {_span(r, [e for e, s in zip(r.levels, sign) if s == 1])}, "
-                                 f"the opposite at {_span(r, [e for e, s in zip(r.levels, sign) if s == -1])}"
-                                 + (f"; the estimate crosses zero near {'domain gain' if r.axis == 'gain' else 'forgetting'}"
-                                    f" {cross:+.4f} nats" if cross is not None else ""))
+        return LEVEL_DEPENDENT, (
+            f"the claimed sign at {_span(r, [e for e, s in zip(r.levels, sign) if s == 1])}, "
+            f"the opposite at {_span(r, [e for e, s in zip(r.levels, sign) if s == -1])}"
+            + (
+                f"; the estimate crosses zero near {'domain gain' if r.axis == 'gain' else 'forgetting'}"
+                f" {cross:+.4f} nats"
+                if cross is not None
+                else ""
+            )
+        )
     return stats.INCONCLUSIVE, f"no verdict over the whole band; by level: {_ranges(r)}"
 
 
@@ -239,7 +281,7 @@ def _span(r: LevelResult, effects: Sequence[LevelEffect]) -> str:
     if not effects:
         return "no level"
     fr = f"{effects[0].fraction:g}" if len(effects) == 1 else f"{effects[0].fraction:g}–{effects[-1].fraction:g}"
-    nats = (f"{effects[0].level:+.4f}" if len(effects) == 1 else f"{effects[0].level:+.4f} to {effects[-1].level:+.4f}")
+    nats = f"{effects[0].level:+.4f}" if len(effects) == 1 else f"{effects[0].level:+.4f} to {effects[-1].level:+.4f}"
     return f"{fr} of the common reach, {'domain gain' if r.axis == 'gain' else 'forgetting'} {nats} nats"
 
 
@@ -266,8 +308,9 @@ def _crossing(r: LevelResult) -> float | None:
 # ------------------------------------------------------------------------------------------ the study
 
 
-def best_lr_interior(runs: Sequence[frontier.Run], design: dict, factor: str,
-                     grids: dict[str, list[float]]) -> tuple[float, list[str]]:
+def best_lr_interior(
+    runs: Sequence[frontier.Run], design: dict, factor: str, grids: dict[str, list[float]]
+) -> tuple[float, list[str]]:
     """The fraction of the claim's (arm, seed) pairs whose leave-one-seed-out best LR (highest final gain) lies
     strictly inside the arm's grid, diverged LRs counting as part of it (a diverged neighbour brackets); and a
     note per arm: its best LRs, the forgetting there, its diverged runs."""
@@ -284,22 +327,28 @@ def best_lr_interior(runs: Sequence[frontier.Run], design: dict, factor: str,
             inside += grid[0] < lr < grid[-1]
         at = {(r.seed, r.lr): r for r in rs}
         forgot = [float(at[(s, lr)].forgetting[-1]) for s, lr in best.lr.items() if (s, lr) in at]
-        notes.append(f"{name}: best LR {', '.join(sorted({f'{lr:.3g}' for lr in best.lr.values()}))} of grid "
-                     f"{', '.join(f'{x:.3g}' for x in grid)}"
-                     + (f", final forgetting there {np.mean(forgot):+.3f}" if forgot else ""))
+        notes.append(
+            f"{name}: best LR {', '.join(sorted({f'{lr:.3g}' for lr in best.lr.values()}))} of grid "
+            f"{', '.join(f'{x:.3g}' for x in grid)}"
+            + (f", final forgetting there {np.mean(forgot):+.3f}" if forgot else "")
+        )
     return (inside / pairs if pairs else math.nan), notes
 
 
-def study_verdicts(study, min_effect: float, fractions: Sequence[float],
-                   doc_results: Callable | None = None) -> SharedVerdicts:
+def study_verdicts(
+    study, min_effect: float, fractions: Sequence[float], doc_results: Callable | None = None
+) -> SharedVerdicts:
     """Every claim of a shared-arms study over its level grid: the one path the report and the terminal share.
     ``doc_results(partial)``: (per-document runs, base) for the bootstrap, or None."""
     design = study.user_attrs["design"]
     done, diverged = _done(study)
     seeds, partial = complete_seeds(design, done)
     runs = _usable(claims.runs_from_study(study), seeds, diverged)
-    unreplayed = (_usable(claims.runs_from_study(study, forgetting="general_loss_unreplayed"), seeds, diverged)
-                  if "replay" in design["factors"] else [])
+    unreplayed = (
+        _usable(claims.runs_from_study(study, forgetting="general_loss_unreplayed"), seeds, diverged)
+        if "replay" in design["factors"]
+        else []
+    )
     results = analyse(design, runs, fractions, min_effect, unreplayed)
     grids = {arm: sorted(lrs) for arm, lrs in done.items()}
     docs = doc_results(partial) if doc_results else None
@@ -309,18 +358,25 @@ def study_verdicts(study, min_effect: float, fractions: Sequence[float],
         doc_sets = {r.spec.factor: docs for r in results}
         if "replay" in design["factors"]:
             names = (study.user_attrs.get("data_stats") or {}).get("general_names") or []
-            doc_sets["replay"] = claims.unreplayed_docs(*docs, [names.index(n) for n in design.get("replayed", [])
-                                                               if n in names])
+            doc_sets["replay"] = claims.unreplayed_docs(
+                *docs, [names.index(n) for n in design.get("replayed", []) if n in names]
+            )
     judge(results, doc_sets)
     for r in results:
         r.best_lr_interior, notes = best_lr_interior(runs, design, r.spec.factor, grids)
         r.notes += notes
         if r.spec.factor == "rslora":
-            secondary = claims._rslora(_claim_runs(runs, design, "rslora"), tuple(design["factors"]["rank"]), min_effect)
-            r.other = (f"{RSLORA_SPEC.other}: {secondary.statistic(_claim_runs(runs, design, 'rslora')):+.4f} "
-                       f"(secondary; {secondary.notes[0]})")
-        r.notes.append(f"diverged runs among this claim's arms: "
-                       f"{sum(1 for arm, _, _ in diverged if _arm_in(arm, design, r.spec.factor))}")
+            secondary = claims._rslora(
+                _claim_runs(runs, design, "rslora"), tuple(design["factors"]["rank"]), min_effect
+            )
+            r.other = (
+                f"{RSLORA_SPEC.other}: {secondary.statistic(_claim_runs(runs, design, 'rslora')):+.4f} "
+                f"(secondary; {secondary.notes[0]})"
+            )
+        r.notes.append(
+            f"diverged runs among this claim's arms: "
+            f"{sum(1 for arm, _, _ in diverged if _arm_in(arm, design, r.spec.factor))}"
+        )
     return SharedVerdicts(results, runs, partial, sorted(diverged), docs is not None, grids)
 
 

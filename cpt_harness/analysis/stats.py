@@ -132,8 +132,9 @@ def verdicts(claims: Sequence[Claim], alpha: float = ALPHA) -> list[Verdict]:
     alone is thus two one-sided tests at alpha/2 each. NEGLIGIBLE (TOST at alpha) is not corrected.
     """
     tested = [i for i, c in enumerate(claims) if len(c.values) >= MIN_SEEDS]
-    adjusted = holm([one_sided_p(claims[i].values, d * claims[i].direction, claims[i].var_extra)
-                     for i in tested for d in (1, -1)])
+    adjusted = holm(
+        [one_sided_p(claims[i].values, d * claims[i].direction, claims[i].var_extra) for i in tested for d in (1, -1)]
+    )
     p = {i: (adjusted[2 * k], adjusted[2 * k + 1]) for k, i in enumerate(tested)}
     return [_decide(c, *p.get(i, (math.nan, math.nan)), alpha) for i, c in enumerate(claims)]
 

@@ -58,14 +58,16 @@ def type_text(tp: Any) -> str:
     if dataclasses.is_dataclass(tp):
         return "{" + ", ".join(f.name for f in dataclasses.fields(tp)) + "}"
     return {bool: "true/false", int: "integer", float: "number", str: "string", type(None): "null"}.get(
-        tp, getattr(tp, "__name__", str(tp)))
+        tp, getattr(tp, "__name__", str(tp))
+    )
 
 
 def _yaml(value: Any) -> str:
     if dataclasses.is_dataclass(value):
         value = dataclasses.asdict(value)
-    return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10**6).strip().removesuffix(
-        "...").strip()
+    return (
+        yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10**6).strip().removesuffix("...").strip()
+    )
 
 
 def select(key: str | None) -> list[Key]:
@@ -88,7 +90,6 @@ def text(chosen: list[Key], width: int = 100) -> str:
         if k.section:
             lines += ([""] if lines and "." not in k.key else []) + [f"{k.key}:  {k.help}"]
             continue
-        lines.append(f"  {k.key}  ({k.type}; " + (REQUIRED if k.default == REQUIRED else f"default {k.default}")
-                     + ")")
+        lines.append(f"  {k.key}  ({k.type}; " + (REQUIRED if k.default == REQUIRED else f"default {k.default}") + ")")
         lines += textwrap.wrap(k.help, width, initial_indent=" " * 6, subsequent_indent=" " * 6)
     return "\n".join(lines)

@@ -183,8 +183,9 @@ def _coerce(tp: Any, value: Any, key: str, problems: list[str]) -> Any:
         return value
     if origin is dict:
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-            problems.append(f"{key}: expected a mapping of names to values, e.g. {{n_startup_trials: 5}}; "
-                            f"got {value!r}")
+            problems.append(
+                f"{key}: expected a mapping of names to values, e.g. {{n_startup_trials: 5}}; got {value!r}"
+            )
         return value
     if origin is list:
         if not isinstance(value, list):
@@ -267,5 +268,7 @@ def text_problem(blob: bytes, complete: bool = True, line: int = 1, byte: int = 
         if undecodable > 0.1 and len(blob) >= 256:  # a few bad bytes in a short text are an encoding, not binary
             return f"is binary, not text ({undecodable:.0%} of its first {len(blob):,} bytes are not UTF-8)"
         at = line + blob.count(b"\n", 0, e.start)
-        return (f"is not UTF-8 (line {at}, byte {byte + e.start}: {blob[e.start:e.start + 4]!r}); re-encode it as "
-                "UTF-8, e.g. iconv -f latin1 -t utf-8 FILE > NEW")
+        return (
+            f"is not UTF-8 (line {at}, byte {byte + e.start}: {blob[e.start : e.start + 4]!r}); re-encode it as "
+            "UTF-8, e.g. iconv -f latin1 -t utf-8 FILE > NEW"
+        )

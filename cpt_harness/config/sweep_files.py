@@ -62,8 +62,13 @@ def init(name: str, source: str = DEFAULT, folder: Path = Path(".")) -> Path:
     if problems:
         raise ConfigError(problems, "init")
     text = packaged(source).read_text()
-    text = re.sub(r"^(study:\n(?:[ \t]*#.*\n)*[ \t]+name:[ \t]*)\S+", lambda m: m.group(1) + name, text,
-                  count=1, flags=re.MULTILINE)
+    text = re.sub(
+        r"^(study:\n(?:[ \t]*#.*\n)*[ \t]+name:[ \t]*)\S+",
+        lambda m: m.group(1) + name,
+        text,
+        count=1,
+        flags=re.MULTILINE,
+    )
     text = text.replace(f"sweeps/{source}.yaml", out.name)
     head = f"# Started from the packaged {source}.yaml by `cpt-harness init {name}` (cpt-harness {__version__}).\n"
     out.write_text(head + text)

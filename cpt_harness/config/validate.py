@@ -14,13 +14,19 @@ from cpt_harness import data as data_mod
 from cpt_harness.analysis import ablation  # light: none of these imports torch (search.study imports optuna)
 from cpt_harness.config import load
 from cpt_harness.config.names import safe_name_problems
-from cpt_harness.config.schema import (DEFAULT_TARGETS, EMBEDDING_LR_RATIO_RANGE, EMBEDDING_MODULES,
-                                       RSLORA_RANK_THRESHOLD, Config, FloatSearch)
+from cpt_harness.config.schema import (
+    DEFAULT_TARGETS,
+    EMBEDDING_LR_RATIO_RANGE,
+    EMBEDDING_MODULES,
+    RSLORA_RANK_THRESHOLD,
+    Config,
+    FloatSearch,
+)
 from cpt_harness.errors import ConfigError
 from cpt_harness.infra import urls
 from cpt_harness.model import resolve as models
-from cpt_harness.search import space as search_space
 from cpt_harness.search import samplers
+from cpt_harness.search import space as search_space
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
@@ -47,8 +53,10 @@ def check(cfg: Config, invalid: set[str] = frozenset()) -> list[str]:
         try:
             problems += rule(cfg)
         except Exception as e:  # noqa: BLE001 - never skipped: an odd value, or a bug in the check, is a problem to see
-            problems.append(f"{keys[0]}: could not be checked: its check raised {type(e).__name__}: {e} (if the "
-                            "value is right, this is a bug in cpt-harness: please report it)")
+            problems.append(
+                f"{keys[0]}: could not be checked: its check raised {type(e).__name__}: {e} (if the "
+                "value is right, this is a bug in cpt-harness: please report it)"
+            )
     return problems
 
 
@@ -81,8 +89,11 @@ LIMITS: list[tuple[str, Callable[[Any], bool], str]] = [
     ("train.eval_every", lambda v: v > 0, "must be > 0"),
     ("train.warmup_ratio", lambda v: 0 <= v < 1, "must be in [0, 1)"),
     ("train.eval_points", lambda v: v >= 1, "must be >= 1"),
-    ("train.eval_steps", lambda v: v is None or (len(v) > 0 and all(isinstance(s, int) and s >= 1 for s in v)),
-     "must be a non-empty list of steps >= 1, e.g. [10, 50, 200], or null"),
+    (
+        "train.eval_steps",
+        lambda v: v is None or (len(v) > 0 and all(isinstance(s, int) and s >= 1 for s in v)),
+        "must be a non-empty list of steps >= 1, e.g. [10, 50, 200], or null",
+    ),
     ("train.decay_fraction", lambda v: 0 < v <= 1, "must be in (0, 1]"),
     ("train.weight_decay", lambda v: v >= 0, "must be >= 0"),
     ("train.max_grad_norm", lambda v: v >= 0, "must be >= 0 (0: no clipping)"),
@@ -105,8 +116,11 @@ LIMITS: list[tuple[str, Callable[[Any], bool], str]] = [
     ("ablation.embedding_lr_ratio", lambda v: v > 0, "must be > 0"),
     ("ablation.min_effect", lambda v: v >= 0, "must be >= 0 (nats)"),
     ("ablation.max_learning_rates", lambda v: v >= 2, "must be >= 2"),
-    ("ablation.match_levels", lambda v: len(v) > 0 and all(0 < x <= 1 for x in v),
-     "must be a non-empty list of fractions in (0, 1], e.g. [0.25, 0.5, 0.75, 1.0]"),
+    (
+        "ablation.match_levels",
+        lambda v: len(v) > 0 and all(0 < x <= 1 for x in v),
+        "must be a non-empty list of fractions in (0, 1], e.g. [0.25, 0.5, 0.75, 1.0]",
+    ),
 ]
 
 
@@ -114,6 +128,7 @@ def _limit(key: str, holds: Callable[[Any], bool], what: str) -> Callable[[Confi
     def rule(cfg: Config) -> list[str]:
         value = _get(cfg, key)
         return [] if holds(value) else [f"{key}: {what}, got {value}"]
+
     return rule
 
 
@@ -124,8 +139,10 @@ def _rules() -> list[tuple[tuple[str, ...], Callable[[Config], list[str]]]]:
         (("train.eval_steps", "train.max_steps"), _check_eval_steps),
         (("study.objective", "study.max_forgetting", "study.pruner"), _check_objective),
         (("study.sampler", "study.sampler_options", "study.n_trials"), lambda c: samplers.sampler_problems(c)),
-        (("study.pruner", "study.pruner_options", "train.eval_every", "train.max_steps"),
-         lambda c: samplers.pruner_problems(c)),
+        (
+            ("study.pruner", "study.pruner_options", "train.eval_every", "train.max_steps"),
+            lambda c: samplers.pruner_problems(c),
+        ),
         (("study.enqueue", "search", "lora.train_embeddings"), search_space.enqueue_problems),
         (("parallel.gpus",), _check_gpus),
         (("search.rank.choices",), _check_ranks),
@@ -144,35 +161,48 @@ def _rules() -> list[tuple[tuple[str, ...], Callable[[Config], list[str]]]]:
         (("lora.init_adapter",), _check_init_adapter),
         (("data.replay", "search.replay_fraction", "data.general"), _check_replay),
         (("model.heal.steps", "model.heal.data", "data.general"), _check_heal),
-        (("ablation.factors", "ablation.learning_rates", "ablation.ratios", "ablation.rank", "ablation.high_rank"),
-         ablation.check),
+        (
+            ("ablation.factors", "ablation.learning_rates", "ablation.ratios", "ablation.rank", "ablation.high_rank"),
+            ablation.check,
+        ),
         (("study.storage",), lambda c: urls.check(c.study.storage)),
     ]
 
 
 def _check_weights_only_in_domain(cfg: Config) -> list[str]:
     general = cfg.data.general
-    keyed = ([("data.general", general)] if not isinstance(general, list) else
-             [(f"data.general[{i}]", g) for i, g in enumerate(general)])
+    keyed = (
+        [("data.general", general)]
+        if not isinstance(general, list)
+        else [(f"data.general[{i}]", g) for i, g in enumerate(general)]
+    )
     keyed += [("model.heal.data", cfg.model.heal.data)]
     if cfg.data.replay is not None:
         keyed.append(("data.replay.source", cfg.data.replay.source))
-    return [f"{key}.weight: a weight mixes the sources of a data.domain list; {src.path} here is not one (remove "
-            "the weight)" for key, src in keyed if src.weight is not None]
+    return [
+        f"{key}.weight: a weight mixes the sources of a data.domain list; {src.path} here is not one (remove "
+        "the weight)"
+        for key, src in keyed
+        if src.weight is not None
+    ]
 
 
 def _check_eval_steps(cfg: Config) -> list[str]:
     steps, n = cfg.train.eval_steps, cfg.train.max_steps
     late = [s for s in steps or [] if isinstance(s, int) and s > n]
-    return [f"train.eval_steps: {late} beyond train.max_steps ({n}); list steps up to it (max_steps is always "
-            "evaluated)"] if late else []
+    return (
+        [f"train.eval_steps: {late} beyond train.max_steps ({n}); list steps up to it (max_steps is always evaluated)"]
+        if late
+        else []
+    )
 
 
 def _check_grace_period(cfg: Config) -> list[str]:
     s = cfg.study
     if s.grace_period is not None and s.grace_period <= s.heartbeat_interval:
-        return [f"study.grace_period: must exceed study.heartbeat_interval ({s.heartbeat_interval}), "
-                f"got {s.grace_period}"]
+        return [
+            f"study.grace_period: must exceed study.heartbeat_interval ({s.heartbeat_interval}), got {s.grace_period}"
+        ]
     return []
 
 
@@ -180,12 +210,16 @@ def _check_objective(cfg: Config) -> list[str]:
     s = cfg.study
     problems = []
     if s.objective == "constrained" and s.max_forgetting is None:
-        problems.append("study.max_forgetting: objective: constrained minimizes domain loss subject to forgetting <= "
-                        "study.max_forgetting; set the budget in nats, e.g. 0.05")
+        problems.append(
+            "study.max_forgetting: objective: constrained minimizes domain loss subject to forgetting <= "
+            "study.max_forgetting; set the budget in nats, e.g. 0.05"
+        )
     if s.pruner != "none" and s.objective != "constrained":
-        problems.append(f"study.pruner: {s.pruner} needs objective: constrained (Optuna cannot prune a multi-objective "
-                        "study); with objective: pareto use none (trials over the forgetting budget are still pruned "
-                        "by study.prune_margin)")
+        problems.append(
+            f"study.pruner: {s.pruner} needs objective: constrained (Optuna cannot prune a multi-objective "
+            "study); with objective: pareto use none (trials over the forgetting budget are still pruned "
+            "by study.prune_margin)"
+        )
     return problems
 
 
@@ -257,8 +291,10 @@ def _check_output_dir(output_dir: str) -> list[str]:
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        return [f"study.output_dir: {existing} is a file, not a folder; point study.output_dir at a folder "
-                "(it is created if missing)"]
+        return [
+            f"study.output_dir: {existing} is a file, not a folder; point study.output_dir at a folder "
+            "(it is created if missing)"
+        ]
     if not os.access(existing, os.W_OK | os.X_OK):
         where = "" if existing == path else f" (its nearest existing parent {existing})"
         return [f"study.output_dir: {output_dir}{where} is not writable; choose a folder you can write to"]
@@ -272,15 +308,19 @@ def _check_init_adapter(cfg: Config) -> list[str]:
         return []
     config_file = Path(path).expanduser() / "adapter_config.json"
     if not config_file.is_file():
-        return [f"lora.init_adapter: {path} is not a saved adapter folder (no adapter_config.json); "
-                "give a trial's adapter/ folder, e.g. runs/<study>/trial-0003/adapter"]
+        return [
+            f"lora.init_adapter: {path} is not a saved adapter folder (no adapter_config.json); "
+            "give a trial's adapter/ folder, e.g. runs/<study>/trial-0003/adapter"
+        ]
     import json
 
     try:
         saved = json.loads(config_file.read_bytes())
     except (OSError, ValueError) as e:
-        return [f"lora.init_adapter: {config_file} is not readable JSON ({e}); give a trial's adapter/ folder as "
-                "saved by a sweep"]
+        return [
+            f"lora.init_adapter: {config_file} is not readable JSON ({e}); give a trial's adapter/ folder as "
+            "saved by a sweep"
+        ]
     if not isinstance(saved, dict):
         return [f"lora.init_adapter: {config_file} holds a JSON {type(saved).__name__}, not an adapter config"]
     r, alpha = saved.get("r"), saved.get("lora_alpha")
@@ -297,8 +337,10 @@ def _check_init_adapter(cfg: Config) -> list[str]:
         problems.append(f"lora.use_rslora: the adapter in lora.init_adapter has use_rslora={saved.get('use_rslora')}")
     trained = bool(set(saved.get("modules_to_save") or []) & set(EMBEDDING_MODULES))
     if trained != cfg.lora.train_embeddings:
-        problems.append(f"lora.train_embeddings: the adapter in lora.init_adapter {'trains' if trained else 'does not train'} "
-                        f"the embeddings; set {str(trained).lower()}")
+        problems.append(
+            f"lora.train_embeddings: the adapter in lora.init_adapter {'trains' if trained else 'does not train'} "
+            f"the embeddings; set {str(trained).lower()}"
+        )
     return problems
 
 
@@ -308,8 +350,10 @@ def _check_heal(cfg: Config) -> list[str]:
     if h.steps > 0:
         problems += data_mod.check_source(h.data, "model.heal.data")
         if any(h.data.path == g.path and h.data != g for g in cfg.data.general_sources()):
-            problems.append("model.heal.data: the same corpus as data.general but another text_field or split; "
-                            "to heal on its training documents, make both entries identical")
+            problems.append(
+                "model.heal.data: the same corpus as data.general but another text_field or split; "
+                "to heal on its training documents, make both entries identical"
+            )
     return problems
 
 
@@ -319,16 +363,19 @@ def _check_replay(cfg: Config) -> list[str]:
         if r is None:
             problems.append("search.replay_fraction: needs data.replay: {source: ...}, the general text to mix in")
         if not 0 <= rng.low <= rng.high < 1:
-            problems.append(f"search.replay_fraction: 0 <= low <= high < 1 must hold, but got (low={rng.low}, "
-                            f"high={rng.high})")
+            problems.append(
+                f"search.replay_fraction: 0 <= low <= high < 1 must hold, but got (low={rng.low}, high={rng.high})"
+            )
     if r is None:
         return problems
     if not 0 <= r.fraction < 1:
         problems.append(f"data.replay.fraction: must be in [0, 1), got {r.fraction}")
     problems += data_mod.check_source(r.source, "data.replay.source")
     if all(g == r.source for g in cfg.data.general_sources()):
-        problems.append("data.general: every corpus in it is data.replay.source; add one that is not replayed (e.g. "
-                        "builtin:sotu), so that forgetting is also measured on general text no trial trains on")
+        problems.append(
+            "data.general: every corpus in it is data.replay.source; add one that is not replayed (e.g. "
+            "builtin:sotu), so that forgetting is also measured on general text no trial trains on"
+        )
     return problems
 
 
@@ -338,11 +385,21 @@ def summary(cfg: Config) -> str:
     return (
         f"study {cfg.study.name!r}: {cfg.study.n_trials} trials ({cfg.study.objective}, {cfg.study.sampler}"
         + (f", pruner {cfg.study.pruner}" if cfg.study.pruner != "none" else "")
-        + (f", max forgetting {cfg.study.max_forgetting:g}" if cfg.study.max_forgetting is not None else "") + "), "
+        + (f", max forgetting {cfg.study.max_forgetting:g}" if cfg.study.max_forgetting is not None else "")
+        + "), "
         f"model {cfg.model.name}, backend {cfg.backend}, domain {' + '.join(d.path for d in cfg.data.domain_sources())}, general "
         f"{' + '.join(g.path for g in cfg.data.general_sources())}, ranks {s.rank.choices}, lr [{s.learning_rate.low:g}, {s.learning_rate.high:g}], "
         f"embedding ratio [{s.embedding_lr_ratio.low:g}, {s.embedding_lr_ratio.high:g}], "
-        + (f"replay {cfg.data.replay.source.path} at " + (f"[{s.replay_fraction.low:g}, {s.replay_fraction.high:g}]"
-           if s.replay_fraction else f"{cfg.data.replay.fraction:g}") + ", " if cfg.data.replay else "") +
-        f"{cfg.train.max_steps} steps x {cfg.train.batch_size * cfg.train.grad_accum} x {cfg.model.max_seq_length} tokens"
+        + (
+            f"replay {cfg.data.replay.source.path} at "
+            + (
+                f"[{s.replay_fraction.low:g}, {s.replay_fraction.high:g}]"
+                if s.replay_fraction
+                else f"{cfg.data.replay.fraction:g}"
+            )
+            + ", "
+            if cfg.data.replay
+            else ""
+        )
+        + f"{cfg.train.max_steps} steps x {cfg.train.batch_size * cfg.train.grad_accum} x {cfg.model.max_seq_length} tokens"
     )

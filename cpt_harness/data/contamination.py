@@ -42,12 +42,17 @@ _WORD, _ASCII_WORD = re.compile(r"\w+"), re.compile(rb"\w+")
 
 def _word_hash(word: str | bytes) -> int:
     """A word's 64-bit hash, from its UTF-8 bytes: a str and its bytes hash alike."""
-    return int.from_bytes(hashlib.blake2b(word.encode() if isinstance(word, str) else word, digest_size=8).digest(),
-                          "little")
+    return int.from_bytes(
+        hashlib.blake2b(word.encode() if isinstance(word, str) else word, digest_size=8).digest(), "little"
+    )
 
 
-def drop_contaminated(held_out: list[str], training: Iterable[str], n: int = CONTAMINATION_NGRAM,
-                      threshold: float = CONTAMINATION_THRESHOLD) -> tuple[list[str], int]:
+def drop_contaminated(
+    held_out: list[str],
+    training: Iterable[str],
+    n: int = CONTAMINATION_NGRAM,
+    threshold: float = CONTAMINATION_THRESHOLD,
+) -> tuple[list[str], int]:
     """The held-out documents that are not near-copies of training text, and how many were dropped. A document
     is dropped when at least ``threshold`` of its word n-grams occur verbatim in the training documents."""
     vocab: dict[str, int] = {}
@@ -77,8 +82,13 @@ def hits(wanted: np.ndarray, h: np.ndarray) -> np.ndarray:
     return at[wanted[at] == h]
 
 
-def not_contaminated(hashes: list[np.ndarray], wanted: np.ndarray, found: np.ndarray,
-                     threshold: float = CONTAMINATION_THRESHOLD, chunk: int = 1 << 22) -> np.ndarray:
+def not_contaminated(
+    hashes: list[np.ndarray],
+    wanted: np.ndarray,
+    found: np.ndarray,
+    threshold: float = CONTAMINATION_THRESHOLD,
+    chunk: int = 1 << 22,
+) -> np.ndarray:
     """Per held-out document: whether it stays (fewer than ``threshold`` of its n-grams were found in training)."""
     keep = np.ones(len(hashes), dtype=bool)
     start = 0

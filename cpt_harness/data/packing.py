@@ -38,8 +38,9 @@ def pack(docs: list[str], tokenizer, block_len: int, max_tokens: int | None = No
     return pack_documents(docs, tokenizer, block_len, max_tokens)[0]
 
 
-def pack_documents(docs: list[str], tokenizer, block_len: int,
-                   max_tokens: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def pack_documents(
+    docs: list[str], tokenizer, block_len: int, max_tokens: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """``pack``, and beside the blocks the index (in ``docs``) of the document every token belongs to; the
     separator after a document belongs to it. Both int32 [n_blocks, block_len]. The documents that made it
     into the blocks are 0..k-1, in order."""
@@ -57,8 +58,10 @@ def pack_documents(docs: list[str], tokenizer, block_len: int,
     if max_tokens is not None:
         n_blocks = min(n_blocks, max(1, max_tokens // block_len))
     n = n_blocks * block_len
-    return (np.asarray(ids[:n], dtype=np.int32).reshape(n_blocks, block_len),
-            np.asarray(owner[:n], dtype=np.int32).reshape(n_blocks, block_len))
+    return (
+        np.asarray(ids[:n], dtype=np.int32).reshape(n_blocks, block_len),
+        np.asarray(owner[:n], dtype=np.int32).reshape(n_blocks, block_len),
+    )
 
 
 _DONTNEED = getattr(mmap, "MADV_DONTNEED", None)  # Linux, macOS; elsewhere the pages stay mapped

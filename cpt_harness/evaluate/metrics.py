@@ -73,17 +73,26 @@ class EvalSplit:
         """The split at eval.test_fraction = ``fraction`` and data.seed = ``seed``; None at 0 (no split)."""
         if fraction <= 0:
             return None
-        return cls(test_documents(domain, fraction, seed, "data.domain"),
-                   test_documents(general, fraction, seed, "data.general"))
+        return cls(
+            test_documents(domain, fraction, seed, "data.domain"),
+            test_documents(general, fraction, seed, "data.general"),
+        )
 
     def describe(self, general_set: EvalSet) -> dict:
         """Stored on the study: how many documents each part holds, and which are test."""
-        per = {name: {"selection": int(np.sum(~self.general & (general_set.corpus == i))),
-                      "test": int(np.sum(self.general & (general_set.corpus == i)))}
-               for i, name in enumerate(general_set.names)}
-        return {"domain": {"selection": int(np.sum(~self.domain)), "test": int(np.sum(self.domain))},
-                "general": per, "domain_test_docs": np.flatnonzero(self.domain).tolist(),
-                "general_test_docs": np.flatnonzero(self.general).tolist()}
+        per = {
+            name: {
+                "selection": int(np.sum(~self.general & (general_set.corpus == i))),
+                "test": int(np.sum(self.general & (general_set.corpus == i))),
+            }
+            for i, name in enumerate(general_set.names)
+        }
+        return {
+            "domain": {"selection": int(np.sum(~self.domain)), "test": int(np.sum(self.domain))},
+            "general": per,
+            "domain_test_docs": np.flatnonzero(self.domain).tolist(),
+            "general_test_docs": np.flatnonzero(self.general).tolist(),
+        }
 
 
 def test_documents(eval_set: EvalSet, fraction: float, seed: int, key: str = "data") -> np.ndarray:
@@ -95,10 +104,12 @@ def test_documents(eval_set: EvalSet, fraction: float, seed: int, key: str = "da
         docs = np.flatnonzero(eval_set.corpus == c)
         if len(docs) < 2:
             where = key if len(eval_set.names) == 1 else f"{key} ({name})"
-            raise DataError(f"eval.test_fraction: the held-out text of {where} evaluated within eval.max_tokens holds "
-                            f"{len(docs)} document{'s' if len(docs) != 1 else ''}, too few to split into selection "
-                            "and test parts; raise eval.max_tokens or data.eval_fraction, or set eval.test_fraction: "
-                            "0 (trials chosen and reported on the same documents)")
+            raise DataError(
+                f"eval.test_fraction: the held-out text of {where} evaluated within eval.max_tokens holds "
+                f"{len(docs)} document{'s' if len(docs) != 1 else ''}, too few to split into selection "
+                "and test parts; raise eval.max_tokens or data.eval_fraction, or set eval.test_fraction: "
+                "0 (trials chosen and reported on the same documents)"
+            )
         order = np.argsort([_doc_hash(seed, name, i) for i in range(len(docs))], kind="stable")
         n_test = min(len(docs) - 1, max(1, round(fraction * len(docs))))
         test[docs[order[:n_test]]] = True
@@ -109,9 +120,14 @@ def _doc_hash(seed: int, corpus: str, index: int) -> int:
     return int.from_bytes(hashlib.blake2b(f"{seed}/{corpus}/{index}".encode(), digest_size=8).digest(), "little")
 
 
-def held_out_metrics(domain: DocLosses, general: DocLosses, general_set: EvalSet,
-                     split: EvalSplit | None, replayed: np.ndarray | None = None,
-                     domain_set: EvalSet | None = None) -> dict[str, float]:
+def held_out_metrics(
+    domain: DocLosses,
+    general: DocLosses,
+    general_set: EvalSet,
+    split: EvalSplit | None,
+    replayed: np.ndarray | None = None,
+    domain_set: EvalSet | None = None,
+) -> dict[str, float]:
     """One model's held-out metrics from its per-document sums: domain_loss, general_loss (every general corpus,
     token-weighted), general_loss/<name>, and general_kl where there is a start model. With a split these are the
     selection part's, and the test part's follow as test_domain_loss, test_general_loss, ...; forgetting is
@@ -126,16 +142,30 @@ def held_out_metrics(domain: DocLosses, general: DocLosses, general_set: EvalSet
         return _metrics(domain, general, corpus, names, replayed, dcorpus, dnames)
     sel, test = ~split.general, split.general
     dsel, dtest = ~split.domain, split.domain
-    selection = _metrics(domain.part(dsel), general.part(sel), corpus[sel], names, replayed,
-                         dcorpus[dsel] if several else None, dnames)
-    tested = _metrics(domain.part(dtest), general.part(test), corpus[test], names, replayed,
-                      dcorpus[dtest] if several else None, dnames)
+    selection = _metrics(
+        domain.part(dsel), general.part(sel), corpus[sel], names, replayed, dcorpus[dsel] if several else None, dnames
+    )
+    tested = _metrics(
+        domain.part(dtest),
+        general.part(test),
+        corpus[test],
+        names,
+        replayed,
+        dcorpus[dtest] if several else None,
+        dnames,
+    )
     return {**selection, **{f"test_{k}": v for k, v in tested.items()}}
 
 
-def _metrics(domain: DocLosses, general: DocLosses, corpus: np.ndarray, names: list[str],
-             replayed: np.ndarray | None = None, domain_corpus: np.ndarray | None = None,
-             domain_names: list[str] | None = None) -> dict[str, float]:
+def _metrics(
+    domain: DocLosses,
+    general: DocLosses,
+    corpus: np.ndarray,
+    names: list[str],
+    replayed: np.ndarray | None = None,
+    domain_corpus: np.ndarray | None = None,
+    domain_names: list[str] | None = None,
+) -> dict[str, float]:
     out = {"domain_loss": domain.loss, "general_loss": general.loss}
     if domain_corpus is not None:
         out.update({f"domain_loss/{name}": v for name, v in domain.corpus_losses(domain_corpus, domain_names).items()})
@@ -193,6 +223,7 @@ def head_vocab(model) -> int:
 
 # ---------------------------------------------------------------------------------------------- the head's input
 
+
 class _HeadInput(Exception):
     """Raised by a pre-hook on the output head to stop the forward pass once the head's input is known."""
 
@@ -220,8 +251,10 @@ def _head_inputs(model, x):
         return _FullLogits(model, x), _identity
     hidden = _capture(model, head, x)
     if hidden.shape[:2] != x.shape:
-        raise RuntimeError(f"the output head of {type(model).__name__} saw {tuple(hidden.shape[:2])} positions, "
-                           f"not the {tuple(x.shape)} of the input")
+        raise RuntimeError(
+            f"the output head of {type(model).__name__} saw {tuple(hidden.shape[:2])} positions, "
+            f"not the {tuple(x.shape)} of the input"
+        )
     return hidden[:, :-1].reshape(-1, hidden.shape[-1]), _fp32_head(head)
 
 
@@ -262,8 +295,11 @@ def _split_matches(model, head, x) -> bool:
     mine = head(_capture(model, head, x)).float()
     ok = mine.shape == logits.shape and bool((mine - logits).abs().max() <= 1e-2 * logits.abs().max() + 1e-3)
     if not ok:
-        print(f"[eval] {type(model).__name__}: logits are not the output head of its last hidden state (scaled or "
-              "capped?); evaluating from full logits, one block at a time", file=sys.stderr)
+        print(
+            f"[eval] {type(model).__name__}: logits are not the output head of its last hidden state (scaled or "
+            "capped?); evaluating from full logits, one block at a time",
+            file=sys.stderr,
+        )
     return ok
 
 
@@ -302,7 +338,9 @@ def with_forgetting(metrics: dict[str, float], base: dict[str, float]) -> dict[s
         out[f"{p}forgetting"] = metrics[f"{p}general_loss"] - base[f"{p}general_loss"]
         out[f"{p}domain_gain"] = base[f"{p}domain_loss"] - metrics[f"{p}domain_loss"]
         if f"{p}general_loss_unreplayed" in metrics and f"{p}general_loss_unreplayed" in base:
-            out[f"{p}forgetting_unreplayed"] = metrics[f"{p}general_loss_unreplayed"] - base[f"{p}general_loss_unreplayed"]
+            out[f"{p}forgetting_unreplayed"] = (
+                metrics[f"{p}general_loss_unreplayed"] - base[f"{p}general_loss_unreplayed"]
+            )
         for key, value in metrics.items():
             if key.startswith(f"{p}general_loss/") and key in base:
                 out[f"{p}forgetting/" + key.removeprefix(f"{p}general_loss/")] = value - base[key]

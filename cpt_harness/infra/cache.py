@@ -38,9 +38,11 @@ def locked(path: Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
     try:
         lock.acquire()
     except filelock.Timeout:
-        raise LockTimeout(f"waited {timeout:g} s for {path}: another cpt-harness process holds it (building this "
-                          "cache entry, or measuring the study's base losses) and has not let go; find it (e.g. "
-                          f"`fuser {path}`) and stop it, or wait for it") from None
+        raise LockTimeout(
+            f"waited {timeout:g} s for {path}: another cpt-harness process holds it (building this "
+            "cache entry, or measuring the study's base losses) and has not let go; find it (e.g. "
+            f"`fuser {path}`) and stop it, or wait for it"
+        ) from None
     try:
         yield
     finally:

@@ -11,8 +11,23 @@ import sys
 
 from cpt_harness import __version__
 
-PACKAGES = ("torch", "transformers", "peft", "datasets", "optuna", "wandb", "accelerate", "safetensors", "numpy",
-            "scipy", "unsloth", "unsloth_zoo", "trl", "bitsandbytes", "psycopg2-binary")
+PACKAGES = (
+    "torch",
+    "transformers",
+    "peft",
+    "datasets",
+    "optuna",
+    "wandb",
+    "accelerate",
+    "safetensors",
+    "numpy",
+    "scipy",
+    "unsloth",
+    "unsloth_zoo",
+    "trl",
+    "bitsandbytes",
+    "psycopg2-binary",
+)
 
 
 def version(package: str) -> str | None:
@@ -24,8 +39,12 @@ def version(package: str) -> str | None:
 
 def describe() -> dict:
     """Everything ``env`` prints, as data."""
-    out = {"cpt-harness": __version__, "python": platform.python_version(), "platform": platform.platform(),
-           "packages": {p: version(p) for p in PACKAGES}}
+    out = {
+        "cpt-harness": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": {p: version(p) for p in PACKAGES},
+    }
     out.update(_cuda())
     out["unsloth"] = _unsloth(out)
     return out
@@ -57,8 +76,12 @@ def _unsloth(info: dict) -> str:
 
 def text(info: dict | None = None) -> str:
     info = info or describe()
-    lines = [f"cpt-harness {info['cpt-harness']}", f"python {info['python']} ({sys.executable})",
-             f"platform {info['platform']}", "packages:"]
+    lines = [
+        f"cpt-harness {info['cpt-harness']}",
+        f"python {info['python']} ({sys.executable})",
+        f"platform {info['platform']}",
+        "packages:",
+    ]
     lines += [f"  {name:<16}{v or '-'}" for name, v in info["packages"].items()]
     lines.append(f"cuda: {info['cuda']}")
     lines += [f"  gpu {g}" for g in info["gpus"]]

@@ -26,8 +26,9 @@ class Tracker:
 
     run_id: str | None = None
 
-    def start(self, name: str, config: dict[str, Any], tags: list[str], job_type: str = "trial",
-              resume_id: str | None = None) -> None: ...
+    def start(
+        self, name: str, config: dict[str, Any], tags: list[str], job_type: str = "trial", resume_id: str | None = None
+    ) -> None: ...
 
     def log(self, metrics: dict[str, Any]) -> None: ...
 
@@ -60,17 +61,27 @@ class WandbTracker(Tracker):
         replays the folders of one run id in order of start time, resuming it: README, "Weights & Biases")."""
         self.dir.mkdir(parents=True, exist_ok=True)
         config = redact_tree(config)  # a storage URL's password never reaches W&B
-        kwargs = dict(project=self.cfg.project, entity=self.cfg.entity, group=self.group, job_type=job_type, name=name,
-                      config=config, tags=list(self.cfg.tags) + list(tags), dir=str(self.dir), mode=self.mode,
-                      settings=self._wandb.Settings(console="off", quiet=True, silent=True, x_disable_stats=True))
+        kwargs = dict(
+            project=self.cfg.project,
+            entity=self.cfg.entity,
+            group=self.group,
+            job_type=job_type,
+            name=name,
+            config=config,
+            tags=list(self.cfg.tags) + list(tags),
+            dir=str(self.dir),
+            mode=self.mode,
+            settings=self._wandb.Settings(console="off", quiet=True, silent=True, x_disable_stats=True),
+        )
         try:
             self.run = self._wandb.init(**kwargs, id=resume_id, resume="allow" if resume_id else None)
         except Exception as e:
             if resume_id is None:
                 raise
             # A W&B service still holding the dead worker's run ("run ID is in use"): a new run, linked by config.
-            self.run = self._wandb.init(**{**kwargs, "config": {**config, "resume_failed_for": resume_id,
-                                                                 "resume_error": str(e)[:200]}})
+            self.run = self._wandb.init(
+                **{**kwargs, "config": {**config, "resume_failed_for": resume_id, "resume_error": str(e)[:200]}}
+            )
         self.run_id = self.run.id
         define_metrics(self.run)
         self.run_dir = getattr(self.run, "dir", None)
@@ -130,8 +141,12 @@ def adapter_artifact(wandb, adapter_dir: Path, name: str, metadata: dict[str, An
     """A ``model`` artifact referencing every file of ``adapter_dir`` (file:// URIs with their MD5): logging it
     copies nothing, and an adapter deleted later (``study.keep_adapters: pareto``) is still recorded by its digest.
     The same folder gives the same digest, so logging it again (with more aliases) names the same version."""
-    art = wandb.Artifact(name, type="model", metadata=redact_tree(metadata),
-                         description=f"LoRA adapter of {metadata.get('study', '?')} trial {metadata.get('trial', '?')}")
+    art = wandb.Artifact(
+        name,
+        type="model",
+        metadata=redact_tree(metadata),
+        description=f"LoRA adapter of {metadata.get('study', '?')} trial {metadata.get('trial', '?')}",
+    )
     art.add_reference(Path(adapter_dir).resolve().as_uri(), name="adapter")
     return art
 

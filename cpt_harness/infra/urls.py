@@ -28,11 +28,22 @@ DRIVERS = {
     "mysql": ["MySQLdb", "pymysql", "mysql.connector"],
     "mariadb": ["MySQLdb", "pymysql", "mysql.connector"],
 }
-DRIVER_MODULES = {"psycopg2": "psycopg2", "psycopg": "psycopg", "pg8000": "pg8000", "asyncpg": "asyncpg",
-                  "mysqldb": "MySQLdb", "pymysql": "pymysql", "mysqlconnector": "mysql.connector",
-                  "pysqlite": "sqlite3"}
-INSTALL = {"psycopg2": "pip install 'cpt-harness[postgres]' (psycopg2-binary)", "psycopg": "pip install psycopg",
-           "MySQLdb": "pip install mysqlclient", "pymysql": "pip install pymysql"}
+DRIVER_MODULES = {
+    "psycopg2": "psycopg2",
+    "psycopg": "psycopg",
+    "pg8000": "pg8000",
+    "asyncpg": "asyncpg",
+    "mysqldb": "MySQLdb",
+    "pymysql": "pymysql",
+    "mysqlconnector": "mysql.connector",
+    "pysqlite": "sqlite3",
+}
+INSTALL = {
+    "psycopg2": "pip install 'cpt-harness[postgres]' (psycopg2-binary)",
+    "psycopg": "pip install psycopg",
+    "MySQLdb": "pip install mysqlclient",
+    "pymysql": "pip install pymysql",
+}
 
 _CREDENTIALS = re.compile(r"(?P<head>\b[a-zA-Z][\w+.-]*://[^:/@\s'\"]*:)(?P<password>[^@\s'\"]*)(?P<at>@)")
 _QUERY_PASSWORD = re.compile(r"(?P<head>[?&](?:password|passwd|pwd)=)(?P<password>[^&\s'\"]*)", re.IGNORECASE)
@@ -42,6 +53,7 @@ _ENV_REF = re.compile(r"\$\{(\w+)\}")
 def redact(text: str) -> str:
     """``text`` with every password in a URL (``user:PASSWORD@``, ``?password=...``) replaced by ``***``.
     A ``${NAME}`` reference is kept: it names a variable, it is not the secret."""
+
     def hide(m: re.Match) -> str:
         pw = m.group("password")
         keep = pw if _ENV_REF.fullmatch(pw) or not pw else "***"
@@ -70,8 +82,10 @@ def connect_url(storage: str) -> str:
     url = storage_url(storage)
     missing = [name for name in _ENV_REF.findall(url) if name not in os.environ]
     if missing:
-        raise StorageError(f"study.storage: {redact(url)} refers to ${{{missing[0]}}}, which is not set in the "
-                           f"environment; export {missing[0]}=... before running")
+        raise StorageError(
+            f"study.storage: {redact(url)} refers to ${{{missing[0]}}}, which is not set in the "
+            f"environment; export {missing[0]}=... before running"
+        )
     url = _ENV_REF.sub(lambda m: os.environ[m.group(1)], url)
     scheme, rest = url.split("://", 1)
     if scheme == "postgresql" and not _importable("psycopg") and _importable("psycopg2"):
@@ -95,18 +109,24 @@ def check(storage: str, key: str = "study.storage") -> list[str]:
     """What can be seen without connecting: the scheme is known, its driver installed, a SQLite file's folder
     usable and the file (if there) a study database. Creates nothing."""
     if not isinstance(storage, str) or not storage.strip():
-        return [f"{key}: must not be empty; give a SQLite file (runs/studies.db) or an SQLAlchemy URL "
-                "(postgresql://USER@HOST/DB)"]
+        return [
+            f"{key}: must not be empty; give a SQLite file (runs/studies.db) or an SQLAlchemy URL "
+            "(postgresql://USER@HOST/DB)"
+        ]
     url = storage_url(storage.strip())
     scheme = url.split("://", 1)[0].lower()
     dialect, _, driver = scheme.partition("+")
     if dialect not in DRIVERS:
-        return [f"{key}: unknown database {dialect!r} in {redact(url)}; use a SQLite file path, sqlite:///FILE, "
-                "postgresql://USER@HOST/DB or mysql://USER@HOST/DB"]
+        return [
+            f"{key}: unknown database {dialect!r} in {redact(url)}; use a SQLite file path, sqlite:///FILE, "
+            "postgresql://USER@HOST/DB or mysql://USER@HOST/DB"
+        ]
     modules = [DRIVER_MODULES.get(driver, driver)] if driver else DRIVERS[dialect]
     if not any(_importable(m) for m in modules):
-        return [f"{key}: {redact(url)} needs a database driver that is not installed ({' or '.join(modules)}); "
-                + INSTALL.get(modules[0], f"pip install {modules[0]}")]
+        return [
+            f"{key}: {redact(url)} needs a database driver that is not installed ({' or '.join(modules)}); "
+            + INSTALL.get(modules[0], f"pip install {modules[0]}")
+        ]
     path = sqlite_path(url)
     if dialect == "sqlite" and path is None:
         return [f"{key}: {redact(url)}: a SQLite URL is sqlite:///path/to/file.db (three slashes, then the path)"]
@@ -144,12 +164,17 @@ def not_a_study_database(path: Path) -> str | None:
     except sqlite3.DatabaseError as e:
         if "locked" in str(e):
             return None  # busy, not damaged: the storage itself waits for it
-        kind = "not a SQLite database (corrupt, or another kind of file)" if "not a database" in str(e) else \
-            f"a damaged SQLite database ({e})"
+        kind = (
+            "not a SQLite database (corrupt, or another kind of file)"
+            if "not a database" in str(e)
+            else f"a damaged SQLite database ({e})"
+        )
         return f"{path} is {kind}; give another path, or restore it from a copy"
     if damage != ["ok"]:
         return f"{path} is a damaged SQLite database ({damage[0]}); restore it from a copy or give another path"
     if tables and "studies" not in tables:
-        return (f"{path} is a SQLite database of something else (tables: {', '.join(sorted(tables)[:5])}); "
-                "studies are never written into it: give another path")
+        return (
+            f"{path} is a SQLite database of something else (tables: {', '.join(sorted(tables)[:5])}); "
+            "studies are never written into it: give another path"
+        )
     return None

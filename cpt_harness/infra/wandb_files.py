@@ -58,10 +58,17 @@ class OfflineRun:
 
 
 def _artifact(rec) -> dict:
-    return {"name": rec.name, "type": rec.type, "aliases": list(rec.aliases), "digest": rec.digest,
-            "metadata": json.loads(rec.metadata) if rec.metadata else {},
-            "manifest": [{"path": e.path, "ref": e.ref, "size": e.size, "digest": e.digest, "local_path": e.local_path}
-                         for e in rec.manifest.contents]}
+    return {
+        "name": rec.name,
+        "type": rec.type,
+        "aliases": list(rec.aliases),
+        "digest": rec.digest,
+        "metadata": json.loads(rec.metadata) if rec.metadata else {},
+        "manifest": [
+            {"path": e.path, "ref": e.ref, "size": e.size, "digest": e.digest, "local_path": e.local_path}
+            for e in rec.manifest.contents
+        ],
+    }
 
 
 def _metric(rec) -> dict:
@@ -105,8 +112,17 @@ def read_runs(wandb_dir: Path) -> list[OfflineRun]:
 
 
 # --brief: the final results only (the study database holds the curves and the audit)
-BRIEF = ("domain_loss", "general_loss", "general_kl", "forgetting", "train_loss", "tokens_per_s", "tokens_seen",
-         "train_time_s", "peak_memory_gb")
+BRIEF = (
+    "domain_loss",
+    "general_loss",
+    "general_kl",
+    "forgetting",
+    "train_loss",
+    "tokens_per_s",
+    "tokens_seen",
+    "train_time_s",
+    "peak_memory_gb",
+)
 
 
 def summaries(wandb_dir: Path, brief: bool = False) -> list[dict]:
@@ -114,15 +130,29 @@ def summaries(wandb_dir: Path, brief: bool = False) -> list[dict]:
     without the curve, and the summary's final results only (BRIEF and their per-corpus forms)."""
     out = []
     for run in read_runs(wandb_dir):
-        curve = [{k: v for k, v in row.items() if k == "tokens_seen" or k.startswith("eval/")}
-                 for row in run.history if any(k.startswith("eval/") for k in row)]
-        summary = {k: v for k, v in run.summary.items() if not k.startswith("_")
-                   and (not brief or k.split("/")[0] in BRIEF)}
-        out.append({"run": run.name, "group": run.group, "job_type": run.job_type, "tags": run.tags,
-                    "exit_code": run.exit_code, "optuna_params": run.config.get("optuna_params"),
-                    "arm": run.config.get("arm"), "seed": run.config.get("seed"),
-                    "summary": summary, **({} if brief else {"eval_curve": curve}),
-                    "artifacts": [{k: a[k] for k in ("name", "type", "aliases", "digest")} for a in run.artifacts]})
+        curve = [
+            {k: v for k, v in row.items() if k == "tokens_seen" or k.startswith("eval/")}
+            for row in run.history
+            if any(k.startswith("eval/") for k in row)
+        ]
+        summary = {
+            k: v for k, v in run.summary.items() if not k.startswith("_") and (not brief or k.split("/")[0] in BRIEF)
+        }
+        out.append(
+            {
+                "run": run.name,
+                "group": run.group,
+                "job_type": run.job_type,
+                "tags": run.tags,
+                "exit_code": run.exit_code,
+                "optuna_params": run.config.get("optuna_params"),
+                "arm": run.config.get("arm"),
+                "seed": run.config.get("seed"),
+                "summary": summary,
+                **({} if brief else {"eval_curve": curve}),
+                "artifacts": [{k: a[k] for k in ("name", "type", "aliases", "digest")} for a in run.artifacts],
+            }
+        )
     return out
 
 
@@ -131,7 +161,9 @@ if __name__ == "__main__":  # python -m cpt_harness.infra.wandb_files WANDB_DIR 
 
     args = [a for a in sys.argv[1:] if a != "--brief"]
     if len(args) != 1 or not Path(args[0]).is_dir():
-        sys.exit("usage: python -m cpt_harness.infra.wandb_files WANDB_DIR [--brief]  (a study's W&B folder, e.g. "
-                 "runs/<study>/wandb)")
+        sys.exit(
+            "usage: python -m cpt_harness.infra.wandb_files WANDB_DIR [--brief]  (a study's W&B folder, e.g. "
+            "runs/<study>/wandb)"
+        )
     brief = "--brief" in sys.argv
     print(json.dumps(summaries(Path(args[0]), brief), indent=None if brief else 1, default=str))

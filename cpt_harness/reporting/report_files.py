@@ -42,8 +42,6 @@ def write(study, cfg, out_dir: Path, sections=None) -> Path:
 # ------------------------------------------------------------------------------------------ sweeps
 
 
-
-
 # ------------------------------------------------------------------------------------------ ablations
 
 
@@ -63,13 +61,26 @@ def log_summary_run(study, cfg, out_dir: Path) -> None:
     rows = storage.trial_rows(study)
     columns = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("number", "state", "arm", "seed"), k))
     table = wandb.Table(columns=columns, data=[[_cell(r.get(c)) for c in columns] for r in rows])
-    run = wandb.init(project=cfg.tracking.wandb.project, entity=cfg.tracking.wandb.entity, group=study.study_name,
-                     job_type="summary", name=f"{study.study_name}-summary", mode=mode,
-                     id=tracking.summary_run_id(study.study_name), resume="allow",
-                     dir=os.environ.get("WANDB_DIR") or str(Path(cfg.study.output_dir) / study.study_name),
-                     config=urls.redact_tree({"study": study.study_name, "base": study.user_attrs.get("base"),
-                                              "design": study.user_attrs.get("design"), "objectives": tracking.GOALS}),
-                     settings=wandb.Settings(console="off", quiet=True, silent=True, x_disable_stats=True))
+    run = wandb.init(
+        project=cfg.tracking.wandb.project,
+        entity=cfg.tracking.wandb.entity,
+        group=study.study_name,
+        job_type="summary",
+        name=f"{study.study_name}-summary",
+        mode=mode,
+        id=tracking.summary_run_id(study.study_name),
+        resume="allow",
+        dir=os.environ.get("WANDB_DIR") or str(Path(cfg.study.output_dir) / study.study_name),
+        config=urls.redact_tree(
+            {
+                "study": study.study_name,
+                "base": study.user_attrs.get("base"),
+                "design": study.user_attrs.get("design"),
+                "objectives": tracking.GOALS,
+            }
+        ),
+        settings=wandb.Settings(console="off", quiet=True, silent=True, x_disable_stats=True),
+    )
     run.log({"trials": table, **{f"figures/{p.stem}": wandb.Image(str(p)) for p in sorted(out_dir.glob("*.png"))}})
     if cfg.tracking.wandb.log_adapters:
         for trial, aliases in adapter_aliases(study, cfg):
@@ -93,9 +104,15 @@ def adapter_aliases(study, cfg) -> list[tuple[Any, list[str]]]:
     confirmed = {c.setting for c in rec.settings if len(c.runs) >= 2}
     out = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        aliases = ([a for a, on in (("pareto", t.number in front),
-                                    ("chosen", rec.trial is not None and rec.trial.number == t.number),
-                                    ("confirmed", t.number in confirmed)) if on])
+        aliases = [
+            a
+            for a, on in (
+                ("pareto", t.number in front),
+                ("chosen", rec.trial is not None and rec.trial.number == t.number),
+                ("confirmed", t.number in confirmed),
+            )
+            if on
+        ]
         adapter = t.user_attrs.get("adapter_dir")
         if aliases and adapter and (Path(adapter) / "adapter_model.safetensors").is_file():
             out.append((t, aliases))
@@ -111,8 +128,11 @@ def _adapter_artifact(wandb, study, trial):
     config_file = adapter / TRIAL_CONFIG
     config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else None
     if not isinstance(config, dict):  # an adapter saved before trial configs were written
-        config = {"study": {"name": study.study_name}, "trial": {"number": trial.number, **trial.params},
-                  "model": {"name": (study.user_attrs.get("model_provenance") or {}).get("source", "?")}}
+        config = {
+            "study": {"name": study.study_name},
+            "trial": {"number": trial.number, **trial.params},
+            "model": {"name": (study.user_attrs.get("model_provenance") or {}).get("source", "?")},
+        }
     metadata = adapter_metadata(config, trial.user_attrs, study.user_attrs.get("model_provenance") or {})
     return tracking.adapter_artifact(wandb, adapter, tracking.artifact_name(study.study_name, trial.number), metadata)
 

@@ -47,17 +47,34 @@ def spec(cfg, groups: list[str], arms: bool = False) -> dict:
     coordinates, importances and the trials table."""
     group_by = {"groupby": "arm", "aggfunc": "mean", "rangefunc": "minmax"} if arms else {}
     curves = [{"type": "line", "title": f"{y} vs tokens seen", "x": "tokens_seen", "y": y, **group_by} for y in CURVES]
-    search = [{"type": "scatter", "title": "Pareto: domain loss vs forgetting", "x": "summary:forgetting",
-               "y": "summary:domain_loss"},
-              {"type": "parallel", "title": "rank, LR, embedding-LR ratio -> objectives",
-               "columns": [f"config:trial.{p}" for p in PARAMS] + [f"summary:{m}" for m in OBJECTIVES]}]
+    search = [
+        {
+            "type": "scatter",
+            "title": "Pareto: domain loss vs forgetting",
+            "x": "summary:forgetting",
+            "y": "summary:domain_loss",
+        },
+        {
+            "type": "parallel",
+            "title": "rank, LR, embedding-LR ratio -> objectives",
+            "columns": [f"config:trial.{p}" for p in PARAMS] + [f"summary:{m}" for m in OBJECTIVES],
+        },
+    ]
     search += [{"type": "importance", "with_respect_to": m} for m in OBJECTIVES]
-    return {"name": f"cpt-harness: {groups[0]}", "entity": entity(cfg), "project": cfg.tracking.wandb.project,
-            "x_axis": "tokens_seen", "filters": {"group": groups}, "groupby": ["arm"] if arms else [],
-            "order": "summary:domain_loss",
-            "sections": [{"name": "Curves vs tokens seen", "panels": curves},
-                         {"name": "Search: Pareto front, parameters, importances", "panels": search},
-                         {"name": "Trials table (cpt-harness report)", "panels": [{"type": "table", "table": "trials"}]}]}
+    return {
+        "name": f"cpt-harness: {groups[0]}",
+        "entity": entity(cfg),
+        "project": cfg.tracking.wandb.project,
+        "x_axis": "tokens_seen",
+        "filters": {"group": groups},
+        "groupby": ["arm"] if arms else [],
+        "order": "summary:domain_loss",
+        "sections": [
+            {"name": "Curves vs tokens seen", "panels": curves},
+            {"name": "Search: Pareto front, parameters, importances", "panels": search},
+            {"name": "Trials table (cpt-harness report)", "panels": [{"type": "table", "table": "trials"}]},
+        ],
+    }
 
 
 def _metric(wr, ref: str):
@@ -67,15 +84,26 @@ def _metric(wr, ref: str):
 
 def _panel(wr, p: dict):
     if p["type"] == "line":
-        group = dict(groupby=wr.Config(p["groupby"]), groupby_aggfunc=p["aggfunc"],
-                     groupby_rangefunc=p["rangefunc"]) if "groupby" in p else {}
+        group = (
+            dict(groupby=wr.Config(p["groupby"]), groupby_aggfunc=p["aggfunc"], groupby_rangefunc=p["rangefunc"])
+            if "groupby" in p
+            else {}
+        )
         return wr.LinePlot(title=p["title"], x=p["x"], y=[p["y"]], title_x="tokens seen", **group)
     if p["type"] == "scatter":
         return wr.ScatterPlot(title=p["title"], x=_metric(wr, p["x"]), y=_metric(wr, p["y"]))
     if p["type"] == "parallel":
-        return wr.ParallelCoordinatesPlot(title=p["title"], columns=[
-            wr.ParallelCoordinatesPlotColumn(metric=_metric(wr, c), display_name=c.split(":")[1].removeprefix("trial."),
-                                             log=c.endswith("learning_rate")) for c in p["columns"]])
+        return wr.ParallelCoordinatesPlot(
+            title=p["title"],
+            columns=[
+                wr.ParallelCoordinatesPlotColumn(
+                    metric=_metric(wr, c),
+                    display_name=c.split(":")[1].removeprefix("trial."),
+                    log=c.endswith("learning_rate"),
+                )
+                for c in p["columns"]
+            ],
+        )
     if p["type"] == "importance":
         return wr.ParameterImportancePlot(with_respect_to=p["with_respect_to"])
     return wr.WeavePanelSummaryTable(table_name=p["table"], layout=wr.Layout(w=24, h=12))
@@ -84,21 +112,33 @@ def _panel(wr, p: dict):
 def workspace(data: dict):
     """The ``wandb_workspaces`` Workspace of a spec (it validates every panel); ``.save()`` writes it to W&B."""
     ws, wr = _modules()
-    sections = [ws.Section(name=s["name"], panels=[_panel(wr, p) for p in s["panels"]], is_open=True,
-                           panel_settings=ws.SectionPanelSettings(x_axis=data["x_axis"])) for s in data["sections"]]
+    sections = [
+        ws.Section(
+            name=s["name"],
+            panels=[_panel(wr, p) for p in s["panels"]],
+            is_open=True,
+            panel_settings=ws.SectionPanelSettings(x_axis=data["x_axis"]),
+        )
+        for s in data["sections"]
+    ]
     return ws.Workspace(
-        name=data["name"], entity=data["entity"], project=data["project"], sections=sections,
+        name=data["name"],
+        entity=data["entity"],
+        project=data["project"],
+        sections=sections,
         settings=ws.WorkspaceSettings(x_axis=data["x_axis"], max_runs=100),
-        runset_settings=ws.RunsetSettings(filters=[ws.Metric("group").isin(data["filters"]["group"])],
-                                          groupby=[ws.Config(g) for g in data["groupby"]],
-                                          order=[ws.Ordering(ws.Summary(data["order"].split(":")[1]))]))
+        runset_settings=ws.RunsetSettings(
+            filters=[ws.Metric("group").isin(data["filters"]["group"])],
+            groupby=[ws.Config(g) for g in data["groupby"]],
+            order=[ws.Ordering(ws.Summary(data["order"].split(":")[1]))],
+        ),
+    )
 
 
 def study_groups(cfg) -> tuple[list[str], bool]:
     """The W&B groups to show (the sweep's, its confirmation's and its ablation's studies, those that exist), and
     whether curves are grouped by arm (only the ablation exists)."""
-    from cpt_harness.analysis import ablation
-    from cpt_harness.analysis import confirm
+    from cpt_harness.analysis import ablation, confirm
     from cpt_harness.search import study as storage
 
     names = [s.study_name for s in storage.make_storage(cfg.study.storage).get_all_studies()]
@@ -125,6 +165,8 @@ def save(data: dict, entity_name: str | None = None) -> str:
 
 if __name__ == "__main__":  # python -m cpt_harness.reporting.workspace SPEC [ENTITY]
     if len(sys.argv) not in (2, 3) or not Path(sys.argv[1]).is_file():
-        sys.exit("usage: python -m cpt_harness.reporting.workspace SPEC.json [ENTITY]  (a spec `cpt-harness dashboard --wandb` "
-                 "wrote offline; needs WANDB_API_KEY or `wandb login`)")
+        sys.exit(
+            "usage: python -m cpt_harness.reporting.workspace SPEC.json [ENTITY]  (a spec `cpt-harness dashboard --wandb` "
+            "wrote offline; needs WANDB_API_KEY or `wandb login`)"
+        )
     print(save(json.loads(Path(sys.argv[1]).read_text()), sys.argv[2] if len(sys.argv) == 3 else None))

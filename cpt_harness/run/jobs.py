@@ -39,18 +39,33 @@ class Spec:
     seeds: int = confirm.DEFAULT_SEEDS
 
     def as_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "config": self.config, "overrides": list(self.overrides),
-                "n_trials": self.n_trials, "top": self.top, "seeds": self.seeds}
+        return {
+            "kind": self.kind,
+            "config": self.config,
+            "overrides": list(self.overrides),
+            "n_trials": self.n_trials,
+            "top": self.top,
+            "seeds": self.seeds,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Spec:
-        return cls(d["kind"], d["config"], list(d.get("overrides") or []), d.get("n_trials"),
-                   d.get("top", confirm.DEFAULT_TOP), d.get("seeds", confirm.DEFAULT_SEEDS))
+        return cls(
+            d["kind"],
+            d["config"],
+            list(d.get("overrides") or []),
+            d.get("n_trials"),
+            d.get("top", confirm.DEFAULT_TOP),
+            d.get("seeds", confirm.DEFAULT_SEEDS),
+        )
 
     def worker_flags(self, target: int) -> list[str]:
         """`cpt-harness worker CONFIG` flags that rebuild this job (the overrides follow as --set)."""
-        kind = {"sweep": [], "ablation": ["--ablation"],
-                "confirm": ["--confirm", "--top", str(self.top), "--seeds", str(self.seeds)]}[self.kind]
+        kind = {
+            "sweep": [],
+            "ablation": ["--ablation"],
+            "confirm": ["--confirm", "--top", str(self.top), "--seeds", str(self.seeds)],
+        }[self.kind]
         return ["--n-trials", str(target), *kind]
 
 
@@ -81,8 +96,9 @@ def build(spec: Spec, cfg: Config | None = None, log=print) -> Job:
     """The job ``spec`` names (``cfg``: the sweep file already loaded with the spec's overrides)."""
     if cfg is None:  # a worker: the storage URL comes through the environment, never a command line or job file
         storage_url = os.environ.get(urls.ENV_STORAGE)
-        cfg = load_config(spec.config, [*spec.overrides, *([f"study.storage={json.dumps(storage_url)}"]
-                                                           if storage_url else [])])
+        cfg = load_config(
+            spec.config, [*spec.overrides, *([f"study.storage={json.dumps(storage_url)}"] if storage_url else [])]
+        )
     if spec.kind == "sweep":
         return Job(spec, cfg, cfg, spec.n_trials or cfg.study.n_trials)
     if spec.kind == "ablation":
@@ -91,8 +107,13 @@ def build(spec: Spec, cfg: Config | None = None, log=print) -> Job:
         return Job(spec, cfg, acfg, plan.target, abl.design(cfg), plan)
     sweep_study = storage.load_if_exists(storage.make_storage(cfg.study.storage), cfg.study.name)
     if sweep_study is None:
-        raise ConfigError([f"no study {cfg.study.name!r} in {urls.redact(cfg.study.storage)}; run "
-                           "`cpt-harness sweep` first: a confirmation re-runs a sweep's best settings"], "confirm")
+        raise ConfigError(
+            [
+                f"no study {cfg.study.name!r} in {urls.redact(cfg.study.storage)}; run "
+                "`cpt-harness sweep` first: a confirmation re-runs a sweep's best settings"
+            ],
+            "confirm",
+        )
     c = confirm.prepare(cfg, sweep_study, spec.top, spec.seeds, log)
     return Job(spec, cfg, c.cfg, c.plan.target, c.attrs, c.plan, c)
 

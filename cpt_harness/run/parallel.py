@@ -18,13 +18,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cpt_harness.config import Config, ConfigError
+from cpt_harness.infra import urls
 from cpt_harness.reporting import tables as report
 from cpt_harness.run import jobs, sweep
 from cpt_harness.run.jobs import Job
 from cpt_harness.search import study as storage
-from cpt_harness.infra import urls
 from cpt_harness.train.checkpointing import ENV_TRIALS_ON_GPU
-from cpt_harness.config import Config, ConfigError
 
 
 @dataclass
@@ -56,8 +56,10 @@ def run(job: Job, log=print) -> int:
     # of the training backend takes 30-45 s with Unsloth, so waiting for the parent's setup first delayed the
     # first trials by that much. What they share is built once (the cache's build locks; one process measures
     # the base losses under the study's lock while the others wait), and no trial starts before the base is known.
-    workers = [_start(scfg, config_path, overrides, target, label, gpu, i, log_dir, len(slots), extra)
-               for i, (label, gpu) in enumerate(slots)]
+    workers = [
+        _start(scfg, config_path, overrides, target, label, gpu, i, log_dir, len(slots), extra)
+        for i, (label, gpu) in enumerate(slots)
+    ]
     log(f"[parallel] {len(workers)} workers: {', '.join(w.label for w in workers)} (logs in {log_dir})")
     try:
         session = jobs.setup(job, log)  # errors surface here once, not per worker log
@@ -87,8 +89,10 @@ def run(job: Job, log=print) -> int:
         log(f"[parallel] {why}")
         return 0
     if complete < target:
-        log(f"[parallel] only {complete} of {target} trials complete; worker logs: "
-            + ", ".join(str(w.log) for w in bad or workers))
+        log(
+            f"[parallel] only {complete} of {target} trials complete; worker logs: "
+            + ", ".join(str(w.log) for w in bad or workers)
+        )
         return 1
     return 0
 
@@ -128,14 +132,29 @@ def _start(cfg, config_path, overrides, target, label, gpu, index, log_dir, n_wo
     threads = str(max(1, (os.cpu_count() or 1) // n_workers))
     env.setdefault("OMP_NUM_THREADS", threads)
     env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", threads)
-    cmd = [sys.executable, "-m", "cpt_harness", "worker", config_path, "--label", label, "--index", str(index),
-           *extra] + [x for o in overrides for x in ("--set", o)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cpt_harness",
+        "worker",
+        config_path,
+        "--label",
+        label,
+        "--index",
+        str(index),
+        *extra,
+    ] + [x for o in overrides for x in ("--set", o)]
     log_path = log_dir / (label.replace("/", "_") + ".log")
     fh = open(log_path, "a")
     # SIG_DFL: workers must take the Ctrl-C the parent forwards even if this process was started with SIGINT
     # ignored (nohup, a background job), which exec would otherwise pass on.
-    proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        cmd,
+        stdout=fh,
+        stderr=subprocess.STDOUT,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     return Worker(label, gpu, proc, log_path)
 
 
@@ -145,8 +164,12 @@ def _check_gpus(gpus: list[int]) -> None:
 
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if n == 0:
-        raise ConfigError(["parallel.gpus: no CUDA GPU is visible on this host (torch.cuda.is_available() is "
-                           "False); drop --gpus and use --workers N to run several trials on the CPU"])
+        raise ConfigError(
+            [
+                "parallel.gpus: no CUDA GPU is visible on this host (torch.cuda.is_available() is "
+                "False); drop --gpus and use --workers N to run several trials on the CPU"
+            ]
+        )
     for gpu in gpus:
         physical_gpu(gpu)
         if gpu >= n:
@@ -162,8 +185,12 @@ def physical_gpu(gpu: int, visible: str | None = None) -> str:
     if not ids:
         return str(gpu)
     if gpu >= len(ids):
-        raise ConfigError([f"parallel.gpus: GPU {gpu} is not visible to this process (CUDA_VISIBLE_DEVICES={visible} "
-                         f"shows {len(ids)}: use 0..{len(ids) - 1})"])
+        raise ConfigError(
+            [
+                f"parallel.gpus: GPU {gpu} is not visible to this process (CUDA_VISIBLE_DEVICES={visible} "
+                f"shows {len(ids)}: use 0..{len(ids) - 1})"
+            ]
+        )
     return ids[gpu]
 
 
@@ -188,9 +215,13 @@ def _status(study, target: int, workers: list[Worker], alive: int | None = None)
         device = str(t.user_attrs.get("worker", "?")).rsplit("/", 1)[0].split("/")[-1]
         by_device[device] = by_device.get(device, 0) + 1
     alive = sum(w.proc.poll() is None for w in workers) if alive is None else alive
-    line = (f"[parallel] {done}/{target} complete, {len(running)} running, {failed} failed"
-            + (f", {pruned} pruned" if pruned else "") + "; "
-            + " ".join(f"{d}: {n} running" for d, n in sorted(by_device.items())) + f"; {alive} workers alive")
+    line = (
+        f"[parallel] {done}/{target} complete, {len(running)} running, {failed} failed"
+        + (f", {pruned} pruned" if pruned else "")
+        + "; "
+        + " ".join(f"{d}: {n} running" for d, n in sorted(by_device.items()))
+        + f"; {alive} workers alive"
+    )
     if sys.stderr.isatty():
         print("\r\033[K" + line, end="", file=sys.stderr, flush=True)
     elif int(time.time()) % 30 < 2:
@@ -205,8 +236,11 @@ def _initial_per_gpu(cfg: Config, study) -> int:
 
 
 def _measured_peak(study) -> float | None:
-    peaks = [t.user_attrs["peak_memory_gb"] for t in study.get_trials(deepcopy=False)
-             if t.state.name == "COMPLETE" and "peak_memory_gb" in t.user_attrs]
+    peaks = [
+        t.user_attrs["peak_memory_gb"]
+        for t in study.get_trials(deepcopy=False)
+        if t.state.name == "COMPLETE" and "peak_memory_gb" in t.user_attrs
+    ]
     return max(peaks) if peaks else None
 
 
@@ -233,5 +267,7 @@ def _top_up(cfg, config_path, overrides, target, study, host, log_dir, workers, 
     log(f"\n[parallel] measured peak {peak:.1f} GiB per trial: {k} trials per GPU")
     slots = [(f"{host}/gpu{g}/{i}", g) for g in cfg.parallel.gpus for i in range(1, k)]
     n = len(workers) + len(slots)
-    return [_start(cfg, config_path, overrides, target, label, gpu, len(workers) + j, log_dir, n, flags)
-            for j, (label, gpu) in enumerate(slots)]
+    return [
+        _start(cfg, config_path, overrides, target, label, gpu, len(workers) + j, log_dir, n, flags)
+        for j, (label, gpu) in enumerate(slots)
+    ]

@@ -36,12 +36,12 @@ import subprocess
 import sys
 import time
 import traceback
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
+from cpt_harness.errors import ConfigError, HarnessError
 from cpt_harness.infra import urls
 from cpt_harness.train.checkpointing import ENV_TRIALS_ON_GPU
-from cpt_harness.errors import ConfigError, HarnessError, RunAborted, UserError
 
 ENV_POOL = "CPT_HARNESS_POOL"
 POLL_S = 0.3  # how often an idle worker looks for a job
@@ -120,9 +120,13 @@ def serve(gpus: list[int] | None, per_gpu: int, workers: int, backend: str, log=
     """`cpt-harness pool`: start the workers, keep them running (a dead one is restarted), until Ctrl-C/SIGTERM."""
     d = pool_dir()
     if (running := discover(d)) is not None:
-        raise ConfigError([f"a pool is already running in {d} (process {running.pid}, {len(running.slots)} workers); "
-                           "stop it first (`cpt-harness pool --stop`) or set $CPT_HARNESS_POOL to another folder"],
-                          "pool")
+        raise ConfigError(
+            [
+                f"a pool is already running in {d} (process {running.pid}, {len(running.slots)} workers); "
+                "stop it first (`cpt-harness pool --stop`) or set $CPT_HARNESS_POOL to another folder"
+            ],
+            "pool",
+        )
     if gpus:
         from cpt_harness.run.parallel import _check_gpus
 
@@ -130,21 +134,27 @@ def serve(gpus: list[int] | None, per_gpu: int, workers: int, backend: str, log=
     if per_gpu < 1 or workers < 1:
         raise ConfigError([f"--trials-per-gpu / --workers: must be >= 1, got {per_gpu if gpus else workers}"], "pool")
     host = socket.gethostname()
-    slots = ([{"label": f"{host}/gpu{g}/{k}", "gpu": g} for g in gpus for k in range(per_gpu)] if gpus else
-             [{"label": f"{host}/cpu/{i}", "gpu": None} for i in range(workers)])
+    slots = (
+        [{"label": f"{host}/gpu{g}/{k}", "gpu": g} for g in gpus for k in range(per_gpu)]
+        if gpus
+        else [{"label": f"{host}/cpu/{i}", "gpu": None} for i in range(workers)]
+    )
     (d / "workers").mkdir(parents=True, exist_ok=True)
     (d / "jobs").mkdir(parents=True, exist_ok=True)
     for stale in (d / "workers").glob("*.json"):
         stale.unlink()
     for stale in (d / "jobs").glob("*.json"):  # a dead pool's jobs: their commands saw it go and stopped
         stale.unlink()
-    _write_json(d / "pool.json", {"pid": os.getpid(), "host": host, "backend": backend, "slots": slots,
-                                  "started": time.time()})
+    _write_json(
+        d / "pool.json", {"pid": os.getpid(), "host": host, "backend": backend, "slots": slots, "started": time.time()}
+    )
     log_dir = d / "logs"
     log_dir.mkdir(exist_ok=True)
     procs = {i: _start_worker(d, s, i, len(slots), backend, log_dir, per_gpu) for i, s in enumerate(slots)}
-    log(f"[pool] {len(slots)} workers ({', '.join(s['label'] for s in slots)}), backend {backend}; folder {d}, logs "
-        f"in {log_dir}. `cpt-harness sweep|ablate|confirm` on this host now run on this pool. Ctrl-C stops it.")
+    log(
+        f"[pool] {len(slots)} workers ({', '.join(s['label'] for s in slots)}), backend {backend}; folder {d}, logs "
+        f"in {log_dir}. `cpt-harness sweep|ablate|confirm` on this host now run on this pool. Ctrl-C stops it."
+    )
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     restarts: dict[int, float] = {}
     try:
@@ -208,8 +218,9 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _start_worker(d: Path, slot: dict, index: int, n: int, backend: str, log_dir: Path,
-                  per_gpu: int = 1) -> subprocess.Popen:
+def _start_worker(
+    d: Path, slot: dict, index: int, n: int, backend: str, log_dir: Path, per_gpu: int = 1
+) -> subprocess.Popen:
     from cpt_harness.run.parallel import physical_gpu
 
     env = dict(os.environ, PYTHONUNBUFFERED="1", **{ENV_POOL: str(d)})
@@ -222,8 +233,13 @@ def _start_worker(d: Path, slot: dict, index: int, n: int, backend: str, log_dir
     env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", threads)
     cmd = [sys.executable, "-m", "cpt_harness.run.pool", str(d), slot["label"], str(index), backend]
     fh = open(log_dir / (_safe(slot["label"]) + ".log"), "a")
-    return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return subprocess.Popen(
+        cmd,
+        stdout=fh,
+        stderr=subprocess.STDOUT,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 # ------------------------------------------------------------------------------------------------ a worker
@@ -280,8 +296,9 @@ def worker_main(d: Path, label: str, index: int, backend: str) -> int:
                 # fails every later trial with "partially initialized module"): start afresh, same process id.
                 print(f"[pool] {label}: the interrupt landed in an import; restarting this worker", flush=True)
                 sys.stdout.flush()
-                os.execv(sys.executable, [sys.executable, "-m", "cpt_harness.run.pool", str(d), label, str(index),
-                                          backend])
+                os.execv(
+                    sys.executable, [sys.executable, "-m", "cpt_harness.run.pool", str(d), label, str(index), backend]
+                )
     except KeyboardInterrupt:  # the pool stopped it while it imported or wrote a file
         print(f"[pool] {label}: stopped", flush=True)
         return 0
@@ -291,9 +308,24 @@ def worker_main(d: Path, label: str, index: int, backend: str) -> int:
 
 # What a trial imports beyond the backend (measured: a PEFT trial in a fresh process loads these on its first trial).
 # Imported when the worker starts, so that the pool pays them once and a Ctrl-C on a job does not cut one short.
-WARM_IMPORTS = ("cpt_harness.cli", "cpt_harness.run.sweep", "cpt_harness.analysis.ablation", "cpt_harness.analysis.confirm",
-                "cpt_harness.train.loop", "cpt_harness.data", "cpt_harness.evaluate.evals", "cpt_harness.infra.tracking", "peft",
-                "datasets", "pandas", "pyarrow", "sqlalchemy", "alembic", "optuna.storages", "wandb")
+WARM_IMPORTS = (
+    "cpt_harness.cli",
+    "cpt_harness.run.sweep",
+    "cpt_harness.analysis.ablation",
+    "cpt_harness.analysis.confirm",
+    "cpt_harness.train.loop",
+    "cpt_harness.data",
+    "cpt_harness.evaluate.evals",
+    "cpt_harness.infra.tracking",
+    "peft",
+    "datasets",
+    "pandas",
+    "pyarrow",
+    "sqlalchemy",
+    "alembic",
+    "optuna.storages",
+    "wandb",
+)
 
 
 def _warm_imports() -> None:
@@ -351,147 +383,6 @@ def _run_job(job: dict, label: str, index: int) -> tuple[int, str | None]:
 
 
 # ------------------------------------------------------------------------------------------------ submitting
-
-
-def usable(pool: Pool | None, cfg, log=print) -> bool:
-    """Whether a command hands its study to ``pool``: one is running, and it trains with the config's backend."""
-    if pool is None:
-        return False
-    if cfg.backend not in ("auto", pool.backend):
-        log(f"[pool] not using the running pool: it trains with backend {pool.backend}, this config with "
-            f"{cfg.backend} (start a pool with `--backend {cfg.backend}`, or pass --no-pool)")
-        return False
-    if urls.redact(cfg.study.storage) != cfg.study.storage:  # a job file would hold the password: never written
-        log("[pool] not using the running pool: study.storage holds a password, which a job file would have to "
-            "hold; give it as ${NAME} in the URL, PGPASSWORD or ~/.pgpass to use the pool")
-        return False
-    return True
-
-
-def submit_command(pool: Pool, job, log=print) -> int:
-    """What `sweep`, `ablate` and `confirm` do with a pool running: ``job`` (a ``jobs.Job``) handed to its workers,
-    each of which rebuilds it from its spec."""
-    return submit(pool, job.cfg, job.spec, job.target, log=log)
-
-
-def submit(pool: Pool, scfg, spec, target: int, log=print, poll_s: float = 1.0) -> int:
-    """Hand the study to the pool and wait for it to be done, printing progress as a parallel sweep does; the exit
-    code as ``parallel.run``'s (2 when the workers found the input bad)."""
-    from cpt_harness.run import parallel
-    from cpt_harness.reporting import tables as report
-    from cpt_harness.search import study as storage
-    from cpt_harness.run import sweep
-    from cpt_harness.run.parallel import _report_finished
-
-    d = pool.dir
-    job_id = f"{time.time_ns():020d}-{os.getpid()}"
-    spec = replace(spec, config=str(Path(spec.config).resolve()))
-    job = {"id": job_id, "study": scfg.study.name, "cwd": os.getcwd(), "storage": scfg.study.storage,
-           "spec": spec.as_dict()}
-    path, left = d / "jobs" / f"{job_id}.json", d / "jobs" / f"{job_id}.left"
-    # Before the job is there: the study's tables exist when the workers open it (as parallel.run does), and the
-    # trials finished before this command are known, so that every one finished since is printed.
-    db = storage.storage_for(scfg)
-    study = storage.load_if_exists(db, scfg.study.name)
-    seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()} if study else set()
-    submitted = time.perf_counter()
-    _write_json(path, job, private=True)
-    log(f"[pool] study {scfg.study.name!r} handed to the pool ({len(pool.slots)} workers: "
-        f"{', '.join(pool.labels)}; logs in {d / 'logs'}); --workers/--gpus are the pool's")
-    first_said = False
-    last_alive = {label: time.time() for label in pool.labels}
-    try:
-        while True:
-            time.sleep(poll_s)
-            alive = _alive_workers(d)
-            last_alive.update({label: time.time() for label in alive})
-            if study is None:
-                study = storage.load_if_exists(db, scfg.study.name)
-            if study is not None:
-                if not first_said and (started := _first_start(study, submitted)) is not None:
-                    log(f"[pool] first trial started {started:.1f} s after this command handed the study over")
-                    first_said = True
-                seen = _report_finished(study, seen, log)
-                parallel._status(study, target, [], alive=len(alive))
-            gone = {p.stem for p in left.glob("*.json")}
-            # done when every worker has left the job; a slot dead for over a minute (its restart fails) does not count
-            if all(_safe(label) in gone or time.time() - last_alive[label] > DEAD_SLOT_S for label in pool.labels):
-                break
-            if discover(d) is None:
-                raise PoolGone(f"the pool in {d} stopped before study {scfg.study.name!r} was done; run the same "
-                               "command again to resume it (with or without a pool)")
-    except KeyboardInterrupt:
-        _withdraw(pool, job_id)
-        raise
-    finally:
-        path.unlink(missing_ok=True)
-    results = {label: _read_json(left / f"{_safe(label)}.json") or {} for label in pool.labels}
-    for f in left.glob("*.json"):
-        f.unlink()
-    left.rmdir()
-    if study is not None:
-        _report_finished(study, seen, log)
-    errors = {label: r for label, r in results.items() if r.get("rc")}
-    for label, r in errors.items():
-        log(f"[pool] {label}: exit {r['rc']}: {r.get('error')}")
-    if study is None or (len(errors) == len(results) and all(r.get("rc") == 2 for r in errors.values())):
-        first = next(iter(errors.values()), {})
-        reason = first.get("error") or "the pool's workers did not start the study"
-        if first.get("rc") == 2 or study is None and not errors:
-            raise JobRefused(reason)
-        raise RunAborted(reason)
-    log(report.table(study, study.user_attrs.get("base")))
-    complete = storage.count(study, _complete())
-    if spec.kind == "sweep" and (why := sweep.pruned_out(study, target)):
-        log(f"[pool] {why}")
-        return 0
-    if complete < target:
-        log(f"[pool] only {complete} of {target} trials complete; worker logs in {d / 'logs'}")
-        return 1
-    return 0
-
-
-def _complete():
-    from optuna.trial import TrialState
-
-    return TrialState.COMPLETE
-
-
-def _first_start(study, since_perf: float) -> float | None:
-    """Seconds from handing the study over to the first trial of this run starting (None: none yet)."""
-    import datetime
-
-    handed = datetime.datetime.now() - datetime.timedelta(seconds=time.perf_counter() - since_perf)
-    starts = [t.datetime_start for t in study.get_trials(deepcopy=False)
-              if t.datetime_start is not None and t.datetime_start >= handed]
-    return (min(starts) - handed).total_seconds() if starts else None
-
-
-def _alive_workers(d: Path) -> set[str]:
-    """The labels of the pool's workers whose process lives (importing, waiting or on a job)."""
-    out = set()
-    for status in (d / "workers").glob("*.json"):
-        info = _read_json(status)
-        if info and _alive(int(info.get("pid", 0))):
-            out.add(info["label"])
-    return out
-
-
-def _withdraw(pool: Pool, job_id: str) -> None:
-    """Ctrl-C: the job goes, and the workers on it are interrupted (their running trials end FAIL)."""
-    (pool.dir / "jobs" / f"{job_id}.json").unlink(missing_ok=True)
-    for status in (pool.dir / "workers").glob("*.json"):
-        info = _read_json(status)
-        if info and info.get("job") == job_id and _alive(int(info["pid"])):
-            os.kill(int(info["pid"]), signal.SIGINT)
-
-
-class PoolGone(RunAborted):
-    """The pool stopped while a command waited on it (exit 1)."""
-
-
-class JobRefused(UserError):
-    """Every pool worker refused the job as bad input (exit 2), with the first one's reason."""
 
 
 if __name__ == "__main__":

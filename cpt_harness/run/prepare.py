@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 from cpt_harness import data
-from cpt_harness.model import resolve as models
 from cpt_harness.config import Config
+from cpt_harness.model import resolve as models
 
 
 def run(cfg: Config, log=print) -> data.Corpora:
@@ -39,16 +39,30 @@ def run(cfg: Config, log=print) -> data.Corpora:
 def summary(corpora: data.Corpora, folder: Path, seconds: float | None) -> str:
     """Documents, tokens and blocks per split, the time the build took and the disk it holds."""
     s = corpora.stats
-    rows = [("domain train", s["domain_train"]), ("domain held-out", s["domain_eval"]),
-            *((f"general held-out: {name}", part) for name, part in s["general_corpora"].items())]
+    rows = [
+        ("domain train", s["domain_train"]),
+        ("domain held-out", s["domain_eval"]),
+        *((f"general held-out: {name}", part) for name, part in s["general_corpora"].items()),
+    ]
     width = max(len(name) for name, _ in rows)
-    lines = [f"{name:<{width}}  {part['documents']:>10,} documents  {part['tokens']:>13,} tokens  "
-             f"{part['blocks']:>10,} blocks" for name, part in rows]
+    lines = [
+        f"{name:<{width}}  {part['documents']:>10,} documents  {part['tokens']:>13,} tokens  "
+        f"{part['blocks']:>10,} blocks"
+        for name, part in rows
+    ]
     c = s["contamination"]
     disk = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
     how = "already cached" if seconds is None else f"built in {seconds:.1f} s"
-    return "\n".join([f"[prepare] data {corpora.fingerprint}: {how}; {disk / 2**20:,.1f} MiB in {folder}", *lines,
-                      f"(held-out domain documents dropped as near-copies of training text: {c['dropped']} of "
-                      + (f"{c['held_out_documents']}" if c.get("checked", c["held_out_documents"]) >= c["held_out_documents"]
-                         else f"the first {c['checked']} of {c['held_out_documents']}, as many as can fill eval.max_tokens")
-                      + "; held-out parts are packed up to eval.max_tokens each)"])
+    return "\n".join(
+        [
+            f"[prepare] data {corpora.fingerprint}: {how}; {disk / 2**20:,.1f} MiB in {folder}",
+            *lines,
+            f"(held-out domain documents dropped as near-copies of training text: {c['dropped']} of "
+            + (
+                f"{c['held_out_documents']}"
+                if c.get("checked", c["held_out_documents"]) >= c["held_out_documents"]
+                else f"the first {c['checked']} of {c['held_out_documents']}, as many as can fill eval.max_tokens"
+            )
+            + "; held-out parts are packed up to eval.max_tokens each)",
+        ]
+    )

@@ -19,15 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cpt_harness import data
-from cpt_harness.model import backends
+from cpt_harness.config import Config, ConfigError
+from cpt_harness.errors import SweepAborted
 from cpt_harness.evaluate import evals
+from cpt_harness.model import backends
 from cpt_harness.model import resolve as models
 from cpt_harness.reporting import tables as report
 from cpt_harness.search import space as search_space
 from cpt_harness.search import study as storage
 from cpt_harness.search import trials
-from cpt_harness.config import Config, ConfigError
-from cpt_harness.errors import SweepAborted
 
 
 @dataclass
@@ -66,18 +66,31 @@ def setup(cfg: Config, backend=None, log=print, worker: int = 0, study_attrs: di
     t = time.perf_counter()
     model_path, corpora = setup_inputs(cfg, backend)
     _refuse(backend.model_problems(cfg, model_path))
-    log(f"[setup] {backend.name} on {backend.device} (imported in {imported:.1f} s); model {model_path}; "
-        f"{corpora.describe()} ({time.perf_counter() - t:.0f} s)")
-    fingerprints = {"model": models.fingerprint(model_path), "data": corpora.fingerprint,
-                    "search_space": search_space.space_fingerprint(cfg, extra=study_attrs)}
+    log(
+        f"[setup] {backend.name} on {backend.device} (imported in {imported:.1f} s); model {model_path}; "
+        f"{corpora.describe()} ({time.perf_counter() - t:.0f} s)"
+    )
+    fingerprints = {
+        "model": models.fingerprint(model_path),
+        "data": corpora.fingerprint,
+        "search_space": search_space.space_fingerprint(cfg, extra=study_attrs),
+    }
     db = storage.storage_for(cfg)
-    study = storage.open_study(cfg, fingerprints, worker=worker, storage=db, provenance=models.provenance(model_path),
-                               inputs={"search_space": search_space.space_payload(cfg, extra=study_attrs)},
-                               accepted={"search_space": search_space.accepted_fingerprints(cfg, extra=study_attrs)})
+    study = storage.open_study(
+        cfg,
+        fingerprints,
+        worker=worker,
+        storage=db,
+        provenance=models.provenance(model_path),
+        inputs={"search_space": search_space.space_payload(cfg, extra=study_attrs)},
+        accepted={"search_space": search_space.accepted_fingerprints(cfg, extra=study_attrs)},
+    )
     if rebuilt := [r for r in study.user_attrs.get("rebuilt_heals", []) if r["model"] == fingerprints["model"]]:
-        log(f"[setup] the healed base was rebuilt on this machine (GPU training is not bitwise reproducible): its "
+        log(
+            f"[setup] the healed base was rebuilt on this machine (GPU training is not bitwise reproducible): its "
             f"general loss is within {rebuilt[0]['general_loss_delta']:.5f} nats of the study's "
-            f"(tolerance {storage.HEAL_TOLERANCE}); resuming")
+            f"(tolerance {storage.HEAL_TOLERANCE}); resuming"
+        )
     for key, value in (study_attrs or {}).items():
         if key not in study.user_attrs:
             study.set_user_attr(key, value)
@@ -106,8 +119,9 @@ def record_split(study, cfg: Config, corpora: data.Corpora) -> None:
     general = corpora.general_set()
     split = metrics.EvalSplit.of(corpora.domain_set(), general, cfg.eval.test_fraction, cfg.data.seed)
     if split is not None and "eval_split" not in study.user_attrs:
-        study.set_user_attr("eval_split", {"test_fraction": cfg.eval.test_fraction, "seed": cfg.data.seed,
-                                           **split.describe(general)})
+        study.set_user_attr(
+            "eval_split", {"test_fraction": cfg.eval.test_fraction, "seed": cfg.data.seed, **split.describe(general)}
+        )
 
 
 @contextlib.contextmanager
@@ -126,8 +140,9 @@ def _refuse(problems: list[str]) -> None:
         raise ConfigError(problems, "config (checked against this machine and model)")
 
 
-def measure_base(backend, model_path: str, cfg: Config, corpora: data.Corpora, log=print,
-                 evals_dir: Path | None = None) -> dict:
+def measure_base(
+    backend, model_path: str, cfg: Config, corpora: data.Corpora, log=print, evals_dir: Path | None = None
+) -> dict:
     """The base model's held-out losses (each general corpus's too; with eval.test_fraction, the selection part's
     under the usual names and the test part's as test_*); with ``evals_dir`` (the study folder), its
     per-document results are written there as base_evals.npz. A study calls it once (storage.ensure_base_losses)."""
@@ -142,12 +157,17 @@ def measure_base(backend, model_path: str, cfg: Config, corpora: data.Corpora, l
     general = metrics.doc_losses(model, general_set, b, device, backend.autocast)
     del model
     if evals_dir is not None:
-        evals.write(evals_dir / evals.BASE_FILE,
-                    evals.Evals.from_checkpoints([(0, 0, domain, general)], general_set.corpus, general_set.names,
-                                                 domain_set.corpus))
+        evals.write(
+            evals_dir / evals.BASE_FILE,
+            evals.Evals.from_checkpoints(
+                [(0, 0, domain, general)], general_set.corpus, general_set.names, domain_set.corpus
+            ),
+        )
     split = metrics.EvalSplit.of(domain_set, general_set, cfg.eval.test_fraction, cfg.data.seed)
     replayed = data.replayed_corpora(cfg.data) if cfg.data.replay is not None else None
-    return metrics.held_out_metrics(domain, general, general_set, split, replayed, domain_set)  # with a split: both parts
+    return metrics.held_out_metrics(
+        domain, general, general_set, split, replayed, domain_set
+    )  # with a split: both parts
 
 
 def run(cfg: Config, n_trials: int | None = None, log=print) -> Session:
@@ -187,8 +207,14 @@ class SweepPlan:
         return self.cfg
 
 
-def work(session: Session, target: int | None = None, log=print, label: str | None = None, poll_s: float = 2.0,
-         plan: trials.Plan | None = None) -> None:
+def work(
+    session: Session,
+    target: int | None = None,
+    log=print,
+    label: str | None = None,
+    poll_s: float = 2.0,
+    plan: trials.Plan | None = None,
+) -> None:
     """Claim and run trials until the plan is done (by default: the study holds ``target`` complete trials).
 
     The claim happens under the study's lock, so several workers never start more trials than are missing. A
@@ -198,8 +224,8 @@ def work(session: Session, target: int | None = None, log=print, label: str | No
     import optuna
     from optuna.trial import TrialState
 
-    from cpt_harness.search.objective import Objective, TrialContext
     from cpt_harness.infra.tracking import make_tracker
+    from cpt_harness.search.objective import Objective, TrialContext
 
     cfg, study = session.cfg, session.study
     plan = plan or SweepPlan(cfg, target or cfg.study.n_trials)
@@ -207,11 +233,24 @@ def work(session: Session, target: int | None = None, log=print, label: str | No
     label = label or f"{socket.gethostname()}"
     study_dir = Path(cfg.study.output_dir) / cfg.study.name
     tracker = make_tracker(cfg.tracking.wandb, cfg.study.name, study_dir)
-    ctx = TrialContext(cfg, session.backend, session.model_path, session.corpora, session.base, tracker, study_dir,
-                       progress=_progress_bar, worker=label, job_type=plan.job_type, config_for=plan.config_for)
+    ctx = TrialContext(
+        cfg,
+        session.backend,
+        session.model_path,
+        session.corpora,
+        session.base,
+        tracker,
+        study_dir,
+        progress=_progress_bar,
+        worker=label,
+        job_type=plan.job_type,
+        config_for=plan.config_for,
+    )
     objective = Objective(ctx)
-    log(f"[sweep] study {cfg.study.name!r}: {storage.count(study, TrialState.COMPLETE)} of {plan.target} "
-        "trials complete")
+    log(
+        f"[sweep] study {cfg.study.name!r}: {storage.count(study, TrialState.COMPLETE)} of {plan.target} "
+        "trials complete"
+    )
     failures, waiting_said, first = 0, False, True
     while True:
         asked = time.perf_counter()
@@ -219,8 +258,11 @@ def work(session: Session, target: int | None = None, log=print, label: str | No
         if first and worker and isinstance(trial, optuna.trial.Trial):
             # Where a worker's start-up goes (workers that start late cost a short sweep; benchmarks/RESULTS.md)
             age = process_age()
-            log(f"[sweep] {label}: first trial {trial.number} claimed" + (f" {age:.1f} s after this process started"
-                if age is not None else "") + f" (claim {time.perf_counter() - asked:.1f} s)")
+            log(
+                f"[sweep] {label}: first trial {trial.number} claimed"
+                + (f" {age:.1f} s after this process started" if age is not None else "")
+                + f" (claim {time.perf_counter() - asked:.1f} s)"
+            )
             first = False
         if trial is trials.DONE:
             if plan.job_type == "trial" and (why := pruned_out(study, plan.target)):
@@ -238,11 +280,15 @@ def work(session: Session, target: int | None = None, log=print, label: str | No
         log(report.trial_line(finished))
         if cfg.study.keep_adapters == "pareto" and plan.job_type == "trial":
             prune_adapters(study, study_dir)
-        if finished.state == TrialState.FAIL and not (plan.job_type == "ablation" and finished.user_attrs.get("diverged")):
+        if finished.state == TrialState.FAIL and not (
+            plan.job_type == "ablation" and finished.user_attrs.get("diverged")
+        ):
             failures += 1
             if failures >= cfg.study.max_failures:
-                raise SweepAborted(f"{failures} trials failed in this run (study.max_failures="
-                                   f"{cfg.study.max_failures}); see `cpt-harness report` for their reasons")
+                raise SweepAborted(
+                    f"{failures} trials failed in this run (study.max_failures="
+                    f"{cfg.study.max_failures}); see `cpt-harness report` for their reasons"
+                )
 
 
 def pruned_out(study, target: int) -> str | None:
@@ -253,9 +299,11 @@ def pruned_out(study, target: int) -> str | None:
     pruned = storage.count(study, TrialState.PRUNED)
     if complete >= target or complete + pruned < storage.PRUNED_CAP * target:
         return None
-    return (f"stopped with {complete} of {target} trials complete: {pruned} were pruned, and the study holds "
-            f"{storage.PRUNED_CAP} x {target} complete and pruned trials; loosen study.max_forgetting, "
-            "study.prune_margin or the pruner, or ask for more trials")
+    return (
+        f"stopped with {complete} of {target} trials complete: {pruned} were pruned, and the study holds "
+        f"{storage.PRUNED_CAP} x {target} complete and pruned trials; loosen study.max_forgetting, "
+        "study.prune_margin or the pruner, or ask for more trials"
+    )
 
 
 def process_age() -> float | None:
@@ -285,8 +333,15 @@ class _progress_bar:
     def __init__(self, number: int, total: int):
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total, desc=f"trial {number}", unit="step", leave=False, file=sys.stderr,
-                        dynamic_ncols=True, mininterval=1.0)
+        self.bar = tqdm(
+            total=total,
+            desc=f"trial {number}",
+            unit="step",
+            leave=False,
+            file=sys.stderr,
+            dynamic_ncols=True,
+            mininterval=1.0,
+        )
 
     def __call__(self, step: int, loss: float) -> None:
         self.bar.set_postfix(loss=f"{loss:.3f}", refresh=False)

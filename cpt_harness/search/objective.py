@@ -16,16 +16,16 @@ from typing import Any, Callable
 
 from optuna import TrialPruned
 
-from cpt_harness.train import checkpointing
-from cpt_harness.evaluate import evals
-from cpt_harness.search import pruning
-from cpt_harness.search import space as search_space
 from cpt_harness.config import Config
 from cpt_harness.data import Corpora
 from cpt_harness.errors import Diverged
+from cpt_harness.evaluate import evals
 from cpt_harness.evaluate.metrics import with_forgetting
 from cpt_harness.infra.tracking import artifact_name
 from cpt_harness.infra.urls import redact, redact_tree
+from cpt_harness.search import pruning
+from cpt_harness.search import space as search_space
+from cpt_harness.train import checkpointing
 
 
 @dataclass
@@ -91,23 +91,38 @@ class Objective:
         started = time.perf_counter()
         arm = trial.user_attrs.get("arm")
         # train.gradient_checkpointing: auto becomes true or false here, per trial, recorded on it and in W&B
-        cfg, choice = checkpointing.resolve(cfg, getattr(ctx.backend, "device", None), ctx.model_path,
-                                            getattr(trial, "study", None))
+        cfg, choice = checkpointing.resolve(
+            cfg, getattr(ctx.backend, "device", None), ctx.model_path, getattr(trial, "study", None)
+        )
         for key, value in choice.as_attrs().items():
             trial.set_user_attr(key, value)
         config = {**trial_config(ctx, cfg, trial, params), "gradient_checkpointing": choice.as_attrs()}
-        ctx.tracker.start(name=f"{cfg.study.name}-t{trial.number:03d}" + (f" {arm}" if arm else ""),
-                          config=config, tags=_tags(params, trial.user_attrs), resume_id=resume_id,
-                          job_type=ctx.job_type)
+        ctx.tracker.start(
+            name=f"{cfg.study.name}-t{trial.number:03d}" + (f" {arm}" if arm else ""),
+            config=config,
+            tags=_tags(params, trial.user_attrs),
+            resume_id=resume_id,
+            job_type=ctx.job_type,
+        )
         trial.set_user_attr("wandb_run_id", ctx.tracker.run_id)
         tracker_s = time.perf_counter() - started
         adapter_dir = trial_dir / "adapter" if cfg.study.keep_adapters != "none" else None
         progress = ctx.progress(trial.number, cfg.train.max_steps) if ctx.progress else None
         saver = self._saver(trial, cfg, params)
         try:
-            result = train.run_trial(ctx.backend, ctx.model_path, cfg, params, ctx.corpora, ctx.tracker, adapter_dir,
-                                     progress, checkpoint=pruning.Checkpoint(trial, cfg, ctx.base), base=ctx.base,
-                                     saver=saver)
+            result = train.run_trial(
+                ctx.backend,
+                ctx.model_path,
+                cfg,
+                params,
+                ctx.corpora,
+                ctx.tracker,
+                adapter_dir,
+                progress,
+                checkpoint=pruning.Checkpoint(trial, cfg, ctx.base),
+                base=ctx.base,
+                saver=saver,
+            )
         finally:
             if progress is not None:
                 progress.close()
@@ -119,15 +134,26 @@ class Objective:
         if result.evals is not None:  # per-document arrays go to a file; the database holds its path
             trial.set_user_attr("evals_file", evals.write_trial(ctx.study_dir, trial.number, result.evals))
         started = time.perf_counter()
-        pruned = {} if result.stopped is None else {"prune_reason": result.stopped,
-                                                    "pruned_step": result.curve[-1]["step"]}
-        ctx.tracker.summary({**metrics, **params.as_dict(), "rule_violations": ", ".join(params.rule_violations),
-                             **pruned, "state": "PRUNED" if pruned else "COMPLETE"})
+        pruned = (
+            {} if result.stopped is None else {"prune_reason": result.stopped, "pruned_step": result.curve[-1]["step"]}
+        )
+        ctx.tracker.summary(
+            {
+                **metrics,
+                **params.as_dict(),
+                "rule_violations": ", ".join(params.rule_violations),
+                **pruned,
+                "state": "PRUNED" if pruned else "COMPLETE",
+            }
+        )
         if result.adapter_dir is not None:
             adapter = Path(result.adapter_dir)
             write_trial_config(adapter, config)
-            ctx.tracker.log_adapter(adapter, artifact_name(cfg.study.name, trial.number),
-                                    adapter_metadata(config, metrics, _provenance(ctx.model_path)))
+            ctx.tracker.log_adapter(
+                adapter,
+                artifact_name(cfg.study.name, trial.number),
+                adapter_metadata(config, metrics, _provenance(ctx.model_path)),
+            )
         ctx.tracker.finish()
         result.timings["log"] = result.timings.get("log", 0.0) + tracker_s + time.perf_counter() - started
         for key, value in metrics.items():
@@ -145,7 +171,6 @@ class Objective:
             raise TrialPruned(result.stopped)
         return pruning.objective_values(cfg, metrics)
 
-
     def _saver(self, trial, cfg: Config, params):
         """train.checkpoint_every: where the trial's training state is saved, the folder of the first trial of its
         retry chain (a retry after a dead worker resumes what that worker saved). A trial that is no retry
@@ -156,10 +181,15 @@ class Objective:
             return None
         retry_of = trial.user_attrs.get("retry_of")
         chain = trial.number if retry_of is None else retry_of
-        identity = {"params": params.as_dict(), "protocol": search_space.space_payload(cfg),
-                    "data": self.ctx.corpora.fingerprint, "model": self.ctx.model_path}
-        saver = resume.Saver(self.ctx.study_dir / f"trial-{chain:04d}" / resume.FOLDER, cfg.train.checkpoint_every,
-                             identity)
+        identity = {
+            "params": params.as_dict(),
+            "protocol": search_space.space_payload(cfg),
+            "data": self.ctx.corpora.fingerprint,
+            "model": self.ctx.model_path,
+        }
+        saver = resume.Saver(
+            self.ctx.study_dir / f"trial-{chain:04d}" / resume.FOLDER, cfg.train.checkpoint_every, identity
+        )
         if retry_of is None:
             saver.clear()
         return saver
@@ -170,9 +200,15 @@ def trial_config(ctx: TrialContext, cfg: Config, trial, params) -> dict[str, Any
     return {
         **cfg.to_dict(),
         "trial": {"number": trial.number, **params.as_dict()},
-        **({"arm": attrs["arm"], "seed": attrs.get("seed"),
-            "levels": {k.removeprefix("level:"): v for k, v in attrs.items() if k.startswith("level:")}}
-           if "arm" in attrs else {}),
+        **(
+            {
+                "arm": attrs["arm"],
+                "seed": attrs.get("seed"),
+                "levels": {k.removeprefix("level:"): v for k, v in attrs.items() if k.startswith("level:")},
+            }
+            if "arm" in attrs
+            else {}
+        ),
         "optuna_params": dict(trial.params),
         **({"baseline": attrs["baseline"]} if "baseline" in attrs else {}),
         "base": ctx.base,
@@ -189,8 +225,10 @@ def write_trial_config(adapter_dir: Path, config: dict[str, Any]) -> Path:
     import yaml
 
     path = adapter_dir / TRIAL_CONFIG
-    path.write_text("# The resolved config of the trial that trained this adapter (written by cpt-harness).\n"
-                    + yaml.safe_dump(redact_tree(config), sort_keys=False))
+    path.write_text(
+        "# The resolved config of the trial that trained this adapter (written by cpt-harness).\n"
+        + yaml.safe_dump(redact_tree(config), sort_keys=False)
+    )
     return path
 
 
@@ -203,18 +241,34 @@ def _provenance(model_path: str) -> dict[str, Any]:
 def adapter_metadata(config: dict[str, Any], metrics: dict[str, Any], provenance: dict[str, Any]) -> dict[str, Any]:
     """What a W&B adapter artifact says of itself: the trial, its parameters and results, and the base model it
     adapts (its name, and the provenance the harness recorded when it prepared it)."""
-    keys = ("domain_loss", "forgetting", "domain_gain", "general_loss", "general_kl", "test_domain_loss",
-            "test_forgetting", "test_domain_gain", "tokens_seen")
-    return {"study": config["study"]["name"], "trial": config["trial"]["number"], "params": config["trial"],
-            "metrics": {k: metrics[k] for k in keys if k in metrics},
-            **({"arm": config["arm"], "seed": config.get("seed")} if "arm" in config else {}),
-            "base_model": {"name": config["model"]["name"], "provenance": provenance},
-            "config": config}
+    keys = (
+        "domain_loss",
+        "forgetting",
+        "domain_gain",
+        "general_loss",
+        "general_kl",
+        "test_domain_loss",
+        "test_forgetting",
+        "test_domain_gain",
+        "tokens_seen",
+    )
+    return {
+        "study": config["study"]["name"],
+        "trial": config["trial"]["number"],
+        "params": config["trial"],
+        "metrics": {k: metrics[k] for k in keys if k in metrics},
+        **({"arm": config["arm"], "seed": config.get("seed")} if "arm" in config else {}),
+        "base_model": {"name": config["model"]["name"], "provenance": provenance},
+        "config": config,
+    }
 
 
 def _tags(params, attrs: dict) -> list[str]:
-    tags = [f"r{params.rank}", "rslora" if params.use_rslora else "lora",
-            "embeddings" if params.embedding_lr_ratio is not None else "no-embeddings"]
+    tags = [
+        f"r{params.rank}",
+        "rslora" if params.use_rslora else "lora",
+        "embeddings" if params.embedding_lr_ratio is not None else "no-embeddings",
+    ]
     tags += [f"{k.removeprefix('level:')}={v}" for k, v in attrs.items() if k.startswith("level:")]
     if params.rule_violations:
         tags.append("breaks-rule")

@@ -32,9 +32,15 @@ class Checkpoint:
             self.trial.report(point["domain_loss"], step)
         if step >= self.cfg.train.max_steps:  # the last checkpoint: the trial is done, and completes
             return None
-        if s.max_forgetting is not None and s.prune_margin is not None and forgetting > s.max_forgetting + s.prune_margin:
-            return (f"forgetting {forgetting:+.4f} at step {step} is over study.max_forgetting {s.max_forgetting:g} "
-                    f"by more than study.prune_margin {s.prune_margin:g}")
+        if (
+            s.max_forgetting is not None
+            and s.prune_margin is not None
+            and forgetting > s.max_forgetting + s.prune_margin
+        ):
+            return (
+                f"forgetting {forgetting:+.4f} at step {step} is over study.max_forgetting {s.max_forgetting:g} "
+                f"by more than study.prune_margin {s.prune_margin:g}"
+            )
         if s.objective == "constrained" and s.pruner != "none" and self.trial.should_prune():
             return f"{s.pruner} pruner: domain loss {point['domain_loss']:.4f} at step {step}"
         return None

@@ -14,12 +14,21 @@ import optuna
 from cpt_harness.config import Config, ConfigError, StudyConfig
 from cpt_harness.train.schedule import eval_steps
 
-SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler", "nsga2": "NSGAIISampler", "gp": "GPSampler",
-            "qmc": "QMCSampler"}
+SAMPLERS = {
+    "tpe": "TPESampler",
+    "random": "RandomSampler",
+    "nsga2": "NSGAIISampler",
+    "gp": "GPSampler",
+    "qmc": "QMCSampler",
+}
 
 
-PRUNERS = {"none": "NopPruner", "median": "MedianPruner", "successive_halving": "SuccessiveHalvingPruner",
-           "hyperband": "HyperbandPruner"}
+PRUNERS = {
+    "none": "NopPruner",
+    "median": "MedianPruner",
+    "successive_halving": "SuccessiveHalvingPruner",
+    "hyperband": "HyperbandPruner",
+}
 
 
 # Constructor arguments the harness sets itself, and from which key.
@@ -63,8 +72,10 @@ def pruner_kwargs(cfg: Config) -> dict[str, Any]:
     """The pruner's constructor arguments. Steps are training steps and a trial reports at each eval checkpoint,
     so successive halving and hyperband start their first rung at the first checkpoint."""
     first = eval_steps(cfg.train)[0]
-    defaults = {"successive_halving": {"min_resource": first},
-                "hyperband": {"min_resource": first, "max_resource": cfg.train.max_steps}}.get(cfg.study.pruner, {})
+    defaults = {
+        "successive_halving": {"min_resource": first},
+        "hyperband": {"min_resource": first, "max_resource": cfg.train.max_steps},
+    }.get(cfg.study.pruner, {})
     cls = getattr(optuna.pruners, PRUNERS[cfg.study.pruner])
     return {**defaults, **_coerced(cls, cfg.study.pruner_options)}
 
@@ -105,9 +116,13 @@ def pruner_problems(cfg: Config) -> list[str]:
 def _settable(cls) -> dict[str, inspect.Parameter]:
     """The constructor arguments a sweep file can give: plain values (not callables or Optuna objects), and not
     those the harness sets itself."""
-    return {name: p for name, p in inspect.signature(cls).parameters.items()
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and name not in OWNED
-            and not re.search(r"Callable|Base[A-Z]", str(p.annotation))}
+    return {
+        name: p
+        for name, p in inspect.signature(cls).parameters.items()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        and name not in OWNED
+        and not re.search(r"Callable|Base[A-Z]", str(p.annotation))
+    }
 
 
 def _option_problems(cls, options: dict[str, Any], key: str, what: str) -> list[str]:
@@ -117,8 +132,10 @@ def _option_problems(cls, options: dict[str, Any], key: str, what: str) -> list[
         if name in OWNED:
             problems.append(f"{key}.{name}: set by {OWNED[name]}, not here")
         elif name not in valid:
-            problems.append(f"{key}.{name}: not an option of {what} (optuna's {cls.__name__}); valid: "
-                            + (", ".join(valid) or "none"))
+            problems.append(
+                f"{key}.{name}: not an option of {what} (optuna's {cls.__name__}); valid: "
+                + (", ".join(valid) or "none")
+            )
     return problems
 
 

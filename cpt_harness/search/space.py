@@ -56,12 +56,21 @@ def enqueued(cfg: Config) -> list[tuple[str, dict[str, Any]]]:
     e = cfg.study.enqueue
     if e == "baselines":
         a = cfg.ablation
-        points = [("unsloth-cpt", dict(UNSLOTH_CPT)),
-                  ("ablation-defaults", {"rank": a.rank, "learning_rate": a.learning_rate,
-                                         "embedding_lr_ratio": a.embedding_lr_ratio})]
+        points = [
+            ("unsloth-cpt", dict(UNSLOTH_CPT)),
+            (
+                "ablation-defaults",
+                {"rank": a.rank, "learning_rate": a.learning_rate, "embedding_lr_ratio": a.embedding_lr_ratio},
+            ),
+        ]
     else:
-        points = [(p.name or f"enqueue[{i}]", {"rank": p.rank, "learning_rate": p.learning_rate,
-                                                "embedding_lr_ratio": p.embedding_lr_ratio}) for i, p in enumerate(e)]
+        points = [
+            (
+                p.name or f"enqueue[{i}]",
+                {"rank": p.rank, "learning_rate": p.learning_rate, "embedding_lr_ratio": p.embedding_lr_ratio},
+            )
+            for i, p in enumerate(e)
+        ]
     for _, params in points:
         if not cfg.lora.train_embeddings:
             params.pop("embedding_lr_ratio")
@@ -77,9 +86,11 @@ def enqueue_problems(cfg: Config) -> list[str]:
         key = "study.enqueue" if named else f"study.enqueue[{i}]"
         what = f" (baseline {name})" if named else ""
         if params["rank"] not in choices:
-            problems.append(f"{key}{'' if named else '.rank'}: rank {params['rank']}{what} is not in "
-                            f"search.rank.choices {choices}; Optuna records a rank only among the choices: add it there"
-                            + (", or list the points to run instead of `baselines`" if named else ""))
+            problems.append(
+                f"{key}{'' if named else '.rank'}: rank {params['rank']}{what} is not in "
+                f"search.rank.choices {choices}; Optuna records a rank only among the choices: add it there"
+                + (", or list the points to run instead of `baselines`" if named else "")
+            )
         if not params["learning_rate"] > 0:
             problems.append(f"{key}.learning_rate: must be > 0, got {params['learning_rate']}")
         ratio = None if named else e[i].embedding_lr_ratio

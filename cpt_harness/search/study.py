@@ -25,16 +25,17 @@ from cpt_harness.infra import urls
 from cpt_harness.infra.cache import locked
 from cpt_harness.infra.urls import StorageError
 from cpt_harness.search import space as search_space
+from cpt_harness.search.samplers import make_pruner, make_sampler
 
 DIRECTIONS = {"pareto": ["minimize", "minimize"], "constrained": ["minimize"]}
 OBJECTIVE_NAMES = {"pareto": ["domain_loss", "forgetting"], "constrained": ["domain_loss"]}
 CONSTRAINT = "forgetting"  # the Optuna constraint every finished trial records: forgetting - max_forgetting (<= 0 ok)
 PRUNED_CAP = 3  # a sweep stops once the study holds PRUNED_CAP x n_trials complete and pruned trials together
-from cpt_harness.search.samplers import make_pruner, make_sampler
 
 
-def make_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None,
-                 max_retries: int = 2) -> optuna.storages.RDBStorage:
+def make_storage(
+    url: str, heartbeat_interval: int | None = None, grace_period: int | None = None, max_retries: int = 2
+) -> optuna.storages.RDBStorage:
     """The study's database. With a heartbeat, a running trial whose worker died (kill -9, OOM, node loss) is
     failed once its heartbeat is ``grace_period`` old and re-queued with the same parameters."""
     problems = urls.check(url)
@@ -50,8 +51,11 @@ def make_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
     with warnings.catch_warnings(), _storage_errors(url):
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if heartbeat_interval:
-            kwargs.update(heartbeat_interval=heartbeat_interval, grace_period=grace_period or 4 * heartbeat_interval,
-                          heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retries))
+            kwargs.update(
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period or 4 * heartbeat_interval,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retries),
+            )
         if not heartbeat_interval or schema_ready(url):
             return optuna.storages.RDBStorage(url, **kwargs)
         # Workers starting at once on an empty database would race to create its tables. Only then: setting up
@@ -73,9 +77,11 @@ def _storage_errors(url: str) -> Iterator[None]:
         yield
     except sqlalchemy.exc.SQLAlchemyError as e:
         reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
-        raise StorageError(f"study.storage: cannot open {urls.redact(url)} ({urls.redact(reason)[:300]}); check "
-                           "that the server is running and the URL, user and password (PGPASSWORD, ~/.pgpass or "
-                           "${NAME} in the URL) are right") from None
+        raise StorageError(
+            f"study.storage: cannot open {urls.redact(url)} ({urls.redact(reason)[:300]}); check "
+            "that the server is running and the URL, user and password (PGPASSWORD, ~/.pgpass or "
+            "${NAME} in the URL) are right"
+        ) from None
 
 
 def schema_ready(url: str) -> bool:
@@ -89,7 +95,7 @@ def schema_ready(url: str) -> bool:
         with _engine(url).connect() as con:
             return con.execute(sqlalchemy.text("SELECT version_num FROM alembic_version")).first() is not None
     except sqlalchemy.exc.SQLAlchemyError:  # no such table yet (or the database is not reachable: the lock path
-        return False                        # then reports that as before)
+        return False  # then reports that as before)
 
 
 def storage_for(cfg: Config) -> optuna.storages.RDBStorage:
@@ -147,9 +153,15 @@ def _engine(url: str):
     return sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
 
 
-def open_study(cfg: Config, fingerprints: dict[str, str], worker: int = 0, inputs: dict | None = None,
-               storage: optuna.storages.BaseStorage | None = None, provenance: dict | None = None,
-               accepted: dict[str, set[str]] | None = None) -> optuna.Study:
+def open_study(
+    cfg: Config,
+    fingerprints: dict[str, str],
+    worker: int = 0,
+    inputs: dict | None = None,
+    storage: optuna.storages.BaseStorage | None = None,
+    provenance: dict | None = None,
+    accepted: dict[str, set[str]] | None = None,
+) -> optuna.Study:
     """Create the study, or load it and check that it measures the same thing. Safe when several workers
     start at once: creation is load-if-exists, and the fingerprints they write are identical. ``inputs``: what
     the search-space fingerprint hashes, stored so that a refused resume names the keys that changed.
@@ -164,11 +176,15 @@ def open_study(cfg: Config, fingerprints: dict[str, str], worker: int = 0, input
         # A resumed sampler is seeded past the trials it already proposed, and each worker differently,
         # so that none repeats another's proposals.
         seed = derived_seed(cfg.study.seed, len(existing.trials), worker)
-        return optuna.load_study(study_name=cfg.study.name, storage=storage, sampler=make_sampler(cfg.study, seed),
-                                 pruner=make_pruner(cfg))
+        return optuna.load_study(
+            study_name=cfg.study.name, storage=storage, sampler=make_sampler(cfg.study, seed), pruner=make_pruner(cfg)
+        )
     study = optuna.create_study(
-        study_name=cfg.study.name, storage=storage, directions=DIRECTIONS[cfg.study.objective],
-        sampler=make_sampler(cfg.study, derived_seed(cfg.study.seed, 0, worker)), pruner=make_pruner(cfg),
+        study_name=cfg.study.name,
+        storage=storage,
+        directions=DIRECTIONS[cfg.study.objective],
+        sampler=make_sampler(cfg.study, derived_seed(cfg.study.seed, 0, worker)),
+        pruner=make_pruner(cfg),
         load_if_exists=True,
     )
     with warnings.catch_warnings():
@@ -233,8 +249,10 @@ def rebuilt_heal(stored: dict | None, current: dict | None) -> float | None:
     if not all(same) or Path(str(stored.get("healed_from"))).name != Path(str(current.get("healed_from"))).name:
         return None
     try:
-        pairs = [(stored["heal_held_out"]["general_loss"], current["heal_held_out"]["general_loss"]),
-                 (stored["heal_validation"]["general_loss"], current["heal_validation"]["general_loss"])]
+        pairs = [
+            (stored["heal_held_out"]["general_loss"], current["heal_held_out"]["general_loss"]),
+            (stored["heal_validation"]["general_loss"], current["heal_validation"]["general_loss"]),
+        ]
         # Before healing: the same base on the same documents, up to GPU numerics (one base measured on two H200
         # machines differed by 2.7e-4 nats); another document set moves it far more.
         if any(abs(a[0] - b[0]) > HEAL_TOLERANCE for a, b in pairs):
@@ -244,8 +262,14 @@ def rebuilt_heal(stored: dict | None, current: dict | None) -> float | None:
         return None
 
 
-def _check_fingerprints(study: optuna.Study, current: dict[str, str], cfg: Config, inputs: dict | None = None,
-                        provenance: dict | None = None, accepted: dict[str, set[str]] | None = None) -> None:
+def _check_fingerprints(
+    study: optuna.Study,
+    current: dict[str, str],
+    cfg: Config,
+    inputs: dict | None = None,
+    provenance: dict | None = None,
+    accepted: dict[str, set[str]] | None = None,
+) -> None:
     stored = study.user_attrs.get("fingerprints", {})
     accepted = accepted or {}
     changed = [k for k in current if k in stored and stored[k] != current[k] and stored[k] not in accepted.get(k, ())]
@@ -263,12 +287,18 @@ def _check_fingerprints(study: optuna.Study, current: dict[str, str], cfg: Confi
                 f"(same recipe: model.heal and the base weights) but its held-out general loss differs from the "
                 f"study's by {delta:.4f} nats, more than the {HEAL_TOLERANCE} a rebuild may differ by. Its trials "
                 "would not be comparable: carry the healed model folder from the first machine "
-                "($CPT_HARNESS_CACHE/models/healed-*), or use a new study.name.")
+                "($CPT_HARNESS_CACHE/models/healed-*), or use a new study.name."
+            )
     if changed:
         keys = changed_keys(study.user_attrs.get("fingerprint_inputs"), inputs)
-        what = ("; ".join(keys[:8]) + ("; ..." if len(keys) > 8 else "")) if keys else (
-            f"stored {', '.join(f'{k}={stored[k]}' for k in changed)}; now "
-            f"{', '.join(f'{k}={current[k]}' for k in changed)}")
+        what = (
+            ("; ".join(keys[:8]) + ("; ..." if len(keys) > 8 else ""))
+            if keys
+            else (
+                f"stored {', '.join(f'{k}={stored[k]}' for k in changed)}; now "
+                f"{', '.join(f'{k}={current[k]}' for k in changed)}"
+            )
+        )
         raise StudyMismatch(
             f"study {cfg.study.name!r} in {urls.redact(cfg.study.storage)} was run with a different "
             f"{', '.join(changed)} ({urls.redact(what)}). Its trials would not be comparable: "
@@ -280,16 +310,25 @@ def changed_keys(stored: dict | None, current: dict | None) -> list[str]:
     """``key: stored -> now`` for every leaf that differs between two fingerprint inputs (empty if unknown)."""
     if not stored or not current:
         return []
-    flat = lambda d, p="": {k2: v2 for k, v in d.items() for k2, v2 in (  # noqa: E731
-        flat(v, f"{p}{k}.").items() if isinstance(v, dict) else [(f"{p}{k}", v)])}
+
+    def flat(d: dict, p: str = "") -> dict:
+        return {
+            k2: v2
+            for k, v in d.items()
+            for k2, v2 in (flat(v, f"{p}{k}.").items() if isinstance(v, dict) else [(f"{p}{k}", v)])
+        }
+
     from cpt_harness.search.space import SPEED_ONLY
 
     a, b = flat(stored), flat(current)
     for k in SPEED_ONLY:  # once hashed, never the reason a resume is refused
         for key in (f"train.{k}", f"search_space.train.{k}"):
             a.pop(key, None), b.pop(key, None)
-    return [f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in sorted(set(a) | set(b))
-            if a.get(k) != b.get(k)]
+    return [
+        f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}"
+        for k in sorted(set(a) | set(b))
+        if a.get(k) != b.get(k)
+    ]
 
 
 def ensure_base_losses(study: optuna.Study, url: str, measure: Callable[[], dict[str, float]]) -> dict[str, float]:
@@ -359,8 +398,11 @@ def pareto_front(study: optuna.Study, max_forgetting: float | None = None) -> li
         return []
     ok = [t for t in done if feasible(t, max_forgetting) is not False]
     if objective_of(study) == "constrained":
-        return [min(ok, key=lambda t: t.values[0])] if ok else [
-            min(done, key=lambda t: t.user_attrs.get("forgetting", math.inf))]
+        return (
+            [min(ok, key=lambda t: t.values[0])]
+            if ok
+            else [min(done, key=lambda t: t.user_attrs.get("forgetting", math.inf))]
+        )
     pool = ok or done
     dominates = lambda a, b: all(x <= y for x, y in zip(a.values, b.values)) and a.values != b.values  # noqa: E731
     return [t for t in pool if not any(dominates(u, t) for u in pool)]

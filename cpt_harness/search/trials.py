@@ -104,8 +104,9 @@ def retried_trial(frozen: FrozenTrial) -> int | None:
         return optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
 
 
-def run(study: optuna.Study, db: optuna.storages.BaseStorage, objective: Callable[[Trial], Any],
-        trial: Trial) -> FrozenTrial:
+def run(
+    study: optuna.Study, db: optuna.storages.BaseStorage, objective: Callable[[Trial], Any], trial: Trial
+) -> FrozenTrial:
     """Run one claimed trial with its heartbeat and tell its outcome; the finished trial as stored. A retried
     trial carries ``retry_of`` (the failed original's number) before the objective sees it. Ctrl-C marks it FAIL
     and goes on up; a pruned trial (the objective raised optuna.TrialPruned, having recorded its metrics so far)

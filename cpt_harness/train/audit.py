@@ -16,6 +16,7 @@ import torch
 from cpt_harness.errors import AuditError
 from cpt_harness.model.modules import active_weight, classify
 
+
 def audit(model, optimizer, params, lora_cfg, embedding_names: tuple[str, ...], base_lr: float) -> dict[str, Any]:
     """Check the optimizer's real groups against the trial; return the audit record (logged to W&B)."""
     problems: list[str] = []
@@ -47,11 +48,14 @@ def audit(model, optimizer, params, lora_cfg, embedding_names: tuple[str, ...], 
             "devices": sorted({str(p.device) for p in g["params"]}),
         }
     mastered = {id(w) for w, _ in masters}
-    low_precision = sorted({str(p.dtype) for p in named.values()
-                            if p.requires_grad and p.dtype != torch.float32 and id(p) not in mastered})
+    low_precision = sorted(
+        {str(p.dtype) for p in named.values() if p.requires_grad and p.dtype != torch.float32 and id(p) not in mastered}
+    )
     if low_precision:
-        problems.append(f"trainable weights in {low_precision} without an fp32 master in the optimizer: an update "
-                        "smaller than the weight's precision is lost")
+        problems.append(
+            f"trainable weights in {low_precision} without an fp32 master in the optimizer: an update "
+            "smaller than the weight's precision is lost"
+        )
     missing = [by_id[i] for i in trainable - set(group_of)]
     if missing:
         problems.append(f"trainable but in no optimizer group: {missing[:5]}")
@@ -73,8 +77,10 @@ def _check_master(name: str, weight, master) -> list[str]:
     """The master is fp32, on the weight's device, of its shape, and holds its value (rounded to the weight's
     dtype, the master is the weight): the optimizer steps the weight the model computes with."""
     if master.dtype != torch.float32 or master.shape != weight.shape or master.device != weight.device:
-        return [f"the optimizer's master of {name} is {master.dtype} {tuple(master.shape)} on {master.device}, "
-                f"not float32 {tuple(weight.shape)} on {weight.device}"]
+        return [
+            f"the optimizer's master of {name} is {master.dtype} {tuple(master.shape)} on {master.device}, "
+            f"not float32 {tuple(weight.shape)} on {weight.device}"
+        ]
     if not torch.equal(master.detach().to(weight.dtype), weight.detach()):
         return [f"the optimizer's fp32 master of {name} does not hold the model's weight"]
     return []
@@ -116,8 +122,10 @@ def _check_embeddings(model, params, lora_cfg, group_of, lr_of, by_id, base_lr) 
         problems.append("the model ties embed_tokens and lm_head, but they train as two separate copies")
     expected = params.embedding_lr
     if expected is not None and not math.isclose(lr_of.get("embedding", float("nan")), expected, rel_tol=1e-9):
-        problems.append(f"embedding group LR is {lr_of.get('embedding')}, expected {expected} "
-                        f"(= {params.embedding_lr_ratio:.4g} x {base_lr:.4g})")
+        problems.append(
+            f"embedding group LR is {lr_of.get('embedding')}, expected {expected} "
+            f"(= {params.embedding_lr_ratio:.4g} x {base_lr:.4g})"
+        )
     return problems
 
 

@@ -53,8 +53,15 @@ class MixedBatches:
     ``replay``: after n batches exactly floor(fraction x batch_size x n) replay blocks have been drawn, so the
     fraction holds to within one block at any step. Each corpus is drawn in its own seeded shuffled order."""
 
-    def __init__(self, domain: np.ndarray, replay: np.ndarray | None, fraction: float, batch_size: int, seed: int,
-                 domain_rows: WeightedRows | None = None):
+    def __init__(
+        self,
+        domain: np.ndarray,
+        replay: np.ndarray | None,
+        fraction: float,
+        batch_size: int,
+        seed: int,
+        domain_rows: WeightedRows | None = None,
+    ):
         self.domain, self.replay, self.fraction, self.batch_size = domain, replay, fraction, batch_size
         self.dom = domain_rows if domain_rows is not None else Rows(len(domain), seed)
         self.rep = Rows(len(replay), seed + 1) if replay is not None else None
@@ -73,8 +80,12 @@ class MixedBatches:
         return torch.from_numpy(np.concatenate(rows)).long()
 
     def state_dict(self) -> dict:
-        return {"dom": self.dom.state_dict(), "rep": self.rep.state_dict() if self.rep is not None else None,
-                "n": self.n, "drawn": self.drawn}
+        return {
+            "dom": self.dom.state_dict(),
+            "rep": self.rep.state_dict() if self.rep is not None else None,
+            "n": self.n,
+            "drawn": self.drawn,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.dom.load_state_dict(state["dom"])
@@ -83,8 +94,7 @@ class MixedBatches:
         self.n, self.drawn = state["n"], state["drawn"]
 
 
-def mixed_batches(domain: np.ndarray, replay: np.ndarray, fraction: float, batch_size: int, seed: int
-                  ) -> MixedBatches:
+def mixed_batches(domain: np.ndarray, replay: np.ndarray, fraction: float, batch_size: int, seed: int) -> MixedBatches:
     return MixedBatches(domain, replay, fraction, batch_size, seed)
 
 
@@ -130,7 +140,7 @@ class WeightedRows:
         counts = [max(0, math.floor(t + 1e-9) - d) for t, d in zip(target, self.drawn)]
         spare = k - sum(counts)
         by_remainder = sorted(range(len(counts)), key=lambda i: -(target[i] - self.drawn[i] - counts[i]))
-        for i in by_remainder[:max(0, spare)]:
+        for i in by_remainder[: max(0, spare)]:
             counts[i] += 1
         out: list[int] = []
         for i, c in enumerate(counts):
@@ -156,8 +166,14 @@ def training_batches(corpora: Corpora, params: TrialParams, batch_size: int, see
     offsets = corpora.domain_train_offsets
     if offsets is not None and len(offsets) > 2:
         rows = WeightedRows(offsets, corpora.domain_weights or [1.0] * (len(offsets) - 1), seed)
-        return MixedBatches(corpora.domain_train, corpora.replay_train if fraction > 0 else None, fraction,
-                            batch_size, seed, domain_rows=rows)
+        return MixedBatches(
+            corpora.domain_train,
+            corpora.replay_train if fraction > 0 else None,
+            fraction,
+            batch_size,
+            seed,
+            domain_rows=rows,
+        )
     if fraction <= 0:
         return batches(corpora.domain_train, batch_size, seed)
     return mixed_batches(corpora.domain_train, corpora.replay_train, fraction, batch_size, seed)

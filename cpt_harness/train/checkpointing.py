@@ -46,8 +46,11 @@ class Choice:
     why: str
 
     def as_attrs(self) -> dict:
-        return {"gradient_checkpointing": self.on, "gradient_checkpointing_setting": self.setting,
-                "gradient_checkpointing_why": self.why}
+        return {
+            "gradient_checkpointing": self.on,
+            "gradient_checkpointing_setting": self.setting,
+            "gradient_checkpointing_why": self.why,
+        }
 
 
 def per_trial_gb(peak_gb: float) -> float:
@@ -73,8 +76,9 @@ def trials_on_card(cfg: Config) -> int:
     return 1 if k == "auto" else int(k)
 
 
-def decide(setting, device_type: str, card_gb: float | None, trials: int, measured_gb: float | None,
-           estimated_gb: float | None) -> Choice:
+def decide(
+    setting, device_type: str, card_gb: float | None, trials: int, measured_gb: float | None, estimated_gb: float | None
+) -> Choice:
     """The rule, on plain numbers (what ``resolve`` measures on the machine and the study)."""
     if setting is True or setting is False:
         return Choice(setting, str(setting).lower(), "set in the config")
@@ -84,18 +88,26 @@ def decide(setting, device_type: str, card_gb: float | None, trials: int, measur
     if peak is None:
         return Choice(True, "auto", "auto: on (no measured peak and no estimate for this model)")
     on = not fits(peak, card_gb, trials)
-    return Choice(on, "auto", f"auto: {'on' if on else 'off'}: {source} peak without checkpointing {peak:.1f} GiB, "
-                  f"{trials} trial(s) x {per_trial_gb(peak):.1f} GiB {'>' if on else '<='} "
-                  f"{HEADROOM:.0%} of {card_gb:.1f} GiB")
+    return Choice(
+        on,
+        "auto",
+        f"auto: {'on' if on else 'off'}: {source} peak without checkpointing {peak:.1f} GiB, "
+        f"{trials} trial(s) x {per_trial_gb(peak):.1f} GiB {'>' if on else '<='} "
+        f"{HEADROOM:.0%} of {card_gb:.1f} GiB",
+    )
 
 
 def measured_peak(study) -> float | None:
     """The largest peak of the study's complete trials that ran without checkpointing (None: none yet)."""
     if study is None:
         return None
-    peaks = [t.user_attrs["peak_memory_gb"] for t in study.get_trials(deepcopy=False)
-             if t.state.name == "COMPLETE" and t.user_attrs.get("gradient_checkpointing") is False
-             and "peak_memory_gb" in t.user_attrs]
+    peaks = [
+        t.user_attrs["peak_memory_gb"]
+        for t in study.get_trials(deepcopy=False)
+        if t.state.name == "COMPLETE"
+        and t.user_attrs.get("gradient_checkpointing") is False
+        and "peak_memory_gb" in t.user_attrs
+    ]
     return max(peaks) if peaks else None
 
 
@@ -105,11 +117,16 @@ def model_shape(model_path: str) -> dict | None:
         c = json.loads((Path(model_path) / "config.json").read_text())
         h = c["hidden_size"]
         heads = c.get("num_attention_heads", 1)
-        return {"hidden_size": h, "intermediate_size": c.get("intermediate_size", 4 * h),
-                "num_hidden_layers": c["num_hidden_layers"], "vocab_size": c["vocab_size"],
-                "num_attention_heads": heads, "num_key_value_heads": c.get("num_key_value_heads", heads),
-                "head_dim": c.get("head_dim") or h // heads,
-                "tie_word_embeddings": bool(c.get("tie_word_embeddings", False))}
+        return {
+            "hidden_size": h,
+            "intermediate_size": c.get("intermediate_size", 4 * h),
+            "num_hidden_layers": c["num_hidden_layers"],
+            "vocab_size": c["vocab_size"],
+            "num_attention_heads": heads,
+            "num_key_value_heads": c.get("num_key_value_heads", heads),
+            "head_dim": c.get("head_dim") or h // heads,
+            "tie_word_embeddings": bool(c.get("tie_word_embeddings", False)),
+        }
     except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
         return None
 
@@ -129,8 +146,15 @@ def estimate_peak_gb(shape: dict, cfg: Config) -> float:
     layer = h * q + 2 * h * kv + q * h + 3 * h * i
     weights = 2 * 2 * (embed + n_layers * layer)
     trained_embed = 16 * embed if cfg.lora.train_embeddings else 0
-    dims = {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h), "gate_proj": (h, i),
-            "up_proj": (h, i), "down_proj": (i, h)}
+    dims = {
+        "q_proj": (h, q),
+        "k_proj": (h, kv),
+        "v_proj": (h, kv),
+        "o_proj": (q, h),
+        "gate_proj": (h, i),
+        "up_proj": (h, i),
+        "down_proj": (i, h),
+    }
     rank = max(cfg.search.rank.choices)
     lora = 16 * n_layers * rank * sum(a + b for m, (a, b) in dims.items() if m in cfg.lora.target_modules)
     tokens = cfg.train.batch_size * cfg.model.max_seq_length
@@ -153,8 +177,14 @@ def resolve(cfg: Config, device, model_path: str, study=None) -> tuple[Config, C
         card_gb = torch.cuda.get_device_properties(device).total_memory / 2**30
     shape = model_shape(model_path) if card_gb is not None else None
     estimate = estimate_peak_gb(shape, cfg) if shape is not None else None
-    choice = decide(setting, device_type, card_gb, trials_on_card(cfg),
-                    measured_peak(study) if card_gb is not None else None, estimate)
+    choice = decide(
+        setting,
+        device_type,
+        card_gb,
+        trials_on_card(cfg),
+        measured_peak(study) if card_gb is not None else None,
+        estimate,
+    )
     if setting == choice.on:
         return cfg, choice
     out = copy.deepcopy(cfg)

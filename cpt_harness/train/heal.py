@@ -20,10 +20,10 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from cpt_harness import data
-from cpt_harness.model import resolve as models
-from cpt_harness.infra.cache import build_once, cache_dir
 from cpt_harness.config import DEFAULT_TARGETS, Config
 from cpt_harness.evaluate.evaluation import evaluate
+from cpt_harness.infra.cache import build_once, cache_dir
+from cpt_harness.model import resolve as models
 from cpt_harness.train import loop
 from cpt_harness.train.batches import batches
 from cpt_harness.train.optim import adamw, param_groups
@@ -35,8 +35,11 @@ def healed_base(model_path: str, cfg: Config, backend, log=print) -> str:
     h = cfg.model.heal
     split = [cfg.data.eval_fraction, cfg.data.seed] if heals_on_general(cfg) else None
     # "validation": heals measured on the validation split (and, on data.general, not trained on it)
-    key = hashlib.sha256(json.dumps([models.fingerprint(model_path), asdict(h), cfg.model.max_seq_length, split,
-                                     "validation"], sort_keys=True).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        json.dumps(
+            [models.fingerprint(model_path), asdict(h), cfg.model.max_seq_length, split, "validation"], sort_keys=True
+        ).encode()
+    ).hexdigest()[:16]
     final = cache_dir() / "models" / f"healed-{key}"
     return str(build_once(final, lambda tmp: _heal(model_path, cfg, backend, tmp, log, key)))
 
@@ -50,8 +53,10 @@ def _heal(model_path: str, cfg: Config, backend, out: Path, log, recipe: str) ->
     tokenizer = healer.load_tokenizer(model_path)
     docs = heal_documents(cfg)
     blocks = data.pack(docs, tokenizer, cfg.model.max_seq_length)
-    log(f"[heal] {len(docs)} documents, {blocks.size:,} tokens; {h.steps} steps x {h.batch_size} blocks = "
-        f"{h.steps * h.batch_size / max(1, len(blocks)):.2f} passes over them")
+    log(
+        f"[heal] {len(docs)} documents, {blocks.size:,} tokens; {h.steps} steps x {h.batch_size} blocks = "
+        f"{h.steps * h.batch_size / max(1, len(blocks)):.2f} passes over them"
+    )
     # Healing should lower general loss (repair), not shift the base toward the heal text. It is judged on the
     # validation documents; the held-out (test) and domain losses are recorded beside, never chosen on.
     held_out = data.prepare(cfg.data, tokenizer, cfg.model.max_seq_length, cfg.eval.max_tokens)
@@ -61,9 +66,14 @@ def _heal(model_path: str, cfg: Config, backend, out: Path, log, recipe: str) ->
     model = healer.load_for_training(model_path, heal_cfg, params)
 
     def held_out_losses(m) -> dict:
-        return {name: evaluate(m, b, cfg.eval.batch_size, device, healer.autocast)
-                for name, b in (("general_loss", held_out.general_eval), ("domain_loss", held_out.domain_eval),
-                                ("validation_general_loss", validation))}
+        return {
+            name: evaluate(m, b, cfg.eval.batch_size, device, healer.autocast)
+            for name, b in (
+                ("general_loss", held_out.general_eval),
+                ("domain_loss", held_out.domain_eval),
+                ("validation_general_loss", validation),
+            )
+        }
 
     with model.disable_adapter():  # the base as loaded
         losses_before = held_out_losses(model)
@@ -80,24 +90,32 @@ def _heal(model_path: str, cfg: Config, backend, out: Path, log, recipe: str) ->
     losses_after = held_out_losses(merged)
     merged.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    provenance = {**models.provenance(model_path), "healed_from": model_path, "recipe": recipe,
-                  "heal": {**asdict(h), "data": h.data.path + (" (training documents only)" if heals_on_general(cfg)
-                                                               else "")},
-                  "heal_loss_first_last": [losses[0], losses[-1]] if losses else None,
-                  "heal_validation": {"general_loss": [losses_before["validation_general_loss"],
-                                                       losses_after["validation_general_loss"]],
-                                      "tokens": int(validation.size)},
-                  "heal_held_out": {k: [losses_before[k], losses_after[k]] for k in ("general_loss", "domain_loss")}}
+    provenance = {
+        **models.provenance(model_path),
+        "healed_from": model_path,
+        "recipe": recipe,
+        "heal": {**asdict(h), "data": h.data.path + (" (training documents only)" if heals_on_general(cfg) else "")},
+        "heal_loss_first_last": [losses[0], losses[-1]] if losses else None,
+        "heal_validation": {
+            "general_loss": [losses_before["validation_general_loss"], losses_after["validation_general_loss"]],
+            "tokens": int(validation.size),
+        },
+        "heal_held_out": {k: [losses_before[k], losses_after[k]] for k in ("general_loss", "domain_loss")},
+    }
     (out / "provenance.json").write_text(json.dumps(provenance, indent=2))
     log(f"[heal] training loss {losses[0]:.3f} -> {losses[-1]:.3f}" if losses else "[heal] no steps")
     g0, g1 = losses_before["validation_general_loss"], losses_after["validation_general_loss"]
-    log(f"[heal] general loss {g0:.4f} -> {g1:.4f} on the validation documents, {losses_before['general_loss']:.4f} "
+    log(
+        f"[heal] general loss {g0:.4f} -> {g1:.4f} on the validation documents, {losses_before['general_loss']:.4f} "
         f"-> {losses_after['general_loss']:.4f} on the held-out (test) ones; domain loss "
-        f"{losses_before['domain_loss']:.4f} -> {losses_after['domain_loss']:.4f}")
+        f"{losses_before['domain_loss']:.4f} -> {losses_after['domain_loss']:.4f}"
+    )
     if g1 > g0:
-        log(f"[heal] warning: healing raised the validation general loss by {g1 - g0:.4f}: it shifted the base toward "
+        log(
+            f"[heal] warning: healing raised the validation general loss by {g1 - g0:.4f}: it shifted the base toward "
             f"{h.data.path} instead of repairing it, and forgetting will be measured against that shifted base. "
-            "Try fewer model.heal.steps, a lower model.heal.learning_rate or other model.heal.data.")
+            "Try fewer model.heal.steps, a lower model.heal.learning_rate or other model.heal.data."
+        )
 
 
 # AdamW as healing has always used it (torch's defaults), so a heal's recipe key still names the same heal.
@@ -114,11 +132,24 @@ def heal_settings(cfg: Config) -> tuple[Config, TrialParams]:
     heal_cfg = replace(
         cfg,
         model=replace(cfg.model, dtype="float32", load_in_4bit=False, keep_loaded=False),
-        lora=replace(cfg.lora, target_modules=list(DEFAULT_TARGETS), train_embeddings=False, dropout=0.0,
-                     use_rslora=False, alpha=float(rank), init_adapter=None),
-        train=replace(cfg.train, seed=0, gradient_checkpointing=False, compile=False))
-    return heal_cfg, TrialParams(rank=rank, learning_rate=cfg.model.heal.learning_rate, embedding_lr_ratio=None,
-                                 use_rslora=False, alpha=float(rank))
+        lora=replace(
+            cfg.lora,
+            target_modules=list(DEFAULT_TARGETS),
+            train_embeddings=False,
+            dropout=0.0,
+            use_rslora=False,
+            alpha=float(rank),
+            init_adapter=None,
+        ),
+        train=replace(cfg.train, seed=0, gradient_checkpointing=False, compile=False),
+    )
+    return heal_cfg, TrialParams(
+        rank=rank,
+        learning_rate=cfg.model.heal.learning_rate,
+        embedding_lr_ratio=None,
+        use_rslora=False,
+        alpha=float(rank),
+    )
 
 
 def heals_on_general(cfg: Config) -> bool:

@@ -22,14 +22,14 @@ from cpt_harness.config import Config, TrainConfig
 from cpt_harness.data import Corpora
 from cpt_harness.errors import Diverged, TrialFailed
 from cpt_harness.evaluate.evals import Evals
-from cpt_harness.evaluate.metrics import with_forgetting
 from cpt_harness.evaluate.evaluation import Evaluation
+from cpt_harness.evaluate.metrics import with_forgetting
 from cpt_harness.model.modules import embedding_module_names
-from cpt_harness.train.params import TrialParams
 from cpt_harness.train import audit as audit_mod
 from cpt_harness.train import resume
 from cpt_harness.train.batches import training_batches
 from cpt_harness.train.optim import configure_optimizer, optimized
+from cpt_harness.train.params import TrialParams
 from cpt_harness.train.schedule import decay_steps, eval_steps, schedule
 
 
@@ -83,9 +83,19 @@ def lr_lambda(max_steps: int, warmup_ratio: float, schedule: str = "cosine") -> 
     return factor
 
 
-def run_trial(backend, model_path: str, cfg: Config, params: TrialParams, corpora: Corpora, tracker,
-              adapter_dir: Path | None, progress=None, checkpoint=None, base: dict[str, float] | None = None,
-              saver: resume.Saver | None = None) -> TrialResult:
+def run_trial(
+    backend,
+    model_path: str,
+    cfg: Config,
+    params: TrialParams,
+    corpora: Corpora,
+    tracker,
+    adapter_dir: Path | None,
+    progress=None,
+    checkpoint=None,
+    base: dict[str, float] | None = None,
+    saver: resume.Saver | None = None,
+) -> TrialResult:
     """``checkpoint``: called with each eval point; a reason it returns stops training there (no adapter is
     saved) and comes back as ``stopped``, the metrics being those of that checkpoint. ``base``: the base model's
     losses; with them every eval point also logs eval/forgetting and eval/domain_gain. ``saver``
@@ -101,20 +111,36 @@ def run_trial(backend, model_path: str, cfg: Config, params: TrialParams, corpor
         if not cfg.lora.init_adapter:
             reseed_lora(model, cfg.train.seed)
         optimizer = configure_optimizer(model, params, cfg)
-        record = audit_mod.audit(model, optimizer, params, cfg.lora, embedding_module_names(model),
-                                 params.learning_rate)
+        record = audit_mod.audit(
+            model, optimizer, params, cfg.lora, embedding_module_names(model), params.learning_rate
+        )
     with timer("log"):
         tracker.log_audit(record)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(cfg.train.max_steps, cfg.train.warmup_ratio, schedule(cfg.train)))
+        optimizer, lr_lambda(cfg.train.max_steps, cfg.train.warmup_ratio, schedule(cfg.train))
+    )
     evaluation = Evaluation(backend, model_path, cfg, corpora)
     try:
         stream = training_batches(corpora, params, cfg.train.batch_size, cfg.train.seed)
         resumed = saver.load() if saver is not None else None
         if resumed is not None:
             _restore(resumed, model, optimizer, scheduler, stream, evaluation, timer, checkpoint)
-        result = _loop(model, optimizer, scheduler, backend, cfg, evaluation, stream, tracker, timer, progress,
-                       checkpoint, base, saver, resumed)
+        result = _loop(
+            model,
+            optimizer,
+            scheduler,
+            backend,
+            cfg,
+            evaluation,
+            stream,
+            tracker,
+            timer,
+            progress,
+            checkpoint,
+            base,
+            saver,
+            resumed,
+        )
     except TrialFailed:  # a failure of its own (divergence, time limit) would only repeat: nothing to resume
         if saver is not None:
             saver.clear()
@@ -153,8 +179,9 @@ def reseed_lora(model, seed: int) -> None:
                 linear.weight.copy_(w)
 
 
-def _restore(state: resume.TrainState, model, optimizer, scheduler, stream, evaluation: Evaluation, timer: Timer,
-             checkpoint) -> None:
+def _restore(
+    state: resume.TrainState, model, optimizer, scheduler, stream, evaluation: Evaluation, timer: Timer, checkpoint
+) -> None:
     """Put a resumed trial where its saved state was: weights, optimizer, scheduler, data position, the evals so
     far (re-reported to the pruner, which the retried trial has not seen), timings, and last the RNG states."""
     resume.load_trainable(model, state.trainable)
@@ -170,14 +197,32 @@ def _restore(state: resume.TrainState, model, optimizer, scheduler, stream, eval
     resume.set_rng_state(state.rng)
 
 
-def _loop(model, optimizer, scheduler, backend, cfg: Config, evaluation: Evaluation, stream, tracker,
-          timer: Timer, progress, checkpoint=None, base=None, saver: resume.Saver | None = None,
-          resumed: resume.TrainState | None = None):
+def _loop(
+    model,
+    optimizer,
+    scheduler,
+    backend,
+    cfg: Config,
+    evaluation: Evaluation,
+    stream,
+    tracker,
+    timer: Timer,
+    progress,
+    checkpoint=None,
+    base=None,
+    saver: resume.Saver | None = None,
+    resumed: resume.TrainState | None = None,
+):
     t = cfg.train
     device = backend.device
     tokens_seen, first_loss, curve, stopped, done = 0, None, [], None, 0
     if resumed is not None:
-        tokens_seen, first_loss, curve, done = resumed.tokens_seen, resumed.first_loss, list(resumed.curve), resumed.step
+        tokens_seen, first_loss, curve, done = (
+            resumed.tokens_seen,
+            resumed.first_loss,
+            list(resumed.curve),
+            resumed.step,
+        )
     elif cfg.lora.init_adapter:  # where the adapter starts: what this continuation adds is measured from here
         curve.append(_eval_point(evaluation, model, 0, 0, tracker, timer, base))
     log_every = max(1, t.max_steps // 50)
@@ -188,8 +233,9 @@ def _loop(model, optimizer, scheduler, backend, cfg: Config, evaluation: Evaluat
         with timer("data", sync=False):
             micro = [next(stream).to(device, non_blocking=True) for _ in range(t.grad_accum)]
         with timer("train", sync=False):
-            loss, grad_norm = train_step(model, optimizer, scheduler, micro, backend.autocast, trainable,
-                                         t.max_grad_norm)
+            loss, grad_norm = train_step(
+                model, optimizer, scheduler, micro, backend.autocast, trainable, t.max_grad_norm
+            )
             tokens_seen += sum(x.numel() for x in micro)
             # The one host sync per step: the divergence check needs the value, and so does the progress bar.
             step_loss = loss.item()
@@ -199,34 +245,68 @@ def _loop(model, optimizer, scheduler, backend, cfg: Config, evaluation: Evaluat
             progress(step, step_loss)
         if step % log_every == 0 or step == t.max_steps:
             with timer("log"):
-                tracker.log({"train/loss": step_loss, "train/lr": scheduler.get_last_lr()[0],
-                             "train/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-                             "tokens_seen": tokens_seen, "step": step})
+                tracker.log(
+                    {
+                        "train/loss": step_loss,
+                        "train/lr": scheduler.get_last_lr()[0],
+                        "train/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+                        "tokens_seen": tokens_seen,
+                        "step": step,
+                    }
+                )
         if step in points:
             if wsd:
-                curve.append(decay_branch(model, optimizer, stream, backend, t, trainable, step, tokens_seen,
-                                          first_loss, lambda tokens: _eval_point(evaluation, model, step, tokens,
-                                                                                 tracker, timer, base), timer))
+                curve.append(
+                    decay_branch(
+                        model,
+                        optimizer,
+                        stream,
+                        backend,
+                        t,
+                        trainable,
+                        step,
+                        tokens_seen,
+                        first_loss,
+                        lambda tokens: _eval_point(evaluation, model, step, tokens, tracker, timer, base),
+                        timer,
+                    )
+                )
             else:
                 curve.append(_eval_point(evaluation, model, step, tokens_seen, tracker, timer, base))
             if checkpoint is not None and (stopped := checkpoint(curve[-1])) is not None:
                 break
         if saver is not None and saver.due(step, t.max_steps):
             with timer("save_state"):
-                saver.save(resume.TrainState(
-                    step=step, tokens_seen=tokens_seen, first_loss=first_loss, curve=list(curve),
-                    checkpoints=list(evaluation.checkpoints), elapsed_s=time.perf_counter() - started,
-                    timings=dict(timer.totals), trainable=resume.trainable_state(model),
-                    optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                    stream=stream.state_dict(), rng=resume.rng_state()))
+                saver.save(
+                    resume.TrainState(
+                        step=step,
+                        tokens_seen=tokens_seen,
+                        first_loss=first_loss,
+                        curve=list(curve),
+                        checkpoints=list(evaluation.checkpoints),
+                        elapsed_s=time.perf_counter() - started,
+                        timings=dict(timer.totals),
+                        trainable=resume.trainable_state(model),
+                        optimizer=optimizer.state_dict(),
+                        scheduler=scheduler.state_dict(),
+                        stream=stream.state_dict(),
+                        rng=resume.rng_state(),
+                    )
+                )
         if t.time_limit_s is not None and time.perf_counter() - started > t.time_limit_s:
-            raise TrialFailed(f"time limit: {time.perf_counter() - started:.0f} s > train.time_limit_s={t.time_limit_s:g} "
-                              f"at step {step}/{t.max_steps}")
+            raise TrialFailed(
+                f"time limit: {time.perf_counter() - started:.0f} s > train.time_limit_s={t.time_limit_s:g} "
+                f"at step {step}/{t.max_steps}"
+            )
     final = curve[-1]
     train_time = timer.totals["train"]
-    metrics = {**{k: v for k, v in final.items() if k not in ("step", "tokens_seen", "decay_steps")},
-               "train_loss": step_loss, "tokens_seen": tokens_seen, "train_time_s": train_time,
-               "tokens_per_s": tokens_seen / train_time if train_time > 0 else float("nan")}
+    metrics = {
+        **{k: v for k, v in final.items() if k not in ("step", "tokens_seen", "decay_steps")},
+        "train_loss": step_loss,
+        "tokens_seen": tokens_seen,
+        "train_time_s": train_time,
+        "tokens_per_s": tokens_seen / train_time if train_time > 0 else float("nan"),
+    }
     if wsd:  # what the annealed points cost beyond the run itself (the report's header sums it)
         metrics["decay_steps_total"] = sum(p.get("decay_steps", 0) for p in curve)
         metrics["branch_time_s"] = timer.totals["branch"]
@@ -243,8 +323,19 @@ class _Fixed:
         pass
 
 
-def decay_branch(model, optimizer, stream, backend, t: TrainConfig, trainable: list, step: int, tokens_seen: int,
-                 first_loss: float, evaluate_at: Callable[[int], dict], timer: Timer) -> dict:
+def decay_branch(
+    model,
+    optimizer,
+    stream,
+    backend,
+    t: TrainConfig,
+    trainable: list,
+    step: int,
+    tokens_seen: int,
+    first_loss: float,
+    evaluate_at: Callable[[int], dict],
+    timer: Timer,
+) -> dict:
     """wsd's annealed eval point at ``step``: from a copy of the training state (trainable weights, optimizer with
     its fp32 masters and LRs, data position, RNG), train ``decay_steps`` more steps on the batches the run would see
     next with the LR decayed linearly from where the run is to 0 (step j of d at (d - j) / (d + 1) of it: neither
@@ -252,9 +343,12 @@ def decay_branch(model, optimizer, stream, backend, t: TrainConfig, trainable: l
     end of a complete schedule of step + d steps, the same as a wsd run of max_steps = step would end with.
     The main run then goes on as if the branch had not happened."""
     d = decay_steps(t, step)
-    saved = {"trainable": {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad},
-             "optimizer": copy.deepcopy(optimizer.state_dict()), "stream": copy.deepcopy(stream.state_dict()),
-             "rng": resume.rng_state()}
+    saved = {
+        "trainable": {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad},
+        "optimizer": copy.deepcopy(optimizer.state_dict()),
+        "stream": copy.deepcopy(stream.state_dict()),
+        "rng": resume.rng_state(),
+    }
     start = [g["lr"] for g in optimizer.param_groups]  # what the run's next step would take
     tokens = tokens_seen
     with timer("branch", sync=False):
@@ -273,8 +367,9 @@ def decay_branch(model, optimizer, stream, backend, t: TrainConfig, trainable: l
     return point
 
 
-def train_step(model, optimizer, scheduler, micro: list[torch.Tensor], autocast, trainable: list,
-               max_grad_norm: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+def train_step(
+    model, optimizer, scheduler, micro: list[torch.Tensor], autocast, trainable: list, max_grad_norm: float
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One optimizer step, the only one in the codebase (trials and healing take it): forward and backward over
     the micro-batches (gradients accumulated, each loss divided by their number), the gradient norm of
     ``trainable`` clipped to ``max_grad_norm`` (0: not clipped), then optimizer, scheduler, zeroed gradients.
@@ -293,15 +388,27 @@ def train_step(model, optimizer, scheduler, micro: list[torch.Tensor], autocast,
     return loss_sum / len(micro), grad_norm
 
 
-def _eval_point(evaluation: Evaluation, model, step: int, tokens_seen: int, tracker, timer: Timer,
-                base: dict[str, float] | None = None) -> dict:
+def _eval_point(
+    evaluation: Evaluation,
+    model,
+    step: int,
+    tokens_seen: int,
+    tracker,
+    timer: Timer,
+    base: dict[str, float] | None = None,
+) -> dict:
     """One eval checkpoint, logged; with the base losses known, forgetting and domain gain are curves too."""
     with timer("eval"):
         point = evaluation(model, step, tokens_seen)
     with timer("log"):
         logged = with_forgetting(point, base) if base else point
-        tracker.log({**{f"eval/{k}": v for k, v in logged.items() if k not in ("step", "tokens_seen")},
-                     "tokens_seen": tokens_seen, "step": step})
+        tracker.log(
+            {
+                **{f"eval/{k}": v for k, v in logged.items() if k not in ("step", "tokens_seen")},
+                "tokens_seen": tokens_seen,
+                "step": step,
+            }
+        )
     return point
 
 
@@ -309,18 +416,23 @@ def from_start(start: dict[str, float], final: dict[str, float]) -> dict[str, fl
     """A continuation (lora.init_adapter) measured from the adapter it started from, beside the metrics that
     compare against the raw base: the start's losses, domain_gain_from_start = start domain loss - domain_loss,
     forgetting_from_start = general_loss - start general loss."""
-    return {"domain_loss_start": start["domain_loss"], "general_loss_start": start["general_loss"],
-            "general_kl_start": start["general_kl"],
-            "domain_gain_from_start": start["domain_loss"] - final["domain_loss"],
-            "forgetting_from_start": final["general_loss"] - start["general_loss"]}
+    return {
+        "domain_loss_start": start["domain_loss"],
+        "general_loss_start": start["general_loss"],
+        "general_kl_start": start["general_kl"],
+        "domain_gain_from_start": start["domain_loss"] - final["domain_loss"],
+        "forgetting_from_start": final["general_loss"] - start["general_loss"],
+    }
 
 
 def _check_divergence(step: int, loss: float, first: float, factor: float) -> None:
     if not math.isfinite(loss):
         raise Diverged(f"loss is {loss} at step {step}: training diverged (lower the learning rate)")
     if loss > factor * first:
-        raise Diverged(f"loss exploded at step {step}: {loss:.3f} > {factor:g} x first loss {first:.3f} "
-                          "(lower the learning rate or raise train.divergence_factor)")
+        raise Diverged(
+            f"loss exploded at step {step}: {loss:.3f} > {factor:g} x first loss {first:.3f} "
+            "(lower the learning rate or raise train.divergence_factor)"
+        )
 
 
 def _memory(device) -> dict[str, float]:

@@ -4,7 +4,6 @@ The audit then checks what this built."""
 
 from __future__ import annotations
 
-
 import torch
 
 from cpt_harness.config import Config

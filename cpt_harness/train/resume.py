@@ -93,16 +93,21 @@ def load_trainable(model, saved: dict[str, torch.Tensor]) -> None:
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if set(params) != set(saved):
         missing, extra = sorted(set(params) - set(saved)), sorted(set(saved) - set(params))
-        raise ValueError(f"the saved trainable weights do not match the model's (missing {missing[:3]}, "
-                         f"unexpected {extra[:3]})")
+        raise ValueError(
+            f"the saved trainable weights do not match the model's (missing {missing[:3]}, unexpected {extra[:3]})"
+        )
     with torch.no_grad():
         for n, p in params.items():
             p.copy_(saved[n])
 
 
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
 
 
 def set_rng_state(state: dict) -> None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
-from cpt_harness.model.backends.base import Backend
 from cpt_harness.errors import BackendUnavailable
+from cpt_harness.model.backends.base import Backend
 
 _REGISTRY = {
     "peft": "cpt_harness.model.backends.peft_backend:PeftBackend",

@@ -60,9 +60,12 @@ class Backend:
                 self.last_load = "disk" if fresh else "copy"
                 return model
             except Exception as e:  # noqa: BLE001 - a model the copy cannot handle still trains, from disk
-                print(f"[backend] warning: copying the loaded base model failed ({type(e).__name__}: {e}); every "
-                      "trial of this worker loads it from disk instead (set model.keep_loaded: false to skip the "
-                      "attempt)", file=sys.stderr)
+                print(
+                    f"[backend] warning: copying the loaded base model failed ({type(e).__name__}: {e}); every "
+                    "trial of this worker loads it from disk instead (set model.keep_loaded: false to skip the "
+                    "attempt)",
+                    file=sys.stderr,
+                )
                 self._copy_failed = True
         self._kept = None
         self.last_load = "disk"
@@ -87,8 +90,10 @@ class Backend:
         """Settings that cannot run on this device, each naming its key. Checked before anything is prepared:
         every trial would fail the same way."""
         if self.device.type != "cuda" and cfg.model.dtype in ("bfloat16", "float16"):
-            return [f"model.dtype: {cfg.model.dtype} needs a CUDA GPU, and backend {self.name} runs on the "
-                    f"{self.device.type} here (no CUDA); use auto (float32 on a CPU) or float32"]
+            return [
+                f"model.dtype: {cfg.model.dtype} needs a CUDA GPU, and backend {self.name} runs on the "
+                f"{self.device.type} here (no CUDA); use auto (float32 on a CPU) or float32"
+            ]
         return []
 
     def model_problems(self, cfg, model_path: str) -> list[str]:
@@ -103,8 +108,9 @@ class Backend:
         if not missing:
             return []
         short = sorted({n.rsplit(".", 1)[-1] for n in lora_able} - {"embed_tokens", "lm_head"})
-        return [f"lora.target_modules: {missing} match no module of the model {model_path}; its linear modules are "
-                f"{short}"]
+        return [
+            f"lora.target_modules: {missing} match no module of the model {model_path}; its linear modules are {short}"
+        ]
 
     def describe(self) -> dict:
         import torch

@@ -10,7 +10,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-
 _OFFLOAD_ROOT: Path | None = None
 
 

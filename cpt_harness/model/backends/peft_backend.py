@@ -35,7 +35,9 @@ class PeftBackend(Backend):
     def load_base(self, model_path, model_cfg):
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=self.dtype(model_cfg), attn_implementation="sdpa")
+        model = AutoModelForCausalLM.from_pretrained(
+            model_path, dtype=self.dtype(model_cfg), attn_implementation="sdpa"
+        )
         model.requires_grad_(False)
         return model.to(self._device).eval()
 
@@ -43,8 +45,9 @@ class PeftBackend(Backend):
         import torch
         from peft import PeftModel, get_peft_model
 
-        model = self.training_base((model_path, repr(cfg.model)), lambda: self.load_base(model_path, cfg.model),
-                                   cfg.model.keep_loaded)
+        model = self.training_base(
+            (model_path, repr(cfg.model)), lambda: self.load_base(model_path, cfg.model), cfg.model.keep_loaded
+        )
         if cfg.train.gradient_checkpointing is True:  # auto: resolved per trial (cpt_harness.checkpointing)
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import sys
 
-from cpt_harness.model.backends.base import Backend, embeddings_to_train
 from cpt_harness.errors import BackendUnavailable
+from cpt_harness.model.backends.base import Backend, embeddings_to_train
 from cpt_harness.model.backends.offload import private_offload_folder
 
 if "unsloth" not in sys.modules and any(m in sys.modules for m in ("transformers", "peft", "trl")):
@@ -63,9 +63,13 @@ class UnslothBackend(Backend):
 
         dtype = None if model_cfg.dtype == "auto" else getattr(torch, model_cfg.dtype)
         model, _ = FastLanguageModel.from_pretrained(
-            model_name=model_path, max_seq_length=model_cfg.max_seq_length, dtype=dtype,
-            load_in_4bit=model_cfg.load_in_4bit, load_in_16bit=not model_cfg.load_in_4bit,
-            use_gradient_checkpointing=gradient_checkpointing, random_state=0,
+            model_name=model_path,
+            max_seq_length=model_cfg.max_seq_length,
+            dtype=dtype,
+            load_in_4bit=model_cfg.load_in_4bit,
+            load_in_16bit=not model_cfg.load_in_4bit,
+            use_gradient_checkpointing=gradient_checkpointing,
+            random_state=0,
         )
         return model
 
@@ -77,8 +81,11 @@ class UnslothBackend(Backend):
     def load_for_training(self, model_path, cfg, params):
         checkpointing = "unsloth" if cfg.train.gradient_checkpointing else False
         key = (model_path, repr(cfg.model), checkpointing, cfg.train.compile)
-        model = self.training_base(key, lambda: self._from_pretrained(model_path, cfg.model, checkpointing,
-                                                                      cfg.train.compile), cfg.model.keep_loaded)
+        model = self.training_base(
+            key,
+            lambda: self._from_pretrained(model_path, cfg.model, checkpointing, cfg.train.compile),
+            cfg.model.keep_loaded,
+        )
         if cfg.lora.init_adapter:
             from peft import PeftModel
 
@@ -87,10 +94,16 @@ class UnslothBackend(Backend):
         else:
             with private_offload_folder(model) as folder:
                 model = FastLanguageModel.get_peft_model(
-                    model, r=params.rank, lora_alpha=params.alpha, use_rslora=params.use_rslora,
-                    target_modules=list(cfg.lora.target_modules), lora_dropout=cfg.lora.dropout, bias="none",
+                    model,
+                    r=params.rank,
+                    lora_alpha=params.alpha,
+                    use_rslora=params.use_rslora,
+                    target_modules=list(cfg.lora.target_modules),
+                    lora_dropout=cfg.lora.dropout,
+                    bias="none",
                     modules_to_save=embeddings_to_train(model, cfg.lora),
-                    use_gradient_checkpointing=checkpointing, random_state=cfg.train.seed,
+                    use_gradient_checkpointing=checkpointing,
+                    random_state=cfg.train.seed,
                     temporary_location=folder,
                 )
         # The embedding it trains stays bf16, as Unsloth keeps it: the optimizer steps an fp32 master of it
