@@ -8,7 +8,7 @@
 # PHASES, in this order (`touch runs/STOP` ends the run before the next phase). Default "masters scaling-pool
 # ktable-pool", what block 5 ran (benchmarks/RESULTS.md); block 4 ran "throughput claims pool+parallel scaling":
 #   masters        the harness with train.MasterAdamW against raw Unsloth, 1B shape, 3 repeats at once on GPUs 0-2;
-#                  tests/test_unsloth_backend.py on GPU 3 meanwhile (parity, audit dtypes).
+#                  tests/model/test_unsloth_backend.py on GPU 3 meanwhile (parity, audit dtypes).
 #   throughput     1B shape: 3 repeats at once on GPUs 0-2 of harness-unsloth, raw-unsloth, raw-unsloth-fp32emb and
 #                  raw-unsloth-masters (each repeat on its own card, so each ratio compares a card with itself);
 #                  the raw loop profiled on GPU 3 meanwhile. Needs no model file (random-init shapes).
@@ -42,7 +42,7 @@ if has masters; then
         --modes harness-unsloth,raw-unsloth --out "$OUT/$CARD-$DATE-throughput-1b-masters-r$r.json" \
         >"$OUT/masters-r$r.log" 2>&1 &
   done
-  CUDA_VISIBLE_DEVICES=3 python3 -m pytest -q tests/test_unsloth_backend.py >"$OUT/unsloth-backend-tests.log" 2>&1
+  CUDA_VISIBLE_DEVICES=3 python3 -m pytest -q tests/model/test_unsloth_backend.py >"$OUT/unsloth-backend-tests.log" 2>&1
   wait
   python3 -m benchmarks.medians "$OUT"/$CARD-$DATE-throughput-1b-masters-r*.json >"$OUT/masters-medians.md" 2>&1
   say "masters: done; tests: $(tail -n 1 "$OUT/unsloth-backend-tests.log")"; cat "$OUT/masters-medians.md"

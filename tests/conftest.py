@@ -104,7 +104,7 @@ def tiny_overrides(tiny_model, tiny_corpora, tmp_path) -> list[str]:
         "train.batch_size=4",
         "train.eval_every=3",
         "eval.max_tokens=512",
-        # 512 tokens hold one document per corpus: too few to split (tests/test_confirm.py splits shorter ones)
+        # 512 tokens hold one document per corpus: too few to split (tests/analysis/test_confirm.py splits shorter ones)
         "eval.test_fraction=0",
         "search.learning_rate.low=1e-3",
         "search.learning_rate.high=3e-3",

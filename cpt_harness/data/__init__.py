@@ -6,6 +6,7 @@ Layer 3 of the import order (docs/architecture.md). This face re-exports what th
 
 from cpt_harness.config.load import text_problem
 from cpt_harness.data import fetched
+from cpt_harness.data.build import num_proc
 from cpt_harness.data.contamination import drop_contaminated, ngram_hashes, not_contaminated, unique_hashes
 from cpt_harness.data.corpora import (
     ARRAYS,
@@ -13,7 +14,6 @@ from cpt_harness.data.corpora import (
     EvalSet,
     cache_folder,
     cache_key,
-    num_proc,
     prepare,
     replayed_corpora,
     source_fingerprint,

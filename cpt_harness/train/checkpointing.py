@@ -138,7 +138,7 @@ def estimate_peak_gb(shape: dict, cfg: Config) -> float:
     against); the trained embeddings at 16 bytes a weight (fp32 master, gradient, two Adam moments); LoRA at the
     largest searched rank, also 16 bytes; per token of a micro-batch and layer 2 x (7 hidden + 2 intermediate)
     bytes of saved activations; fp32 logits. Against the H200 measurement of issue 18 (Llama-3.2-1B shape,
-    8 x 2048, 25.9 GiB) it errs on the high side (tests/test_checkpointing.py)."""
+    8 x 2048, 25.9 GiB) it errs on the high side (tests/train/test_checkpointing.py)."""
     h, i, n_layers, v = (shape[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size"))
     kv = shape["num_key_value_heads"] * shape["head_dim"]
     q = shape["num_attention_heads"] * shape["head_dim"]

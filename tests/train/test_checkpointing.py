@@ -17,7 +17,7 @@ from cpt_harness.search.space import derive
 from cpt_harness.train import checkpointing
 from cpt_harness.train import loop as train
 from tests.conftest import ROOT
-from tests.test_train import Recorder, corpora_for
+from tests.train.test_train import Recorder, corpora_for
 
 H200_GB = 143771 / 1024  # the H200 of benchmarks/RESULTS.md: 143,771 MiB (torch total_memory), 140.4 GiB
 # Llama-3.2-1B's config.json (the 1B shape of benchmarks/throughput.py)

@@ -17,7 +17,7 @@ from cpt_harness.model.backends.peft_backend import PeftBackend
 from cpt_harness.search.space import derive
 from cpt_harness.train import loop as train
 from tests.conftest import ROOT
-from tests.test_train import Recorder, corpora_for
+from tests.train.test_train import Recorder, corpora_for
 
 DEMO = ROOT / "sweeps" / "demo.yaml"
 

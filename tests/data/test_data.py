@@ -25,7 +25,7 @@ def tokenizer(tiny_model):
 
 
 def test_builtin_corpora_are_real_and_large_enough():
-    for name in set(data.BUILTIN_CORPORA) - set(data.fetched.FETCHED_CORPORA):  # those: tests/test_fetched.py
+    for name in set(data.BUILTIN_CORPORA) - set(data.fetched.FETCHED_CORPORA):  # those: tests/data/test_fetched.py
         docs = data.read_documents(DataSource(f"builtin:{name}"))
         assert len(docs) >= (233 if name == "sotu" else 250) and sum(map(len, docs)) > 3_000_000, name
 

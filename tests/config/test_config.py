@@ -13,7 +13,7 @@ from cpt_harness.cli import main
 from cpt_harness.config import ConfigError
 from cpt_harness.config.validate import load_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "sweeps" / "demo.yaml"
 
 
@@ -156,7 +156,7 @@ def _float_keys(cls=None, prefix=""):
     cls = cls or Config
     for f in dataclasses.fields(cls):
         tp, key = typing.get_type_hints(cls)[f.name], f"{prefix}{f.name}"
-        if tp is DataSource:  # its one float, weight, belongs to a data.domain list (tests/test_domain_sources.py)
+        if tp is DataSource:  # its one float, weight, belongs to a data.domain list (tests/data/test_domain_sources.py)
             continue
         if dataclasses.is_dataclass(tp):
             yield from _float_keys(tp, key + ".")

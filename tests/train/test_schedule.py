@@ -11,7 +11,7 @@ from cpt_harness.config import TrainConfig
 from cpt_harness.model.backends.peft_backend import PeftBackend
 from cpt_harness.train import loop as train
 from cpt_harness.train.schedule import decay_steps, eval_steps
-from tests.test_train import run
+from tests.train.test_train import run
 
 
 @pytest.fixture(scope="module")

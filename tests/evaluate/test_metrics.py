@@ -12,7 +12,7 @@ from cpt_harness.config import DataSource
 from cpt_harness.evaluate import evaluation as train_evaluation
 from cpt_harness.evaluate import metrics
 from cpt_harness.model.backends.peft_backend import PeftBackend
-from tests.test_train import corpora_for
+from tests.train.test_train import corpora_for
 
 
 @pytest.fixture(scope="module")

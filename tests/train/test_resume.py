@@ -1,6 +1,6 @@
 """Long trials survive (train.checkpoint_every): a trial interrupted after a saved state and resumed ends exactly
 as an uninterrupted run does (CPU float32), its eval curve and per-document evals included; a state saved for
-another setting is not resumed. (tests/test_parallel.py kills a real worker mid-trial and checks its retry.)"""
+another setting is not resumed. (tests/run/test_parallel.py kills a real worker mid-trial and checks its retry.)"""
 
 from __future__ import annotations
 
