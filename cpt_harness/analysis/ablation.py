@@ -12,12 +12,15 @@ import copy
 import itertools
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from cpt_harness.analysis import stats
 from cpt_harness.config import EMBEDDING_LR_RATIO_RANGE, Config
 
 if TYPE_CHECKING:  # the protocol module imports optuna: only the plan below needs it
+    import optuna
+    from optuna.trial import Trial
+
     from cpt_harness.search.trials import Claim
 from cpt_harness.analysis.grid import _diverged, done_runs, extend_grid
 
@@ -58,6 +61,7 @@ def _replay(cfg: Config, level: str) -> None:
     """ "on": data.replay.fraction as configured; "off": the same data (the replay source stays a general corpus that
     is not evaluated as unreplayed), nothing replayed."""
     if level == "off":
+        assert cfg.data.replay is not None, "the replay factor needs data.replay (validated)"
         cfg.data.replay.fraction = 0.0
 
 
@@ -322,7 +326,7 @@ class Effect:
         return {1: "supported", -1: "contradicted", 0: "inconclusive"}[self.interval.verdict_sign]
 
 
-def rows(study) -> list[dict]:
+def rows(study: optuna.Study) -> list[dict]:
     """One row per complete arm trial of an ablation study: its seed, arm, factor levels and metrics."""
     return [
         {
@@ -351,7 +355,7 @@ def effects(rows: list[dict], factor_names: list[str]) -> list[Effect]:
         others = [f for f in factor_names if f != name]
         for metric in ("domain_loss", "forgetting"):
             cell = {(r["seed"], tuple(r[f"level:{o}"] for o in others), r[f"level:{name}"]): r[metric] for r in rows}
-            per_seed: dict[int, list[float]] = {}
+            per_seed: dict[int, float] = {}
             combos = list(itertools.product(*(FACTORS[o].levels for o in others)))
             for seed in sorted({r["seed"] for r in rows}):
                 diffs = [
@@ -390,7 +394,7 @@ def study_config(cfg: Config) -> Config:
 def design(cfg: Config) -> dict:
     """Stored on the ablation study (and part of its fingerprint): what the arms, LRs and seeds are."""
     a = cfg.ablation
-    out = {
+    out: dict[str, Any] = {
         "factors": {f: list(levels(cfg, f)) for f in factor_names(cfg)},
         "seeds": a.seeds,
         "arms": [arm.name for arm in arms(cfg)],
@@ -452,7 +456,7 @@ class AblationPlan:
             for arm in self.arms
         }
 
-    def claim(self, study) -> Claim:
+    def claim(self, study: optuna.Study) -> Claim:
         from optuna.trial import TrialState
 
         from cpt_harness.search import trials as protocol
@@ -481,7 +485,7 @@ class AblationPlan:
                 return protocol.enqueue_and_ask(study, params, attrs)
         return None
 
-    def config_for(self, trial) -> Config:
+    def config_for(self, trial: Trial) -> Config:
         attrs = trial.user_attrs
         return arm_config(self.cfg, self.by_name[attrs["arm"]], attrs["seed"], attrs.get("lr"))
 

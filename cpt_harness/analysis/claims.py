@@ -19,11 +19,14 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 from cpt_harness.analysis import frontier, stats
+
+if TYPE_CHECKING:
+    import optuna
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,7 @@ def _arm_trials(study):
             yield t, levels, [p for p in a["curve"] if p["step"] > 0]  # step 0 is the start, prepended below
 
 
-def runs_from_study(study, forgetting: str = "general_loss") -> list[frontier.Run]:
+def runs_from_study(study: optuna.Study, forgetting: str = "general_loss") -> list[frontier.Run]:
     """Every complete arm trial as a frontier run: (0, 0) at the base, then its eval checkpoints. ``forgetting``
     "general_kl": KL(start || model) on general text in place of the rise in general loss (heal-independent);
     "general_loss_unreplayed": the rise in loss on the general corpora not replayed (data.replay). Trials that did
@@ -277,22 +280,25 @@ class StudyVerdicts:
     bootstrapped: bool  # whether the intervals include the document bootstrap
 
 
-def study_verdicts(study, min_effect: float, doc_results: Callable | None = None) -> StudyVerdicts:
+def study_verdicts(
+    study: optuna.Study, min_effect: float, doc_results: Callable[[list[int]], frontier.DocResults | None] | None = None
+) -> StudyVerdicts:
     """Every claim of an LR-crossed ablation study judged: the one path the report and the terminal share.
     ``doc_results(partial)``: (per-document runs, base) for the bootstrap, or None."""
     design = study.user_attrs["design"]
     factors, lrs = design["factors"], design["learning_rates"]
     runs, partial = complete_seeds(runs_from_study(study), factors, lrs)
     kl_runs, _ = complete_seeds(runs_from_study(study, forgetting="general_kl"), factors, lrs)
-    unreplayed = []
+    unreplayed: list[frontier.Run] = []
     if "replay" in factors:
         unreplayed, _ = complete_seeds(runs_from_study(study, forgetting="general_loss_unreplayed"), factors, lrs)
     docs = doc_results(partial) if doc_results else None
-    doc_sets = {}
+    doc_sets: dict[str, frontier.DocResults] = {}
     if docs is not None and "replay" in factors:
         names = (study.user_attrs.get("data_stats") or {}).get("general_names") or []
         doc_sets["replay"] = unreplayed_docs(*docs, [names.index(n) for n in design.get("replayed", []) if n in names])
-    results = judge(analyse(factors, runs, min_effect, kl_runs, unreplayed), *(docs or (None, None)), doc_sets=doc_sets)
+    doc_runs, base = docs if docs is not None else (None, None)
+    results = judge(analyse(factors, runs, min_effect, kl_runs, unreplayed), doc_runs, base, doc_sets=doc_sets)
     return StudyVerdicts(results, runs, partial, docs is not None)
 
 
@@ -301,6 +307,7 @@ def unreplayed_docs(
 ) -> tuple[list[frontier.DocRun], frontier.Base]:
     """The per-document results with the general documents of the replayed corpora (indices into the general
     names) left out: the replay claim's bootstrap."""
+    assert base.general_corpus is not None, "the replay claim's documents need their corpus"
     keep = ~np.isin(base.general_corpus, list(replayed))
 
     def part(docs: frontier.Docs) -> frontier.Docs:
@@ -331,6 +338,7 @@ def judge(
 def verdict_line(r: Result, conditions: str) -> str:
     """One line per claim: verdict, the effect in nats and % perplexity with its 95% interval, the other metric."""
     v = r.verdict
+    assert v is not None, "judge() gives every result its verdict"
     iv = stats.t_interval(list(r.per_seed.values()), r.var_boot) if v.n >= 2 else None
     ci = f"[95% CI {iv.low:+.4f}, {iv.high:+.4f}]" if iv else "[no interval: n < 2]"
     ppl = f" ({stats.percent_perplexity(v.estimate):+.2f}% ppl)" if "ln(ratio)" not in r.spec.unit else ""

@@ -26,12 +26,15 @@ import copy
 import math
 import statistics
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cpt_harness.analysis import stats
 from cpt_harness.config import Config, ConfigError
 
 if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial, Trial
+
     from cpt_harness.search.trials import Claim
 
 DEFAULT_TOP, DEFAULT_SEEDS = 3, 3
@@ -46,7 +49,7 @@ def is_baseline(trial) -> bool:
     return trial.user_attrs.get("baseline") not in (None, False)
 
 
-def _done(study) -> list:
+def _done(study: optuna.Study) -> list[FrozenTrial]:
     """The complete, non-baseline trials with both objectives recorded."""
     return [
         t
@@ -62,10 +65,10 @@ def _objectives(t) -> tuple[float, float]:
     return t.user_attrs["domain_loss"], t.user_attrs["forgetting"]
 
 
-def candidates(study, max_forgetting: float | None) -> list:
+def candidates(study: optuna.Study, max_forgetting: float | None) -> list[FrozenTrial]:
     """The sweep's settings in the order they are recommended and confirmed (the module's rule); one trial per
     distinct setting. Empty when a budget is set and no trial meets it."""
-    unique: dict[tuple, object] = {}
+    unique: dict[tuple, FrozenTrial] = {}
     for t in sorted(_done(study), key=_objectives):  # a setting run twice: its better run stands for it
         unique.setdefault(tuple(sorted(t.params.items())), t)
     done = list(unique.values())
@@ -82,7 +85,7 @@ def candidates(study, max_forgetting: float | None) -> list:
     return [front[i] for i in along] + rest
 
 
-def _front(trials: list) -> list:
+def _front(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     """The trials no other trial dominates in (domain_loss, forgetting)."""
 
     def dominates(a, b) -> bool:
@@ -111,7 +114,8 @@ def new_seeds(study, cfg: Config, n: int) -> list[int]:
     used = {cfg.train.seed} | {
         t.user_attrs["seed"] for t in study.get_trials(deepcopy=False) if isinstance(t.user_attrs.get("seed"), int)
     }
-    out, seed = [], 0
+    out: list[int] = []
+    seed = 0
     while len(out) < n:
         if seed not in used:
             out.append(seed)
@@ -161,7 +165,7 @@ class ConfirmPlan:
     def _key(t) -> tuple:
         return t.user_attrs.get("setting"), t.user_attrs.get("seed")
 
-    def claim(self, study) -> Claim:
+    def claim(self, study: optuna.Study) -> Claim:
         from cpt_harness.search import trials as protocol
 
         trials = study.get_trials(deepcopy=False)
@@ -177,7 +181,7 @@ class ConfirmPlan:
                 return protocol.enqueue_and_ask(study, dict(self.params[setting]), {"setting": setting, "seed": seed})
         return None
 
-    def config_for(self, trial) -> Config:
+    def config_for(self, trial: Trial) -> Config:
         a = trial.user_attrs
         return setting_config(self.cfg, self.params[a["setting"]], a["seed"])
 
@@ -193,7 +197,9 @@ class Job:
     flags: list[str] = field(default_factory=list)  # what a worker is told
 
 
-def prepare(cfg: Config, sweep_study, top: int = DEFAULT_TOP, seeds: int = DEFAULT_SEEDS, log=print) -> Job:
+def prepare(
+    cfg: Config, sweep_study: optuna.Study, top: int = DEFAULT_TOP, seeds: int = DEFAULT_SEEDS, log=print
+) -> Job:
     """The settings to confirm and the seeds, checked against the sweep. A confirmation study that exists keeps
     the settings it was started with (resume, or more seeds); a new one takes the sweep's top ``top`` now."""
     from cpt_harness.search import study as storage
@@ -277,7 +283,7 @@ def begin(session, job: Job) -> None:
         session.study.set_user_attr("seeds", job.plan.seeds)
 
 
-def load_study(cfg: Config):
+def load_study(cfg: Config) -> optuna.Study | None:
     """The confirmation study of ``cfg``'s sweep, or None where it was never started."""
     from cpt_harness.search import study as storage
 
@@ -306,7 +312,7 @@ class Confirmed:
         return stats.t_interval(self.values(metric))
 
 
-def confirmed_settings(confirm_study) -> list[Confirmed]:
+def confirmed_settings(confirm_study: optuna.Study | None) -> list[Confirmed]:
     """The confirmation study's settings, in its design's order, with their complete runs."""
     if confirm_study is None:
         return []
@@ -323,7 +329,7 @@ def confirmed_settings(confirm_study) -> list[Confirmed]:
 class Recommendation:
     status: str  # confirmed | unconfirmed | none (no setting met the budget) | empty (no complete trial)
     how: str  # the rule that chose it, in words
-    trial: object = None  # the sweep trial of the recommended setting
+    trial: FrozenTrial | None = None  # the sweep trial of the recommended setting
     confirmed: Confirmed | None = None  # its confirmation runs (status confirmed; or partial, status unconfirmed)
     settings: list[Confirmed] = field(default_factory=list)  # every setting of the confirmation study
     planned_seeds: int = 0
@@ -337,14 +343,16 @@ class Recommendation:
         return "test_" if self.split else ""
 
 
-def recommend(study, max_forgetting: float | None, confirm_study=None) -> Recommendation:
+def recommend(
+    study: optuna.Study, max_forgetting: float | None, confirm_study: optuna.Study | None = None
+) -> Recommendation:
     """What a sweep recommends (the module's rule), confirmed over seeds where a confirmation study has at least
     two complete seeds of a setting."""
     done = _done(study)
     split = any("test_domain_loss" in t.user_attrs for t in done)
     settings = confirmed_settings(confirm_study)
     planned = len((confirm_study.user_attrs.get("seeds") or []) if confirm_study is not None else [])
-    base = dict(settings=settings, planned_seeds=planned, split=split, max_forgetting=max_forgetting)
+    base: dict[str, Any] = dict(settings=settings, planned_seeds=planned, split=split, max_forgetting=max_forgetting)
     if not done:
         return Recommendation("empty", "no complete trial yet", **base)
     cands = candidates(study, max_forgetting)
@@ -391,7 +399,7 @@ def recommend(study, max_forgetting: float | None, confirm_study=None) -> Recomm
     return Recommendation("unconfirmed", how, top, partial, **base)
 
 
-def no_setting_text(study, max_forgetting: float | None) -> str:
+def no_setting_text(study: optuna.Study, max_forgetting: float | None) -> str:
     done = _done(study)
     if not done:
         return f"study {study.study_name!r} has no complete trial"
@@ -420,8 +428,10 @@ def summary_line(rec: Recommendation) -> str:
         return f"recommendation: none yet ({rec.how})"
     where = "test documents" if rec.split else "held-out documents (not split)"
     p = rec.prefix
+    assert rec.trial is not None, "a confirmed or unconfirmed recommendation names its trial"
     if rec.status == "confirmed":
         c = rec.confirmed
+        assert c is not None, "a confirmed recommendation has its confirmation runs"
         d, f = c.interval(f"{p}domain_loss"), c.interval(f"{p}forgetting")
         return (
             f"recommendation: trial {rec.trial.number} ({setting_text(rec.trial.params)}), confirmed over "

@@ -22,7 +22,7 @@ import math
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence, cast
 
 import numpy as np
 
@@ -158,7 +158,7 @@ def frontier_by_seed(
     for seed in sorted({s for s, _, _ in cells}):
         values = {lv: [envelope(cells.get((seed, c, lv), []), axis, level) for c in combos] for lv in factor_levels}
         if level > 0 and all(v is not None for vs in values.values() for v in vs):
-            kept[seed] = {lv: statistics.fmean(vs) for lv, vs in values.items()}
+            kept[seed] = {lv: statistics.fmean(cast("list[float]", vs)) for lv, vs in values.items()}  # none is None
         else:
             dropped.append(seed)
     return kept, tuple(dropped)
@@ -255,7 +255,8 @@ def interaction_at(
     for seed in sorted({r.seed for r in runs}):
         m = {(x, y): envelope(cells.get((seed, x, y), []), axis, level) for x in (a0, a1) for y in (b0, b1)}
         if level > 0 and all(v is not None for v in m.values()):
-            out[seed] = (m[(a1, b1)] - m[(a0, b1)]) - (m[(a1, b0)] - m[(a0, b0)])
+            reached = cast("dict[tuple[str, str], float]", m)  # none is None
+            out[seed] = (reached[(a1, b1)] - reached[(a0, b1)]) - (reached[(a1, b0)] - reached[(a0, b0)])
     return out
 
 
@@ -336,6 +337,9 @@ class Base:
     general: Docs  # [n_general_docs]
     general_corpus: np.ndarray | None = None  # [n_general_docs] each document's corpus: the bootstrap draws within each
     domain_corpus: np.ndarray | None = None  # [n_domain_docs] each document's data.domain source: the same
+
+
+DocResults = tuple[list[DocRun], Base]  # (per-document runs, base): what the document bootstrap draws from
 
 
 def _runs(doc_runs: Sequence[DocRun], base: Base, w_domain: np.ndarray, w_general: np.ndarray) -> list[list[Run]]:

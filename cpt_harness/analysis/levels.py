@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 from cpt_harness.analysis import ablation, claims, frontier, stats
+
+if TYPE_CHECKING:
+    import optuna
 
 LEVEL_DEPENDENT = "LEVEL-DEPENDENT"
 BAND = "simultaneous 95% band: Bonferroni over the levels (each level's t-interval at 1 − 0.05/L)"
@@ -225,7 +228,9 @@ def analyse(
 # ------------------------------------------------------------------------------------------ verdicts
 
 
-def judge(results: list[LevelResult], docs: dict | None = None, replicates: int = 200) -> list[LevelResult]:
+def judge(
+    results: list[LevelResult], docs: dict[str, frontier.DocResults] | None = None, replicates: int = 200
+) -> list[LevelResult]:
     """Every level's verdict (Holm over every claim × level), the simultaneous band, and the claim's verdict over
     the band. ``docs``: factor -> (doc_runs, base) for the document bootstrap (None: seed noise only)."""
     flat = [(r, e) for r in results for e in r.levels]
@@ -247,7 +252,7 @@ def judge(results: list[LevelResult], docs: dict | None = None, replicates: int 
 
 def band_verdict(r: LevelResult) -> tuple[str, str]:
     """The claim's verdict over its level grid and the sentence saying over which range it holds."""
-    labels = [e.verdict.label for e in r.levels]
+    labels = [_verdict(e).label for e in r.levels]
     sign = [_band_sign(e) * r.spec.direction for e in r.levels]
     if not r.reach > 0 or not any(e.per_seed for e in r.levels):
         what = "domain gain" if r.axis == "gain" else "forgetting"
@@ -273,6 +278,11 @@ def band_verdict(r: LevelResult) -> tuple[str, str]:
     return stats.INCONCLUSIVE, f"no verdict over the whole band; by level: {_ranges(r)}"
 
 
+def _verdict(e: LevelEffect) -> stats.Verdict:
+    assert e.verdict is not None, "judge() gives every level its verdict"
+    return e.verdict
+
+
 def _band_sign(e: LevelEffect) -> int:
     return 1 if e.low > 0 else (-1 if e.high < 0 else 0)
 
@@ -289,17 +299,17 @@ def _ranges(r: LevelResult) -> str:
     """Each run of consecutive levels with one verdict, e.g. 'NEGLIGIBLE at 0.25–0.5 (...); SUPPORTED at 1 (...)'."""
     groups: list[list[LevelEffect]] = []
     for e in r.levels:
-        if groups and groups[-1][-1].verdict.label == e.verdict.label:
+        if groups and _verdict(groups[-1][-1]).label == _verdict(e).label:
             groups[-1].append(e)
         else:
             groups.append([e])
-    return "; ".join(f"{g[0].verdict.label} at {_span(r, g)}" for g in groups)
+    return "; ".join(f"{_verdict(g[0]).label} at {_span(r, g)}" for g in groups)
 
 
 def _crossing(r: LevelResult) -> float | None:
     """Where the estimate changes sign between two adjacent levels (linear between them), in nats of the axis."""
     for a, b in zip(r.levels, r.levels[1:]):
-        ea, eb = a.verdict.estimate, b.verdict.estimate
+        ea, eb = _verdict(a).estimate, _verdict(b).estimate
         if ea * eb < 0:
             return a.level + (b.level - a.level) * ea / (ea - eb)
     return None
@@ -336,7 +346,10 @@ def best_lr_interior(
 
 
 def study_verdicts(
-    study, min_effect: float, fractions: Sequence[float], doc_results: Callable | None = None
+    study: optuna.Study,
+    min_effect: float,
+    fractions: Sequence[float],
+    doc_results: Callable[[list[int]], frontier.DocResults | None] | None = None,
 ) -> SharedVerdicts:
     """Every claim of a shared-arms study over its level grid: the one path the report and the terminal share.
     ``doc_results(partial)``: (per-document runs, base) for the bootstrap, or None."""

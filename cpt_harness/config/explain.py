@@ -63,7 +63,7 @@ def type_text(tp: Any) -> str:
 
 
 def _yaml(value: Any) -> str:
-    if dataclasses.is_dataclass(value):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # a default's value, never a class
         value = dataclasses.asdict(value)
     return (
         yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10**6).strip().removesuffix("...").strip()
@@ -85,7 +85,7 @@ def select(key: str | None) -> list[Key]:
 
 
 def text(chosen: list[Key], width: int = 100) -> str:
-    lines = []
+    lines: list[str] = []
     for k in chosen:
         if k.section:
             lines += ([""] if lines and "." not in k.key else []) + [f"{k.key}:  {k.help}"]

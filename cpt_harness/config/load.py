@@ -10,6 +10,7 @@ import difflib
 import math
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -19,7 +20,7 @@ from cpt_harness.config.schema import Config, DataSource
 from cpt_harness.errors import ConfigError
 
 
-def build(path: str | Path | None, overrides: list[str] = ()) -> tuple[Config | None, list[str]]:
+def build(path: str | Path | None, overrides: Sequence[str] = ()) -> tuple[Config | None, list[str]]:
     """The typed config from a sweep file and ``--set key=value`` overrides (None where it cannot be built), and
     the schema's problems; the values are checked by ``validate``."""
     raw = _read_yaml(path) if path else {}
@@ -38,8 +39,8 @@ def _read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         blob = path.read_bytes()
     except OSError as e:
-        problem = f"cannot read the config file ({e.strerror or e}); check its permissions"
-        raise ConfigError([problem], str(path)) from None
+        reason = f"cannot read the config file ({e.strerror or e}); check its permissions"
+        raise ConfigError([reason], str(path)) from None
     if problem := text_problem(blob):
         raise ConfigError([f"the config file {problem}; a sweep file is YAML text"], str(path))
     try:
@@ -159,7 +160,7 @@ def _all_defaults(cls: type) -> bool:
 
 def _coerce(tp: Any, value: Any, key: str, problems: list[str]) -> Any:
     origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _build(tp, value, key, problems)
     if origin in (Union, types.UnionType):
         options = typing.get_args(tp)

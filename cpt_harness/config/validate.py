@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,7 +31,7 @@ from cpt_harness.search import samplers
 from cpt_harness.search import space as search_space
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
     """Read a sweep file, apply ``--set key=value`` overrides, build and check the typed config."""
     cfg, problems = load.build(path, overrides)
     if cfg is not None:
@@ -37,10 +39,11 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         problems.extend(p for p in check(cfg, invalid) if p not in problems)
     if problems:
         raise ConfigError(problems, str(path) if path else "defaults")
+    assert cfg is not None  # load.build returns None only with a problem, raised above
     return cfg
 
 
-def check(cfg: Config, invalid: set[str] = frozenset()) -> list[str]:
+def check(cfg: Config, invalid: AbstractSet[str] = frozenset()) -> list[str]:
     """Semantic checks, including the Unsloth CPT rules. Touches no network and loads nothing (it may read the
     first bytes of a model or data file).
 

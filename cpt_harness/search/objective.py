@@ -49,7 +49,7 @@ class Objective:
     def __init__(self, ctx: TrialContext):
         self.ctx = ctx
 
-    def __call__(self, trial) -> tuple[float, float]:
+    def __call__(self, trial) -> float | tuple[float, float]:
         ctx = self.ctx
         trial_dir = ctx.study_dir / f"trial-{trial.number:04d}"
         try:  # suggesting is inside: a trial whose parameters cannot be drawn says why too

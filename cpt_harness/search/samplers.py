@@ -45,14 +45,15 @@ def sampler_kwargs(s: StudyConfig, seed: int) -> dict[str, Any]:
     """The sampler's constructor arguments: the harness's defaults for sweeps of 10-50 trials, then
     study.sampler_options. Several trials run at once: TPE's constant liar treats running trials as bad results
     so that it does not propose their neighbours again; GPSampler conditions on the running trials it proposed."""
-    defaults = {
+    by_sampler: dict[str, dict[str, Any]] = {
         "tpe": {"n_startup_trials": startup_trials(s.n_trials), "multivariate": True, "constant_liar": True},
         "gp": {"n_startup_trials": startup_trials(s.n_trials)},
         "nsga2": {"population_size": max(4, min(50, s.n_trials // 3))},  # Optuna's 50: never a second generation
         # Scrambled (Owen) Sobol points, seeded by study.seed: unscrambled, every study draws the same points,
         # starting at the corner of the space
         "qmc": {"scramble": True},
-    }.get(s.sampler, {})
+    }
+    defaults = by_sampler.get(s.sampler, {})
     cls = getattr(optuna.samplers, SAMPLERS[s.sampler])
     # QMC draws one shared sequence (its position is kept in the study): every worker needs the study's own seed.
     return {**defaults, **_coerced(cls, s.sampler_options), "seed": s.seed if s.sampler == "qmc" else seed}

@@ -54,6 +54,7 @@ def enqueued(cfg: Config) -> list[tuple[str, dict[str, Any]]]:
     """study.enqueue as (name, Optuna params) pairs: the listed points, or `baselines`: Unsloth's CPT recipe and
     the ablation's defaults (ablation.rank, learning_rate, embedding_lr_ratio)."""
     e = cfg.study.enqueue
+    points: list[tuple[str, dict[str, Any]]]
     if e == "baselines":
         a = cfg.ablation
         points = [
@@ -93,7 +94,7 @@ def enqueue_problems(cfg: Config) -> list[str]:
             )
         if not params["learning_rate"] > 0:
             problems.append(f"{key}.learning_rate: must be > 0, got {params['learning_rate']}")
-        ratio = None if named else e[i].embedding_lr_ratio
+        ratio = None if named or isinstance(e, str) else e[i].embedding_lr_ratio
         if not named and cfg.lora.train_embeddings and ratio is None:
             problems.append(f"{key}.embedding_lr_ratio: required while lora.train_embeddings is true, e.g. 0.2")
         elif not named and not cfg.lora.train_embeddings and ratio is not None:
@@ -145,7 +146,7 @@ def space_payload(cfg: Config, extra: dict | None = None) -> dict[str, Any]:
         del train["eval_steps"]
     if cfg.train.eval_schedule == "every":
         del train["eval_schedule"], train["eval_points"]
-    payload = {
+    payload: dict[str, Any] = {
         # replay only when set: studies run before it keep their fingerprint
         "search": {k: v for k, v in asdict(cfg.search).items() if k != "replay_fraction" or v is not None},
         "rules": asdict(cfg.rules),

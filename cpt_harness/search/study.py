@@ -14,7 +14,7 @@ import math
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import optuna
 from optuna.trial import TrialState
@@ -27,7 +27,10 @@ from cpt_harness.infra.urls import StorageError
 from cpt_harness.search import space as search_space
 from cpt_harness.search.samplers import make_pruner, make_sampler
 
-DIRECTIONS = {"pareto": ["minimize", "minimize"], "constrained": ["minimize"]}
+DIRECTIONS: dict[str, list[Literal["minimize", "maximize"]]] = {
+    "pareto": ["minimize", "minimize"],
+    "constrained": ["minimize"],
+}
 OBJECTIVE_NAMES = {"pareto": ["domain_loss", "forgetting"], "constrained": ["domain_loss"]}
 CONSTRAINT = "forgetting"  # the Optuna constraint every finished trial records: forgetting - max_forgetting (<= 0 ok)
 PRUNED_CAP = 3  # a sweep stops once the study holds PRUNED_CAP x n_trials complete and pruned trials together

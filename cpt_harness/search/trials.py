@@ -145,7 +145,7 @@ def heartbeat(db: optuna.storages.BaseStorage, tid: int) -> Iterator[None]:
 
     def beat() -> None:
         while True:
-            db.record_heartbeat(tid)
+            db.record_heartbeat(tid)  # type: ignore[attr-defined]  # it has one: get_heartbeat_interval said so
             if stop.wait(interval):
                 return
 

@@ -75,7 +75,7 @@ class MixedBatches:
         k = math.floor(self.fraction * self.batch_size * self.n + 1e-9) - self.drawn
         self.drawn += k
         rows = [self.domain[self.dom.take(self.batch_size - k)]]
-        if self.rep is not None:
+        if self.rep is not None and self.replay is not None:  # the one is set exactly when the other is
             rows.append(self.replay[self.rep.take(k)])
         return torch.from_numpy(np.concatenate(rows)).long()
 
@@ -176,4 +176,5 @@ def training_batches(corpora: Corpora, params: TrialParams, batch_size: int, see
         )
     if fraction <= 0:
         return batches(corpora.domain_train, batch_size, seed)
+    assert corpora.replay_train is not None  # fraction > 0: refused above without replay blocks
     return mixed_batches(corpora.domain_train, corpora.replay_train, fraction, batch_size, seed)

@@ -14,7 +14,7 @@ from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import torch
 
@@ -375,7 +375,7 @@ def train_step(
     ``trainable`` clipped to ``max_grad_norm`` (0: not clipped), then optimizer, scheduler, zeroed gradients.
     Returns the mean loss and the norm before clipping (None unclipped) as tensors: the caller decides when to
     sync with the device."""
-    loss_sum = 0.0
+    loss_sum: torch.Tensor | float = 0.0  # a tensor once a micro-batch has run, and there is always one
     for x in micro:
         with autocast():
             loss = model(input_ids=x, labels=x).loss
@@ -385,7 +385,7 @@ def train_step(
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss_sum / len(micro), grad_norm
+    return cast(torch.Tensor, loss_sum) / len(micro), grad_norm
 
 
 def _eval_point(

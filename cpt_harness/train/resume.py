@@ -58,7 +58,7 @@ class Saver:
         return self.folder / STATE
 
     def due(self, step: int, max_steps: int) -> bool:
-        return bool(self.every) and step % self.every == 0 and step < max_steps
+        return bool(self.every and step % self.every == 0 and step < max_steps)
 
     def save(self, state: TrainState) -> None:
         """Atomically: a worker killed while saving leaves the previous state whole."""
