@@ -11,6 +11,7 @@ import pytest
 from optuna.trial import TrialState
 
 from cpt_harness.analysis import ablation, claims, levels, stats
+from cpt_harness.analysis import grid as grid_mod
 from cpt_harness.cli import main
 from cpt_harness.config import ConfigError
 from cpt_harness.config.validate import load_config
@@ -82,18 +83,18 @@ def test_a_verdict_holds_only_where_every_level_agrees():
 def test_the_grid_is_extended_past_an_edge_optimum_until_the_best_lr_is_inside():
     seeds = [0, 1, 2]
     gains = {1e-3: {0: 0.30, 1: 0.31, 2: 0.29}, 4e-3: {0: 0.40, 1: 0.41, 2: 0.39}}  # best at the top edge
-    assert ablation.extend_grid([1e-3, 4e-3], gains, seeds, 4, 6) == [1e-3, 4e-3, 0.016]  # the next LR up
+    assert grid_mod.extend_grid([1e-3, 4e-3], gains, seeds, 4, 6) == [1e-3, 4e-3, 0.016]  # the next LR up
     gains[0.016] = {0: 0.35, 1: 0.36}  # seed 2 has not run it yet: no decision beyond it
-    assert ablation.extend_grid([1e-3, 4e-3], gains, seeds, 4, 6) == [1e-3, 4e-3, 0.016]
+    assert grid_mod.extend_grid([1e-3, 4e-3], gains, seeds, 4, 6) == [1e-3, 4e-3, 0.016]
     gains[0.016][2] = 0.34  # worse than 4e-3: the best is inside, the grid stops growing
-    assert ablation.extend_grid([1e-3, 4e-3], gains, seeds, 4, 6) == [1e-3, 4e-3, 0.016]
+    assert grid_mod.extend_grid([1e-3, 4e-3], gains, seeds, 4, 6) == [1e-3, 4e-3, 0.016]
     # A diverged new LR (-inf) brackets the best below it.
     diverged = {1e-3: {0: 0.3}, 4e-3: {0: 0.4}, 0.016: {0: -math.inf}}
-    assert ablation.extend_grid([1e-3, 4e-3], diverged, [0], 4, 6) == [1e-3, 4e-3, 0.016]
+    assert grid_mod.extend_grid([1e-3, 4e-3], diverged, [0], 4, 6) == [1e-3, 4e-3, 0.016]
     # Best at the bottom edge: extended downwards; and never beyond max_learning_rates.
     low = {1e-3: {0: 0.5}, 4e-3: {0: 0.2}, 2.5e-4: {0: 0.6}, 6.25e-5: {0: 0.7}}
-    assert ablation.extend_grid([1e-3, 4e-3], low, [0], 4, 4) == [6.25e-5, 2.5e-4, 1e-3, 4e-3]
-    assert ablation.extend_grid([1e-3, 4e-3], low, [0], 4, 6) == [1.5625e-5, 6.25e-5, 2.5e-4, 1e-3, 4e-3]
+    assert grid_mod.extend_grid([1e-3, 4e-3], low, [0], 4, 4) == [6.25e-5, 2.5e-4, 1e-3, 4e-3]
+    assert grid_mod.extend_grid([1e-3, 4e-3], low, [0], 4, 6) == [1.5625e-5, 6.25e-5, 2.5e-4, 1e-3, 4e-3]
 
 
 def test_shared_design_arms_and_checks(tiny_overrides):
@@ -148,11 +149,11 @@ def test_demo_shared_ablation_with_wsd_and_log_evals_end_to_end(tiny_overrides, 
     assert all([p["step"] for p in t.user_attrs["curve"]] == [1, 2, 6] for t in done)
     assert all(p["decay_steps"] == 1 for t in done for p in t.user_attrs["curve"])
     # Each arm's grid: extended only while its best LR was at the edge, never past 3 LRs, every seed run on it.
-    runs = ablation.done_runs(study.trials)
+    runs = grid_mod.done_runs(study.trials)
     for arm, by_lr in runs.items():
         grid = sorted(by_lr)
         assert 2 <= len(grid) <= 3 and all(set(s) == {0, 1} for s in by_lr.values())
-        best = ablation.best_grid_lr(grid, by_lr, [0, 1])
+        best = grid_mod.best_grid_lr(grid, by_lr, [0, 1])
         assert grid[0] < best < grid[-1] or len(grid) == 3, (arm, grid, best)
     assert main(["ablate", DEMO] + sets) == 0  # resuming a complete design adds nothing
     assert len(optuna.load_study(study_name="tiny-ablation", storage=f"sqlite:///{tmp_path}/study.db").trials) == len(
