@@ -71,6 +71,7 @@ def _run(bin_dir: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.integration
 def test_the_installed_wheel_runs_from_an_empty_folder(installed, tmp_path):
     where = _run(installed, tmp_path, "python", "-c", f"import {PACKAGE}; print({PACKAGE}.__file__)")
     assert where.stdout.startswith(str(installed.parent)), f"not the installed copy: {where.stdout}{where.stderr}"

@@ -72,6 +72,7 @@ def test_effects_pair_by_seed_and_average_over_the_other_factor():
     assert set(ablation.effects(partial, ["gate_proj", "embeddings"])[0].per_seed) == {0, 1}
 
 
+@pytest.mark.integration
 def test_arm_configs_apply_the_levels(tiny_cfg):
     tiny_cfg.ablation.factors = ["gate_proj", "embeddings", "rslora"]
     arms = ablation.arms(tiny_cfg)
@@ -114,6 +115,7 @@ def test_ablation_checks():
         load_config(DEMO, ["ablation.seeds=1"])
 
 
+@pytest.mark.integration
 def test_ablate_end_to_end_and_its_report(tiny_overrides, tmp_path, capsys):
     sets = _sets(
         tiny_overrides
@@ -179,6 +181,7 @@ def test_ablate_end_to_end_and_its_report(tiny_overrides, tmp_path, capsys):
     assert len(summary) == 1 and any(k.startswith("trials") for h in summary[0].history for k in h)
 
 
+@pytest.mark.integration
 def test_sweep_report_and_the_chosen_config_reruns(tiny_overrides, tmp_path):
     sets = _sets(tiny_overrides)
     assert main(["sweep", DEMO, "--n-trials", "4"] + sets) == 0
@@ -201,6 +204,7 @@ def test_sweep_report_and_the_chosen_config_reruns(tiny_overrides, tmp_path):
     assert t.user_attrs["domain_loss"] == pytest.approx(front[number].user_attrs["domain_loss"], rel=1e-5)
 
 
+@pytest.mark.integration
 def test_choose_trial_respects_max_forgetting(tiny_overrides, tmp_path):
     from cpt_harness.reporting.sweep_report import choose_trial
 
@@ -215,6 +219,7 @@ def test_choose_trial_respects_max_forgetting(tiny_overrides, tmp_path):
     )
 
 
+@pytest.mark.integration
 def test_ablate_from_study_takes_the_chosen_hyperparameters(tiny_overrides, tmp_path):
     sets = _sets(tiny_overrides)
     assert main(["sweep", DEMO, "--n-trials", "2"] + sets) == 0
@@ -247,6 +252,7 @@ def test_ablate_from_study_takes_the_chosen_hyperparameters(tiny_overrides, tmp_
     assert all(t.params["rank"] == pick.params["rank"] for t in abl.trials) and len(abl.trials) == 4
 
 
+@pytest.mark.integration
 def test_healed_base_is_cached_recorded_and_reported(tiny_overrides, tmp_path, tiny_model):
     from safetensors.torch import load_file
 
@@ -296,6 +302,7 @@ def test_forgetting_note_says_when_general_loss_fell(tiny_overrides, tmp_path):
     assert forgetting_note(clean) is None
 
 
+@pytest.mark.integration
 def test_healing_on_the_general_corpus_reads_only_its_training_documents(tiny_overrides, tiny_corpora, tmp_path):
     from transformers import AutoTokenizer
 
@@ -331,6 +338,7 @@ def test_healing_on_the_general_corpus_reads_only_its_training_documents(tiny_ov
     assert heal.heal_documents(other_split) != docs  # the split follows data.seed, and so does the cache key
 
 
+@pytest.mark.integration
 def test_rslora_ablation_report_states_each_arms_lora_scale(tiny_overrides, tmp_path):
     sets = _sets(
         tiny_overrides
@@ -351,6 +359,7 @@ def test_rslora_ablation_report_states_each_arms_lora_scale(tiny_overrides, tmp_
     assert "rslora=off 0.5, rslora=on 2;" in design  # alpha/r = 8/16, alpha/sqrt(r) = 8/4
 
 
+@pytest.mark.integration
 def test_lr_crossed_ablation_end_to_end_and_its_frontier_report(tiny_overrides, tmp_path, capsys):
     sets = _sets(
         tiny_overrides
@@ -449,6 +458,7 @@ def test_seeds_with_a_missing_arm_or_lr_are_left_out_of_the_frontier():
     assert partial == [2] and {r.seed for r in kept} == {0, 1} and len(kept) == 8
 
 
+@pytest.mark.integration
 def test_rank_x_rslora_frontier_ablation_runs_every_arm_at_its_rank(tiny_overrides, tmp_path):
     sets = _sets(
         tiny_overrides
@@ -483,6 +493,7 @@ def test_the_readme_claims_table_is_what_the_committed_reports_say():
     assert "<!-- claims-table:begin" not in (ROOT / "README.md").read_text()
 
 
+@pytest.mark.integration
 def test_replay_ablation_judges_forgetting_on_the_general_text_not_replayed(
     tiny_overrides, tiny_corpora, tmp_path, capsys
 ):

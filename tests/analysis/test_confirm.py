@@ -68,6 +68,7 @@ def _by_hand(nll: np.ndarray, tokens: np.ndarray, keep: np.ndarray) -> float:
     return float(nll[keep].sum() / tokens[keep].sum())
 
 
+@pytest.mark.integration
 def test_sweep_confirm_and_the_recommendation(split_overrides, tmp_path, capsys):
     sets = _sets(split_overrides)
     assert main(["sweep", DEMO, "--n-trials", "3"] + sets) == 0

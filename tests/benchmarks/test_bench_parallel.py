@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
 
 
@@ -43,11 +45,13 @@ def _bench(args, tiny_overrides, tmp_path):
     return json.loads(out.read_text())["runs"], proc.stdout
 
 
+@pytest.mark.integration
 def test_a_run_through_its_own_workers_starts_them(tiny_overrides, tmp_path):
     [run], stdout = _bench(["--ks", "2", "--waves", "1"], tiny_overrides, tmp_path)
     assert "pool" not in run and run["complete"] == 2 and "[parallel] 2 workers:" in stdout
 
 
+@pytest.mark.integration
 def test_a_pooled_run_hands_its_study_to_a_warm_pool_and_counts_its_trials(tiny_overrides, tmp_path):
     [run], stdout = _bench(["--ks", "2", "--waves", "1", "--pool"], tiny_overrides, tmp_path)
     assert run["pool"] is True and run["label"] == "k2-cpu-pool" and run["workers"] == 2

@@ -98,6 +98,7 @@ def test_prepare_is_cached_and_eval_blocks_fixed(tokenizer, tiny_corpora, monkey
     assert first.domain_eval[0, :16].tobytes() not in train
 
 
+@pytest.mark.integration
 def test_empty_held_out_text_is_a_clear_error(tokenizer, tmp_path):
     (tmp_path / "d.txt").write_text("tiny\n\nalso tiny\n\nsmall\n")
     cfg = DataConfig(domain=DataSource(str(tmp_path / "d.txt")), general=DataSource("builtin:brown"))
@@ -269,6 +270,7 @@ def test_ngram_hashes_of_ascii_and_unicode_text_are_those_of_their_lowercased_wo
 
 
 @pytest.mark.parametrize("check_words", [0, 2])
+@pytest.mark.integration
 def test_only_the_held_out_documents_that_can_be_evaluated_are_checked_and_the_evaluation_is_the_same(
     tokenizer, tmp_path, monkeypatch, check_words
 ):

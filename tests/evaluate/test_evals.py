@@ -32,6 +32,7 @@ def two_general(tiny_overrides, tiny_corpora):
     ]
 
 
+@pytest.mark.integration
 def test_trials_write_per_document_results_and_the_base_writes_once(two_general, tmp_path):
     assert sweep(two_general, 2) == 0
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/study.db")
@@ -119,6 +120,7 @@ def test_trials_write_per_document_results_and_the_base_writes_once(two_general,
     np.testing.assert_array_equal(base_m.domain_nll, base_c.domain_nll)
 
 
+@pytest.mark.integration
 def test_several_domain_sources_are_recorded_per_document_and_files_without_them_still_read(
     tiny_overrides, tiny_corpora, tmp_path
 ):

@@ -58,6 +58,7 @@ def direct(model, blocks: np.ndarray, docs: np.ndarray, n_docs: int, start=None)
     return sums, np.array([(owner == d).sum() for d in range(n_docs)]), kls
 
 
+@pytest.mark.integration
 def test_per_document_sums_give_the_mean_loss_evaluate_returns(tiny_cfg, backend, corpora, base):
     for eval_set, blocks in (
         (corpora.domain_set(), corpora.domain_eval),
@@ -75,6 +76,7 @@ def test_per_document_sums_give_the_mean_loss_evaluate_returns(tiny_cfg, backend
         np.testing.assert_allclose(res.nll, nll, rtol=1e-5)
 
 
+@pytest.mark.integration
 def test_general_kl_is_the_kl_from_the_start_model_and_zero_at_the_start(tiny_cfg, backend, corpora, base):
     general = corpora.general_set()
     trained = moved(base)
@@ -87,6 +89,7 @@ def test_general_kl_is_the_kl_from_the_start_model_and_zero_at_the_start(tiny_cf
     assert np.all(same.kl == 0) and same.mean_kl == 0.0
 
 
+@pytest.mark.integration
 def test_small_chunks_give_the_same_sums(tiny_cfg, backend, corpora, base, monkeypatch):
     general, trained = corpora.general_set(), moved(base, seed=1)
     whole = metrics.doc_losses(trained, general, 8, backend.device, backend.autocast, start=base)
@@ -98,6 +101,7 @@ def test_small_chunks_give_the_same_sums(tiny_cfg, backend, corpora, base, monke
     np.testing.assert_allclose(chunked.kl, whole.kl, rtol=1e-5, atol=1e-9)
 
 
+@pytest.mark.integration
 def test_a_model_whose_logits_are_not_its_heads_output_is_evaluated_from_full_logits(
     tiny_cfg, backend, corpora, base, monkeypatch, capsys
 ):

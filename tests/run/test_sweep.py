@@ -28,6 +28,7 @@ def load(tmp_path, name="tiny"):
     return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/study.db")
 
 
+@pytest.mark.integration
 def test_sweep_end_to_end(tiny_overrides, tmp_path, capsys):
     args = ["sweep", DEMO, "--n-trials", "3"] + [x for o in tiny_overrides for x in ("--set", o)]
     assert main(args) == 0
@@ -86,6 +87,7 @@ def test_sweep_end_to_end(tiny_overrides, tmp_path, capsys):
         assert (adapter / "adapter_model.safetensors").is_file() == (t.number in front)
 
 
+@pytest.mark.integration
 def test_saved_adapter_loads_and_reproduces_the_domain_loss(tiny_overrides, tiny_model, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -110,6 +112,7 @@ def test_saved_adapter_loads_and_reproduces_the_domain_loss(tiny_overrides, tiny
     assert loss == pytest.approx(t.user_attrs["domain_loss"], rel=1e-4)
 
 
+@pytest.mark.integration
 def test_resume_adds_only_the_missing_trials(tiny_overrides, tmp_path):
     sets = [x for o in tiny_overrides for x in ("--set", o)]
     assert main(["sweep", DEMO, "--n-trials", "2"] + sets) == 0
@@ -122,6 +125,7 @@ def test_resume_adds_only_the_missing_trials(tiny_overrides, tmp_path):
     assert len(load(tmp_path).trials) == 3, "a complete study runs nothing more"
 
 
+@pytest.mark.integration
 def test_resume_with_a_different_search_space_is_refused(tiny_overrides, tmp_path, capsys):
     sets = [x for o in tiny_overrides for x in ("--set", o)]
     assert main(["sweep", DEMO, "--n-trials", "1"] + sets) == 0
@@ -131,6 +135,7 @@ def test_resume_with_a_different_search_space_is_refused(tiny_overrides, tmp_pat
     assert len(load(tmp_path).trials) == 1
 
 
+@pytest.mark.integration
 def test_failed_trial_is_recorded_and_the_sweep_goes_on(tiny_overrides, tmp_path, monkeypatch, capsys):
     real = train.run_trial
     calls = {"n": 0}
@@ -153,6 +158,7 @@ def test_failed_trial_is_recorded_and_the_sweep_goes_on(tiny_overrides, tmp_path
     assert failed_run.exit_code == 1 and "CUDA out of memory" in failed_run.summary["fail_reason"]
 
 
+@pytest.mark.integration
 def test_sweep_stops_after_max_failures(tiny_overrides, tmp_path, capsys):
     sets = [x for o in tiny_overrides for x in ("--set", o)]
     assert main(["sweep", DEMO, "--set", "train.time_limit_s=1e-6", "--set", "study.max_failures=2"] + sets) == 1
@@ -162,6 +168,7 @@ def test_sweep_stops_after_max_failures(tiny_overrides, tmp_path, capsys):
     assert "2 trials failed in this run (study.max_failures=2)" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_ctrl_c_leaves_the_study_intact(tiny_overrides, tmp_path):
     sets = [x for o in tiny_overrides + ["train.max_steps=100000", "train.eval_every=100000"] for x in ("--set", o)]
     # SIG_DFL in the child: a shell that started the test suite in the background left SIGINT ignored, and an
@@ -203,6 +210,7 @@ def _build_slowly(args):
     return str(build_once(Path(final), build))
 
 
+@pytest.mark.integration
 def test_cold_start_builds_once_across_processes(tmp_path):
     final, log = tmp_path / "cache" / "model", tmp_path / "log"
     with multiprocessing.get_context("spawn").Pool(4) as pool:
@@ -213,6 +221,7 @@ def test_cold_start_builds_once_across_processes(tmp_path):
     assert not [p for p in final.parent.iterdir() if p.name.startswith(".model.") and p.is_dir()]
 
 
+@pytest.mark.integration
 def test_a_dead_workers_trial_says_why_it_failed_and_which_trial_retries_it(tiny_cfg):
     from cpt_harness.search import study as storage
     from cpt_harness.search import trials

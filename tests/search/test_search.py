@@ -39,6 +39,7 @@ def _runs() -> dict[int, object]:
     return {r.config["trial"]["number"]: r for r in read_runs(Path(os.environ["WANDB_DIR"]))}
 
 
+@pytest.mark.integration
 def test_a_trial_over_the_forgetting_budget_stops_early_and_every_trial_records_its_constraint(
     tiny_overrides, tmp_path, capsys
 ):
@@ -82,6 +83,7 @@ def test_a_trial_over_the_forgetting_budget_stops_early_and_every_trial_records_
     assert sweep_report.choose_trial(study, -10).number == done.number, "none within the budget: the knee"
 
 
+@pytest.mark.integration
 def test_a_constrained_study_prunes_with_the_median_pruner_and_runs_its_enqueued_points_first(tiny_overrides, tmp_path):
     points = (
         "[{rank: 64, learning_rate: 2.0e-3, embedding_lr_ratio: 0.2, name: good},"
@@ -147,6 +149,7 @@ def test_a_constrained_study_prunes_with_the_median_pruner_and_runs_its_enqueued
     assert chosen.search.learning_rate.low == chosen.search.learning_rate.high == best.params["learning_rate"]
 
 
+@pytest.mark.integration
 def test_baselines_run_first_tagged_even_outside_the_search_space_and_are_enqueued_once(tiny_overrides, tmp_path):
     sets = _sets(tiny_overrides + ["study.enqueue=baselines"])
     assert main(["sweep", DEMO, "--n-trials", "2"] + sets) == 0
@@ -172,6 +175,7 @@ def test_baselines_run_first_tagged_even_outside_the_search_space_and_are_enqueu
 
 
 @pytest.mark.parametrize("name", ["tpe", "random", "nsga2", "gp", "qmc"])
+@pytest.mark.integration
 def test_every_sampler_runs_a_budgeted_study_with_running_trials_and_an_outside_point(name, tiny_cfg, tmp_path):
     tiny_cfg.study.sampler, tiny_cfg.study.max_forgetting, tiny_cfg.study.n_trials = name, 0.5, 9
     sampler = samplers.make_sampler(tiny_cfg.study, 0)

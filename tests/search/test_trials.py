@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from cpt_harness.search import trials
@@ -19,6 +20,7 @@ def _study(tiny_cfg, name: str):
     return optuna.create_study(study_name=name, storage=db, directions=["minimize"] * 2), db
 
 
+@pytest.mark.integration
 def test_a_long_trial_keeps_beating_and_a_retry_knows_its_original(tiny_cfg):
     study, db = _study(tiny_cfg, "beat")
     study.enqueue_trial({"x": 1.0})

@@ -43,6 +43,7 @@ SMOLLM2_135M = {
 }
 
 
+@pytest.mark.integration
 def test_losses_are_identical_with_and_without_checkpointing(tiny_cfg):
     """Same seed, float32, CPU: checkpointing recomputes the same activations, so every loss is the same."""
     tiny_cfg.model.dtype = "float32"
@@ -119,6 +120,7 @@ def test_shape_is_read_from_the_model_folder(tiny_model, tiny_cfg):
     assert checkpointing.model_shape(str(tiny_model / "missing")) is None
 
 
+@pytest.mark.integration
 def test_the_choice_is_recorded_on_the_trial_and_in_its_config(tiny_overrides, tmp_path):
     from cpt_harness.run import sweep
 

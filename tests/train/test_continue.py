@@ -31,6 +31,7 @@ def first_adapter(tiny_overrides, tmp_path):
     return t.user_attrs["adapter_dir"], t
 
 
+@pytest.mark.integration
 def test_the_adapter_fixes_rank_targets_and_embeddings(first_adapter, tiny_overrides):
     adapter, _ = first_adapter
     with pytest.raises(ConfigError) as e:
@@ -52,6 +53,7 @@ def test_the_adapter_fixes_rank_targets_and_embeddings(first_adapter, tiny_overr
         load_config(DEMO, tiny_overrides + ["lora.init_adapter=/tmp", "search.rank.choices=[16]"])
 
 
+@pytest.mark.integration
 def test_continued_training_starts_from_the_adapter_and_trains_on(
     first_adapter, tiny_overrides, tiny_corpora, tmp_path
 ):
@@ -85,6 +87,7 @@ def test_continued_training_starts_from_the_adapter_and_trains_on(
     assert any(not torch.equal(after[k], saved[k]) for k in lora_b), "training went on from the adapter"
 
 
+@pytest.mark.integration
 def test_continuation_runs_as_a_sweep_and_is_measured_from_the_adapter(
     first_adapter, tiny_overrides, tiny_corpora, tmp_path
 ):

@@ -55,6 +55,7 @@ def heal_cfg(tiny_overrides, tmp_path, monkeypatch):
     return load_config(ROOT / "sweeps" / "demo.yaml", tiny_overrides + trial_settings + heal_settings)
 
 
+@pytest.mark.integration
 def test_heal_loads_through_the_backend_and_trains_with_the_shared_step(heal_cfg, tiny_model, monkeypatch):
     steps = []
     shared_step = train.train_step

@@ -7,10 +7,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from benchmarks import heal_check
 from tests.conftest import ROOT
 
 
+@pytest.mark.integration
 def test_heal_check_records_every_candidate_and_picks_the_largest_validation_drop(
     tiny_overrides, tiny_corpora, tmp_path
 ):

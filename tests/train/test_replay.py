@@ -138,6 +138,7 @@ def test_no_replay_gives_todays_batches(tiny_cfg):
         assert torch.equal(next(mixed), next(plain))
 
 
+@pytest.mark.integration
 def test_a_sweep_searches_the_replay_fraction_and_reports_unreplayed_forgetting(tiny_overrides, tiny_corpora, capsys):
     sets = tiny_overrides + _replay_sets(tiny_corpora, ["search.replay_fraction={low: 0, high: 0.5}"])
     assert main(["sweep", DEMO, "--n-trials", "2"] + [x for o in sets for x in ("--set", o)]) == 0

@@ -61,6 +61,7 @@ def _saver(folder, cfg, params, **change):
 
 
 @pytest.mark.parametrize("replay", [False, True], ids=["domain", "replay"])
+@pytest.mark.integration
 def test_an_interrupted_trial_resumes_and_ends_as_an_uninterrupted_one(
     tiny_overrides, tiny_corpora, backend, tmp_path, replay
 ):
@@ -89,6 +90,7 @@ def test_an_interrupted_trial_resumes_and_ends_as_an_uninterrupted_one(
     assert whole.resumed_step is None
 
 
+@pytest.mark.integration
 def test_without_the_saved_rng_and_data_position_the_result_differs(
     tiny_overrides, tiny_corpora, backend, tmp_path, monkeypatch
 ):
@@ -109,6 +111,7 @@ def test_without_the_saved_rng_and_data_position_the_result_differs(
     assert again.resumed_step == 8 and again.metrics["domain_loss"] != whole.metrics["domain_loss"]
 
 
+@pytest.mark.integration
 def test_a_state_saved_for_another_setting_is_not_resumed(tiny_overrides, tiny_corpora, backend, tmp_path):
     cfg = _cfg(tiny_overrides, tiny_corpora, replay=False)
     corpora = data.prepare(

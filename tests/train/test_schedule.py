@@ -44,6 +44,7 @@ def _wsd(cfg, max_steps, warmup_ratio, steps):
     return cfg
 
 
+@pytest.mark.integration
 def test_a_decay_branch_equals_a_standalone_wsd_run_of_that_length(tiny_cfg, backend):
     """The point at step 8 of a 16-step wsd run (after a branch at step 4 that must leave no trace) equals the
     final point of a wsd run of max_steps 8 with the same warmup (2 steps) and seed; the main run is not changed
@@ -65,6 +66,7 @@ def test_a_decay_branch_equals_a_standalone_wsd_run_of_that_length(tiny_cfg, bac
     assert m["domain_loss"] == long.curve[-1]["domain_loss"]
 
 
+@pytest.mark.integration
 def test_wsd_keeps_the_stable_lr_and_the_branch_decays_it(tiny_cfg, backend):
     f = train.lr_lambda(100, 0.1, "wsd")
     assert [f(s) for s in (0, 9, 10, 50, 99)] == [pytest.approx(1 / 11), pytest.approx(10 / 11), 1.0, 1.0, 1.0]

@@ -69,6 +69,7 @@ def trained_model(cfg, backend, rank=16, lr=3e-3, ratio=0.2):
     return captured["model"], result, rec, params
 
 
+@pytest.mark.integration
 def test_base_frozen_lora_and_tied_embedding_trained(tiny_cfg, tiny_model, backend):
     before = base_state(tiny_model)
     model, result, rec, params = trained_model(tiny_cfg, backend)
@@ -94,6 +95,7 @@ def test_base_frozen_lora_and_tied_embedding_trained(tiny_cfg, tiny_model, backe
     assert result.metrics["trainable_embedding"] == embed.numel()
 
 
+@pytest.mark.integration
 def test_untied_model_trains_both_matrices_in_the_embedding_group(tiny_cfg, tiny_untied_model, backend):
     tiny_cfg.model.name = str(tiny_untied_model)
     model, result, rec, params = trained_model(tiny_cfg, backend)
@@ -105,6 +107,7 @@ def test_untied_model_trains_both_matrices_in_the_embedding_group(tiny_cfg, tiny
     assert not torch.equal(head.detach(), before["lm_head.weight"].float())
 
 
+@pytest.mark.integration
 def test_embedding_group_lr_stays_ratio_times_lr_through_the_schedule(tiny_cfg, backend):
     model, result, rec, params = trained_model(tiny_cfg, backend, lr=2e-3, ratio=0.25)
     lrs = [m["train/lr"] for m in rec.logged if "train/lr" in m]
@@ -119,6 +122,7 @@ def test_embedding_group_lr_stays_ratio_times_lr_through_the_schedule(tiny_cfg, 
         sched.step()
 
 
+@pytest.mark.integration
 def test_no_embeddings_when_not_requested(tiny_cfg, backend):
     tiny_cfg.lora.train_embeddings = False
     model, result, rec, params = trained_model(tiny_cfg, backend)
@@ -126,6 +130,7 @@ def test_no_embeddings_when_not_requested(tiny_cfg, backend):
     assert not modules.active_weight(model.get_input_embeddings()).requires_grad
 
 
+@pytest.mark.integration
 def test_rslora_scaling_is_used_above_64(tiny_cfg, backend):
     tiny_cfg.search.rank.choices = [32, 128]
     for rank, expected in ((32, 32 / 32), (128, 32 / math.sqrt(128))):
@@ -135,6 +140,7 @@ def test_rslora_scaling_is_used_above_64(tiny_cfg, backend):
         assert q.lora_A["default"].weight.shape[0] == rank
 
 
+@pytest.mark.integration
 def test_metrics_and_curve(tiny_cfg, backend, tmp_path):
     result, rec, _ = run(tiny_cfg, backend, adapter_dir=tmp_path / "adapter")
     m = result.metrics
