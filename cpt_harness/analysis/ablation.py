@@ -396,7 +396,7 @@ def design(cfg: Config) -> dict:
     a = cfg.ablation
     out: dict[str, Any] = {
         "factors": {f: list(levels(cfg, f)) for f in factor_names(cfg)},
-        "seeds": a.seeds,
+        "seeds": a.seeds if isinstance(a.seeds, int) else a.seeds.max,  # the most seeds planned
         "arms": [arm.name for arm in arms(cfg)],
         "fixed": {
             "rank": a.high_rank if "rslora" in a.factors and not shared(cfg) else a.rank,
@@ -410,6 +410,8 @@ def design(cfg: Config) -> dict:
         names = corpus_names(cfg.data.general_sources())
         out["replayed"] = [n for n, r in zip(names, replayed_corpora(cfg.data)) if r]
         out["fixed"]["replay_fraction"] = cfg.data.replay.fraction
+    if not isinstance(a.seeds, int):  # sequential seeds: only then (the integer designs keep their fingerprint)
+        out["sequential"] = {"min": a.seeds.min, "max": a.seeds.max}
     if a.learning_rates:  # the frontier design; without it the stored design stays as fixed-LR studies have it
         out["learning_rates"] = learning_rates(cfg)
         del out["fixed"]["learning_rate"]
@@ -430,7 +432,8 @@ class AblationPlan:
         self.cfg = cfg
         self.arms = arms(cfg)
         self.by_name = {arm.name: arm for arm in self.arms}
-        self.seeds = list(range(cfg.ablation.seeds))
+        seeds = cfg.ablation.seeds
+        self.seeds = list(range(seeds if isinstance(seeds, int) else seeds.min))  # sequential: the first look's
         self.lrs = learning_rates(cfg)
         self.grid = bool(cfg.ablation.learning_rates)
         self.target = len(self.arms) * len(self.seeds) * len(self.lrs)

@@ -349,13 +349,24 @@ class TrackingConfig:
 
 
 @dataclass
+class SeedRange:
+    min: int = _help("Sequential seeds: the seeds every arm runs before the first look (at least 3).", 3)
+    max: int = _help("Sequential seeds: the most seeds an arm runs, one more per look while a claim is open.", 8)
+
+
+@dataclass
 class AblationConfig:
     factors: list[str] = _help(
         "Factors of the factorial design: gate_proj, embeddings (default), rslora, embedding_lr_ratio, replay "
         "(data.replay.fraction against none, judged on forgetting on the general corpora not replayed).",
         factory=lambda: ["gate_proj", "embeddings"],
     )
-    seeds: int = _help("Seeds per arm; seed k gives every arm the same data order and LoRA init.", 5)
+    seeds: int | SeedRange = _help(
+        "Seeds per arm; seed k gives every arm the same data order and LoRA init. {min, max}: sequential seeds "
+        "(issue 27; analysis/sequential.py judges each look at a group-sequential boundary): the first min seeds "
+        "run; adding seeds look by look up to max is not wired into the plan yet.",
+        5,
+    )
     rank: int = _help("LoRA rank of every arm (unless --from-study).", 64)
     learning_rate: float = _help("Base learning rate of every arm (unless --from-study).", 2e-4)
     embedding_lr_ratio: float = _help("Embedding-LR ratio where embeddings train (unless --from-study).", 0.2)

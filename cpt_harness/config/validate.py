@@ -112,7 +112,16 @@ LIMITS: list[tuple[str, Callable[[Any], bool], str]] = [
     ("search.embedding_lr_ratio.low", lambda v: v > 0, "must be > 0"),
     ("parallel.workers", lambda v: v >= 1, "must be >= 1"),
     ("parallel.trials_per_gpu", lambda v: v == "auto" or v >= 1, "must be >= 1 or auto"),
-    ("ablation.seeds", lambda v: v >= 2, "a paired t-interval needs at least 2 seeds (5 or more advised)"),
+    (
+        "ablation.seeds",
+        lambda v: not isinstance(v, int) or v >= 2,
+        "a paired t-interval needs at least 2 seeds (5 or more advised)",
+    ),
+    (
+        "ablation.seeds",
+        lambda v: isinstance(v, int) or 3 <= v.min <= v.max,
+        "{min, max} needs 3 <= min <= max (3: the fewest seeds a verdict reads)",
+    ),
     ("ablation.rank", lambda v: v >= 1, "must be >= 1"),
     ("ablation.high_rank", lambda v: v >= 1, "must be >= 1"),
     ("ablation.learning_rate", lambda v: v > 0, "must be > 0"),

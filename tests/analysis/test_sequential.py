@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 
 import numpy as np
@@ -207,3 +208,31 @@ def test_a_large_effect_is_decided_early():
     # no effect with the quiet claims' sd: NEGLIGIBLE, mostly by the second look
     label, stopped, _ = simulate(d, 0.0, low_sd, delta, studies=5_000, seed=5)
     assert np.mean(label == 2) > 0.99 and mean_seeds(stopped) < 4.5
+
+
+# ------------------------------------------------------------------------------------------ the config key
+
+
+def test_ablation_seeds_takes_an_integer_or_min_and_max():
+    from cpt_harness.analysis import ablation
+    from cpt_harness.config.validate import load_config
+    from cpt_harness.errors import ConfigError
+
+    demo = str(ROOT / "sweeps" / "demo.yaml")
+    fixed = load_config(demo, ["ablation.seeds=4"])
+    assert ablation.AblationPlan(fixed).seeds == [0, 1, 2, 3]
+    assert ablation.design(fixed)["design"]["seeds"] == 4 and "sequential" not in ablation.design(fixed)["design"]
+    seq = load_config(demo, ["ablation.seeds={min: 3, max: 8}"])
+    assert (seq.ablation.seeds.min, seq.ablation.seeds.max) == (3, 8)
+    assert ablation.AblationPlan(seq).seeds == [0, 1, 2]  # the first look's seeds run first
+    stored = ablation.design(seq)["design"]
+    assert stored["seeds"] == 8 and stored["sequential"] == {"min": 3, "max": 8}
+    assert Design(stored["sequential"]["min"], stored["sequential"]["max"]).looks == 6
+    for bad, says in (
+        ("{min: 2, max: 8}", "3 <= min <= max"),
+        ("{min: 5, max: 4}", "3 <= min <= max"),
+        ("{min: 3, maxx: 8}", "did you mean ablation.seeds.max"),
+        ("1", "a paired t-interval"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            load_config(demo, [f"ablation.seeds={bad}"])
